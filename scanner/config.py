@@ -1,0 +1,55 @@
+"""One frozen dataclass of every knob the scanner has; the CLI builds it, everything reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverAddress:
+    host: str
+    port: int = 53
+
+    @classmethod
+    def parse(cls, text: str) -> ResolverAddress:
+        """``IP``, ``IP@PORT`` or ``[IPv6]:PORT``-free form ``IPv6@PORT``."""
+        host, sep, port = text.rpartition("@")
+        if not sep:
+            return cls(text)
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return self.host if self.port == 53 else f"{self.host}@{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    resolvers: tuple[ResolverAddress, ...] = ()
+    smtp_port: int = 25
+    ehlo_name: str = "danescan.invalid"
+    allow_private: bool = False
+    insecure_resolver_ok: bool = False
+    probe_ipv6: bool | None = None  # None: detect at start
+
+    # DNS: the scanner's own deadline and retry budget per lookup (§2.1.1: a timeout is
+    # indeterminate, never "no record").
+    dns_timeout: float = 2.0  # one attempt
+    dns_attempts: int = 3
+    dns_deadline: float = 10.0  # whole lookup, CD retry included
+    dns_sockets: int = 4  # Unbound spreads work over threads by client socket
+    dns_rate: float = 0.0  # queries/s cap, 0 = none
+
+    # SMTP: greeting delays of 15-20 s are deliberate anti-spam measures.
+    connect_timeout: float = 10.0
+    greeting_timeout: float = 30.0
+    command_timeout: float = 30.0
+    tls_timeout: float = 20.0
+    retry_transient: bool = True  # second pass for timeouts and 4xx, later in the scan
+
+    # Concurrency and politeness.
+    concurrency: int = 500  # domains in flight
+    smtp_concurrency: int = 200  # SMTP sessions in flight
+    per_address_connections: int = 2
+    per_prefix_connections: int = 8  # per IPv4 /24 or IPv6 /48
+    exclude_domains: frozenset[str] = field(default_factory=frozenset)
+    exclude_prefixes: tuple[str, ...] = ()
