@@ -45,6 +45,7 @@ class Config:
     command_timeout: float = 30.0
     tls_timeout: float = 20.0
     retry_transient: bool = True  # second pass for timeouts and 4xx, later in the scan
+    retry_delay: float = 60.0
 
     # Concurrency and politeness.
     concurrency: int = 500  # domains in flight

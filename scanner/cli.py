@@ -1,0 +1,267 @@
+"""`danescan` subcommands: parse arguments, build one Config, run trio. No scanning logic here."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from scanner import diagnosis, verdict
+from scanner.config import Config, ResolverAddress
+from scanner.dns import DnsClient, system_resolvers
+from scanner.model import DaneStatus, DomainVerdict, Outcome
+from scanner.pipeline import Scanner, ScanStats, eta_text, run, summary_lines
+from scanner.targets import TargetsError, read_targets
+from scanner.targets_net import ipv6_reachable
+
+log = logging.getLogger("danescan")
+
+EXIT_OK, EXIT_JUDGED, EXIT_UNJUDGED = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def add_scan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
+                   help="validating resolver(s); default: the system's (/etc/resolv.conf)")
+    p.add_argument("--insecure-resolver-ok", action="store_true",
+                   help="scan with a non-validating resolver (STARTTLS-only survey)")
+    p.add_argument("--smtp-port", type=int, default=25)
+    p.add_argument("--ehlo-name", default=Config.ehlo_name,
+                   help="name sent in EHLO (never looked up from the system)")
+    p.add_argument("--allow-private", action="store_true",
+                   help="also connect to loopback/RFC 1918/... addresses (testbeds)")
+    p.add_argument("--exclude", type=Path, metavar="FILE",
+                   help="opt-out list: domains and address prefixes (CIDR), one per line")
+    p.add_argument("--concurrency", type=int, default=Config.concurrency)
+    p.add_argument("--smtp-concurrency", type=int, default=Config.smtp_concurrency)
+    p.add_argument("--per-address", type=int, default=Config.per_address_connections)
+    p.add_argument("--dns-rate", type=float, default=0.0, help="DNS queries/s cap (0: none)")
+    p.add_argument("--dns-timeout", type=float, default=Config.dns_timeout)
+    p.add_argument("--connect-timeout", type=float, default=Config.connect_timeout)
+    p.add_argument("--greeting-timeout", type=float, default=Config.greeting_timeout,
+                   help="seconds to wait for the 220 greeting (default %(default)s: greeting "
+                        "delays of 15-20 s are deliberate anti-spam measures)")
+    p.add_argument("--command-timeout", type=float, default=Config.command_timeout)
+    p.add_argument("--retry-delay", type=float, default=Config.retry_delay,
+                   help="seconds before the one retry of a transient SMTP failure")
+    p.add_argument("--no-retry", action="store_true", help="no second pass for transient failures")
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    resolvers = tuple(ResolverAddress.parse(r) for r in args.resolver)
+    if not resolvers:
+        resolvers = tuple(system_resolvers())
+        if not resolvers:
+            raise UsageError("no resolver given and none found in /etc/resolv.conf")
+    domains: set[str] = set()
+    prefixes: list[str] = []
+    if args.exclude:
+        try:
+            text = args.exclude.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise UsageError(f"cannot read exclusion list: {exc}") from exc
+        for line in text.splitlines():
+            item = line.split("#", 1)[0].strip().lower().rstrip(".")
+            if not item:
+                continue
+            if _is_network(item):
+                prefixes.append(item)
+            else:
+                domains.add(item)
+    return Config(
+        resolvers=resolvers,
+        smtp_port=args.smtp_port,
+        ehlo_name=args.ehlo_name,
+        allow_private=args.allow_private,
+        insecure_resolver_ok=args.insecure_resolver_ok,
+        concurrency=args.concurrency,
+        smtp_concurrency=args.smtp_concurrency,
+        per_address_connections=args.per_address,
+        dns_rate=args.dns_rate,
+        dns_timeout=args.dns_timeout,
+        connect_timeout=args.connect_timeout,
+        greeting_timeout=args.greeting_timeout,
+        command_timeout=args.command_timeout,
+        retry_delay=args.retry_delay,
+        retry_transient=not args.no_retry,
+        exclude_domains=frozenset(domains),
+        exclude_prefixes=tuple(prefixes),
+    )
+
+
+async def open_scanner(config: Config, client: DnsClient, stats: ScanStats) -> Scanner:
+    """Check the resolver validates (§2.1.1 needs it) and probe IPv6 reachability."""
+    validating = await client.validates()
+    if not validating and not config.insecure_resolver_ok:
+        raise UsageError(
+            f"resolver {', '.join(map(str, config.resolvers))} does not validate DNSSEC "
+            "(no AD bit on the root DNSKEY); use a validating resolver, or "
+            "--insecure-resolver-ok for a STARTTLS-only survey")
+    ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
+    return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats)
+
+
+class Progress:
+    """A one-line progress display on a terminal: count, rate, ETA."""
+
+    def __init__(self, stats: ScanStats, total: int | None, stream: TextIO) -> None:
+        self.stats, self.total, self.stream = stats, total, stream
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(0.5)
+            self.draw()
+
+    def draw(self, end: str = "") -> None:
+        s = self.stats
+        total = f"/{self.total}" if self.total else ""
+        self.stream.write(f"\r{s.domains}{total} domains  {s.rate:.0f}/s"
+                          f"{eta_text(s.domains, self.total, s.rate)}   {end}")
+        self.stream.flush()
+
+
+def count_lines(path: str) -> int | None:
+    """Total for the ETA, only for plain files (cheap); None for stdin or compressed input."""
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                return None
+            f.seek(0)
+            return sum(1 for line in f if line.strip() and not line.lstrip().startswith(b"#"))
+    except OSError:
+        return None
+
+
+async def scan_to_jsonl(config: Config, source: str, out: TextIO, progress: bool) -> ScanStats:
+    stats = ScanStats()
+    async with DnsClient.open(config) as client:
+        scanner = await open_scanner(config, client, stats)
+
+        async def emit(v: DomainVerdict) -> None:
+            out.write(json.dumps(verdict.to_json(v), ensure_ascii=False) + "\n")
+
+        async with trio.open_nursery() as nursery:
+            bar = None
+            if progress:
+                bar = Progress(stats, count_lines(source), sys.stderr)
+                nursery.start_soon(bar.run)
+            await run(scanner, read_targets(source), emit)
+            nursery.cancel_scope.cancel()
+        if bar is not None:
+            bar.draw("\n")
+        for line in summary_lines(stats, scanner.ipv6):
+            log.info("%s", line)
+    return stats
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    if args.jsonl is None:
+        raise UsageError("give --jsonl PATH (or --db once storage is configured)")
+    out: TextIO = sys.stdout if args.jsonl == "-" else open(args.jsonl, "w", encoding="utf-8")
+    try:
+        stats = trio.run(scan_to_jsonl, config, args.domains, out,
+                         sys.stderr.isatty() and not args.quiet)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if stats.input_error:
+        print(f"danescan: input incomplete: {stats.input_error}", file=sys.stderr)
+        return EXIT_UNJUDGED
+    return EXIT_OK
+
+
+async def check_one(config: Config, raw: str) -> tuple[DomainVerdict, Scanner]:
+    async with DnsClient.open(config) as client:
+        scanner = await open_scanner(config, client, ScanStats())
+        return await scanner.scan_domain(1, raw), scanner
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    v, scanner = trio.run(check_one, config, args.domain)
+    print(diagnosis.render(v, validating=scanner.validating))
+    if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE):
+        return EXIT_UNJUDGED
+    return EXIT_OK if v.dane is DaneStatus.VALID else EXIT_JUDGED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="danescan", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", help="scan a domain list")
+    p.add_argument("domains", metavar="DOMAINS",
+                   help="file (text, rank,domain CSV, optionally gzip) or - for stdin")
+    p.add_argument("--jsonl", metavar="PATH", help="write one JSON object per input line")
+    p.add_argument("--label", default=None)
+    add_scan_options(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("check", help="diagnose one domain")
+    p.add_argument("domain")
+    add_scan_options(p)
+    p.set_defaults(func=cmd_check, greeting_timeout=Config.greeting_timeout)
+
+    try:
+        from testbed import cli as testbed_cli
+    except ImportError:  # the testbed ships with the source tree, not every install
+        pass
+    else:
+        testbed_cli.register(sub)
+
+    from scanner import demo
+
+    p = sub.add_parser("demo", help="scan a simulated mail internet and print the funnel")
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
+        format="%(message)s", stream=sys.stderr)
+    try:
+        result: Any = args.func(args)
+        return int(result or 0)
+    except UsageError as exc:
+        print(f"danescan: {exc}", file=sys.stderr)
+        return EXIT_UNJUDGED
+    except TargetsError as exc:
+        print(f"danescan: input problem: {exc}", file=sys.stderr)
+        return EXIT_UNJUDGED
+    except KeyboardInterrupt:
+        print("danescan: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"danescan: {exc}", file=sys.stderr)
+        return EXIT_UNJUDGED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

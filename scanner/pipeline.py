@@ -1,0 +1,308 @@
+"""The scan engine: input -> DNS -> MX hosts -> endpoints -> verdicts -> output, in one nursery.
+
+Data flows one way. Each domain is handled by one of ``config.concurrency`` workers reading a
+bounded channel (backpressure: the input is read no faster than domains finish). MX hosts and
+endpoints are looked up / probed once per scan through single-flight caches, so a provider that
+hosts a million domains is connected to a handful of times, and memory grows with the number of
+distinct hosts and endpoints, never with the length of the list.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import trio
+
+from scanner import dane, verdict
+from scanner.config import Config
+from scanner.dns import DnsClient
+from scanner.lookups import MxResult, host_stage, mx_stage
+from scanner.model import (
+    DaneMatch,
+    DomainVerdict,
+    EndpointFacts,
+    EndpointStatus,
+    HostFacts,
+    HostVerdict,
+    Outcome,
+    Reason,
+    TlsaStatus,
+)
+from scanner.probe import probe
+from scanner.targets import TargetsError, is_excluded, normalise
+from scanner.targets_net import Politeness, is_excluded_address, is_special_purpose
+
+log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+Emit = Callable[[DomainVerdict], Awaitable[None]]
+
+
+class SingleFlight(Generic[K, V]):
+    """Compute each key once; concurrent callers of the same key wait for the first caller.
+
+    Results stay cached for the scan: the number of keys is the number of distinct MX hosts
+    or endpoints, which is what bounds the scanner's memory.
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[K, V] = {}
+        self._pending: dict[K, trio.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def peek(self, key: K) -> V | None:
+        return self._done.get(key)
+
+    async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
+        while True:
+            if key in self._done:
+                return self._done[key]
+            event = self._pending.get(key)
+            if event is None:
+                break
+            await event.wait()
+        event = self._pending[key] = trio.Event()
+        try:
+            value = await compute()
+            self._done[key] = value
+            return value
+        finally:
+            # On cancellation nothing is cached: the next caller computes it again.
+            del self._pending[key]
+            event.set()
+
+
+@dataclass
+class ScanStats:
+    started: float = field(default_factory=time.monotonic)
+    domains: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    stages: Counter[str] = field(default_factory=Counter)
+    dane: Counter[str] = field(default_factory=Counter)
+    probes: int = 0
+    retries: int = 0
+    ipv6_skipped: int = 0
+    private_skipped: int = 0
+    errors: int = 0
+    input_error: str | None = None
+
+    def record(self, v: DomainVerdict) -> None:
+        self.domains += 1
+        self.outcomes[v.outcome.value] += 1
+        if v.stage is not None:
+            self.stages[v.stage.value] += 1
+        if v.dane is not None:
+            self.dane[v.dane.value] += 1
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.domains / self.elapsed if self.elapsed > 0 else 0.0
+
+
+EndpointKey = tuple[str, str | None]  # (address, SNI)
+
+
+class Scanner:
+    """Shared machinery of one scan: DNS client, caches, limits. Call :meth:`scan_domain`."""
+
+    def __init__(self, config: Config, client: DnsClient, *, validating: bool = True,
+                 ipv6: bool = True, stats: ScanStats | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.validating = validating
+        self.ipv6 = ipv6
+        self.stats = stats or ScanStats()
+        self.hosts: SingleFlight[str, HostFacts] = SingleFlight()
+        self.endpoints: SingleFlight[EndpointKey, EndpointFacts] = SingleFlight()
+        self.chain_matches: dict[tuple[EndpointKey, tuple[object, ...]], dane.ChainMatch] = {}
+        self.smtp_slots = trio.CapacityLimiter(config.smtp_concurrency)
+        self.politeness = Politeness(config.per_address_connections,
+                                     config.per_prefix_connections)
+
+    # -- stages -------------------------------------------------------------------------
+
+    async def scan_domain(self, line: int | None, raw: str) -> DomainVerdict:
+        domain, bad = normalise(raw)
+        if domain is None:
+            return verdict.early_verdict(raw, None, Outcome.INVALID,
+                                         bad or Reason.INVALID_INPUT, line=line)
+        if is_excluded(domain, self.config.exclude_domains):
+            return verdict.early_verdict(raw, domain, Outcome.EXCLUDED, Reason.EXCLUDED,
+                                         line=line)
+        mx = await mx_stage(self.client, domain)
+        if mx.outcome is not None:
+            return verdict.early_verdict(raw, domain, mx.outcome, mx.reason or Reason.DNS_FAILURE,
+                                         line=line)
+        hosts = await self._hosts(domain, mx)
+        return verdict.domain_verdict(raw, domain, mx.mx_status, hosts,
+                                      implicit_mx=mx.implicit, validating=self.validating,
+                                      line=line)
+
+    async def _hosts(self, domain: str, mx: MxResult) -> list[HostVerdict]:
+        results: list[HostVerdict | None] = [None] * len(mx.hosts)
+
+        async def one(i: int, preference: int, name: str) -> None:
+            facts = await self.hosts.get(name, lambda: host_stage(self.client, name))
+            results[i] = await self._host_verdict(domain, preference, facts)
+
+        async with trio.open_nursery() as nursery:
+            for i, (preference, name) in enumerate(mx.hosts):
+                nursery.start_soon(one, i, preference, name)
+        return [r for r in results if r is not None]
+
+    async def _host_verdict(self, domain: str, preference: int, facts: HostFacts) -> HostVerdict:
+        # §8.1: SNI is the TLSA base domain, sent only when DANE applies (usable TLSA).
+        usable = facts.tlsa_status is TlsaStatus.USABLE
+        sni = facts.tlsa_base if usable else None
+        addresses = facts.addresses
+        endpoints: list[EndpointFacts | None] = [None] * len(addresses)
+
+        async def one(i: int, address: str) -> None:
+            key = (address, sni)
+            endpoints[i] = await self.endpoints.get(key, lambda: self._probe(address, sni))
+
+        async with trio.open_nursery() as nursery:
+            for i, address in enumerate(addresses):
+                nursery.start_soon(one, i, address)
+        eps = tuple(e for e in endpoints if e is not None)
+        matches: list[DaneMatch | None] = []
+        names = verdict.reference_names(domain, facts.name, facts.tlsa_base)
+        for ep in eps:
+            if usable and ep.status is EndpointStatus.SUCCESS:
+                cm = self._chain_match(ep, facts)
+                matches.append(dane.authenticate(cm, names))
+            else:
+                matches.append(None)
+        return verdict.host_verdict(preference, facts, eps, matches)
+
+    def _chain_match(self, ep: EndpointFacts, facts: HostFacts) -> dane.ChainMatch:
+        # The chain work (parsing, digests, signature checks) is done once per endpoint and
+        # TLSA RRset; only the name check of DANE-TA is per domain (§3.2.3).
+        key = ((ep.address, ep.sni), tuple(facts.tlsa_records))
+        cm = self.chain_matches.get(key)
+        if cm is None:
+            cm = dane.match_chain(facts.tlsa_records, ep.chain, datetime.now(UTC))
+            self.chain_matches[key] = cm
+        return cm
+
+    async def _probe(self, address: str, sni: str | None) -> EndpointFacts:
+        skipped = self._not_probed(address, sni)
+        if skipped is not None:
+            return skipped
+        facts = await self._probe_once(address, sni)
+        if self.config.retry_transient and _transient(facts):
+            # A second pass, later in the scan, for timeouts and 4xx replies.
+            await trio.sleep(self.config.retry_delay)
+            self.stats.retries += 1
+            again = await self._probe_once(address, sni)
+            facts = replace(again, attempts=facts.attempts + again.attempts)
+        return facts
+
+    async def _probe_once(self, address: str, sni: str | None) -> EndpointFacts:
+        async with self.smtp_slots, self.politeness.slot(address):
+            self.stats.probes += 1
+            return await probe(address, self.config.smtp_port, sni, self.config)
+
+    def _not_probed(self, address: str, sni: str | None) -> EndpointFacts | None:
+        status: EndpointStatus | None = None
+        if ":" in address and not self.ipv6:
+            status = EndpointStatus.NOT_PROBED_IPV6
+            self.stats.ipv6_skipped += 1
+        elif is_excluded_address(address, self.config.exclude_prefixes):
+            status = EndpointStatus.NOT_PROBED_EXCLUDED
+        elif not self.config.allow_private and is_special_purpose(address):
+            status = EndpointStatus.NOT_PROBED_PRIVATE
+            self.stats.private_skipped += 1
+        if status is None:
+            return None
+        return EndpointFacts(address=address, port=self.config.smtp_port, sni=sni,
+                             status=status, attempts=0)
+
+
+def _transient(facts: EndpointFacts) -> bool:
+    if facts.status.transient:
+        return True
+    codes = (facts.greeting_code, facts.starttls_code)
+    return any(c is not None and 400 <= c < 500 for c in codes)
+
+
+async def run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterator[tuple[int, str]],
+              emit: Emit) -> ScanStats:
+    """Scan every (line number, raw text) item and hand each verdict to ``emit``."""
+    config = scanner.config
+    send, receive = trio.open_memory_channel[tuple[int, str]](config.concurrency)
+
+    async def feed() -> None:
+        async with send:
+            try:
+                if isinstance(items, AsyncIterator):
+                    async for item in items:
+                        await send.send(item)
+                else:
+                    for n, item in enumerate(items):
+                        await send.send(item)
+                        if n % 256 == 0:
+                            await trio.lowlevel.checkpoint()
+            except TargetsError as exc:
+                # A truncated or unreadable list: what was read is still scanned and kept.
+                scanner.stats.input_error = str(exc)
+                log.error("input stopped early: %s", exc)
+
+    async def worker(receive: trio.MemoryReceiveChannel[tuple[int, str]]) -> None:
+        async with receive:
+            async for line, raw in receive:
+                try:
+                    v = await scanner.scan_domain(line, raw)
+                except Exception as exc:  # one bad domain must never lose the others
+                    log.error("line %s (%r): internal error %r", line, raw[:100], exc)
+                    scanner.stats.errors += 1
+                    v = verdict.early_verdict(raw, None, Outcome.DNS_FAILURE, Reason.DNS_FAILURE,
+                                              line=line)
+                scanner.stats.record(v)
+                await emit(v)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed)
+        for _ in range(max(1, config.concurrency)):
+            nursery.start_soon(worker, receive.clone())
+        await receive.aclose()
+    return scanner.stats
+
+
+def eta_text(done: int, total: int | None, rate: float) -> str:
+    if not total or rate <= 0 or done >= total:
+        return ""
+    seconds = (total - done) / rate
+    return f" ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def summary_lines(stats: ScanStats, ipv6: bool) -> list[str]:
+    lines = [f"{stats.domains} domains in {stats.elapsed:.1f}s "
+             f"({stats.rate:.0f}/s), {stats.probes} SMTP probes, {stats.retries} retries"]
+    lines.append("outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())))
+    if stats.stages:
+        ok = stats.outcomes.get("ok", 0) or 1
+        lines.append("stage:   " + ", ".join(
+            f"{k} {stats.stages.get(k, 0)} ({100 * stats.stages.get(k, 0) / ok:.1f}%)"
+            for k in ("plaintext", "starttls", "dnssec", "tlsa", "dane")))
+    if not ipv6:
+        lines.append(f"IPv6 not reachable from this machine: {stats.ipv6_skipped} AAAA endpoints "
+                     "recorded but not probed")
+    if stats.private_skipped:
+        lines.append(f"{stats.private_skipped} endpoints in special-purpose ranges not probed "
+                     "(--allow-private to include)")
+    return lines
+
