@@ -1,0 +1,259 @@
+"""The one owner of danescan's table metadata (SQLAlchemy 2 Core); Alembic migrations match it.
+
+Layout, for analysis and for exact resume:
+- ``scans`` and ``shards``: one row per run and per numbered slice of its input (resume unit).
+- ``domains``: one row per distinct name, kept across scans (trends follow ``domain_id``).
+- per-scan results, every key led by ``scan_id`` so tables can later be partitioned by scan:
+  ``domain_results`` (the verdict contract), ``domain_mx`` (domain -> MX host links),
+  ``mx_hosts`` and ``tlsa_records`` (once per host per scan), ``endpoints`` (once per
+  address/port/SNI per scan), ``dane_results`` (per domain, host and endpoint).
+- ``certificates``: stored once by SHA-256, referenced from ``endpoints.chain``.
+
+Closed vocabularies are plain strings checked against the enums of :mod:`scanner.model`, so
+adding a value never needs a database type migration. Keys make every write idempotent: the
+writer inserts with ON CONFLICT DO NOTHING, so re-writing a shard never duplicates rows.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from scanner.model import (
+    DaneStatus,
+    DnssecStatus,
+    EndpointStatus,
+    Outcome,
+    Stage,
+    TlsaCoverage,
+    TlsaStatus,
+)
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ScanStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+class ShardStatus(StrEnum):
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+
+
+# JSONB on PostgreSQL (indexable, compact); plain JSON text elsewhere.
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Timestamp = sa.DateTime(timezone=True)
+
+# Caps for text that comes from the network (hostile input): the writer truncates to these.
+BANNER_MAX = 512
+EHLO_LINE_MAX = 128
+EHLO_LINES_MAX = 64
+ERROR_MAX = 512
+DETAIL_MAX = 512
+INPUT_MAX = 1024
+
+
+def _in(column: str, enum: type[StrEnum], name: str) -> sa.CheckConstraint:
+    values = ", ".join(f"'{v.value}'" for v in enum)
+    return sa.CheckConstraint(f"{column} IN ({values})", name=name)
+
+
+def _scan_fk() -> sa.ForeignKey:
+    return sa.ForeignKey("scans.id", ondelete="CASCADE")
+
+
+scans = sa.Table(
+    "scans",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("label", sa.Text),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp),
+    sa.Column("logical_date", sa.Date),
+    sa.Column("source", sa.Text),
+    sa.Column("source_sha256", sa.String(64)),
+    sa.Column("resolver", sa.Text),
+    sa.Column("options", JSONType, nullable=False),
+    sa.Column("scanner_version", sa.String(32)),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("input_lines", sa.Integer),
+    sa.Column("shard_count", sa.Integer),
+    sa.Column("result_count", sa.Integer),
+    sa.Column("counts", JSONType),  # {"outcome": {...}, "stage": {...}} at finish
+    _in("status", ScanStatus, "status"),
+    sa.Index(None, "status", "id"),
+)
+
+shards = sa.Table(
+    "shards",
+    metadata,
+    sa.Column("scan_id", sa.Integer, _scan_fk(), primary_key=True),
+    sa.Column("shard_no", sa.Integer, primary_key=True),
+    sa.Column("first_line", sa.Integer, nullable=False),
+    sa.Column("line_count", sa.Integer, nullable=False),
+    sa.Column("lines", JSONType, nullable=False),  # [[line_no, text], ...]
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_expires", Timestamp),
+    sa.Column("done_at", Timestamp),
+    _in("status", ShardStatus, "status"),
+    sa.Index(None, "scan_id", "status"),
+)
+
+domains = sa.Table(
+    "domains",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+)
+
+domain_results = sa.Table(
+    "domain_results",
+    metadata,
+    sa.Column("scan_id", sa.Integer, _scan_fk(), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True),
+    sa.Column("domain_id", sa.BigInteger, sa.ForeignKey("domains.id")),  # null: invalid input
+    sa.Column("shard_no", sa.Integer),
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("starttls", sa.Boolean),
+    sa.Column("dnssec", sa.Boolean),
+    sa.Column("tlsa", sa.String(8)),
+    sa.Column("tlsa_unusable", sa.Boolean),
+    sa.Column("dane", sa.String(8)),
+    sa.Column("stage", sa.String(10)),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("mx_status", sa.String(16)),
+    sa.Column("implicit_mx", sa.Boolean, nullable=False),
+    sa.Column("probed_at", Timestamp),
+    _in("outcome", Outcome, "outcome"),
+    _in("tlsa", TlsaCoverage, "tlsa"),
+    _in("dane", DaneStatus, "dane"),
+    _in("stage", Stage, "stage"),
+    _in("mx_status", DnssecStatus, "mx_status"),
+    sa.Index(None, "scan_id", "stage"),
+    sa.Index(None, "scan_id", "outcome"),
+    sa.Index(None, "domain_id", "scan_id"),
+)
+
+mx_hosts = sa.Table(
+    "mx_hosts",
+    metadata,
+    sa.Column("scan_id", sa.Integer, _scan_fk(), primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("address_status", sa.String(16)),
+    sa.Column("addresses", JSONType, nullable=False),  # ["192.0.2.1", "2001:db8::1"]
+    sa.Column("a_lookup", JSONType),  # scanner.model.Lookup as an object
+    sa.Column("aaaa_lookup", JSONType),
+    sa.Column("tlsa_base", sa.Text),
+    sa.Column("tlsa_status", sa.String(16), nullable=False),
+    sa.Column("tlsa_count", sa.SmallInteger, nullable=False),
+    sa.Column("tlsa_lookup", JSONType),
+    sa.Column("reachable", sa.Boolean),
+    sa.Column("reason", sa.String(32)),
+    _in("tlsa_status", TlsaStatus, "tlsa_status"),
+    _in("address_status", DnssecStatus, "address_status"),
+)
+
+# One row per TLSA record (RFC 6698 §2.1): usage/selector/mtype distributions are GROUP BYs.
+tlsa_records = sa.Table(
+    "tlsa_records",
+    metadata,
+    sa.Column("scan_id", sa.Integer, _scan_fk(), primary_key=True),
+    sa.Column("host_name", sa.Text, primary_key=True),
+    sa.Column("ordinal", sa.SmallInteger, primary_key=True),
+    sa.Column("usage", sa.SmallInteger, nullable=False),
+    sa.Column("selector", sa.SmallInteger, nullable=False),
+    sa.Column("mtype", sa.SmallInteger, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+domain_mx = sa.Table(
+    "domain_mx",
+    metadata,
+    sa.Column("scan_id", sa.Integer, _scan_fk(), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True),
+    sa.Column("ordinal", sa.SmallInteger, primary_key=True),  # position in the verdict's hosts
+    sa.Column("host_name", sa.Text, nullable=False),
+    sa.Column("preference", sa.Integer),
+    sa.Column("reachable", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Index(None, "scan_id", "host_name"),
+)
+
+endpoints = sa.Table(
+    "endpoints",
+    metadata,
+    sa.Column("scan_id", sa.Integer, _scan_fk(), primary_key=True),
+    sa.Column("address", sa.String(45), primary_key=True),
+    sa.Column("port", sa.Integer, primary_key=True),
+    sa.Column("sni", sa.Text, primary_key=True),  # '' when no SNI was sent
+    sa.Column("family", sa.SmallInteger, nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("banner", sa.Text),
+    sa.Column("greeting_code", sa.SmallInteger),
+    sa.Column("ehlo", JSONType, nullable=False),
+    sa.Column("starttls_offered", sa.Boolean),
+    sa.Column("starttls_code", sa.SmallInteger),
+    sa.Column("tls_version", sa.String(16)),
+    sa.Column("cipher", sa.String(128)),
+    sa.Column("chain", JSONType, nullable=False),  # certificate SHA-256 hex, leaf first
+    sa.Column("error", sa.Text),
+    sa.Column("probed_at", Timestamp),
+    sa.Column("attempts", sa.SmallInteger, nullable=False),
+    _in("status", EndpointStatus, "status"),
+)
+
+# RFC 7672 §3: the outcome of authenticating one endpoint for one MX host of one domain.
+# ``authenticated`` NULL means DANE did not apply (the verdict held None there).
+dane_results = sa.Table(
+    "dane_results",
+    metadata,
+    sa.Column("scan_id", sa.Integer, _scan_fk(), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True),
+    sa.Column("host_ordinal", sa.SmallInteger, primary_key=True),
+    sa.Column("ordinal", sa.SmallInteger, primary_key=True),  # position in the host's endpoints
+    sa.Column("address", sa.String(45), nullable=False),
+    sa.Column("port", sa.Integer, nullable=False),
+    sa.Column("sni", sa.Text, nullable=False),
+    sa.Column("authenticated", sa.Boolean),
+    sa.Column("usage", sa.SmallInteger),  # the TLSA record that matched ...
+    sa.Column("selector", sa.SmallInteger),
+    sa.Column("mtype", sa.SmallInteger),
+    sa.Column("data", sa.LargeBinary),
+    sa.Column("depth", sa.SmallInteger),  # ... and the chain position it matched (0 = leaf)
+    sa.Column("reason", sa.String(32)),
+    sa.Column("detail", sa.Text),
+)
+
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("der", sa.LargeBinary, nullable=False),
+    sa.Column("subject", sa.Text),
+    sa.Column("issuer", sa.Text),
+    sa.Column("spki_sha256", sa.String(64)),
+    sa.Column("not_before", Timestamp),
+    sa.Column("not_after", Timestamp),
+    sa.Column("key_type", sa.String(32)),
+    sa.Index(None, "spki_sha256"),
+)
