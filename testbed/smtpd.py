@@ -1,0 +1,292 @@
+"""The testbed's mail servers: one trio process serving every SMTP endpoint of a world.
+
+Run as ``python -m testbed.smtpd SPEC.json`` (SPEC.json = ``testbed.spec.to_json(SmtpSpec)``):
+it binds a listener per endpoint, prints ``ready`` and serves until SIGTERM, appending one JSON
+line per session to ``spec.session_log``. What each endpoint says is `testbed.smtpbehaviours`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import json
+import os
+import resource
+import signal
+import socket
+import ssl
+import sys
+import warnings
+from collections.abc import Callable
+from functools import partial
+
+import trio
+
+from testbed.smtpbehaviours import Endpoint, Record, Session, Settings, close, note_sni
+from testbed.spec import Chain, SmtpEndpoint, SmtpSpec, smtp_spec_from_json
+
+BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
+FLUSH_INTERVAL = 0.5
+FLUSH_LINES = 4096  # flush early when a burst fills the buffer
+# accept() errors that mean "out of resources for now", not "this listener is broken".
+_TRANSIENT_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
+
+
+class BindError(OSError):
+    """A listener could not be opened; the message names the address."""
+
+
+def _permissive_context() -> ssl.SSLContext:
+    """A server that completes handshakes with old clients too (TLS 1.0 and weak ciphers):
+    the scanner, not the server, must judge what was negotiated (RFC 7672 §8.1 lets SMTP
+    clients accept any protocol version rather than fall back to cleartext)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.num_tickets = 0  # TLS 1.3 tickets cost CPU and no probe resumes
+    return ctx
+
+
+def _note_only(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    note_sni(obj, name)
+
+
+def _abort(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int:
+    """TLS_FAIL: a real handshake failure, the client receives a handshake_failure alert."""
+    note_sni(obj, name)
+    return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+
+
+class TlsContexts:
+    """One SSLContext per distinct chain, plus one SNI-switching front per distinct chain map."""
+
+    def __init__(self) -> None:
+        self._by_chain: dict[Chain, ssl.SSLContext] = {}
+        self._fronts: dict[tuple[tuple[str, Chain], ...], ssl.SSLContext] = {}
+        self.failing = _permissive_context()
+        self.failing.sni_callback = _abort
+
+    def for_chain(self, chain: Chain) -> ssl.SSLContext:
+        ctx = self._by_chain.get(chain)
+        if ctx is None:
+            ctx = _permissive_context()
+            ctx.load_cert_chain(chain.cert, chain.key)
+            ctx.sni_callback = _note_only
+            self._by_chain[chain] = ctx
+        return ctx
+
+    def front(self, chains: dict[str, Chain]) -> ssl.SSLContext | None:
+        """The context an endpoint starts its handshakes with; None if it has no chain."""
+        if not chains:
+            return None
+        default = chains.get("*") or next(iter(chains.values()))
+        named = {sni.lower().rstrip("."): c for sni, c in chains.items() if sni != "*"}
+        if not named:
+            return self.for_chain(default)
+        key = tuple(sorted(chains.items(), key=lambda item: item[0]))
+        ctx = self._fronts.get(key)
+        if ctx is None:
+            ctx = _permissive_context()
+            ctx.load_cert_chain(default.cert, default.key)
+            table = {sni: self.for_chain(c) for sni, c in named.items()}
+            ctx.sni_callback = _switcher(table)
+            self._fronts[key] = ctx
+        return ctx
+
+
+def _switcher(table: dict[str, ssl.SSLContext]) -> SniCallback:
+    def switch(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        note_sni(obj, name)
+        if name is not None:
+            target = table.get(name.lower().rstrip("."))
+            if target is not None:
+                obj.context = target
+
+    return switch
+
+
+class SessionLog:
+    """JSON lines, one per session, appended in batches by single write() calls on an O_APPEND
+    descriptor, so lines are never interleaved with another writer's."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lines: list[str] = []
+
+    def add(self, record: Record) -> None:
+        self._lines.append(json.dumps(record.as_dict(), separators=(",", ":")) + "\n")
+        if len(self._lines) >= FLUSH_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        data = memoryview("".join(self._lines).encode())
+        self._lines.clear()
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        os.close(self._fd)
+
+
+def raise_nofile_limit() -> None:
+    """Thousands of listeners plus thousands of sessions need far more than 1024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass  # keep the soft limit; accept() backs off on EMFILE
+
+
+def _listen(endpoint: SmtpEndpoint) -> trio.SocketListener:
+    address, port = endpoint.address, endpoint.port
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise BindError(f"[{address}]:{port}: not an IP address") from None
+    if not ip.is_loopback:
+        raise BindError(f"[{address}]:{port}: not a loopback address; the testbed stays on lo")
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on [{address}]:{port}: {exc.strerror or exc}") from exc
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def _listen_all(endpoints: list[Endpoint]) -> list[trio.SocketListener]:
+    seen: set[tuple[str, int]] = set()
+    listeners: list[trio.SocketListener] = []
+    try:
+        for ep in endpoints:
+            where = (str(ipaddress.ip_address(ep.spec.address)), ep.spec.port)
+            if where in seen:
+                raise BindError(f"[{where[0]}]:{where[1]}: listed twice in the spec")
+            seen.add(where)
+            listeners.append(_listen(ep.spec))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+async def _session(stream: trio.SocketStream, ep: Endpoint, log: SessionLog) -> None:
+    record = Record(ep.spec.address, ep.spec.port, ep.spec.behaviour.value)
+    session = Session(stream, ep, record)
+    try:
+        try:
+            record.peer = stream.socket.getpeername()[0]
+        except OSError:
+            pass
+        with trio.move_on_after(ep.settings.session_lifetime) as scope:
+            record.end = await session.run()
+        if scope.cancelled_caught:
+            record.end = "lifetime"
+    except Exception as exc:
+        # One broken session must not take the other thousands down with it.
+        record.end = f"error:{type(exc).__name__}"
+    finally:
+        log.add(record)
+        await close(session.stream, graceful=record.end == "quit")
+
+
+async def _accept_loop(
+    listener: trio.SocketListener, ep: Endpoint, log: SessionLog, nursery: trio.Nursery
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT_ACCEPT:
+                raise
+            await trio.sleep(0.1)  # out of descriptors: let sessions finish
+            continue
+        nursery.start_soon(_session, stream, ep, log)
+
+
+async def serve(
+    spec: SmtpSpec,
+    *,
+    idle_timeout: float = 60.0,
+    handshake_timeout: float = 30.0,
+    session_lifetime: float = 600.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serves every endpoint of ``spec`` until cancelled; ``started()`` once all are bound.
+
+    Raises `BindError` (before ``started()``) if any listener cannot be opened. On
+    cancellation every open session is logged with ``end`` = "shutdown" and the log flushed.
+    """
+    raise_nofile_limit()
+    settings = Settings(idle_timeout, handshake_timeout, session_lifetime, spec.reply_delay)
+    contexts = TlsContexts()
+    endpoints = [
+        Endpoint(e, contexts.front(e.chains), contexts.failing, settings) for e in spec.endpoints
+    ]
+    listeners = _listen_all(endpoints)
+    log = SessionLog(spec.session_log)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log.run)
+            for listener, ep in zip(listeners, endpoints, strict=True):
+                nursery.start_soon(_accept_loop, listener, ep, log, nursery)
+            task_status.started()
+    finally:
+        for listener in listeners:
+            listener.socket.close()
+        log.close()
+
+
+async def _run(spec: SmtpSpec, idle_timeout: float) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, spec, idle_timeout=idle_timeout))
+            print("ready", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.smtpd", description=__doc__)
+    parser.add_argument("spec", help="SmtpSpec as JSON (testbed.spec.to_json)")
+    parser.add_argument("--idle-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    with open(args.spec, encoding="utf-8") as fh:
+        spec = smtp_spec_from_json(json.load(fh))
+    failed: list[BaseException] = []
+    try:
+        trio.run(_run, spec, args.idle_timeout)
+    except* BindError as group:
+        failed.extend(group.exceptions)
+    for exc in failed:
+        print(f"testbed.smtpd: {exc}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
