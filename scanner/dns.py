@@ -1,0 +1,499 @@
+"""The DNS client over a validating resolver: answers with their DNSSEC status (RFC 7672 §2.1.1).
+
+One :class:`DnsClient` per scan keeps a few long-lived, connected UDP sockets to the resolver(s)
+(Unbound spreads load over its threads by client socket) and one reader task per socket. A query
+parks its task in a per-socket table keyed by query ID; the reader checks the echoed question
+and wakes the task with the raw answer, so a query costs no task spawn. Timeouts, retransmits
+and the overall deadline are trio cancel scopes (dnspython's own timeouts are wall-clock, which
+trio's test clocks cannot drive). A truncated answer (TC) is re-asked over a new TCP connection
+(RFC 7766 §5).
+
+:meth:`DnsClient.lookup` parses answers with the small wire reader of :mod:`scanner.dnswire`
+rather than :func:`dns.message.from_wire`: it is several times cheaper, and it reports a TLSA
+record whose data length does not fit its matching type as text instead of failing the whole
+(secure) answer, as dnspython 2.9 does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.TLSA
+import outcome
+import trio
+
+from scanner.config import Config, ResolverAddress
+from scanner.dnswire import (
+    FLAG_AD,
+    FLAG_CD,
+    FLAG_TC,
+    Answer,
+    WireError,
+    encode_name,
+    parse_answer,
+    rcode_text,
+    rdtype_code,
+)
+from scanner.model import DnssecStatus, Lookup
+
+__all__ = ["DnsClient", "DnsStats", "message_from_wire", "system_resolvers"]
+
+_EDNS_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
+_FLAG_RD = 0x0100
+# OPT pseudo-RR (RFC 6891 §6.1.2): root owner, TYPE 41, CLASS = payload size, TTL carries the
+# extended RCODE/version and the DO bit (RFC 3225 §3), no options.
+_OPT_RR = b"\x00" + struct.pack("!HHIH", 41, _EDNS_PAYLOAD, 0x00008000, 0)
+
+# RFC 8914 §4: 6-12 report a DNSSEC validation failure (bogus, signature expired or not yet
+# valid, DNSKEY/RRSIG/NSEC missing, no zone key bit); 22 "No Reachable Authority" and 23
+# "Network Error" say the resolver never got an answer to validate.
+_EDE_DNSSEC = frozenset(range(6, 13))
+_EDE_UNREACHABLE = frozenset({22, 23})
+
+
+@dataclass(slots=True)
+class DnsStats:
+    """Counters for the benchmark and the scan log (mutable, one per client)."""
+
+    queries: int = 0  # UDP datagrams sent, retransmits included
+    retries: int = 0  # retransmits after a per-attempt timeout
+    timeouts: int = 0  # queries that got no answer within attempts/deadline
+    tcp_fallbacks: int = 0  # truncated UDP answers re-asked over TCP
+    cd_requeries: int = 0  # SERVFAIL answers re-asked with CD (§2.1.1)
+    ignored: int = 0  # datagrams matching no pending query (late, spoofed, malformed)
+
+
+class _Waiter:
+    """One query waiting for its answer; the reader hands the datagram over directly."""
+
+    __slots__ = ("task", "wire")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.wire: bytes | None = None
+
+    def deliver(self, wire: bytes) -> None:
+        if self.wire is not None:
+            return  # a duplicate (answer to a retransmit): the first one wins
+        self.wire = wire
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Value(None))
+
+    async def wait(self) -> None:
+        if self.wire is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+@dataclass(slots=True)
+class _Pending:
+    waiter: _Waiter
+    qname_lower: bytes  # query name in wire form, ASCII-lower-cased
+    tail: bytes  # QTYPE + QCLASS as sent
+
+
+class _Channel:
+    """One connected UDP socket to one resolver, with its table of pending query IDs."""
+
+    __slots__ = ("address", "family", "pending", "sock")
+
+    def __init__(self, address: ResolverAddress) -> None:
+        ip = ipaddress.ip_address(address.host)  # a name here would mean a lookup: refuse
+        self.family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        self.address = address
+        self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        except OSError:
+            pass  # the kernel caps it; the default still works at lower rates
+        # connect(): the kernel then drops datagrams from any other source address.
+        self.sock.connect(_sockaddr(address))
+        self.pending: dict[int, _Pending] = {}
+
+    def new_id(self) -> int:
+        # RFC 5452 §9.2: unpredictable IDs; unique among this socket's pending queries.
+        while True:
+            qid = random.getrandbits(16)
+            if qid not in self.pending:
+                return qid
+
+
+def _sockaddr(address: ResolverAddress) -> tuple[str, int]:
+    return (address.host, address.port)
+
+
+class DnsClient:
+    """Queries the configured validating resolver(s); use ``async with DnsClient.open(cfg)``."""
+
+    def __init__(self, config: Config) -> None:
+        if not config.resolvers:
+            raise ValueError("no resolver configured")
+        self._config = config
+        self.stats = DnsStats()
+        per = max(1, config.dns_sockets)
+        # Channels grouped by resolver: attempt k goes to resolver k mod n (failover), and
+        # round-robins over that resolver's sockets.
+        self._channels: list[list[_Channel]] = []
+        try:
+            for address in config.resolvers:
+                self._channels.append([_Channel(address) for _ in range(per)])
+        except BaseException:
+            self._close()
+            raise
+        self._rr = 0
+        self._rate_interval = 1.0 / config.dns_rate if config.dns_rate > 0 else 0.0
+        self._next_send = 0.0
+
+    @classmethod
+    def open(cls, config: Config) -> _ClientContext:
+        """Open the sockets and start one reader task per socket; close them all on exit."""
+        return _open(cls, config)
+
+    def _close(self) -> None:
+        for group in self._channels:
+            for chan in group:
+                chan.sock.close()
+
+    @property
+    def sockets(self) -> int:
+        return sum(len(g) for g in self._channels)
+
+    # -- transport ---------------------------------------------------------------------------
+
+    async def _reader(self, chan: _Channel) -> None:
+        sock = chan.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            # Drain everything queued: one wake-up per burst, not per datagram.
+            while True:
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # ICMP port unreachable and the like, reported on a connected UDP socket:
+                    # the affected query simply times out and is retransmitted.
+                    continue
+                self._dispatch(chan, data)
+
+    def _dispatch(self, chan: _Channel, data: bytes) -> None:
+        # Accept only a response (QR) to a pending ID that echoes our exact question
+        # (RFC 5452 §4.2); anything else is late, spoofed or garbage.
+        if len(data) < 12 or not data[2] & 0x80:
+            self.stats.ignored += 1
+            return
+        entry = chan.pending.get((data[0] << 8) | data[1])
+        if entry is None or data[4:6] != b"\x00\x01":
+            self.stats.ignored += 1
+            return
+        n = len(entry.qname_lower)
+        if data[12 : 12 + n].lower() != entry.qname_lower or data[12 + n : 16 + n] != entry.tail:
+            self.stats.ignored += 1
+            return
+        entry.waiter.deliver(data)
+
+    async def _rate_wait(self) -> None:
+        # A global token slot per query: callers reserve their send time before sleeping, so
+        # concurrent senders queue up in order instead of bunching.
+        now = trio.current_time()
+        slot = max(now, self._next_send)
+        self._next_send = slot + self._rate_interval
+        if slot > now:
+            await trio.sleep_until(slot)
+
+    async def _exchange(self, name: bytes, rdtype: int, cd: bool, deadline: float) -> bytes | None:
+        """Send the question until an answer arrives; None after the attempts or the deadline."""
+        cfg = self._config
+        tail = struct.pack("!HH", rdtype, 1)
+        question = name + tail
+        flags = _FLAG_RD | (FLAG_CD if cd else 0)
+        waiter = _Waiter()
+        pending = _Pending(waiter, name.lower(), tail)
+        registered: list[tuple[_Channel, int]] = []
+        try:
+            for attempt in range(max(1, cfg.dns_attempts)):
+                now = trio.current_time()
+                if now >= deadline:
+                    break
+                if attempt:
+                    self.stats.retries += 1
+                group = self._channels[attempt % len(self._channels)]
+                self._rr += 1
+                chan = group[self._rr % len(group)]
+                qid = chan.new_id()
+                # The earlier attempts stay registered: a late answer to one of them is
+                # as good as the answer to this one.
+                chan.pending[qid] = pending
+                registered.append((chan, qid))
+                wire = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1) + question + _OPT_RR
+                if self._rate_interval:
+                    await self._rate_wait()
+                if not await _send(chan.sock, wire):
+                    await trio.sleep_until(min(deadline, now + cfg.dns_timeout))
+                    continue
+                self.stats.queries += 1
+                with trio.move_on_at(min(deadline, trio.current_time() + cfg.dns_timeout)):
+                    await waiter.wait()
+                answer = waiter.wire
+                if answer is None:
+                    continue
+                if answer[2] & (FLAG_TC >> 8):
+                    self.stats.tcp_fallbacks += 1
+                    answer = await self._tcp(chan, wire, pending, deadline)
+                    if answer is None:
+                        waiter.wire = None  # let the next attempt wait afresh
+                        continue
+                return answer
+            self.stats.timeouts += 1
+            return None
+        finally:
+            for chan, qid in registered:
+                chan.pending.pop(qid, None)
+
+    async def _tcp(
+        self, chan: _Channel, query: bytes, pending: _Pending, deadline: float
+    ) -> bytes | None:
+        """RFC 7766 §5: a truncated UDP answer is re-asked over TCP (one connection each)."""
+        with trio.move_on_at(min(deadline, trio.current_time() + self._config.dns_timeout)):
+            sock = trio.socket.socket(chan.family, socket.SOCK_STREAM)
+            with sock:
+                try:
+                    await sock.connect(_sockaddr(chan.address))
+                    await _send_all(sock, struct.pack("!H", len(query)) + query)
+                    size = struct.unpack("!H", await _recv_exactly(sock, 2))[0]
+                    data = await _recv_exactly(sock, size)
+                except (OSError, EOFError):
+                    return None
+            n = len(pending.qname_lower)
+            if (
+                len(data) >= 12 + n + 4
+                and data[0:2] == query[0:2]
+                and data[12 : 12 + n].lower() == pending.qname_lower
+                and data[12 + n : 16 + n] == pending.tail
+            ):
+                return data
+            self.stats.ignored += 1
+        return None
+
+    # -- public API --------------------------------------------------------------------------
+
+    async def query(
+        self, qname: str, rdtype: str, *, cd: bool = False
+    ) -> dns.message.Message | None:
+        """One question, as a dnspython message (None after retries and deadline ran out)."""
+        deadline = trio.current_time() + self._config.dns_deadline
+        wire = await self._exchange(encode_name(qname), rdtype_code(rdtype), cd, deadline)
+        return None if wire is None else message_from_wire(wire)
+
+    async def lookup(self, qname: str, rdtype: str) -> Lookup:
+        """Ask once and classify the answer into the four states of RFC 7672 §2.1.1.
+
+        * AD set on NOERROR/NXDOMAIN -> secure; without AD -> insecure.
+        * SERVFAIL -> re-ask with CD set (checking disabled): an answer with data, NODATA or
+          NXDOMAIN means the data exist but failed validation -> bogus; the EDE of the first
+          SERVFAIL is kept. EDE 6-12 (RFC 8914 §4.7-4.13) say so explicitly, so they stay
+          bogus even if the CD re-query gets nothing.
+        * REFUSED and other RCODEs, timeouts, SERVFAIL again under CD, or EDE 22/23 (no
+          reachable authority, network error: no CD re-query, it cannot help) ->
+          indeterminate. A failure is never "no record".
+
+        The whole lookup, CD re-query included, runs under ``Config.dns_deadline``.
+        """
+        name = encode_name(qname)
+        code = rdtype_code(rdtype)
+        label = _normal(qname)
+        deadline = trio.current_time() + self._config.dns_deadline
+        wire = await self._exchange(name, code, False, deadline)
+        if wire is None:
+            return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "TIMEOUT")
+        try:
+            first = parse_answer(wire, code, label)
+        except WireError:
+            # A garbled answer from our own resolver: no basis for any status but this one.
+            return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "FORMERR")
+        rcode = first.rcode
+        if rcode in (0, 3):
+            status = DnssecStatus.SECURE if first.flags & FLAG_AD else DnssecStatus.INSECURE
+            return _to_lookup(label, rdtype, status, first, first)
+        if rcode != 2 or _EDE_UNREACHABLE.intersection(first.ede_codes):
+            return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
+        self.stats.cd_requeries += 1
+        cd_wire = await self._exchange(name, code, True, deadline)
+        second = _parse_or_none(cd_wire, code, label)
+        if second is not None and second.rcode in (0, 3):
+            return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, second)
+        if _EDE_DNSSEC.intersection(first.ede_codes):
+            return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, None)
+        return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
+
+    async def validates(self) -> bool:
+        """The resolver validates: the root DNSKEY RRset comes back with AD (RFC 4035 §3.2.3)."""
+        deadline = trio.current_time() + self._config.dns_deadline
+        wire = await self._exchange(b"\x00", 48, False, deadline)
+        return wire is not None and wire[3] & 0x0F == 0 and bool(wire[3] & FLAG_AD)
+
+
+def _normal(qname: str) -> str:
+    name = qname.lower()
+    return name if name == "." else name.rstrip(".")
+
+
+def _parse_or_none(wire: bytes | None, code: int, label: str) -> Answer | None:
+    if wire is None:
+        return None
+    try:
+        return parse_answer(wire, code, label)
+    except WireError:
+        return None
+
+
+def _to_lookup(
+    qname: str, rdtype: str, status: DnssecStatus, first: Answer, data: Answer | None
+) -> Lookup:
+    """Records and CNAME chain come from ``data`` (the CD answer when bogus); EDE from ``first``."""
+    ede_code, ede_text = (
+        (first.ede_codes[0], first.ede_texts[0]) if first.ede_codes else (None, None)
+    )
+    if data is None:
+        return Lookup(qname, rdtype, status, rcode_text(first.rcode), (), (), ede_code, ede_text)
+    # A bogus answer keeps SERVFAIL as its RCODE: that is what the validating resolver said.
+    rcode = rcode_text(first.rcode if status is DnssecStatus.BOGUS else data.rcode)
+    return Lookup(qname, rdtype, status, rcode, data.records, data.chain, ede_code, ede_text)
+
+
+async def _send(sock: socket.socket, wire: bytes) -> bool:
+    while True:
+        try:
+            sock.send(wire)
+            return True
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+        except OSError:
+            return False
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def _recv_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = await sock.recv(size - len(buf))
+        if not chunk:
+            raise EOFError("connection closed mid-answer")
+        buf += chunk
+    return bytes(buf)
+
+
+class _ClientContext:
+    """What :meth:`DnsClient.open` returns (an async context manager yielding the client)."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> DnsClient:
+        client: DnsClient = await self._manager.__aenter__()
+        return client
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        result: bool | None = await self._manager.__aexit__(*exc)
+        return result
+
+
+def _open(cls: type[DnsClient], config: Config) -> _ClientContext:
+    @asynccontextmanager
+    async def manager() -> AsyncIterator[DnsClient]:
+        client = cls(config)
+        try:
+            async with trio.open_nursery() as nursery:
+                for group in client._channels:
+                    for chan in group:
+                        nursery.start_soon(client._reader, chan)
+                yield client
+                nursery.cancel_scope.cancel()
+        finally:
+            client._close()
+
+    return _ClientContext(manager())
+
+
+# -- dnspython messages, tolerant of malformed TLSA ----------------------------------------------
+
+
+@dns.immutable.immutable
+class _LenientTLSA(dns.rdtypes.ANY.TLSA.TLSA):
+    """TLSA without dnspython 2.9's length check: RFC 6698 §2.1.3 lengths are judged later
+    (RFC 7672 §3.1.3 / RFC 7671 §5: such a record is unusable, not a broken answer)."""
+
+    _cert_length_by_mtype: dict[int, int] = {}  # noqa: RUF012 (overrides the base attribute)
+
+
+def message_from_wire(wire: bytes) -> dns.message.Message:
+    """:func:`dns.message.from_wire`, retried with a lenient TLSA class if a record fails.
+
+    The retry swaps the TLSA class in dnspython's registry for the duration of one synchronous
+    call (no await inside, and the scanner parses DNS on one thread only).
+    """
+    try:
+        return dns.message.from_wire(wire)
+    except dns.exception.FormError:
+        pass
+    registry: dict[Any, Any] = dns.rdata._rdata_classes
+    key = (dns.rdataclass.IN, dns.rdatatype.TLSA)
+    saved = registry.get(key)
+    registry[key] = _LenientTLSA
+    try:
+        return dns.message.from_wire(wire)
+    finally:
+        if saved is None:
+            del registry[key]
+        else:
+            registry[key] = saved
+
+
+# -- the system's resolver, for the CLI's default -------------------------------------------------
+
+
+def system_resolvers(path: str | Path = "/etc/resolv.conf") -> list[ResolverAddress]:
+    """The ``nameserver`` lines of resolv.conf(5), in order; read here, never used implicitly."""
+    out: list[ResolverAddress] = []
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        try:
+            ipaddress.ip_address(fields[1])
+        except ValueError:
+            continue  # resolv.conf allows only addresses here; skip anything else
+        out.append(ResolverAddress(fields[1]))
+    return out
