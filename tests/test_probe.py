@@ -12,8 +12,8 @@ import socket
 import ssl
 import struct
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import UTC
+from functools import partial
 
 import pytest
 import trio
@@ -24,7 +24,7 @@ from scanner.model import EndpointStatus
 from scanner.probe import Phase, classify, probe
 from scanner.smtp import SmtpProtocolError
 from scanner.tls import TlsHandshakeError
-from tests.test_tls import ServedChain, SniLog, server_context, served_chain
+from tests.test_tls import ServedChain, SniLog, served_chain, server_context
 
 HOST = "127.80.0.1"
 CONFIG = Config(ehlo_name="danescan.test")
