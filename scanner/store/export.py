@@ -1,0 +1,183 @@
+"""Export a stored scan as JSONL or CSV at domain, host or endpoint level.
+
+Domain level is ``scan --jsonl`` exactly: the stored verdicts are rebuilt and serialised by the
+same ``scanner.verdict.to_json``, plus two provenance keys, ``scan_id`` and ``schema_version``.
+CSV flattens: no ``mx_hosts`` at domain level; host and endpoint levels have their own columns.
+Every row of every level carries ``scan_id`` and ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TextIO
+
+from sqlalchemy.engine import Engine
+
+from scanner.model import SCHEMA_VERSION, DomainVerdict, Outcome
+from scanner.store.read import iter_verdicts
+from scanner.store.rows import fingerprint
+from scanner.store.scans import latest_complete
+
+Format = Literal["jsonl", "csv"]
+Level = Literal["domain", "host", "endpoint"]
+
+HOST_COLUMNS = (
+    "scan_id", "schema_version", "line", "domain", "ordinal", "preference", "host",
+    "address_status", "addresses", "tlsa_base", "tlsa_status", "tlsa_count", "tlsa_records",
+    "reachable", "reason", "host_reason",
+)  # fmt: skip
+ENDPOINT_COLUMNS = (
+    "scan_id", "schema_version", "line", "domain", "host", "address", "port", "sni", "family",
+    "status", "banner", "greeting_code", "ehlo", "starttls_offered", "starttls_code",
+    "tls_version", "cipher", "chain", "error", "probed_at", "attempts", "dane_authenticated",
+    "dane_usage", "dane_selector", "dane_mtype", "dane_data", "dane_depth", "dane_reason",
+    "dane_detail",
+)  # fmt: skip
+
+
+def resolve_scan(engine: Engine, scan: int | str) -> int:
+    """``"latest"`` -> the newest complete scan; otherwise the id itself."""
+    if scan == "latest":
+        found = latest_complete(engine)
+        if found is None:
+            raise LookupError("no complete scan in the database")
+        return found
+    return int(scan)
+
+
+def _to_json() -> Callable[[DomainVerdict], dict[str, Any]]:
+    # The serialiser of ``scan --jsonl`` (scanner/verdict.py), imported late: the store must
+    # not pull the scanner's rules in at import time.
+    verdict = importlib.import_module("scanner.verdict")
+    fn: Callable[[DomainVerdict], dict[str, Any]] = verdict.to_json
+    return fn
+
+
+def domain_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
+    to_json = _to_json()
+    for v in verdicts:
+        row = to_json(v)
+        row["scan_id"] = scan_id
+        row["schema_version"] = SCHEMA_VERSION
+        yield row
+
+
+def domain_csv_columns() -> list[str]:
+    """The scalar fields of the contract, in its order (every field is always present)."""
+    template = _to_json()(DomainVerdict(input="", domain=None, outcome=Outcome.INVALID))
+    cols = [k for k, v in template.items() if not isinstance(v, list | dict)]
+    return [*cols, "scan_id", "schema_version"]
+
+
+def host_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
+    for v in verdicts:
+        for i, hv in enumerate(v.hosts):
+            h = hv.host
+            yield {
+                "scan_id": scan_id,
+                "schema_version": SCHEMA_VERSION,
+                "line": v.line,
+                "domain": v.domain,
+                "ordinal": i,
+                "preference": hv.preference,
+                "host": h.name,
+                "address_status": _val(h.address_status),
+                "addresses": list(h.addresses),
+                "tlsa_base": h.tlsa_base,
+                "tlsa_status": h.tlsa_status.value,
+                "tlsa_count": len(h.tlsa_records),
+                "tlsa_records": [r.to_text() for r in h.tlsa_records],
+                "reachable": hv.reachable,
+                "reason": _val(hv.reason),
+                "host_reason": _val(h.reason),
+            }
+
+
+def endpoint_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
+    for v in verdicts:
+        for hv in v.hosts:
+            for ep, m in zip(hv.endpoints, hv.dane, strict=False):
+                rec = m.record if m is not None else None
+                yield {
+                    "scan_id": scan_id,
+                    "schema_version": SCHEMA_VERSION,
+                    "line": v.line,
+                    "domain": v.domain,
+                    "host": hv.host.name,
+                    "address": ep.address,
+                    "port": ep.port,
+                    "sni": ep.sni,
+                    "family": ep.family,
+                    "status": ep.status.value,
+                    "banner": ep.banner,
+                    "greeting_code": ep.greeting_code,
+                    "ehlo": list(ep.ehlo),
+                    "starttls_offered": ep.starttls_offered,
+                    "starttls_code": ep.starttls_code,
+                    "tls_version": ep.tls_version,
+                    "cipher": ep.cipher,
+                    "chain": [fingerprint(der) for der in ep.chain],
+                    "error": ep.error,
+                    "probed_at": None if ep.probed_at is None else ep.probed_at.isoformat(),
+                    "attempts": ep.attempts,
+                    "dane_authenticated": None if m is None else m.authenticated,
+                    "dane_usage": None if rec is None else rec.usage,
+                    "dane_selector": None if rec is None else rec.selector,
+                    "dane_mtype": None if rec is None else rec.mtype,
+                    "dane_data": None if rec is None else rec.data.hex(),
+                    "dane_depth": None if m is None else m.depth,
+                    "dane_reason": None if m is None else _val(m.reason),
+                    "dane_detail": None if m is None else m.detail,
+                }
+
+
+def _val(x: Any) -> Any:
+    return None if x is None else getattr(x, "value", x)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(str(x) for x in value)  # addresses, EHLO keywords, fingerprints
+    return value
+
+
+def export(
+    engine: Engine,
+    scan: int | str,
+    format: Format,
+    level: Level,
+    out: TextIO,
+) -> int:
+    """Write scan ``scan`` (an id or ``"latest"``) to ``out``; returns the number of rows."""
+    scan_id = resolve_scan(engine, scan)
+    verdicts = iter_verdicts(engine, scan_id)
+    if level == "domain":
+        rows = domain_rows(verdicts, scan_id)
+        columns = domain_csv_columns() if format == "csv" else []
+    elif level == "host":
+        rows, columns = host_rows(verdicts, scan_id), list(HOST_COLUMNS)
+    elif level == "endpoint":
+        rows, columns = endpoint_rows(verdicts, scan_id), list(ENDPOINT_COLUMNS)
+    else:
+        raise ValueError(f"unknown level {level!r}")
+    n = 0
+    if format == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    elif format == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([_csv_cell(row.get(c)) for c in columns])
+            n += 1
+    else:
+        raise ValueError(f"unknown format {format!r}")
+    return n

@@ -1,0 +1,259 @@
+"""Rebuild the verdicts of a stored scan, streaming in line order (the inverse of rows.py).
+
+Export serialises what this returns with the same function ``scan --jsonl`` uses, so the two
+can never disagree. Hosts, endpoints and certificates are read once per chunk of lines and
+kept in bounded caches, since many domains share them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scanner.model import (
+    DaneMatch,
+    DaneStatus,
+    DnssecStatus,
+    DomainVerdict,
+    EndpointFacts,
+    EndpointStatus,
+    HostFacts,
+    HostVerdict,
+    Lookup,
+    Outcome,
+    Reason,
+    Stage,
+    TlsaCoverage,
+    TlsaRecord,
+    TlsaStatus,
+)
+from scanner.store import schema as s
+from scanner.store.rows import utc
+
+IN_CHUNK = 500  # keeps IN lists well under SQLite's and PostgreSQL's parameter limits
+
+
+def _json(value: Any) -> Any:
+    # JSON columns come back decoded; tolerate text (e.g. a JSON column read through raw SQL).
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _lookup(value: Any) -> Lookup | None:
+    d = _json(value)
+    if d is None:
+        return None
+    return Lookup(
+        qname=d["qname"],
+        rdtype=d["rdtype"],
+        status=DnssecStatus(d["status"]),
+        rcode=d["rcode"],
+        records=tuple(d["records"]),
+        cname_chain=tuple(d["cname_chain"]),
+        ede_code=d["ede_code"],
+        ede_text=d["ede_text"],
+    )
+
+
+def _enum[E](cls: type[E], value: str | None) -> E | None:
+    return None if value is None else cls(value)  # type: ignore[call-arg]
+
+
+def _chunks[T](items: Sequence[T], n: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+class _Cache[K, V]:
+    """Bounded memo: cleared when full (simple, and export reads in line order anyway)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self.data: dict[K, V] = {}
+
+    def missing(self, keys: set[K]) -> list[K]:
+        if len(self.data) + len(keys) > self.size:
+            self.data.clear()
+        return [k for k in keys if k not in self.data]
+
+
+class VerdictReader:
+    def __init__(self, conn: sa.Connection, scan_id: int) -> None:
+        self.conn = conn
+        self.scan_id = scan_id
+        self.hosts: _Cache[str, HostFacts] = _Cache()
+        self.endpoints: _Cache[tuple[str, int, str], EndpointFacts] = _Cache()
+        self.certs: _Cache[str, bytes] = _Cache()
+
+    def chunk(self, after: int, limit: int) -> list[DomainVerdict]:
+        dr, d = s.domain_results, s.domains
+        rows = self.conn.execute(
+            sa.select(dr, d.c.name)
+            .select_from(dr.outerjoin(d, d.c.id == dr.c.domain_id))
+            .where(dr.c.scan_id == self.scan_id, dr.c.line > after)
+            .order_by(dr.c.line)
+            .limit(limit)
+        ).all()
+        if not rows:
+            return []
+        lo, hi = rows[0].line, rows[-1].line
+        links = self._links(lo, hi)
+        dane = self._dane(lo, hi)
+        self._load_hosts({r.host_name for ls in links.values() for r in ls})
+        self._load_endpoints({(r.address, r.port, r.sni) for ds in dane.values() for r in ds})
+        return [self._verdict(r, links.get(r.line, []), dane) for r in rows]
+
+    def _links(self, lo: int, hi: int) -> dict[int, list[Any]]:
+        t = s.domain_mx
+        out: dict[int, list[Any]] = {}
+        for r in self.conn.execute(
+            sa.select(t)
+            .where(t.c.scan_id == self.scan_id, t.c.line.between(lo, hi))
+            .order_by(t.c.line, t.c.ordinal)
+        ):
+            out.setdefault(r.line, []).append(r)
+        return out
+
+    def _dane(self, lo: int, hi: int) -> dict[tuple[int, int], list[Any]]:
+        t = s.dane_results
+        out: dict[tuple[int, int], list[Any]] = {}
+        for r in self.conn.execute(
+            sa.select(t)
+            .where(t.c.scan_id == self.scan_id, t.c.line.between(lo, hi))
+            .order_by(t.c.line, t.c.host_ordinal, t.c.ordinal)
+        ):
+            out.setdefault((r.line, r.host_ordinal), []).append(r)
+        return out
+
+    def _load_hosts(self, names: set[str]) -> None:
+        h, tr = s.mx_hosts, s.tlsa_records
+        for part in _chunks(self.hosts.missing(names)):
+            records: dict[str, list[TlsaRecord]] = {}
+            for r in self.conn.execute(
+                sa.select(tr)
+                .where(tr.c.scan_id == self.scan_id, tr.c.host_name.in_(part))
+                .order_by(tr.c.host_name, tr.c.ordinal)
+            ):
+                records.setdefault(r.host_name, []).append(
+                    TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.data))
+                )
+            for r in self.conn.execute(
+                sa.select(h).where(h.c.scan_id == self.scan_id, h.c.name.in_(part))
+            ):
+                self.hosts.data[r.name] = HostFacts(
+                    name=r.name,
+                    a=_lookup(r.a_lookup),
+                    aaaa=_lookup(r.aaaa_lookup),
+                    address_status=_enum(DnssecStatus, r.address_status),
+                    tlsa_base=r.tlsa_base,
+                    tlsa_status=TlsaStatus(r.tlsa_status),
+                    tlsa_records=tuple(records.get(r.name, ())),
+                    tlsa_lookup=_lookup(r.tlsa_lookup),
+                    reason=_enum(Reason, r.reason),
+                )
+
+    def _load_endpoints(self, keys: set[tuple[str, int, str]]) -> None:
+        e = s.endpoints
+        found: list[Any] = []
+        for part in _chunks(self.endpoints.missing(keys)):
+            found.extend(
+                self.conn.execute(
+                    sa.select(e).where(
+                        e.c.scan_id == self.scan_id,
+                        sa.tuple_(e.c.address, e.c.port, e.c.sni).in_(part),
+                    )
+                ).all()
+            )
+        fps = {fp for r in found for fp in _json(r.chain)}
+        self._load_certs(fps)
+        for r in found:
+            self.endpoints.data[(r.address, r.port, r.sni)] = EndpointFacts(
+                address=r.address,
+                port=r.port,
+                sni=r.sni or None,
+                status=EndpointStatus(r.status),
+                banner=r.banner,
+                greeting_code=r.greeting_code,
+                ehlo=tuple(_json(r.ehlo)),
+                starttls_offered=r.starttls_offered,
+                starttls_code=r.starttls_code,
+                tls_version=r.tls_version,
+                cipher=r.cipher,
+                chain=tuple(self.certs.data[fp] for fp in _json(r.chain)),
+                error=r.error,
+                probed_at=utc(r.probed_at),
+                attempts=r.attempts,
+            )
+
+    def _load_certs(self, fps: set[str]) -> None:
+        c = s.certificates
+        for part in _chunks(self.certs.missing(fps)):
+            for r in self.conn.execute(sa.select(c.c.sha256, c.c.der).where(c.c.sha256.in_(part))):
+                self.certs.data[r.sha256] = bytes(r.der)
+
+    def _verdict(
+        self, r: Any, links: list[Any], dane: dict[tuple[int, int], list[Any]]
+    ) -> DomainVerdict:
+        hosts = []
+        for link in links:
+            eps, matches = [], []
+            for d in dane.get((r.line, link.ordinal), []):
+                eps.append(self.endpoints.data[(d.address, d.port, d.sni)])
+                matches.append(_match(d))
+            hosts.append(
+                HostVerdict(
+                    preference=link.preference,
+                    host=self.hosts.data[link.host_name],
+                    endpoints=tuple(eps),
+                    dane=tuple(matches),
+                    reachable=link.reachable,
+                    reason=_enum(Reason, link.reason),
+                )
+            )
+        return DomainVerdict(
+            input=r.input,
+            domain=r.name,
+            outcome=Outcome(r.outcome),
+            starttls=r.starttls,
+            dnssec=r.dnssec,
+            tlsa=_enum(TlsaCoverage, r.tlsa),
+            tlsa_unusable=r.tlsa_unusable,
+            dane=_enum(DaneStatus, r.dane),
+            stage=_enum(Stage, r.stage),
+            reason=_enum(Reason, r.reason),
+            mx_status=_enum(DnssecStatus, r.mx_status),
+            implicit_mx=r.implicit_mx,
+            hosts=tuple(hosts),
+            line=r.line,
+        )
+
+
+def _match(d: Any) -> DaneMatch | None:
+    if d.authenticated is None:
+        return None
+    record = None
+    if d.usage is not None:
+        record = TlsaRecord(d.usage, d.selector, d.mtype, bytes(d.data))
+    return DaneMatch(
+        authenticated=d.authenticated,
+        record=record,
+        depth=d.depth,
+        reason=_enum(Reason, d.reason),
+        detail=d.detail,
+    )
+
+
+def iter_verdicts(engine: Engine, scan_id: int, chunk: int = 2000) -> Iterator[DomainVerdict]:
+    """Every stored verdict of ``scan_id`` in input-line order, ``chunk`` lines per query round."""
+    with engine.connect() as conn:
+        reader = VerdictReader(conn, scan_id)
+        after = -1
+        while True:
+            batch = reader.chunk(after, chunk)
+            if not batch:
+                return
+            yield from batch
+            after = batch[-1].line or 0

@@ -1,0 +1,326 @@
+"""Pure conversion of verdicts into table rows (tuples in a fixed column order), no I/O.
+
+Text that came from the network is treated as hostile here, whatever the producer promised:
+control characters and lone surrogates are removed and lengths capped (schema.*_MAX) before
+anything reaches the database. PostgreSQL rejects NUL in text and JSONB, and an unbounded
+banner must not let one server bloat the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+from scanner.model import DomainVerdict, EndpointFacts, HostFacts, Lookup
+from scanner.store import schema
+
+Row = tuple[Any, ...]
+
+# Column orders of the rows built here; checked against the schema at import time.
+DOMAIN_RESULT_COLS = (
+    "scan_id", "line", "domain_name", "shard_no", "input", "outcome", "starttls", "dnssec",
+    "tlsa", "tlsa_unusable", "dane", "stage", "reason", "mx_status", "implicit_mx", "probed_at",
+)  # fmt: skip
+DOMAIN_MX_COLS = ("scan_id", "line", "ordinal", "host_name", "preference", "reachable", "reason")
+DANE_COLS = (
+    "scan_id", "line", "host_ordinal", "ordinal", "address", "port", "sni", "authenticated",
+    "usage", "selector", "mtype", "data", "depth", "reason", "detail",
+)  # fmt: skip
+MX_HOST_COLS = (
+    "scan_id", "name", "address_status", "addresses", "a_lookup", "aaaa_lookup", "tlsa_base",
+    "tlsa_status", "tlsa_count", "tlsa_lookup", "reachable", "reason",
+)  # fmt: skip
+TLSA_COLS = ("scan_id", "host_name", "ordinal", "usage", "selector", "mtype", "data")
+ENDPOINT_COLS = (
+    "scan_id", "address", "port", "sni", "family", "status", "banner", "greeting_code", "ehlo",
+    "starttls_offered", "starttls_code", "tls_version", "cipher", "chain", "error", "probed_at",
+    "attempts",
+)  # fmt: skip
+CERT_COLS = (
+    "sha256", "der", "subject", "issuer", "spki_sha256", "not_before", "not_after", "key_type",
+)  # fmt: skip
+
+# (table, its row columns), in insertion order; domain_results maps domain_name -> domain_id.
+TABLE_COLS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("domain_results", DOMAIN_RESULT_COLS),
+    ("mx_hosts", MX_HOST_COLS),
+    ("tlsa_records", TLSA_COLS),
+    ("endpoints", ENDPOINT_COLS),
+    ("certificates", CERT_COLS),
+    ("domain_mx", DOMAIN_MX_COLS),
+    ("dane_results", DANE_COLS),
+)
+
+
+def _check_columns() -> None:
+    for name, cols in TABLE_COLS:
+        have = set(schema.metadata.tables[name].c.keys())
+        extra = set(cols) - have - {"domain_name"}
+        if extra:
+            raise RuntimeError(f"rows for {name} name unknown columns {sorted(extra)}")
+
+
+_check_columns()
+
+_DROP = dict.fromkeys([*range(0x20), 0x7F], None)
+
+
+def clean(text: str | None, cap: int) -> str | None:
+    """Remove C0 controls and DEL, replace lone surrogates, cap at ``cap`` characters."""
+    if text is None:
+        return None
+    out = text.translate(_DROP)
+    if len(out) > cap:
+        out = out[:cap]
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        out = out.encode("utf-8", "replace").decode("utf-8")
+    return out
+
+
+def clean_input(text: str) -> str:
+    """The input line keeps its characters (it is echoed as given) except NUL, which no
+    PostgreSQL text can hold; it is capped like any other untrusted text."""
+    out = text.replace("\x00", "")[: schema.INPUT_MAX]
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        out = out.encode("utf-8", "replace").decode("utf-8")
+    return out
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Aware UTC; a naive time is taken to be UTC already (the scanner stamps UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def sqlite_ts(value: datetime | None) -> str | None:
+    """SQLAlchemy's SQLite DateTime storage format (naive UTC text)."""
+    v = utc(value)
+    return None if v is None else v.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def lookup_json(lk: Lookup | None) -> str | None:
+    if lk is None:
+        return None
+    return json.dumps(
+        {
+            "qname": clean(lk.qname, 1024),
+            "rdtype": lk.rdtype,
+            "status": lk.status.value,
+            "rcode": lk.rcode,
+            "records": [clean(r, 65535) for r in lk.records],
+            "cname_chain": [clean(n, 1024) for n in lk.cname_chain],
+            "ede_code": lk.ede_code,
+            "ede_text": clean(lk.ede_text, schema.ERROR_MAX),
+        },
+        ensure_ascii=False,
+    )
+
+
+def fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def _key_type(key: Any) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC-{key.curve.name}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448"
+    if isinstance(key, dsa.DSAPublicKey):
+        return f"DSA-{key.key_size}"
+    return type(key).__name__[:32]
+
+
+def certificate_row(der: bytes, ts: Any) -> Row:
+    """One ``certificates`` row; unparsable DER (hostile servers send anything) keeps nulls."""
+    sha = fingerprint(der)
+    subject = issuer = spki = key_type = None
+    not_before = not_after = None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        subject = clean(cert.subject.rfc4514_string(), 1024)
+        issuer = clean(cert.issuer.rfc4514_string(), 1024)
+        not_before = ts(cert.not_valid_before_utc)
+        not_after = ts(cert.not_valid_after_utc)
+        key = cert.public_key()
+        spki = hashlib.sha256(
+            key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).hexdigest()
+        key_type = _key_type(key)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        pass
+    return (sha, der, subject, issuer, spki, not_before, not_after, key_type)
+
+
+class Lru:
+    """Keys already committed to the database (bounded: the DB's ON CONFLICT covers misses)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+
+    def __contains__(self, key: Hashable) -> bool:
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add_all(self, keys: Iterable[Hashable]) -> None:
+        for key in keys:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+        while len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+
+
+@dataclass(slots=True)
+class RowSet:
+    """The rows of one batch, plus the keys to remember once (and only once) it is committed."""
+
+    tables: dict[str, list[Row]] = field(default_factory=lambda: {t: [] for t, _ in TABLE_COLS})
+    new_hosts: list[Hashable] = field(default_factory=list)
+    new_endpoints: list[Hashable] = field(default_factory=list)
+    new_certs: list[Hashable] = field(default_factory=list)
+
+    @property
+    def domain_count(self) -> int:
+        return len(self.tables["domain_results"])
+
+
+def _v(x: Any) -> Any:
+    """Enum -> its value, anything else unchanged."""
+    return None if x is None else getattr(x, "value", x)
+
+
+class RowBuilder:
+    """Turns verdicts into rows; hosts, endpoints and certificates already seen are skipped."""
+
+    def __init__(
+        self, scan_id: int, *, sqlite: bool, hosts: Lru, endpoints: Lru, certs: Lru
+    ) -> None:
+        self.scan_id = scan_id
+        self.ts = sqlite_ts if sqlite else utc
+        self.hosts = hosts
+        self.endpoints = endpoints
+        self.certs = certs
+
+    def build(self, batch: Sequence[DomainVerdict], shard_no: int | None) -> RowSet:
+        rs = RowSet()
+        now = datetime.now(UTC)
+        t = rs.tables
+        batch_hosts: set[str] = set()
+        batch_eps: set[tuple[str, int, str]] = set()
+        batch_certs: set[str] = set()
+        scan_id = self.scan_id
+        for v in batch:
+            if v.line is None:
+                raise ValueError(f"verdict for {v.input!r} has no line number; cannot be stored")
+            latest: datetime | None = None
+            for hi, hv in enumerate(v.hosts):
+                host = hv.host
+                name = clean(host.name, 1024) or ""
+                t["domain_mx"].append(
+                    (scan_id, v.line, hi, name, hv.preference, hv.reachable, _v(hv.reason))
+                )
+                if name not in batch_hosts and (scan_id, name) not in self.hosts:
+                    batch_hosts.add(name)
+                    self._host_rows(rs, name, host, hv.reachable)
+                for ei, ep in enumerate(hv.endpoints):
+                    sni = clean(ep.sni, 1024) or ""
+                    key = (ep.address, ep.port, sni)
+                    if key not in batch_eps and (scan_id, *key) not in self.endpoints:
+                        batch_eps.add(key)
+                        self._endpoint_rows(rs, ep, sni, batch_certs)
+                    if ep.probed_at is not None and (latest is None or ep.probed_at > latest):
+                        latest = ep.probed_at
+                    m = hv.dane[ei] if ei < len(hv.dane) else None
+                    if m is None:
+                        t["dane_results"].append(
+                            (scan_id, v.line, hi, ei, ep.address, ep.port, sni)
+                            + (None,) * 8
+                        )
+                    else:
+                        r = m.record
+                        t["dane_results"].append(
+                            (
+                                scan_id, v.line, hi, ei, ep.address, ep.port, sni,
+                                m.authenticated,
+                                None if r is None else r.usage,
+                                None if r is None else r.selector,
+                                None if r is None else r.mtype,
+                                None if r is None else r.data,
+                                m.depth, _v(m.reason), clean(m.detail, schema.DETAIL_MAX),
+                            )
+                        )  # fmt: skip
+            t["domain_results"].append(
+                (
+                    scan_id, v.line, v.domain, shard_no, clean_input(v.input), v.outcome.value,
+                    v.starttls, v.dnssec, _v(v.tlsa), v.tlsa_unusable, _v(v.dane), _v(v.stage),
+                    _v(v.reason), _v(v.mx_status), v.implicit_mx, self.ts(latest or now),
+                )
+            )  # fmt: skip
+        rs.new_hosts = [(scan_id, n) for n in batch_hosts]
+        rs.new_endpoints = [(scan_id, *k) for k in batch_eps]
+        rs.new_certs = list(batch_certs)
+        return rs
+
+    def _host_rows(self, rs: RowSet, name: str, host: HostFacts, reachable: bool) -> None:
+        rs.tables["mx_hosts"].append(
+            (
+                self.scan_id, name, _v(host.address_status),
+                json.dumps(list(host.addresses)),
+                lookup_json(host.a), lookup_json(host.aaaa),
+                clean(host.tlsa_base, 1024), host.tlsa_status.value, len(host.tlsa_records),
+                lookup_json(host.tlsa_lookup), reachable, _v(host.reason),
+            )
+        )  # fmt: skip
+        for i, r in enumerate(host.tlsa_records):
+            rs.tables["tlsa_records"].append(
+                (self.scan_id, name, i, r.usage, r.selector, r.mtype, r.data)
+            )
+
+    def _endpoint_rows(
+        self, rs: RowSet, ep: EndpointFacts, sni: str, batch_certs: set[str]
+    ) -> None:
+        chain = []
+        for der in ep.chain:
+            fp = fingerprint(der)
+            chain.append(fp)
+            if fp not in batch_certs and fp not in self.certs:
+                batch_certs.add(fp)
+                rs.tables["certificates"].append(certificate_row(der, self.ts))
+        ehlo = [clean(x, schema.EHLO_LINE_MAX) for x in ep.ehlo[: schema.EHLO_LINES_MAX]]
+        rs.tables["endpoints"].append(
+            (
+                self.scan_id, ep.address, ep.port, sni, ep.family, ep.status.value,
+                clean(ep.banner, schema.BANNER_MAX), ep.greeting_code,
+                json.dumps(ehlo, ensure_ascii=False), ep.starttls_offered, ep.starttls_code,
+                clean(ep.tls_version, 16), clean(ep.cipher, 128), json.dumps(chain),
+                clean(ep.error, schema.ERROR_MAX), self.ts(ep.probed_at), ep.attempts,
+            )
+        )  # fmt: skip

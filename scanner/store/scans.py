@@ -1,0 +1,321 @@
+"""Scans, their input shards, work leases and resume.
+
+A scan's input is streamed into numbered shards once (the input is never held in memory);
+workers lease shards, and the writer marks a shard ``done`` in the transaction that stores its
+results. Resume is therefore just "claim the shards that are not done": a shard whose lease
+expired (its worker died) is claimable again, and storing it twice adds nothing (idempotent
+keys). On PostgreSQL concurrent workers claim with ``SELECT … FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scanner.model import SCHEMA_VERSION
+from scanner.store import schema as s
+from scanner.store.db import is_postgres
+from scanner.store.rows import clean_input, utc
+from scanner.store.schema import ScanStatus, ShardStatus
+
+SHARD_INSERT_GROUP = 20  # shards per executemany while streaming the input in
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    scan_id: int
+    shard_no: int
+    first_line: int
+    lines: tuple[tuple[int, str], ...]  # (line number, text), in input order
+    lease_owner: str | None
+    lease_expires: dt.datetime | None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("danescan")
+    except PackageNotFoundError:
+        return None
+
+
+def create_scan(
+    engine: Engine,
+    label: str | None,
+    source: str | None,
+    logical_date: dt.date | None,
+    resolver: str | None,
+    options: Mapping[str, Any] | None = None,
+) -> int:
+    """A new ``running`` scan; returns its id."""
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                s.scans.insert()
+                .values(
+                    label=label,
+                    started_at=_now(),
+                    logical_date=logical_date,
+                    source=source,
+                    resolver=resolver,
+                    options=dict(options or {}),
+                    scanner_version=_version(),
+                    schema_version=SCHEMA_VERSION,
+                    status=ScanStatus.RUNNING.value,
+                )
+                .returning(s.scans.c.id)
+            ).scalar_one()
+        )
+
+
+def add_shards(
+    engine: Engine, scan_id: int, lines: Iterable[tuple[int, str]], shard_size: int = 1000
+) -> int:
+    """Stream ``(line_no, text)`` into shards of ``shard_size`` lines; returns the shard count.
+
+    One transaction: a scan never has half its input loaded (resume would then silently skip
+    the rest). The SHA-256 of the input (each line's text plus a newline, UTF-8) is computed
+    while streaming and recorded with the line and shard counts.
+    """
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    digest = hashlib.sha256()
+    n_lines = n_shards = 0
+    pending: list[dict[str, Any]] = []
+    current: list[list[Any]] = []
+
+    def close_shard() -> None:
+        nonlocal n_shards, current
+        pending.append(
+            {
+                "scan_id": scan_id,
+                "shard_no": n_shards,
+                "first_line": current[0][0],
+                "line_count": len(current),
+                "lines": current,
+                "status": ShardStatus.PENDING.value,
+            }
+        )
+        n_shards += 1
+        current = []
+
+    with engine.begin() as conn:
+        for line_no, text in lines:
+            digest.update(text.encode("utf-8", "surrogatepass") + b"\n")
+            n_lines += 1
+            current.append([line_no, clean_input(text)])
+            if len(current) >= shard_size:
+                close_shard()
+                if len(pending) >= SHARD_INSERT_GROUP:
+                    conn.execute(s.shards.insert(), pending)
+                    pending.clear()
+        if current:
+            close_shard()
+        if pending:
+            conn.execute(s.shards.insert(), pending)
+        conn.execute(
+            s.scans.update()
+            .where(s.scans.c.id == scan_id)
+            .values(source_sha256=digest.hexdigest(), input_lines=n_lines, shard_count=n_shards)
+        )
+    return n_shards
+
+
+def _shard(row: Any) -> Shard:
+    return Shard(
+        scan_id=row.scan_id,
+        shard_no=row.shard_no,
+        first_line=row.first_line,
+        lines=tuple((int(n), str(t)) for n, t in row.lines),
+        lease_owner=row.lease_owner,
+        lease_expires=utc(row.lease_expires),
+    )
+
+
+def _claimable(scan_id: int, now: dt.datetime) -> sa.ColumnElement[bool]:
+    c = s.shards.c
+    return sa.and_(
+        c.scan_id == scan_id,
+        sa.or_(
+            c.status == ShardStatus.PENDING.value,
+            sa.and_(c.status == ShardStatus.LEASED.value, c.lease_expires < now),
+        ),
+    )
+
+
+def claim_shard(
+    engine: Engine, scan_id: int, owner: str, lease_seconds: float = 600.0
+) -> Shard | None:
+    """Lease the lowest-numbered shard that is pending or whose lease expired; None when none."""
+    now = _now()
+    c = s.shards.c
+    values = {
+        "status": ShardStatus.LEASED.value,
+        "lease_owner": owner,
+        "lease_expires": now + dt.timedelta(seconds=lease_seconds),
+    }
+    with engine.begin() as conn:
+        if is_postgres(conn):
+            # Concurrent workers skip each other's locked candidates instead of queueing.
+            shard_no = conn.execute(
+                sa.select(c.shard_no)
+                .where(_claimable(scan_id, now))
+                .order_by(c.shard_no)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).scalar_one_or_none()
+            if shard_no is None:
+                return None
+            where = sa.and_(c.scan_id == scan_id, c.shard_no == shard_no)
+        else:
+            # One UPDATE statement is atomic in SQLite (a single writer holds the lock).
+            first = (
+                sa.select(c.shard_no)
+                .where(_claimable(scan_id, now))
+                .order_by(c.shard_no)
+                .limit(1)
+                .scalar_subquery()
+            )
+            where = sa.and_(c.scan_id == scan_id, c.shard_no == first)
+        row = conn.execute(
+            s.shards.update().where(where).values(**values).returning(*s.shards.c)
+        ).first()
+        return None if row is None else _shard(row)
+
+
+def renew_lease(
+    engine: Engine, scan_id: int, shard_no: int, owner: str, lease_seconds: float = 600.0
+) -> bool:
+    """Extend ``owner``'s lease; False when the lease was lost (taken over or shard done)."""
+    c = s.shards.c
+    with engine.begin() as conn:
+        res = conn.execute(
+            s.shards.update()
+            .where(
+                c.scan_id == scan_id,
+                c.shard_no == shard_no,
+                c.lease_owner == owner,
+                c.status == ShardStatus.LEASED.value,
+            )
+            .values(lease_expires=_now() + dt.timedelta(seconds=lease_seconds))
+        )
+        return res.rowcount == 1
+
+
+def release_leases(engine: Engine, scan_id: int, owner: str | None = None) -> int:
+    """Leased shards (of ``owner``, or all) back to pending; returns how many."""
+    c = s.shards.c
+    cond = [c.scan_id == scan_id, c.status == ShardStatus.LEASED.value]
+    if owner is not None:
+        cond.append(c.lease_owner == owner)
+    with engine.begin() as conn:
+        res = conn.execute(
+            s.shards.update()
+            .where(*cond)
+            .values(status=ShardStatus.PENDING.value, lease_owner=None, lease_expires=None)
+        )
+        return int(res.rowcount)
+
+
+def _set_status(engine: Engine, scan_id: int, status: ScanStatus, **extra: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            s.scans.update().where(s.scans.c.id == scan_id).values(status=status.value, **extra)
+        )
+
+
+def mark_interrupted(engine: Engine, scan_id: int) -> None:
+    """A clean stop (Ctrl-C, StoreUnavailable): leases are released so resume starts at once."""
+    release_leases(engine, scan_id)
+    _set_status(engine, scan_id, ScanStatus.INTERRUPTED)
+
+
+def mark_failed(engine: Engine, scan_id: int) -> None:
+    release_leases(engine, scan_id)
+    _set_status(engine, scan_id, ScanStatus.FAILED, finished_at=_now())
+
+
+def resume_scan(engine: Engine, scan_id: int, release: bool = True) -> int:
+    """Set a scan running again; returns the number of shards still to do.
+
+    ``release`` frees every lease first: right for one machine resuming its own crashed scan;
+    pass False when other workers may still be running.
+    """
+    if release:
+        release_leases(engine, scan_id)
+    _set_status(engine, scan_id, ScanStatus.RUNNING, finished_at=None)
+    return remaining_shards(engine, scan_id)
+
+
+def remaining_shards(engine: Engine, scan_id: int) -> int:
+    c = s.shards.c
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(s.shards)
+                .where(c.scan_id == scan_id, c.status != ShardStatus.DONE.value)
+            ).scalar_one()
+        )
+
+
+def scan_counts(engine: Engine, scan_id: int) -> dict[str, dict[str, int]]:
+    """Results per outcome and per stage (stage null -> ``"none"``)."""
+    dr = s.domain_results
+    out: dict[str, dict[str, int]] = {"outcome": {}, "stage": {}}
+    with engine.connect() as conn:
+        for key, col in (("outcome", dr.c.outcome), ("stage", dr.c.stage)):
+            for value, n in conn.execute(
+                sa.select(col, sa.func.count()).where(dr.c.scan_id == scan_id).group_by(col)
+            ):
+                out[key][value if value is not None else "none"] = int(n)
+    return out
+
+
+def finish_scan(
+    engine: Engine, scan_id: int, status: ScanStatus = ScanStatus.COMPLETE
+) -> dict[str, dict[str, int]]:
+    """Record counts and the final status; ``complete`` only when every shard is done."""
+    if status is ScanStatus.COMPLETE and remaining_shards(engine, scan_id):
+        raise ValueError(f"scan {scan_id} still has shards to do; it cannot be complete")
+    counts = scan_counts(engine, scan_id)
+    _set_status(
+        engine,
+        scan_id,
+        status,
+        finished_at=_now(),
+        result_count=sum(counts["outcome"].values()),
+        counts=counts,
+    )
+    return counts
+
+
+def _latest(engine: Engine, statuses: Iterable[ScanStatus]) -> int | None:
+    c = s.scans.c
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(c.id)
+            .where(c.status.in_([x.value for x in statuses]))
+            .order_by(c.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+
+
+def latest_unfinished(engine: Engine) -> int | None:
+    """The newest scan that is running (perhaps crashed) or interrupted: the one to resume."""
+    return _latest(engine, (ScanStatus.RUNNING, ScanStatus.INTERRUPTED))
+
+
+def latest_complete(engine: Engine) -> int | None:
+    return _latest(engine, (ScanStatus.COMPLETE,))
