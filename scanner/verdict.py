@@ -1,0 +1,355 @@
+"""The verdict rules of docs/verdicts.md, pure: host and endpoint facts -> domain verdict.
+
+Nothing here looks anything up; every rule is applied in exactly one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scanner.model import (
+    DaneMatch,
+    DaneStatus,
+    DnssecStatus,
+    DomainVerdict,
+    EndpointFacts,
+    EndpointStatus,
+    HostFacts,
+    HostVerdict,
+    Lookup,
+    Outcome,
+    Reason,
+    Stage,
+    TlsaCoverage,
+    TlsaRecord,
+    TlsaStatus,
+)
+
+# How a probe that did not end in SUCCESS is named in the reason vocabulary.
+_ENDPOINT_REASON: dict[EndpointStatus, Reason] = {
+    EndpointStatus.NO_STARTTLS: Reason.STARTTLS_NOT_SUPPORTED,
+    EndpointStatus.STARTTLS_REFUSED: Reason.STARTTLS_REFUSED,
+    EndpointStatus.HANDSHAKE_ERROR: Reason.HANDSHAKE_ERROR,
+    EndpointStatus.CONNECTION_REFUSED: Reason.CONNECTION_REFUSED,
+    EndpointStatus.CONNECT_TIMEOUT: Reason.CONNECT_TIMEOUT,
+    EndpointStatus.GREETING_TIMEOUT: Reason.GREETING_TIMEOUT,
+    EndpointStatus.GREETING_REJECTED: Reason.GREETING_REJECTED,
+    EndpointStatus.IO_TIMEOUT: Reason.IO_TIMEOUT,
+    EndpointStatus.CONNECTION_RESET: Reason.CONNECTION_RESET,
+    EndpointStatus.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
+    EndpointStatus.NOT_PROBED_PRIVATE: Reason.NOT_PROBED,
+    EndpointStatus.NOT_PROBED_IPV6: Reason.NOT_PROBED,
+    EndpointStatus.NOT_PROBED_EXCLUDED: Reason.NOT_PROBED,
+}
+
+
+def endpoint_reason(status: EndpointStatus) -> Reason | None:
+    """The reason a probe ended as it did; None for SUCCESS."""
+    return _ENDPOINT_REASON.get(status)
+
+
+# -- hosts ---------------------------------------------------------------------------------
+
+
+def host_verdict(preference: int | None, host: HostFacts, endpoints: Sequence[EndpointFacts],
+                 dane: Sequence[DaneMatch | None]) -> HostVerdict:
+    """One MX host as seen for one domain.
+
+    ``reachable``: some endpoint greeted with 220. ``reason``: why it is unreachable, or else
+    the first failure among its TLSA lookup and its greeting endpoints (see :func:`_host_failure`).
+    """
+    if len(dane) != len(endpoints):
+        raise ValueError("dane matches must be aligned with endpoints")
+    eps, matches = tuple(endpoints), tuple(dane)
+    reachable = any(ep.status.greeted for ep in eps)
+    if reachable:
+        reason = _host_failure(host, eps, matches)
+    else:
+        reason = _unreachable_reason(host, eps)
+    return HostVerdict(preference, host, eps, matches, reachable, reason)
+
+
+def _unreachable_reason(host: HostFacts, eps: tuple[EndpointFacts, ...]) -> Reason:
+    if host.reason is not None:
+        return host.reason
+    if not eps:
+        return Reason.NO_ADDRESS
+    return endpoint_reason(eps[0].status) or Reason.UNREACHABLE
+
+
+def _host_failure(host: HostFacts, eps: tuple[EndpointFacts, ...],
+                  matches: tuple[DaneMatch | None, ...]) -> Reason | None:
+    """The first thing that keeps this host from being DANE-valid, or None.
+
+    TLSA lookup failures first (§2.1.1: bogus -> ``dnssec-invalid``, indeterminate ->
+    ``tlsa-lookup-failure``); then, per greeting endpoint in order, a STARTTLS failure or (with
+    usable TLSA, §2.2) a failed authentication.
+    """
+    if host.tlsa_status is TlsaStatus.BOGUS:
+        return Reason.DNSSEC_INVALID
+    if host.tlsa_status is TlsaStatus.INDETERMINATE:
+        return Reason.TLSA_LOOKUP_FAILURE
+    for ep, m in zip(eps, matches, strict=True):
+        if not ep.status.greeted:
+            continue
+        if ep.status is not EndpointStatus.SUCCESS:
+            return endpoint_reason(ep.status)
+        if host.tlsa_status is TlsaStatus.USABLE:
+            if m is None:
+                return Reason.VALIDATION_FAILURE  # usable TLSA, yet no match was computed
+            if not m.authenticated:
+                return m.reason or Reason.VALIDATION_FAILURE
+    return None
+
+
+def _dane_failure(h: HostVerdict) -> Reason | None:
+    """Why this host makes the domain's ``dane`` broken (rule 1 of docs/verdicts.md), or None.
+
+    A bogus or indeterminate TLSA lookup breaks DANE whether or not the host answers; an
+    authentication or STARTTLS failure counts on reachable hosts with usable TLSA, and a
+    STARTTLS failure on reachable hosts with only unusable TLSA (TLS is mandatory, §2.2).
+    """
+    status = h.host.tlsa_status
+    if status is TlsaStatus.BOGUS:
+        return Reason.DNSSEC_INVALID
+    if status is TlsaStatus.INDETERMINATE:
+        return Reason.TLSA_LOOKUP_FAILURE
+    if not h.reachable or status not in (TlsaStatus.USABLE, TlsaStatus.UNUSABLE):
+        return None
+    for ep, m in zip(h.endpoints, h.dane, strict=True):
+        if not ep.status.greeted:
+            continue
+        if ep.status is not EndpointStatus.SUCCESS:
+            reason = endpoint_reason(ep.status)
+            assert reason is not None
+            return reason
+        if status is TlsaStatus.USABLE and (m is None or not m.authenticated):
+            return (m.reason if m is not None else None) or Reason.VALIDATION_FAILURE
+    return None
+
+
+def _dane_valid(h: HostVerdict) -> bool:
+    """Usable TLSA, reachable, and every greeting endpoint authenticated."""
+    return (
+        h.host.tlsa_status is TlsaStatus.USABLE
+        and h.reachable
+        and all(
+            ep.status is EndpointStatus.SUCCESS and m is not None and m.authenticated
+            for ep, m in zip(h.endpoints, h.dane, strict=True)
+            if ep.status.greeted
+        )
+    )
+
+
+# -- domains -------------------------------------------------------------------------------
+
+
+def domain_verdict(input: str, domain: str, mx_status: DnssecStatus,
+                   hosts: Sequence[HostVerdict], *, implicit_mx: bool, validating: bool = True,
+                   line: int | None = None) -> DomainVerdict:
+    """The contract's rules for a domain whose MX lookup succeeded (docs/verdicts.md)."""
+    hs = tuple(hosts)
+    common: dict[str, Any] = {
+        "input": input, "domain": domain, "mx_status": mx_status, "implicit_mx": implicit_mx,
+        "hosts": hs, "line": line,
+    }
+    if not any(h.reachable for h in hs):
+        why = next((h.reason for h in hs if h.reason is not None), Reason.UNREACHABLE)
+        return DomainVerdict(outcome=Outcome.UNREACHABLE, reason=why, **common)
+
+    # STARTTLS: every endpoint that greeted offered it and completed the handshake.
+    starttls = all(
+        ep.status is EndpointStatus.SUCCESS for h in hs for ep in h.endpoints if ep.status.greeted
+    )
+    if not validating:
+        # A non-validating resolver cannot tell secure from insecure: DNSSEC facts are unknown.
+        stage = Stage.STARTTLS if starttls else Stage.PLAINTEXT
+        return DomainVerdict(outcome=Outcome.OK, starttls=starttls, stage=stage, **common)
+
+    # §2.2.1: DANE applies only when the MX RRset is secure; for an implicit MX, the denial of
+    # MX and the domain's own address records (RFC 5321 §5.1).
+    dnssec = mx_status is DnssecStatus.SECURE and (
+        not implicit_mx or all(h.host.address_status is DnssecStatus.SECURE for h in hs)
+    )
+    tlsa, tlsa_unusable, dane = TlsaCoverage.NONE, False, DaneStatus.NONE
+    reason: Reason | None = None
+    if dnssec:
+        n_usable = sum(h.host.tlsa_status is TlsaStatus.USABLE for h in hs)
+        if n_usable == len(hs):
+            tlsa = TlsaCoverage.ALL
+        elif n_usable:
+            tlsa = TlsaCoverage.PARTIAL
+        tlsa_unusable = any(h.host.tlsa_status is TlsaStatus.UNUSABLE for h in hs)
+        dane, reason = _dane_status(hs)
+
+    stage = Stage.PLAINTEXT
+    if starttls:
+        stage = Stage.STARTTLS
+        if dnssec:
+            stage = Stage.DNSSEC
+            if tlsa is TlsaCoverage.ALL:
+                stage = Stage.TLSA
+                if dane is DaneStatus.VALID:
+                    stage = Stage.DANE
+    return DomainVerdict(outcome=Outcome.OK, starttls=starttls, dnssec=dnssec, tlsa=tlsa,
+                         tlsa_unusable=tlsa_unusable, dane=dane, stage=stage, reason=reason,
+                         **common)
+
+
+def _dane_status(hs: tuple[HostVerdict, ...]) -> tuple[DaneStatus, Reason | None]:
+    """First match wins: broken, valid, partial, none (docs/verdicts.md)."""
+    for h in hs:
+        failure = _dane_failure(h)
+        if failure is not None:
+            return DaneStatus.BROKEN, failure
+    if all(h.host.tlsa_status is TlsaStatus.USABLE for h in hs):
+        return DaneStatus.VALID, None
+    if any(_dane_valid(h) for h in hs):
+        return DaneStatus.PARTIAL, None
+    return DaneStatus.NONE, None
+
+
+def early_verdict(input: str, domain: str | None, outcome: Outcome, reason: Reason | None,
+                  line: int | None = None, *,
+                  mx_status: DnssecStatus | None = None) -> DomainVerdict:
+    """A verdict decided before any MX host was looked at: invalid, excluded, nxdomain,
+    no_mail, dns_failure, bogus. Every ladder field is null."""
+    return DomainVerdict(input=input, domain=domain if outcome is not Outcome.INVALID else None,
+                         outcome=outcome, reason=reason, mx_status=mx_status, line=line)
+
+
+# -- MX ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MxDecision:
+    """What a domain's MX lookup means: an early outcome, or the hosts to look at."""
+
+    outcome: Outcome | None  # None: go on with ``hosts``
+    reason: Reason | None
+    mx_status: DnssecStatus
+    hosts: tuple[tuple[int, str], ...] = ()  # (preference, host name), best first
+    implicit: bool = False
+
+
+def mx_outcome(domain: str, mx: Lookup) -> MxDecision:
+    """Map the MX lookup to an outcome (RFC 7505, RFC 5321 §5.1, RFC 7672 §2.1.1).
+
+    Bogus -> ``bogus``; indeterminate or a failure RCODE -> ``dns_failure``; NXDOMAIN ->
+    ``nxdomain``; NODATA -> the domain is its own implicit MX (preference 0); only null MX
+    records ("0 .") -> ``no_mail``. A "." among real MX records is ignored (RFC 7505 §3 forbids
+    the mix; the real hosts are still the ones a sender would try).
+    """
+    status = mx.status
+    if status is DnssecStatus.BOGUS:
+        return MxDecision(Outcome.BOGUS, Reason.DNSSEC_INVALID, status)
+    if status is DnssecStatus.INDETERMINATE:
+        return MxDecision(Outcome.DNS_FAILURE, Reason.DNS_FAILURE, status)
+    if mx.nxdomain:
+        return MxDecision(Outcome.NXDOMAIN, Reason.NXDOMAIN, status)
+    if mx.nodata:
+        return MxDecision(None, None, status, ((0, domain.lower().rstrip(".")),), implicit=True)
+    if mx.rcode != "NOERROR":
+        return MxDecision(Outcome.DNS_FAILURE, Reason.DNS_FAILURE, status)
+    best: dict[str, int] = {}
+    null_mx = False
+    for text in mx.records:
+        parts = text.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            continue
+        name = parts[1].lower().rstrip(".")
+        if not name:
+            null_mx = True
+            continue
+        pref = int(parts[0])
+        best[name] = min(pref, best.get(name, pref))
+    if not best:
+        if null_mx:
+            return MxDecision(Outcome.NO_MAIL, Reason.NULL_MX, status)
+        return MxDecision(Outcome.DNS_FAILURE, Reason.DNS_FAILURE, status)
+    hosts = tuple(sorted(((p, n) for n, p in best.items())))
+    return MxDecision(None, None, status, hosts)
+
+
+def reference_names(domain: str, host: str, tlsa_base: str | None) -> tuple[str, ...]:
+    """DANE-TA reference identifiers (RFC 7672 §3.2.2): the TLSA base domain, the MX host
+    name and the next-hop domain; lower case, no trailing dot, no repeats."""
+    names = (tlsa_base, host, domain)
+    return tuple(dict.fromkeys(n.lower().rstrip(".") for n in names if n))
+
+
+# -- JSON ----------------------------------------------------------------------------------
+
+
+def to_json(v: DomainVerdict) -> dict[str, Any]:
+    """The contract's JSON object: every field present, null where it does not apply."""
+    return {
+        "input": v.input,
+        "domain": v.domain,
+        "outcome": v.outcome.value,
+        "starttls": v.starttls,
+        "dnssec": v.dnssec,
+        "tlsa": _enum(v.tlsa),
+        "tlsa_unusable": v.tlsa_unusable,
+        "dane": _enum(v.dane),
+        "stage": _enum(v.stage),
+        "reason": _enum(v.reason),
+        "mx_status": _enum(v.mx_status),
+        "implicit_mx": v.implicit_mx,
+        "line": v.line,
+        "mx_hosts": [_host_json(h) for h in v.hosts],
+    }
+
+
+def _enum(value: Any) -> str | None:
+    return None if value is None else str(value.value)
+
+
+def _record_json(r: TlsaRecord) -> dict[str, Any]:
+    return {"usage": r.usage, "selector": r.selector, "mtype": r.mtype, "data": r.data.hex()}
+
+
+def _host_json(h: HostVerdict) -> dict[str, Any]:
+    f = h.host
+    addresses: list[dict[str, Any]] = []
+    for lk, family in ((f.a, 4), (f.aaaa, 6)):
+        if lk is not None and lk.status in (DnssecStatus.SECURE, DnssecStatus.INSECURE):
+            addresses.extend(
+                {"address": a, "family": family, "dnssec": lk.status.value} for a in lk.records
+            )
+    return {
+        "preference": h.preference,
+        "host": f.name,
+        "addresses": addresses,
+        "address_dnssec": _enum(f.address_status),
+        "tlsa_base": f.tlsa_base,
+        "tlsa_status": f.tlsa_status.value,
+        "tlsa_records": [_record_json(r) for r in f.tlsa_records],
+        "reachable": h.reachable,
+        "reason": _enum(h.reason),
+        "endpoints": [_endpoint_json(ep, m) for ep, m in zip(h.endpoints, h.dane, strict=True)],
+    }
+
+
+def _endpoint_json(ep: EndpointFacts, m: DaneMatch | None) -> dict[str, Any]:
+    return {
+        "address": ep.address,
+        "port": ep.port,
+        "sni": ep.sni,
+        "status": ep.status.value,
+        "banner": ep.banner,
+        "starttls_offered": ep.starttls_offered,
+        "tls_version": ep.tls_version,
+        "cipher": ep.cipher,
+        "chain_sha256": [hashlib.sha256(c).hexdigest() for c in ep.chain],
+        "dane": None if m is None else {
+            "authenticated": m.authenticated,
+            "record": None if m.record is None else _record_json(m.record),
+            "depth": m.depth,
+            "reason": _enum(m.reason),
+        },
+        "error": ep.error,
+    }
