@@ -1,0 +1,668 @@
+"""Build a world: (seed, size, night, weights) -> WorldPlan + ground-truth manifest. Pure, no I/O
+except writing the PEM files of the certificates the plan points at.
+
+Addresses inside the world's 127.<block>.0.0/16:
+  .0.1 resolver, .0.2 root, .0.3 TLDs, .0.4 domains, .0.5 zones below domains,
+  .0.10 / .0.11 / .0.12 fault servers (drop, servfail, truncate), .0.100-.0.250 addresses where
+  nothing listens (SMTP connect refused), .1.1 upwards SMTP endpoints.
+Certificates are per MX host (providers) or per shared address (the self-hosted tail shares
+addresses the way shared hosting does, ~6 hosts per address, one multi-SAN leaf), never per domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import idna
+
+from testbed import pki, scenarios
+from testbed.scenarios import PROVIDER_KINDS, PROVIDER_ORDER, PROVIDER_SCENARIOS, SCENARIOS
+from testbed.spec import (
+    Chain,
+    DnsFault,
+    DnsServer,
+    Record,
+    Signing,
+    SigningFault,
+    SmtpBehaviour,
+    SmtpEndpoint,
+    SmtpSpec,
+    WorldPlan,
+    Zone,
+)
+
+# Signed TLDs and their algorithms (RFC 8624 recommended ones); `plainland` is unsigned.
+TLDS: dict[str, str | None] = {
+    "alpha": "ECDSAP256SHA256",
+    "beta": "ECDSAP256SHA256",
+    "gamma": "RSASHA256",
+    "delta": "ED25519",
+    "plainland": None,
+}
+SIGNED_TLDS = ("alpha", "beta", "gamma", "delta")
+TLD_SHARES = (0.4, 0.3, 0.15, 0.15)
+UNSIGNED_TLD = "plainland"
+PROVIDER_NAMES = ("postbox", "mailhaus", "relaywerk", "inboxen", "sendly", "courier", "letterbox")
+HOSTS_PER_ADDRESS = 6
+PROVIDER_MAX_ADDRESSES = 8  # per MX host
+SOA_TIMERS = "3600 600 86400 300"
+
+_WORDS_A = (
+    "north", "blue", "quiet", "amber", "swift", "iron", "silver", "green", "red", "bright",
+    "old", "lucky", "wild", "sunny", "stone", "river", "cedar", "maple", "frost", "golden",
+)  # fmt: skip
+_WORDS_B = (
+    "mail", "works", "shop", "labs", "haus", "garden", "bakery", "studio", "media", "tech",
+    "farm", "clinic", "books", "travel", "hotel", "design", "energy", "school", "music", "wood",
+)  # fmt: skip
+_IDN_WORDS = ("bücher", "münchen", "café", "straße", "smörgås", "日本", "παράδειγμα", "пример")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    domains: int
+    night: int = 0
+    block: int = 100
+    delay: tuple[float, float] = (0.0, 0.0)
+    ipv6: bool = False
+    weights: dict[str, float] | None = None
+    greeting_delay: float = 1.5
+    climb: float = 0.05  # share of domains climbing a rung per night
+    regress: float = 0.01  # share regressing per night
+    providers: int = 5
+
+
+@dataclass
+class DomainDraft:
+    index: int
+    line: str  # as listed (U-label form for IDNs)
+    name: str  # A-label, no trailing dot
+    tld: str
+    scenario: str
+    pinned: bool  # catalogue domains and those under the unsigned TLD never move at night
+
+
+@dataclass
+class Built:
+    plan: WorldPlan
+    manifest: list[dict[str, Any]]
+    lines: list[str]
+
+
+def unit(*parts: object) -> float:
+    """A uniform number in [0, 1) from a hash of ``parts``: the world's only randomness."""
+    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2.0**64
+
+
+def units(*parts: object) -> list[float]:
+    """Sixteen uniforms in [0, 1) from one hash of ``parts`` (cheaper than sixteen `unit` calls)."""
+    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=64).digest()
+    return [int.from_bytes(h[i : i + 4], "big") / 2.0**32 for i in range(0, 64, 4)]
+
+
+def addr(block: int, index: int) -> str:
+    """The index-th SMTP address of the block: 127.B.1.1 upwards, skipping .0 and .255."""
+    hi, lo = divmod(index, 254)
+    if hi + 1 > 255:
+        raise ValueError("world too large for its /16")
+    return f"127.{block}.{hi + 1}.{lo + 1}"
+
+
+def infra(block: int) -> dict[str, str]:
+    return {
+        "resolver": f"127.{block}.0.1",
+        "root": f"127.{block}.0.2",
+        "tld": f"127.{block}.0.3",
+        "domains": f"127.{block}.0.4",
+        "subs": f"127.{block}.0.5",
+        "fault-drop": f"127.{block}.0.10",
+        "fault-servfail": f"127.{block}.0.11",
+        "fault-truncate": f"127.{block}.0.12",
+    }
+
+
+# --- which domain gets which scenario ------------------------------------------------------------
+
+
+def catalogue(ipv6: bool) -> list[str]:
+    names = [s for s, sc in SCENARIOS.items() if ipv6 or not sc.needs_ipv6]
+    return names + list(PROVIDER_SCENARIOS)
+
+
+def _draw(u3: list[float], weights: dict[str, float], providers: int) -> str:
+    if u3[0] < weights.get("provider", 0.0):
+        shares = scenarios.provider_shares(providers)
+        u = u3[1]
+        p = 0
+        while p < providers - 1 and u >= shares[p]:
+            u -= shares[p]
+            p += 1
+        kind = PROVIDER_ORDER[p % len(PROVIDER_ORDER)]
+        signed = u3[2] < weights.get("provider-signed", 0.0)
+        return scenarios.provider_scenario_name(kind, signed)
+    own = [(k, w) for k, w in weights.items() if k in SCENARIOS and w > 0]
+    total = sum(w for _, w in own)
+    u = u3[3] * total
+    for k, w in own:
+        if u < w:
+            return k
+        u -= w
+    return own[-1][0]
+
+
+def _label(u: list[float], index: int) -> str:
+    a = _WORDS_A[int(u[0] * len(_WORDS_A))]
+    b = _WORDS_B[int(u[1] * len(_WORDS_B))]
+    if index % 53 == 7:  # a few IDNs, so the scanner's IDNA path is exercised
+        a = _IDN_WORDS[int(u[2] * len(_IDN_WORDS))]
+    sep = "-" if u[3] < 0.3 else ""
+    return f"{a}{sep}{b}{index}"
+
+
+_UNSIGNED_OK = {"plain", "starttls-unsigned", "no-mx", "smtp-refused", "starttls-454"}
+
+
+def plan_domains(p: Params) -> list[DomainDraft]:
+    """Night 0 by construction, then nights 1..K stepped per domain (RNG from seed, night, name)."""
+    weights = dict(scenarios.DEFAULT_WEIGHTS if p.weights is None else p.weights)
+    if not p.ipv6:
+        weights.pop("aaaa-v6", None)
+    cat = catalogue(p.ipv6) if p.domains >= scenarios.CATALOGUE_MIN_DOMAINS else []
+    drafts: list[DomainDraft] = []
+    for i in range(p.domains):
+        u = units(p.seed, "domain", i)
+        pinned = i < len(cat)
+        scenario = cat[i] if pinned else _draw(u[0:4], weights, p.providers)
+        sc = SCENARIOS.get(scenario)
+        if sc is not None and sc.zone == "island":
+            tld = UNSIGNED_TLD
+        elif (scenario in _UNSIGNED_OK or scenario.endswith("-unsigned")) and u[4] < 0.04:
+            tld, pinned = UNSIGNED_TLD, True
+        else:
+            v = u[5]
+            k = 0
+            while k < len(SIGNED_TLDS) - 1 and v >= TLD_SHARES[k]:
+                v -= TLD_SHARES[k]
+                k += 1
+            tld = SIGNED_TLDS[k]
+        ulabel = _label(u[6:10], i)
+        line = f"{ulabel}.{tld}"
+        alabel = ulabel
+        if not ulabel.isascii():
+            alabel = idna.encode(ulabel, uts46=True, transitional=False).decode()
+        drafts.append(DomainDraft(i, line, f"{alabel}.{tld}", tld, scenario, pinned))
+    for night in range(1, p.night + 1):
+        for d in drafts:
+            if not d.pinned:
+                u = units(p.seed, night, d.name)
+                d.scenario = scenarios.step(d.scenario, u[0], u[1], p.climb, p.regress)
+    return drafts
+
+
+# --- endpoints and certificates -------------------------------------------------------------------
+
+
+@dataclass
+class _Cert:
+    """One key + chain, presented by one or more addresses (a provider host, a shared address)."""
+
+    label: str
+    kind: str  # ee, ee-rsa, ta, ta-root, ta-mismatch, stale, sni
+    names: list[str]
+    rsa_index: int | None
+    issued: pki.Issued | None = None
+    decoy: pki.Issued | None = None
+    old_spki: bytes = b""
+
+
+@dataclass
+class _Addr:
+    address: str
+    behaviour: SmtpBehaviour
+    banner_delay: float
+    cert: _Cert
+    hosts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _TlsaRef:
+    """A TLSA record whose data needs the certificate, filled in once certificates exist."""
+
+    owner: str
+    kind: str
+    host: str
+
+
+class _Builder:
+    def __init__(self, p: Params, workdir: Path) -> None:
+        self.p = p
+        self.ip = infra(p.block)
+        self.pki = pki.Pki(workdir / "pki", p.seed)
+        self.addrs: list[_Addr] = []
+        self.pools: dict[tuple[str, str, float], _Addr] = {}
+        self.host_cert: dict[str, _Cert] = {}
+        self.v6_hosts: list[str] = []
+        self.refused_next = 0
+        self.zones: dict[str, list[Record | _TlsaRef]] = {}
+        self.zone_server: dict[str, str] = {}
+        self.zone_signing: dict[str, Signing | None] = {}
+        self.secure_children: dict[str, list[str]] = {}
+        self.manifest: list[dict[str, Any]] = []
+        self.provider_hosts: dict[str, list[dict[str, Any]]] = {}
+
+    # addresses ------------------------------------------------------------------------------
+    def _new_addr(self, behaviour: SmtpBehaviour, cert: _Cert, delay: float) -> _Addr:
+        a = _Addr(addr(self.p.block, len(self.addrs)), behaviour, delay, cert)
+        self.addrs.append(a)
+        return a
+
+    def _new_cert(self, kind: str, label: str, n: int) -> _Cert:
+        rsa = None
+        if kind == "ee-rsa" or (kind in ("ee", "ta") and n % 5 == 4):
+            rsa = self.p.seed + n  # RSA keys for some hosts, ECDSA for most
+        return _Cert(label, kind, [], rsa)
+
+    def pooled(self, host: str, behaviour: SmtpBehaviour, kind: str) -> str:
+        """Place a self-hosted MX host on a shared address of its profile; returns the address."""
+        delay = self.p.greeting_delay if behaviour is SmtpBehaviour.TARPIT else 0.0
+        key = (behaviour.value, kind, delay)
+        a = self.pools.get(key)
+        if a is None or len(a.hosts) >= HOSTS_PER_ADDRESS:
+            n = len(self.addrs)
+            a = self._new_addr(behaviour, self._new_cert(kind, f"addr-{n}", n), delay)
+            self.pools[key] = a
+        a.hosts.append(host)
+        a.cert.names.append(host)
+        self.host_cert[host] = a.cert
+        return a.address
+
+    def refused(self) -> str:
+        """An address in the block where nothing listens (connect refused)."""
+        k = self.refused_next // HOSTS_PER_ADDRESS % 150
+        self.refused_next += 1
+        return f"127.{self.p.block}.0.{100 + k}"
+
+    # zones ------------------------------------------------------------------------------------
+    def zone(
+        self, origin: str, server: str, signing: Signing | None, ns: str
+    ) -> list[Record | _TlsaRef]:
+        recs: list[Record | _TlsaRef] = [
+            Record(origin, "SOA", f"{ns} hostmaster.{origin} {self.p.night + 1} {SOA_TIMERS}"),
+            Record(origin, "NS", ns),
+        ]
+        self.zones[origin] = recs
+        self.zone_server[origin] = server
+        self.zone_signing[origin] = signing
+        return recs
+
+    def delegate(self, parent: str, child: str, ns: str, secure: bool) -> None:
+        self.zones[parent].append(Record(child, "NS", ns))
+        if secure:
+            self.secure_children.setdefault(parent, []).append(child)
+
+    def algorithm(self, name: str) -> str:
+        u = unit(self.p.seed, "alg", name)
+        return "RSASHA256" if u < 0.08 else "ED25519" if u < 0.16 else "ECDSAP256SHA256"
+
+    # the infrastructure -----------------------------------------------------------------------
+    def infrastructure(self) -> None:
+        ip = self.ip
+        root = self.zone(".", "root", Signing(key_id="root"), "ns-root.nic.alpha.")
+        root.append(Record("ns-root.nic.alpha.", "A", ip["root"]))
+        for tld, alg in TLDS.items():
+            ns = f"ns-tld.nic.{tld}."
+            root.append(Record(f"{tld}.", "NS", ns))
+            root.append(Record(ns, "A", ip["tld"]))
+            if alg:
+                self.secure_children.setdefault(".", []).append(f"{tld}.")
+            signing = Signing(algorithm=alg, key_id=f"tld-{tld}") if alg else None
+            z = self.zone(f"{tld}.", "tld", signing, ns)
+            z.append(Record(ns, "A", ip["tld"]))
+            for name, server in (
+                ("ns-dom", "domains"),
+                ("ns-sub", "subs"),
+                ("ns-drop", "fault-drop"),
+                ("ns-servfail", "fault-servfail"),
+                ("ns-trunc", "fault-truncate"),
+            ):
+                z.append(Record(f"{name}.nic.{tld}.", "A", ip[server]))
+            if tld == "alpha":
+                z.append(Record("ns-root.nic.alpha.", "A", ip["root"]))
+
+    def providers(self, drafts: list[DomainDraft]) -> None:
+        """Provider zones: two MX hosts each, several addresses per host sized by customers."""
+        counts: dict[str, int] = {}
+        for d in drafts:
+            if d.scenario in PROVIDER_SCENARIOS:
+                k = PROVIDER_SCENARIOS[d.scenario][0]
+                counts[k] = counts.get(k, 0) + 1
+        for rank, kind_name in enumerate(PROVIDER_ORDER):
+            kind = PROVIDER_KINDS[kind_name]
+            pname = PROVIDER_NAMES[rank % len(PROVIDER_NAMES)]
+            tld = SIGNED_TLDS[rank % len(SIGNED_TLDS)]
+            origin = f"{pname}.{tld}."
+            signing = Signing(self.algorithm(origin), key_id=origin) if kind.signed else None
+            z = self.zone(origin, "domains", signing, f"ns-dom.nic.{tld}.")
+            self.delegate(f"{tld}.", origin, f"ns-dom.nic.{tld}.", kind.signed)
+            n_addr = max(2, min(PROVIDER_MAX_ADDRESSES, math.ceil(counts.get(kind_name, 0) / 400)))
+            hosts = []
+            for h in (1, 2):
+                host = f"mx{h}.{origin}"
+                n = len(self.addrs)
+                cert = self._new_cert(kind.chain, f"{pname}-mx{h}", n)
+                cert.names.append(host)
+                self.host_cert[host] = cert
+                addrs = []
+                for _ in range(n_addr):
+                    a = self._new_addr(kind.behaviour, cert, 0.0)
+                    a.hosts.append(host)
+                    addrs.append(a.address)
+                    z.append(Record(host, "A", a.address))
+                if self.p.ipv6 and kind_name == "dane-ee" and h == 1:
+                    z.append(Record(host, "AAAA", "::1"))
+                    self.v6_hosts.append(host)
+                    addrs.append("::1")
+                if kind.tlsa:
+                    z.append(_TlsaRef(f"_25._tcp.{host}", kind.tlsa, host))
+                hosts.append(
+                    {
+                        "name": host.rstrip("."),
+                        "preference": 10 * h,
+                        "addresses": addrs,
+                        "tlsa_status": kind.host_tlsa,
+                        "tlsa_base": host.rstrip("."),
+                        "sni": host.rstrip("."),
+                        "reachable": True,
+                        "behaviour": kind.behaviour.value,
+                    }
+                )
+            self.provider_hosts[kind_name] = hosts
+
+    # one domain ---------------------------------------------------------------------------------
+    def domain(self, d: DomainDraft) -> None:
+        origin = f"{d.name}."
+        tld = f"{d.tld}."
+        ns_dom = f"ns-dom.nic.{d.tld}."
+        entry: dict[str, Any] = {
+            "index": d.index,
+            "input": d.line,
+            "domain": d.name,
+            "tld": d.tld,
+            "scenario": d.scenario,
+            "provider": None,
+        }
+        if d.scenario in PROVIDER_SCENARIOS:
+            kind_name, signed = PROVIDER_SCENARIOS[d.scenario]
+            signing = Signing(self.algorithm(origin), key_id=origin) if signed else None
+            z = self.zone(origin, "domains", signing, ns_dom)
+            self.delegate(tld, origin, ns_dom, signed)
+            hosts = self.provider_hosts[kind_name]
+            for h in hosts:
+                z.append(Record(origin, "MX", f"{h['preference']} {h['name']}."))
+            entry["provider"] = kind_name
+            entry["zone_signed"] = signed
+            self._expect(entry, scenarios.expect_of(d.scenario), hosts)
+            return
+        sc = SCENARIOS[d.scenario]
+        hosts = self._self_hosted(d, sc, origin, tld, ns_dom, entry)
+        self._expect(entry, sc.expect, hosts)
+
+    def _self_hosted(
+        self,
+        d: DomainDraft,
+        sc: scenarios.Scenario,
+        origin: str,
+        tld: str,
+        ns_dom: str,
+        entry: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        signed = sc.zone in ("signed", "island", "truncate")
+        entry["zone_signed"] = signed
+        if sc.zone == "nxdomain":
+            return []
+        server, ns = {
+            "drop": ("fault-drop", f"ns-drop.nic.{d.tld}."),
+            "servfail": ("fault-servfail", f"ns-servfail.nic.{d.tld}."),
+            "truncate": ("fault-truncate", f"ns-trunc.nic.{d.tld}."),
+        }.get(sc.zone, ("domains", ns_dom))
+        signing = None
+        if signed:
+            fault = SigningFault(sc.signing_fault) if sc.signing_fault else None
+            owner, rdtype = None, None
+            if sc.fault_rrset == "mx":
+                owner, rdtype = origin, "MX"
+            elif sc.fault_rrset == "tlsa":
+                owner, rdtype = f"_25._tcp.mx.{origin}", "TLSA"
+            signing = Signing(self.algorithm(origin), origin, fault, owner, rdtype)
+        z = self.zone(origin, server, signing, ns)
+        # The island's parent is unsigned: no DS anywhere (RFC 4035 §4.3 insecure).
+        self.delegate(tld, origin, ns, signed and sc.zone != "island")
+        if sc.zone in ("drop", "servfail"):
+            z.append(Record(origin, "MX", f"10 mx.{origin}"))
+            z.append(Record(f"mx.{origin}", "A", self.refused()))
+            return []
+        if sc.mx == "null":
+            z.append(Record(origin, "MX", "0 ."))
+            return []
+
+        def place(host: str) -> str:
+            if not sc.reachable and sc.behaviour is SmtpBehaviour.PLAIN:
+                return self.refused()
+            return self.pooled(host, sc.behaviour, sc.chain)
+
+        def host_entry(
+            name: str, addrs: list[str], status: str, base: str, pref: int
+        ) -> dict[str, Any]:
+            return {
+                "name": name.rstrip("."),
+                "preference": pref,
+                "addresses": addrs,
+                "tlsa_status": status,
+                "tlsa_base": base.rstrip("."),
+                "sni": base.rstrip("."),
+                "reachable": sc.reachable,
+                "behaviour": "refused"
+                if not sc.reachable and sc.behaviour is SmtpBehaviour.PLAIN
+                else sc.behaviour.value,
+            }
+
+        if sc.mx == "none":  # RFC 5321 §5.1 implicit MX: the domain's own address
+            a = place(origin)
+            z.append(Record(origin, "A", a))
+            if sc.tlsa:
+                z.append(_TlsaRef(f"_25._tcp.{origin}", sc.tlsa, origin))
+            return [host_entry(origin, [a], sc.host_tlsa, origin, 0)]
+        if sc.mx == "two":
+            out = []
+            for n, status in ((1, sc.host_tlsa), (2, "absent")):
+                host = f"mx{n}.{origin}"
+                a = place(host)
+                z.append(Record(origin, "MX", f"{10 * n} {host}"))
+                z.append(Record(host, "A", a))
+                if n == 1:
+                    z.append(_TlsaRef(f"_25._tcp.{host}", sc.tlsa, host))
+                out.append(host_entry(host, [a], status, host, 10 * n))
+            return out
+        if sc.mx == "other-zone":
+            label, _, _ = d.name.partition(".")
+            other = f"{label}-mailhost.{d.tld}."
+            oz = self.zone(other, "domains", Signing(self.algorithm(other), other), ns_dom)
+            self.delegate(tld, other, ns_dom, True)
+            host = f"mx.{other}"
+            a = place(host)
+            z.append(Record(origin, "MX", f"10 {host}"))
+            oz.append(Record(host, "A", a))
+            oz.append(_TlsaRef(f"_25._tcp.{host}", sc.tlsa, host))
+            return [host_entry(host, [a], sc.host_tlsa, host, 10)]
+        if sc.mx == "sub-zone":
+            sub = f"mail.{origin}"
+            ns_sub = f"ns-sub.nic.{d.tld}."
+            sz = self.zone(sub, "subs", None, ns_sub)
+            self.delegate(origin, sub, ns_sub, False)
+            host = f"mx.{sub}"
+            a = place(host)
+            z.append(Record(origin, "MX", f"10 {host}"))
+            sz.append(Record(host, "A", a))
+            sz.append(_TlsaRef(f"_25._tcp.{host}", sc.tlsa, host))
+            return [host_entry(host, [a], sc.host_tlsa, host, 10)]
+        if sc.mx == "cname":  # RFC 7672 §2.2.2: the MX host is an alias
+            alias, target = f"mail.{origin}", f"mx-real.{origin}"
+            base = target if sc.tlsa_base == "expanded" else alias
+            a = place(target)
+            self.host_cert[alias] = self.host_cert[target]
+            z.append(Record(origin, "MX", f"10 {alias}"))
+            z.append(Record(alias, "CNAME", target))
+            z.append(Record(target, "A", a))
+            z.append(_TlsaRef(f"_25._tcp.{base}", sc.tlsa, target))
+            return [host_entry(alias, [a], sc.host_tlsa, base, 10)]
+        host = f"mx.{origin}"
+        a = place(host)
+        z.append(Record(origin, "MX", f"10 {host}"))
+        z.append(Record(host, "A", a))
+        addrs = [a]
+        if sc.needs_ipv6:
+            z.append(Record(host, "AAAA", "::1"))
+            self.v6_hosts.append(host)
+            addrs.append("::1")
+        if sc.tlsa == "311-cname":  # RFC 7672 §2.2.3: TLSA reached through a CNAME
+            z.append(Record(f"_25._tcp.{host}", "CNAME", f"tlsa-rr.{origin}"))
+            z.append(_TlsaRef(f"tlsa-rr.{origin}", "311", host))
+        elif sc.tlsa:
+            z.append(_TlsaRef(f"_25._tcp.{host}", sc.tlsa, host))
+        return [host_entry(host, addrs, sc.host_tlsa, host, 10)]
+
+    def _expect(
+        self, entry: dict[str, Any], e: scenarios.Expect, hosts: list[dict[str, Any]]
+    ) -> None:
+        entry.update(
+            outcome=e.outcome,
+            starttls=e.starttls,
+            dnssec=e.dnssec,
+            tlsa=e.tlsa,
+            tlsa_unusable=e.tlsa_unusable,
+            dane=e.dane,
+            stage=e.stage,
+            reason=e.reason,
+            reason_known=e.reason_known,
+            # Without an MX answer the scanner cannot know the hosts.
+            mx_hosts=hosts if e.outcome in ("ok", "unreachable") else [],
+        )
+        self.manifest.append(entry)
+
+    # certificates, TLSA, the plan --------------------------------------------------------------
+    def issue(self) -> None:
+        seen: set[int] = set()
+        for a in self.addrs:
+            c = a.cert
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            key = self.pki.key(c.label, c.rsa_index)
+            names = [n.rstrip(".") for n in c.names]
+            if c.kind in ("ta", "ta-root"):
+                c.issued = self.pki.ca_issued(c.label, names, key, c.kind == "ta-root")
+            elif c.kind == "ta-mismatch":
+                c.issued = self.pki.ca_issued(c.label, [f"{c.label}.mismatch.example"], key)
+            else:
+                c.issued = self.pki.self_signed(c.label, names, key)
+            if c.kind == "sni":
+                decoy_key = self.pki.key(c.label + "-decoy")
+                c.decoy = self.pki.self_signed(c.label + "-decoy", ["decoy.example"], decoy_key)
+            if c.kind == "stale":  # the key before the rollover: TLSA still names it
+                c.old_spki = pki.key_spki_der(self.pki.key(c.label + "-old"))
+
+    def tlsa_rdata(self, ref: _TlsaRef) -> list[str]:
+        c = self.host_cert[ref.host]
+        assert c.issued is not None
+        leaf = c.issued.leaf
+        if ref.kind == "311":
+            return [pki.tlsa_data(3, 1, 1, leaf)]
+        if ref.kind == "301":
+            return [pki.tlsa_data(3, 0, 1, leaf)]
+        if ref.kind == "312":
+            return [pki.tlsa_data(3, 1, 2, leaf)]
+        if ref.kind == "ta211":
+            return [pki.tlsa_data(2, 1, 1, self.pki.intermediate)]
+        if ref.kind == "ta201":
+            return [pki.tlsa_data(2, 0, 1, self.pki.root)]
+        if ref.kind == "311-old":
+            return [pki.tlsa_data_for_spki(3, 1, c.old_spki)]
+        if ref.kind == "pkix":  # §3.1.3: PKIX-TA / PKIX-EE are unusable for SMTP
+            return [pki.tlsa_data(0, 0, 1, leaf), pki.tlsa_data(1, 1, 1, leaf)]
+        if ref.kind == "malformed":  # SHA-256 digest one byte short
+            return [pki.tlsa_data(3, 1, 1, leaf)[:-2]]
+        raise ValueError(ref.kind)
+
+    def plan(self) -> WorldPlan:
+        ip = self.ip
+        servers = [
+            DnsServer(name, ip[name], delay=self.p.delay)
+            for name in ("root", "tld", "domains", "subs")
+        ]
+        servers += [
+            DnsServer(f"fault-{f.value}", ip[f"fault-{f.value}"], fault=f, delay=self.p.delay)
+            for f in (DnsFault.DROP, DnsFault.SERVFAIL, DnsFault.TRUNCATE)
+        ]
+        zones = []
+        for origin, recs in self.zones.items():
+            out: list[Record] = []
+            for r in recs:
+                if isinstance(r, _TlsaRef):
+                    out.extend(Record(r.owner, "TLSA", t) for t in self.tlsa_rdata(r))
+                else:
+                    out.append(r)
+            zones.append(
+                Zone(
+                    origin,
+                    self.zone_server[origin],
+                    tuple(out),
+                    self.zone_signing[origin],
+                    tuple(self.secure_children.get(origin, ())),
+                )
+            )
+        endpoints = [self._endpoint(a) for a in self.addrs]
+        if self.v6_hosts:
+            chains: dict[str, Chain] = {}
+            for h in self.v6_hosts:
+                issued = self.host_cert[h].issued
+                assert issued is not None
+                chains.setdefault("*", issued.chain)
+                chains[h.rstrip(".")] = issued.chain
+            endpoints.append(
+                SmtpEndpoint("::1", SmtpBehaviour.STARTTLS, chains, hostname="v6.mx.testbed")
+            )
+        smtp = SmtpSpec(tuple(endpoints), session_log="", reply_delay=self.p.delay)
+        return WorldPlan(self.p.block, ip["resolver"], servers, zones, smtp)
+
+    def _endpoint(self, a: _Addr) -> SmtpEndpoint:
+        c = a.cert
+        assert c.issued is not None
+        chains = {"*": c.issued.chain}
+        if c.decoy is not None:  # §8.1: only the right SNI gets the chain the TLSA names
+            chains = {"*": c.decoy.chain}
+            chains.update({h.rstrip("."): c.issued.chain for h in a.hosts})
+        hostname = a.hosts[0].rstrip(".") if a.hosts else "mx.testbed"
+        return SmtpEndpoint(a.address, a.behaviour, chains, 25, a.banner_delay, hostname)
+
+
+def build(p: Params, workdir: Path) -> Built:
+    """The whole world for night ``p.night``; certificates are written under workdir/pki."""
+    drafts = plan_domains(p)
+    b = _Builder(p, workdir)
+    b.infrastructure()
+    b.providers(drafts)
+    for d in drafts:
+        b.domain(d)
+    b.issue()
+    plan = b.plan()
+    assert plan.smtp is not None
+    plan.smtp = SmtpSpec(
+        plan.smtp.endpoints, str(workdir / "smtp-sessions.jsonl"), plan.smtp.reply_delay
+    )
+    return Built(plan, b.manifest, [d.line for d in drafts])
