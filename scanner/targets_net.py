@@ -4,6 +4,7 @@ anything, and the per-address / per-prefix connection limits that keep the scann
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
@@ -87,6 +88,22 @@ def _special(ip: IPAddress) -> bool:
     if ip in _V6_6TO4:
         return _special(ipaddress.IPv4Address((int(ip) >> 80) & 0xFFFFFFFF))
     return any(ip in net for net in _V6_SPECIAL)
+
+
+type IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(prefixes: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in prefixes)
+
+
+def is_excluded_address(address: str, prefixes: tuple[str, ...]) -> bool:
+    """True when ``address`` lies in one of ``prefixes`` ("192.0.2.0/24", "2001:db8::/32" or a
+    bare address); the opt-out list of operators who asked not to be probed. Raises ValueError
+    for a malformed prefix (the CLI should have refused it) or a non-literal address."""
+    ip = parse_address(address)
+    return any(ip in net for net in _networks(prefixes) if net.version == ip.version)
 
 
 # Any global unicast address serves: only the kernel's route lookup is consulted. This is

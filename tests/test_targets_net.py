@@ -6,7 +6,13 @@ import pytest
 import trio
 import trio.testing
 
-from scanner.targets_net import Politeness, ipv6_reachable, is_special_purpose, prefix_key
+from scanner.targets_net import (
+    Politeness,
+    ipv6_reachable,
+    is_excluded_address,
+    is_special_purpose,
+    prefix_key,
+)
 
 SPECIAL = [
     "0.1.2.3",
@@ -98,6 +104,20 @@ def test_ipv6_reachable_sends_nothing_and_judges_the_source() -> None:
     # No usable route (link-local without a scope): an error, reported as False, not raised.
     assert ipv6_reachable("fe80::1") is False
     assert isinstance(ipv6_reachable(), bool)
+
+
+def test_excluded_addresses() -> None:
+    prefixes = ("192.0.2.0/24", "2001:db8:5::/48", "198.51.100.7", " 203.0.113.0/25 ")
+    assert is_excluded_address("192.0.2.200", prefixes)
+    assert is_excluded_address("2001:db8:5:1::25", prefixes)
+    assert is_excluded_address("198.51.100.7", prefixes)
+    assert is_excluded_address("203.0.113.1", prefixes)
+    assert not is_excluded_address("203.0.113.129", prefixes)
+    assert not is_excluded_address("198.51.100.8", prefixes)
+    assert not is_excluded_address("2001:db8:6::25", prefixes)
+    assert not is_excluded_address("192.0.2.1", ())
+    with pytest.raises(ValueError):
+        is_excluded_address("192.0.2.1", ("not-a-prefix",))
 
 
 def test_prefix_key() -> None:
