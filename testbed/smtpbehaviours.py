@@ -138,74 +138,80 @@ class SessionEnd(Exception):
     a last reply to send before closing."""
 
 
-class _Lines:
-    """CRLF-terminated lines from a stream, with a bounded buffer and an idle deadline."""
-
-    __slots__ = ("_buf", "_idle", "_stream")
-
-    def __init__(self, stream: trio.abc.ReceiveStream, idle: float) -> None:
-        self._stream = stream
-        self._idle = idle
-        self._buf = bytearray()
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._buf)
-
-    async def readline(self) -> bytes:
-        while True:
-            end = self._buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buf[: end + 1])
-                del self._buf[: end + 1]
-                return line
-            if len(self._buf) > MAX_LINE:
-                raise SessionEnd("line-too-long", b"500 5.5.6 Line too long\r\n")
-            with trio.move_on_after(self._idle):
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    raise SessionEnd("eof")
-                self._buf += data
-                continue
-            raise SessionEnd("idle")
-
-
 class Session:
-    """The dialogue on one accepted connection."""
+    """The dialogue on one accepted connection.
 
-    __slots__ = ("ep", "record", "stream", "transport")
+    One cancel scope per session carries every deadline (idle read, handshake, lifetime): it is
+    re-armed by setting its deadline, which costs far less than a new scope per read.
+    """
+
+    __slots__ = ("buf", "ep", "last_call", "phase", "record", "scope", "stream", "transport")
 
     def __init__(self, transport: trio.SocketStream, ep: Endpoint, record: Record) -> None:
         self.transport = transport
         self.stream: trio.abc.Stream = transport
         self.ep = ep
         self.record = record
+        self.buf = bytearray()
+        self.scope = trio.CancelScope()
+        self.phase = "idle"  # what a deadline expiry means: the log's "end"
+        self.last_call = trio.current_time() + ep.settings.session_lifetime
+
+    def _arm(self, phase: str, seconds: float) -> None:
+        deadline = trio.current_time() + seconds
+        if deadline >= self.last_call:
+            phase, deadline = "lifetime", self.last_call
+        self.phase = phase
+        self.scope.deadline = deadline
 
     async def reply(self, data: bytes) -> None:
         low, high = self.ep.settings.reply_delay
         if high > 0:
+            self._arm("idle", high + self.ep.settings.idle_timeout)
             await trio.sleep(random.uniform(low, high))
         await self.stream.send_all(data)
 
+    async def readline(self) -> bytes:
+        """One CRLF-terminated line; the buffer is bounded (RFC 5321 §4.5.3.1.4)."""
+        buf = self.buf
+        while True:
+            end = buf.find(b"\n")
+            if end >= 0:
+                line = bytes(buf[: end + 1])
+                del buf[: end + 1]
+                return line
+            if len(buf) > MAX_LINE:
+                raise SessionEnd("line-too-long", b"500 5.5.6 Line too long\r\n")
+            self._arm("idle", self.ep.settings.idle_timeout)
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                raise SessionEnd("eof")
+            buf += data
+
     async def run(self) -> str:
         """Plays the endpoint's behaviour; returns how the session ended."""
-        try:
-            return await self._play()
-        except SessionEnd as end:
-            if len(end.args) > 1:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.stream.send_all(end.args[1])
-            return str(end.args[0])
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return "reset"
+        with self.scope:
+            try:
+                return await self._play()
+            except SessionEnd as end:
+                if len(end.args) > 1:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self.stream.send_all(end.args[1])
+                return str(end.args[0])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return "reset"
+        return self.phase  # a deadline expired
 
     async def _play(self) -> str:
         behaviour = self.ep.spec.behaviour
+        settings = self.ep.settings
         if behaviour is SmtpBehaviour.SILENT:
             return await self._hold()
-        if self.ep.spec.banner_delay > 0:
+        delay = self.ep.spec.banner_delay
+        self._arm("idle", delay + settings.reply_delay[1] + settings.idle_timeout)
+        if delay > 0:
             # A tarpit (or any endpoint given a delay) greets late: scanners must wait for it.
-            await trio.sleep(self.ep.spec.banner_delay)
+            await trio.sleep(delay)
         if behaviour is SmtpBehaviour.GARBAGE:
             await self.stream.send_all(self.ep.garbage)
             return "garbage"
@@ -217,17 +223,14 @@ class Session:
     async def _hold(self) -> str:
         """SILENT: never speak; drain what the client sends until it leaves or goes idle."""
         while True:
-            with trio.move_on_after(self.ep.settings.idle_timeout):
-                if not await self.stream.receive_some(RECEIVE_SIZE):
-                    return "eof"
-                continue
-            return "idle"
+            self._arm("idle", self.ep.settings.idle_timeout)
+            if not await self.stream.receive_some(RECEIVE_SIZE):
+                return "eof"
 
     async def _dialogue(self) -> str:
-        lines = _Lines(self.stream, self.ep.settings.idle_timeout)
         refused = self.ep.spec.behaviour is SmtpBehaviour.BANNER_554
         for _ in range(MAX_COMMANDS):
-            line = await lines.readline()
+            line = await self.readline()
             verb, _sp, arg = line.strip().partition(b" ")
             verb = verb.upper()
             arg = arg.strip()
@@ -238,8 +241,7 @@ class Session:
                 # RFC 5321 §3.1: after a 554 greeting wait for QUIT, answer 503 to all else.
                 await self.reply(b"503 5.5.1 No SMTP service here\r\n")
             elif verb == b"STARTTLS":
-                if await self._starttls(arg, lines):
-                    lines = _Lines(self.stream, self.ep.settings.idle_timeout)
+                await self._starttls(arg)
             else:
                 await self.reply(self._answer(verb, arg))
         await self.reply(b"421 4.7.0 Too many commands, closing\r\n")
@@ -270,22 +272,22 @@ class Session:
             return b"502 5.5.1 Command not implemented\r\n"
         return b"500 5.5.2 Command unrecognized\r\n"
 
-    async def _starttls(self, arg: bytes, lines: _Lines) -> bool:
-        """RFC 3207 §4; returns True once TLS is up and the session restarted."""
+    async def _starttls(self, arg: bytes) -> None:
+        """RFC 3207 §4: refuse, or answer 220 and run the server side of the handshake."""
         behaviour = self.ep.spec.behaviour
         if behaviour not in ADVERTISES_STARTTLS or self.ep.tls is None:
             await self.reply(b"502 5.5.1 STARTTLS not supported\r\n")
-            return False
+            return
         if self.record.starttls:
             await self.reply(b"503 5.5.1 TLS already active\r\n")
-            return False
+            return
         if arg:
             await self.reply(b"501 5.5.4 Syntax: STARTTLS\r\n")
-            return False
+            return
         if behaviour is SmtpBehaviour.STARTTLS_454:
             await self.reply(b"454 4.7.0 TLS not available due to temporary reason\r\n")
-            return False
-        if lines.pending:
+            return
+        if self.buf:
             # RFC 3207 §5 / CVE-2011-0411: plaintext pipelined after STARTTLS must not be
             # treated as if it came over TLS; a careful server hangs up.
             raise SessionEnd("pipelined-after-starttls")
@@ -294,16 +296,14 @@ class Session:
         context = self.ep.tls_fail if failing else self.ep.tls
         tls = trio.SSLStream(self.transport, context, server_side=True)
         self.stream = tls
+        self._arm("tls-timeout", self.ep.settings.handshake_timeout)
         try:
-            with trio.move_on_after(self.ep.settings.handshake_timeout):
-                await tls.do_handshake()
-                self.record.starttls = True
-                self.record.sni = _sni_of(tls)
-                return True
-            raise SessionEnd("tls-timeout")
+            await tls.do_handshake()
         except trio.BrokenResourceError:
-            self.record.sni = _sni_of(tls)
             raise SessionEnd("tls-fail" if failing else "tls-error") from None
+        finally:
+            self.record.sni = _sni_of(tls)
+        self.record.starttls = True
 
 
 async def close(stream: trio.abc.Stream, *, graceful: bool) -> None:
