@@ -124,10 +124,12 @@ class FakeResolver:
             other.id = query.id
             decoy = Reply(answer=[("decoy.example", rdtype, _decoy_data(rdtype))])
             out += [wrong_id, self._build(other, decoy, truncate=False)]
-        out.append(self._build(query, reply, truncate=reply.tc and not tcp))
+        out.append(self._build(query, reply, truncate=reply.tc and not tcp, tcp=tcp))
         return out
 
-    def _build(self, query: dns.message.Message, reply: Reply, truncate: bool) -> bytes:
+    def _build(
+        self, query: dns.message.Message, reply: Reply, truncate: bool, tcp: bool = False
+    ) -> bytes:
         resp = dns.message.make_response(query)
         resp.set_rcode(dns.rcode.from_text(reply.rcode))
         if reply.ad:
@@ -148,7 +150,7 @@ class FakeResolver:
         if reply.ede is not None:
             code, text = reply.ede
             resp.use_edns(0, query.ednsflags, 1232, options=[dns.edns.EDEOption(code, text)])
-        return resp.to_wire()
+        return resp.to_wire(max_size=65535 if tcp else 0)
 
     # -- serving -----------------------------------------------------------------------------
 

@@ -1,0 +1,315 @@
+"""scanner.dns against the in-process fake resolver (tests/fakedns.py): every §2.1.1 branch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dns.message
+import dns.rdatatype
+import pytest
+import trio
+
+from scanner.config import ResolverAddress
+from scanner.dns import DnsClient, message_from_wire, system_resolvers
+from scanner.dnswire import encode_name, parse_answer
+from scanner.model import DnssecStatus
+from tests.fakedns import FakeResolver, Reply, running
+
+S = DnssecStatus
+H = "mx.example.com"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeResolver]:
+    async with running() as f:
+        yield f
+
+
+async def lookup(fake: FakeResolver, qname: str, rdtype: str, **cfg: object):  # type: ignore[no-untyped-def]
+    async with DnsClient.open(fake.config(**cfg)) as client:
+        return await client.lookup(qname, rdtype), client.stats
+
+
+# -- the four statuses (RFC 7672 §2.1.1) --------------------------------------------------------
+
+
+async def test_ad_is_secure(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(ad=True, answer=[(H, "A", "192.0.2.1"), (H, "A", "192.0.2.2")]))
+    lk, _ = await lookup(fake, H + ".", "A")
+    assert lk.status is S.SECURE
+    assert lk.rcode == "NOERROR"
+    assert lk.qname == H
+    assert sorted(lk.records) == ["192.0.2.1", "192.0.2.2"]  # RRset order is not defined
+    assert lk.cname_chain == ()
+
+
+async def test_no_ad_is_insecure(fake: FakeResolver) -> None:
+    fake.add(H, "AAAA", Reply(answer=[(H, "AAAA", "2001:db8::1")]))
+    lk, _ = await lookup(fake, H, "AAAA")
+    assert (lk.status, lk.records) == (S.INSECURE, ("2001:db8::1",))
+
+
+@pytest.mark.parametrize(("ad", "status"), [(True, S.SECURE), (False, S.INSECURE)])
+async def test_nxdomain_and_nodata(fake: FakeResolver, ad: bool, status: DnssecStatus) -> None:
+    fake.add("gone.example", "MX", Reply(rcode="NXDOMAIN", ad=ad))
+    fake.add("empty.example", "MX", Reply(ad=ad))
+    gone, _ = await lookup(fake, "gone.example", "MX")
+    empty, _ = await lookup(fake, "empty.example", "MX")
+    assert (gone.status, gone.nxdomain, gone.nodata) == (status, True, False)
+    assert (empty.status, empty.nxdomain, empty.nodata) == (status, False, True)
+
+
+async def test_servfail_with_data_under_cd_is_bogus_and_keeps_ede(fake: FakeResolver) -> None:
+    fake.add(H, "TLSA", Reply(rcode="SERVFAIL", ede=(7, "signature expired")))
+    fake.add(H, "TLSA", Reply(answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)
+    lk, stats = await lookup(fake, H, "TLSA")
+    assert lk.status is S.BOGUS
+    assert (lk.ede_code, lk.ede_text) == (7, "signature expired")
+    assert lk.records == ("3 1 1 " + "aa" * 32,)
+    assert lk.rcode == "SERVFAIL"
+    assert [q.cd for q in fake.queries(H, "TLSA")] == [False, True]
+    assert stats.cd_requeries == 1
+
+
+@pytest.mark.parametrize("cd_reply", [Reply(rcode="NXDOMAIN"), Reply()])
+async def test_servfail_then_denial_under_cd_is_bogus(fake: FakeResolver, cd_reply: Reply) -> None:
+    fake.add(H, "A", Reply(rcode="SERVFAIL"))
+    fake.add(H, "A", cd_reply, cd=True)
+    lk, _ = await lookup(fake, H, "A")
+    assert lk.status is S.BOGUS
+    assert lk.ede_code is None and lk.records == ()
+
+
+async def test_servfail_twice_is_indeterminate(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(rcode="SERVFAIL"), cd=None)
+    lk, _ = await lookup(fake, H, "A")
+    assert (lk.status, lk.rcode) == (S.INDETERMINATE, "SERVFAIL")
+    assert len(fake.queries(H, "A")) == 2
+
+
+async def test_dnssec_ede_is_bogus_even_if_cd_fails(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(6, "DNSSEC Bogus")), cd=None)
+    lk, _ = await lookup(fake, H, "A")
+    assert (lk.status, lk.ede_code, lk.ede_text) == (S.BOGUS, 6, "DNSSEC Bogus")
+
+
+@pytest.mark.parametrize("code", [22, 23])
+async def test_unreachable_authority_is_indeterminate_without_cd(
+    fake: FakeResolver, code: int
+) -> None:
+    fake.add(H, "MX", Reply(rcode="SERVFAIL", ede=(code, None)))
+    fake.add(H, "MX", Reply(answer=[(H, "MX", "10 a.example.")]), cd=True)
+    lk, stats = await lookup(fake, H, "MX")
+    assert (lk.status, lk.ede_code, lk.ede_text) == (S.INDETERMINATE, code, None)
+    assert [q.cd for q in fake.queries(H, "MX")] == [False]
+    assert stats.cd_requeries == 0
+
+
+async def test_refused_is_indeterminate(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(rcode="REFUSED"))
+    lk, _ = await lookup(fake, H, "A")
+    assert (lk.status, lk.rcode) == (S.INDETERMINATE, "REFUSED")
+
+
+async def test_timeout_after_retries_is_indeterminate(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(drop=-1))
+    lk, stats = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=3)
+    assert (lk.status, lk.rcode) == (S.INDETERMINATE, "TIMEOUT")
+    assert len(fake.queries(H, "A")) == 3
+    assert (stats.queries, stats.retries, stats.timeouts) == (3, 2, 1)
+
+
+async def test_deadline_caps_retries(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(drop=-1))
+    lk, _ = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=50, dns_deadline=0.12)
+    assert lk.rcode == "TIMEOUT"
+    assert 2 <= len(fake.queries(H, "A")) <= 4
+
+
+async def test_retransmit_after_drop(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(drop=1, ad=True, answer=[(H, "A", "192.0.2.7")]))
+    lk, stats = await lookup(fake, H, "A", dns_timeout=0.05)
+    assert (lk.status, lk.records) == (S.SECURE, ("192.0.2.7",))
+    assert stats.retries == 1 and stats.timeouts == 0
+
+
+async def test_late_answer_to_first_attempt_is_accepted(fake: FakeResolver) -> None:
+    # Every answer arrives 0.08 s late; attempts time out after 0.05 s. The answer to attempt
+    # 1 lands during attempt 2 and must be taken (its ID stays registered).
+    fake.add(H, "A", Reply(delay=0.08, answer=[(H, "A", "192.0.2.8")]))
+    lk, stats = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=2)
+    assert lk.records == ("192.0.2.8",)
+    assert stats.retries == 1
+
+
+# -- transport ------------------------------------------------------------------------------
+
+
+async def test_truncated_answer_goes_to_tcp(fake: FakeResolver) -> None:
+    many = [(H, "TLSA", f"3 1 1 {i:064x}") for i in range(40)]  # > 1232 octets
+    fake.add(H, "TLSA", Reply(ad=True, tc=True, answer=many))
+    lk, stats = await lookup(fake, H, "TLSA")
+    assert lk.status is S.SECURE
+    assert len(lk.records) == 40
+    assert [q.tcp for q in fake.queries(H, "TLSA")] == [False, True]
+    assert stats.tcp_fallbacks == 1
+
+
+async def test_mismatched_id_and_question_are_ignored(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(decoys=True, answer=[(H, "A", "192.0.2.9")]))
+    lk, stats = await lookup(fake, H, "A")
+    assert lk.records == ("192.0.2.9",)
+    assert stats.ignored == 2
+
+
+async def test_query_flags_edns_do_and_cd(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.1")]), cd=None)
+    async with DnsClient.open(fake.config()) as client:
+        plain = await client.query(H, "A")
+        checked = await client.query(H, "A", cd=True)
+    assert plain is not None and checked is not None
+    seen = fake.queries(H, "A")
+    assert [(q.cd, q.do, q.payload, q.tcp) for q in seen] == [
+        (False, True, 1232, False),
+        (True, True, 1232, False),
+    ]
+    assert plain.answer[0][0].to_text() == "192.0.2.1"
+
+
+async def test_several_sockets_share_the_load(fake: FakeResolver) -> None:
+    for i in range(200):
+        fake.add(f"h{i}.example", "A", Reply(answer=[(f"h{i}.example", "A", f"192.0.2.{i}")]))
+    async with DnsClient.open(fake.config(dns_sockets=4)) as client:
+        assert client.sockets == 4
+        results: dict[int, tuple[str, ...]] = {}
+
+        async def one(i: int) -> None:
+            results[i] = (await client.lookup(f"h{i}.example", "A")).records
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(one, i)
+    assert results == {i: (f"192.0.2.{i}",) for i in range(200)}
+    assert len({q.port for q in fake.seen}) == 4
+
+
+async def test_rate_cap_still_answers(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.1")]))
+    async with DnsClient.open(fake.config(dns_rate=500.0)) as client:
+        for _ in range(5):
+            assert (await client.lookup(H, "A")).records == ("192.0.2.1",)
+        assert client.stats.queries == 5
+
+
+async def test_name_resolver_address_is_refused() -> None:
+    from scanner.config import Config
+
+    with pytest.raises(ValueError):
+        DnsClient(Config(resolvers=(ResolverAddress("resolver.example"),)))
+
+
+# -- answer content ------------------------------------------------------------------------
+
+
+async def test_cname_chain_is_followed(fake: FakeResolver) -> None:
+    fake.add(
+        "WWW.example.com",
+        "A",
+        Reply(
+            ad=True,
+            answer=[
+                ("www.example.com", "CNAME", "A.example.net."),
+                ("a.example.net", "CNAME", "b.example.org."),
+                ("b.example.org", "A", "192.0.2.3"),
+                ("unrelated.example", "A", "192.0.2.99"),
+            ],
+        ),
+    )
+    lk, _ = await lookup(fake, "WWW.example.com", "A")
+    assert lk.cname_chain == ("www.example.com", "a.example.net", "b.example.org")
+    assert lk.records == ("192.0.2.3",)
+    assert lk.status is S.SECURE
+
+
+async def test_malformed_tlsa_keeps_a_secure_answer(fake: FakeResolver) -> None:
+    good = "3 1 1 " + "ab" * 32
+    fake.add(
+        H, "TLSA", Reply(ad=True, answer=[(H, "TLSA", good), (H, "TLSA", b"\x03\x01\x01\xff")])
+    )
+    lk, _ = await lookup(fake, H, "TLSA")
+    assert lk.status is S.SECURE
+    assert sorted(lk.records) == sorted([good, "3 1 1 ff"])
+    async with DnsClient.open(fake.config()) as client:
+        msg = await client.query(H, "TLSA")
+    assert msg is not None
+    assert sorted(rd.to_text() for rd in msg.answer[0]) == sorted([good, "3 1 1 ff"])
+
+
+def test_message_from_wire_restores_dnspython_registry() -> None:
+    import dns.rdata
+
+    before = dns.rdata.get_rdata_class(1, 52)
+    q = dns.message.make_query("x.example.", "TLSA")
+    r = dns.message.make_response(q)
+    rrset = r.find_rrset(r.answer, q.question[0].name, 1, 52, create=True)
+    rrset.add(dns.rdata.GenericRdata(1, 52, b"\x03\x01\x02\x00"), 60)
+    msg = message_from_wire(r.to_wire())
+    assert msg.answer[0][0].to_text() == "3 1 2 00"
+    assert dns.rdata.get_rdata_class(1, 52) is before
+    with pytest.raises(dns.exception.FormError):
+        dns.message.from_wire(r.to_wire())
+
+
+async def test_validates(fake: FakeResolver) -> None:
+    fake.add(".", "DNSKEY", Reply(ad=True))
+    async with DnsClient.open(fake.config()) as client:
+        assert await client.validates()
+    fake.add(".", "DNSKEY", Reply(ad=False))
+    async with DnsClient.open(fake.config()) as client:
+        assert not await client.validates()
+
+
+# -- wire reader and helpers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rdtype", "text"),
+    [
+        ("MX", "10 Mail.Example.com."),
+        ("MX", "0 ."),
+        ("A", "198.51.100.7"),
+        ("AAAA", "2001:db8::ffff:1"),
+        ("TXT", '"v=spf1 -all"'),
+        ("TLSA", "2 0 1 " + "0f" * 32),
+        ("MX", "5 we\\.ird\\032name.example."),
+    ],
+)
+def test_wire_reader_matches_dnspython_text(rdtype: str, text: str) -> None:
+    q = dns.message.make_query("q.example.", rdtype)
+    r = dns.message.make_response(q)
+    t = dns.rdatatype.from_text(rdtype)
+    r.find_rrset(r.answer, q.question[0].name, 1, t, create=True).add(
+        dns.rdata.from_text(1, t, text), 60
+    )
+    answer = parse_answer(r.to_wire(), t, "q.example")
+    assert answer.records == (r.answer[0][0].to_text(),)
+
+
+def test_encode_name() -> None:
+    assert encode_name("a.example.") == encode_name("a.example") == b"\x01a\x07example\x00"
+    assert encode_name(".") == b"\x00"
+    assert encode_name("a\\.b.example") == b"\x03a.b\x07example\x00"
+    for bad in ("a..example", "x" * 64 + ".example", "é.example", ("a" * 60 + ".") * 5):
+        with pytest.raises(ValueError):
+            encode_name(bad)
+
+
+def test_system_resolvers(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver ::1\n"
+        "nameserver not-an-address\noptions edns0\n"
+    )
+    assert system_resolvers(conf) == [ResolverAddress("192.0.2.53"), ResolverAddress("::1")]
+    assert system_resolvers(tmp_path / "missing") == []
