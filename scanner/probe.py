@@ -27,7 +27,7 @@ from scanner.smtp import (
     offers,
 )
 from scanner.targets_net import parse_address
-from scanner.tls import TlsHandshakeError, TlsStream
+from scanner.tls import TlsHandshakeError, TlsStream, server_name
 
 # QUIT is a courtesy (RFC 5321 §4.1.1.10): never wait long for its 221.
 QUIT_TIMEOUT = 5.0
@@ -49,6 +49,20 @@ NETWORK_ERRORS: tuple[type[Exception], ...] = (
     PeerClosedError,
     SmtpProtocolError,
     TlsHandshakeError,
+)
+
+# Errors that describe this machine, not the peer (descriptor, buffer or ephemeral-port
+# exhaustion, no IPv6 stack): recorded as an outcome they would blame the endpoint for our own
+# state, so probe() lets them propagate.
+LOCAL_ERRNOS = frozenset(
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOBUFS,
+        errno.ENOMEM,
+        errno.EADDRNOTAVAIL,
+        errno.EAFNOSUPPORT,
+    }
 )
 
 _TIMEOUTS = {
@@ -118,14 +132,19 @@ class _Progress:
 
 
 async def probe(address: str, port: int, sni: str | None, config: Config) -> EndpointFacts:
-    """Probe one endpoint once. ``address`` must be an IP literal (ValueError otherwise): the
-    probe never resolves names. Never raises for anything the peer or the network does."""
+    """Probe one endpoint once. ``address`` must be an IP literal and ``sni`` a sendable name
+    (ValueError otherwise, before any I/O): the probe never resolves names. Never raises for
+    anything the peer or the network does."""
     ip = parse_address(address)
+    server_name(sni)
     probed_at = datetime.now(UTC)
     progress = _Progress()
     try:
         await _dialogue(str(ip), ip.version, port, sni, config, progress)
     except NETWORK_ERRORS as exc:
+        cause = _os_error(exc)
+        if cause is not None and cause.errno in LOCAL_ERRNOS:
+            raise
         progress.end(*classify(exc, progress.phase))
     assert progress.status is not None, "dialogue ended without a status"
     return EndpointFacts(

@@ -52,11 +52,20 @@ def client_context() -> ssl.SSLContext:
 
 
 def server_name(sni: str | None) -> str | None:
-    """SNI as sent: no trailing dot (RFC 6066 §3), none at all when not given."""
+    """SNI as sent: no trailing dot (RFC 6066 §3), none at all when not given.
+
+    Raises ValueError for a name ``ssl`` cannot send (empty or over-long labels, NUL), so the
+    probe refuses it before connecting rather than failing mid-dialogue.
+    """
     if sni is None:
         return None
     name = sni.rstrip(".")
-    return name or None
+    if not name:
+        return None
+    if "\x00" in name:
+        raise ValueError("SNI contains NUL")
+    name.encode("idna")  # what ssl does with server_hostname; UnicodeError is a ValueError
+    return name
 
 
 def presented_chain(obj: ssl.SSLObject) -> tuple[bytes, ...]:

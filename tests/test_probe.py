@@ -334,6 +334,22 @@ async def test_names_are_refused_not_resolved() -> None:
         await probe("mx.example.net", 25, None, CONFIG)
 
 
+async def test_local_exhaustion_is_not_blamed_on_the_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_descriptors(*_args: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(trio.socket, "socket", no_descriptors)
+    with pytest.raises(OSError, match="Too many open files"):
+        await probe(HOST, 25, None, CONFIG)
+
+
+async def test_unsendable_sni_is_refused_before_connecting() -> None:
+    with pytest.raises(ValueError):
+        await probe(HOST, 25, "a..b", CONFIG)
+
+
 @pytest.mark.parametrize(
     ("exc", "phase", "status"),
     [

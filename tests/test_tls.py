@@ -130,6 +130,10 @@ def test_server_name() -> None:
     assert server_name("mx.example.net") == "mx.example.net"
     assert server_name(None) is None
     assert server_name(".") is None
+    assert server_name("mx_1.example.net") == "mx_1.example.net"  # not a hostname; still sent
+    for bad in ("a..b", "x" * 64 + ".net", "a\x00b"):
+        with pytest.raises(ValueError):
+            server_name(bad)
 
 
 async def _handshake(
