@@ -29,6 +29,8 @@ from scanner.smtp import (
 from scanner.targets_net import parse_address
 from scanner.tls import TlsHandshakeError, TlsStream, server_name
 
+ERROR_CAP = 200  # EndpointFacts.error is a short detail for humans
+
 # QUIT is a courtesy (RFC 5321 §4.1.1.10): never wait long for its 221.
 QUIT_TIMEOUT = 5.0
 
@@ -128,7 +130,8 @@ class _Progress:
     chain: tuple[bytes, ...] = field(default_factory=tuple)
 
     def end(self, status: EndpointStatus, error: str | None = None) -> None:
-        self.status, self.error = status, error
+        self.status = status
+        self.error = None if error is None else clean_text(error, ERROR_CAP)
 
 
 async def probe(address: str, port: int, sni: str | None, config: Config) -> EndpointFacts:

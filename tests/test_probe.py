@@ -231,6 +231,14 @@ async def test_starttls_454(nursery: trio.Nursery) -> None:
     assert facts.error is not None and "TLS not available" in facts.error
 
 
+async def test_error_text_is_capped(nursery: trio.Nursery) -> None:
+    reply = b"454 " + b"x" * 3000 + b"\r\n"
+    port = await serve(nursery, FakeSmtp(starttls=reply))
+    facts = await probe(HOST, port, None, CONFIG)
+    assert facts.status is EndpointStatus.STARTTLS_REFUSED
+    assert facts.error is not None and len(facts.error) == 200
+
+
 async def test_handshake_failure(nursery: trio.Nursery) -> None:
     port = await serve(nursery, FakeSmtp(tls_mode="garbage"))
     facts = await probe(HOST, port, None, CONFIG)
