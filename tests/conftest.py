@@ -1,0 +1,67 @@
+"""Shared fixtures. The testbed ones bring up a simulated mail internet on loopback.
+
+``world``: one session-wide world (300 domains, seed 1, ipv6=True, every scenario present),
+torn down at the end. Its tarpit greets after ``world.greeting_delay`` (1.5 s): a scanner under
+test needs a greeting timeout above that (e.g. 3 s); the silent server never greets.
+``make_world``: a factory for tests that need their own world (own 127.<block>.0.0/16, ipv6
+off unless asked); every world it made is taken down at the end of the test.
+Tests that use them are marked ``@pytest.mark.testbed``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import control
+
+WORLD_DOMAINS = 300
+WORLD_SEED = 1
+
+
+def _testbed_available() -> str | None:
+    for tool in ("nsd", "unbound"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} not installed"
+    for module in ("testbed.dnsnet", "testbed.smtpd"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} missing"
+    return None
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.World]:
+    why = _testbed_available()
+    if why:
+        pytest.skip(why)
+    wdir = tmp_path_factory.mktemp("world") / "w"
+    w = control.up(wdir, WORLD_DOMAINS, WORLD_SEED, ipv6=True)
+    try:
+        yield w
+    finally:
+        control.down(wdir)
+
+
+@pytest.fixture
+def make_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., control.World]]:
+    """``make_world(domains=60, seed=2, **kwargs)``: kwargs as for `testbed.control.up`."""
+    why = _testbed_available()
+    if why:
+        pytest.skip(why)
+    made: list[Path] = []
+
+    def make(domains: int = 60, seed: int = 2, **kwargs: Any) -> control.World:
+        wdir = tmp_path_factory.mktemp("world") / "w"
+        made.append(wdir)
+        return control.up(wdir, domains, seed, **kwargs)
+
+    try:
+        yield make
+    finally:
+        for wdir in made:
+            control.down(wdir)
