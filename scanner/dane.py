@@ -20,7 +20,9 @@ Decisions settled from the RFC text (cited where they are applied):
   record that matches only the leaf is ``tlsa-no-match``.
 * DANE-TA(2) with a Full(0) record whose certificate or key is *not* in the presented chain is
   supported (RFC 7671 §5.2.2 for "2 0 0", §5.2.3 for "2 1 0": the top certificate must be
-  signed by the key, in date, and the rest of the chain must validate).
+  signed by the key, in date, and the rest of the chain must validate). A trust anchor found
+  in the chain is preferred; the depth reported is OpenSSL's (for a bare key, the depth of the
+  certificate it signed; for a "2 0 0" certificate, one above the path).
 * Dates: every certificate from the leaf up to and including a TA certificate must be in date
   (RFC 7671 §5.2.3; RFC 5280 §6.1 does not check the anchor itself, but OpenSSL -- and so the
   senders being measured -- checks the trust-anchor certificate's dates too). DANE-EE(3) checks
@@ -396,12 +398,16 @@ def _is_ca(cert: x509.Certificate | None) -> bool:
         pass
     if ku is not None:
         return True
-    return cert.version is x509.Version.v1 and cert.issuer == cert.subject
+    try:
+        return cert.version is x509.Version.v1 and cert.issuer == cert.subject
+    except x509.InvalidVersion:
+        return False
 
 
 def _signed_by(cert: x509.Certificate, key: object, issuer: x509.Certificate | None) -> bool:
-    """Whether ``key`` made ``cert``'s signature (and, given an issuer certificate, names
-    chain too). RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519, Ed448, DSA."""
+    """Whether ``issuer`` issued ``cert`` (names chain, its key signed), or else whether the
+    bare ``key`` made ``cert``'s signature. RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519, Ed448,
+    DSA; anything unsupported or malformed is "not signed"."""
     if issuer is not None:
         try:
             cert.verify_directly_issued_by(issuer)
@@ -477,8 +483,7 @@ class _Chain:
         key = (subject, issuer)
         if key not in self._issued:
             s, i = self.cert(subject), self.cert(issuer)
-            self._issued[key] = (s is not None and i is not None
-                                 and _signed_by(s, i.public_key(), i))
+            self._issued[key] = s is not None and i is not None and _signed_by(s, None, i)
         return self._issued[key]
 
 

@@ -6,6 +6,8 @@ import hashlib
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scanner.dane import (
     ChainMatch,
@@ -418,3 +420,29 @@ def test_chain_match_is_reusable_across_domains(pki: Pki) -> None:
 def test_naive_now_is_utc(pki: Pki) -> None:
     cm = match_chain([tlsa(2, 0, 1, pki.root)], pki.chain, NOW.replace(tzinfo=None))
     assert cm.ta_record is not None
+
+
+# -- robustness ----------------------------------------------------------------------------
+
+_FUZZ_PKI = Pki(tag="fuzz")
+_REAL = [der(_FUZZ_PKI.leaf), der(_FUZZ_PKI.intermediate), der(_FUZZ_PKI.root)]
+records_st = st.builds(
+    TlsaRecord,
+    st.integers(0, 4), st.integers(0, 2), st.integers(0, 3),
+    st.one_of(st.binary(max_size=70), st.sampled_from([spki(_FUZZ_PKI.root), *_REAL])),
+)
+chain_st = st.lists(
+    st.one_of(st.sampled_from(_REAL), st.binary(max_size=64),
+              st.sampled_from(_REAL).map(lambda d: d[: len(d) // 2])),
+    max_size=4,
+)
+
+
+@given(st.lists(records_st, max_size=5), chain_st)
+@settings(max_examples=200, deadline=None)
+def test_match_chain_never_raises(records: list[TlsaRecord], chain: list[bytes]) -> None:
+    cm = match_chain(records, chain, NOW)
+    m = authenticate(cm, REFS)
+    assert m.authenticated == (m.reason is None)
+    if m.authenticated:
+        assert m.record is not None and usable(m.record) and m.record.usage in (2, 3)
