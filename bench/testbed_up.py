@@ -1,0 +1,101 @@
+"""Bring up a large testbed world and report how long it took and how much memory it used.
+
+Target (issue): 100,000 domains up in under two minutes and under 4 GiB, `down` leaving nothing.
+
+    .venv/bin/python bench/testbed_up.py [--domains 100000] [--seed 1] [--keep-up]
+
+Peak memory is the sum over the world's processes (this one plus NSD, Unbound, fault servers,
+smtpd) of their peak resident set (VmHWM), sampled while the world is up, plus this process's
+own peak during generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from testbed import control, world  # noqa: E402
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(roots: list[int]) -> set[int]:
+    """The given pids and their children (NSD forks workers; Unbound may too)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.add(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--domains", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--block", type=int, default=None)
+    ap.add_argument("--keep-up", action="store_true", help="leave the world running")
+    args = ap.parse_args()
+
+    wdir = Path(tempfile.mkdtemp(prefix="danescan-bench-")) / "world"
+    t0 = time.monotonic()
+    built = world.build(world.Params(seed=args.seed, domains=args.domains), wdir / "gen-only")
+    t_gen = time.monotonic() - t0
+    del built
+    t1 = time.monotonic()
+    w = control.up(wdir, args.domains, args.seed, block=args.block)
+    t_up = time.monotonic() - t1
+    try:
+        state = control.status(wdir)
+        pids = [p for p in [state.get("smtpd_pid"), *state.get("dns_pids", [])] if p]
+        procs = _descendants([int(p) for p in pids])
+        servers_kib = sum(_hwm_kib(p) for p in procs)
+        self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        endpoints = len({h for m in w.manifest for x in m["mx_hosts"] for h in x["addresses"]})
+        print(f"domains          {args.domains}")
+        print(f"generation only  {t_gen:.1f} s")
+        print(f"up (total)       {t_up:.1f} s   (target < 120 s)")
+        print(f"peak memory      {(servers_kib + self_kib) / 2**20:.2f} GiB   (target < 4 GiB)")
+        print(f"  servers        {servers_kib / 2**20:.2f} GiB in {len(procs)} processes")
+        print(f"  generator      {self_kib / 2**20:.2f} GiB")
+        print(f"mx addresses     {endpoints}")
+        print(f"resolver         {w.resolver}   dir {w.dir}")
+    finally:
+        if not args.keep_up:
+            t2 = time.monotonic()
+            control.down(wdir)
+            print(f"down             {time.monotonic() - t2:.1f} s, dir removed: {not wdir.exists()}")
+            wdir.parent.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
