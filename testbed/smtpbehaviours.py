@@ -236,6 +236,9 @@ class Session:
             arg = arg.strip()
             if verb == b"QUIT":
                 await self.reply(b"221 2.0.0 Bye\r\n")
+                # RFC 5321 §4.1.1.10 then close; over TLS this sends close_notify first.
+                self._arm("quit", 1.0)
+                await self.stream.aclose()
                 return "quit"
             if refused:
                 # RFC 5321 §3.1: after a 554 greeting wait for QUIT, answer 503 to all else.
@@ -306,9 +309,6 @@ class Session:
         self.record.starttls = True
 
 
-async def close(stream: trio.abc.Stream, *, graceful: bool) -> None:
-    """Closes politely (close_notify for TLS) when the dialogue ended normally."""
-    if graceful:
-        with trio.move_on_after(1.0):
-            await stream.aclose()
+async def close(stream: trio.abc.Stream) -> None:
+    """Closes at once, whatever state the session ended in (a no-op after a graceful QUIT)."""
     await trio.aclose_forcefully(stream)

@@ -208,7 +208,7 @@ async def _session(stream: trio.SocketStream, ep: Endpoint, log: SessionLog) -> 
         record.end = f"error:{type(exc).__name__}"
     finally:
         log.add(record)
-        await close(session.stream, graceful=record.end == "quit")
+        await close(session.stream)
 
 
 async def _accept_loop(
