@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from testbed import control, world  # noqa: E402
+from testbed import control, world
 
 
 def _hwm_kib(pid: int) -> int:
@@ -67,7 +68,8 @@ def main() -> int:
 
     wdir = Path(tempfile.mkdtemp(prefix="danescan-bench-")) / "world"
     t0 = time.monotonic()
-    built = world.build(world.Params(seed=args.seed, domains=args.domains), wdir / "gen-only")
+    params = world.Params(seed=args.seed, domains=args.domains)
+    built = world.build(params, wdir.parent / "gen-only")
     t_gen = time.monotonic() - t0
     del built
     t1 = time.monotonic()
@@ -92,8 +94,9 @@ def main() -> int:
         if not args.keep_up:
             t2 = time.monotonic()
             control.down(wdir)
-            print(f"down             {time.monotonic() - t2:.1f} s, dir removed: {not wdir.exists()}")
-            wdir.parent.rmdir()
+            gone = not wdir.exists()
+            print(f"down             {time.monotonic() - t2:.1f} s, dir removed: {gone}")
+            shutil.rmtree(wdir.parent, ignore_errors=True)
     return 0
 
 
