@@ -13,12 +13,10 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from scanner.store import db, schema
-
-PG_ADMIN = os.environ.get("DANESCAN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+from scanner.store import db
+from tests.store_helpers import PG_ADMIN
 
 
 def _pg_available() -> bool:
@@ -68,10 +66,19 @@ def engine(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Engine]
     eng.dispose()
 
 
-def count(engine: Engine, table: str, scan_id: int | None = None) -> int:
-    t = schema.metadata.tables[table]
-    q = sa.select(sa.func.count()).select_from(t)
-    if scan_id is not None:
-        q = q.where(t.c.scan_id == scan_id)
-    with engine.connect() as conn:
-        return int(conn.execute(q).scalar_one())
+@pytest.fixture
+def empty_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
+    """An empty database URL; parametrise indirectly with "sqlite" or "postgresql"."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.sqlite"
+        return
+    if not _pg_available():
+        pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
+    name = f"danescan_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

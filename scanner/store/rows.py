@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ def _check_columns() -> None:
 
 _check_columns()
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DROP = dict.fromkeys([*range(0x20), 0x7F], None)
 
 
@@ -79,25 +81,26 @@ def clean(text: str | None, cap: int) -> str | None:
     """Remove C0 controls and DEL, replace lone surrogates, cap at ``cap`` characters."""
     if text is None:
         return None
-    out = text.translate(_DROP)
-    if len(out) > cap:
-        out = out[:cap]
+    if len(text) <= cap and text.isprintable():  # the common case, at C speed
+        return text
+    return _no_surrogates(text.translate(_DROP))[:cap]
+
+
+def _no_surrogates(text: str) -> str:
+    """Lone surrogates (undecodable bytes kept by ``surrogateescape``) cannot be stored."""
     try:
-        out.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
-        out = out.encode("utf-8", "replace").decode("utf-8")
-    return out
+        return _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def clean_input(text: str) -> str:
     """The input line keeps its characters (it is echoed as given) except NUL, which no
     PostgreSQL text can hold; it is capped like any other untrusted text."""
-    out = text.replace("\x00", "")[: schema.INPUT_MAX]
-    try:
-        out.encode("utf-8")
-    except UnicodeEncodeError:
-        out = out.encode("utf-8", "replace").decode("utf-8")
-    return out
+    if len(text) <= schema.INPUT_MAX and text.isprintable():
+        return text
+    return _no_surrogates(text.replace("\x00", ""))[: schema.INPUT_MAX]
 
 
 def utc(value: datetime | None) -> datetime | None:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from scanner.model import DomainVerdict
 from scanner.store import schema
 from scanner.store.db import StoreUnavailable, is_postgres
-from scanner.store.rows import TABLE_COLS, Lru, RowBuilder, RowSet, sqlite_ts
+from scanner.store.rows import TABLE_COLS, Lru, RowBuilder, RowSet
 
 if TYPE_CHECKING:
     import psycopg
@@ -120,7 +120,6 @@ class Writer:
             else:
                 _flush_sqlite(conn, rows)
             if shard_id is not None:
-                now = datetime.now(UTC)
                 conn.execute(
                     schema.shards.update()
                     .where(
@@ -131,7 +130,7 @@ class Writer:
                         status=schema.ShardStatus.DONE.value,
                         lease_owner=None,
                         lease_expires=None,
-                        done_at=now if self.pg else sqlite_ts(now),
+                        done_at=datetime.now(UTC),
                     )
                 )
         # Only now are these rows certainly in the database: remember them.
