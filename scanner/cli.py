@@ -24,6 +24,7 @@ from scanner.targets_net import ipv6_reachable
 log = logging.getLogger("danescan")
 
 EXIT_OK, EXIT_JUDGED, EXIT_UNJUDGED = 0, 1, 2
+DEFAULTS = Config()
 
 
 class UsageError(Exception):
@@ -36,23 +37,23 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-resolver-ok", action="store_true",
                    help="scan with a non-validating resolver (STARTTLS-only survey)")
     p.add_argument("--smtp-port", type=int, default=25)
-    p.add_argument("--ehlo-name", default=Config.ehlo_name,
+    p.add_argument("--ehlo-name", default=DEFAULTS.ehlo_name,
                    help="name sent in EHLO (never looked up from the system)")
     p.add_argument("--allow-private", action="store_true",
                    help="also connect to loopback/RFC 1918/... addresses (testbeds)")
     p.add_argument("--exclude", type=Path, metavar="FILE",
                    help="opt-out list: domains and address prefixes (CIDR), one per line")
-    p.add_argument("--concurrency", type=int, default=Config.concurrency)
-    p.add_argument("--smtp-concurrency", type=int, default=Config.smtp_concurrency)
-    p.add_argument("--per-address", type=int, default=Config.per_address_connections)
+    p.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency)
+    p.add_argument("--smtp-concurrency", type=int, default=DEFAULTS.smtp_concurrency)
+    p.add_argument("--per-address", type=int, default=DEFAULTS.per_address_connections)
     p.add_argument("--dns-rate", type=float, default=0.0, help="DNS queries/s cap (0: none)")
-    p.add_argument("--dns-timeout", type=float, default=Config.dns_timeout)
-    p.add_argument("--connect-timeout", type=float, default=Config.connect_timeout)
-    p.add_argument("--greeting-timeout", type=float, default=Config.greeting_timeout,
+    p.add_argument("--dns-timeout", type=float, default=DEFAULTS.dns_timeout)
+    p.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout)
+    p.add_argument("--greeting-timeout", type=float, default=DEFAULTS.greeting_timeout,
                    help="seconds to wait for the 220 greeting (default %(default)s: greeting "
                         "delays of 15-20 s are deliberate anti-spam measures)")
-    p.add_argument("--command-timeout", type=float, default=Config.command_timeout)
-    p.add_argument("--retry-delay", type=float, default=Config.retry_delay,
+    p.add_argument("--command-timeout", type=float, default=DEFAULTS.command_timeout)
+    p.add_argument("--retry-delay", type=float, default=DEFAULTS.retry_delay,
                    help="seconds before the one retry of a transient SMTP failure")
     p.add_argument("--no-retry", action="store_true", help="no second pass for transient failures")
 
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="diagnose one domain")
     p.add_argument("domain")
     add_scan_options(p)
-    p.set_defaults(func=cmd_check, greeting_timeout=Config.greeting_timeout)
+    p.set_defaults(func=cmd_check, greeting_timeout=DEFAULTS.greeting_timeout)
 
     try:
         from testbed import cli as testbed_cli

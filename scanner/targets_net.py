@@ -106,9 +106,9 @@ def is_excluded_address(address: str, prefixes: tuple[str, ...]) -> bool:
     return any(ip in net for net in _networks(prefixes) if net.version == ip.version)
 
 
-# Any global unicast address serves: only the kernel's route lookup is consulted. This is
-# Google Public DNS's, chosen because it is stable and certainly globally routed.
-IPV6_PROBE_TARGET = "2001:4860:4860::8888"
+# Any global unicast address serves: only the kernel's route lookup is consulted and nothing is
+# ever sent. 2000::1 lies in 2000::/3 (global unicast) and belongs to nobody.
+IPV6_PROBE_TARGET = "2000::1"
 
 
 def ipv6_reachable(target: str = IPV6_PROBE_TARGET) -> bool:
