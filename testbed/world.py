@@ -292,8 +292,9 @@ class _Builder:
     def zone(
         self, origin: str, server: str, signing: Signing | None, ns: str
     ) -> list[Record | _TlsaRef]:
+        rname = "hostmaster." + ("" if origin == "." else origin)
         recs: list[Record | _TlsaRef] = [
-            Record(origin, "SOA", f"{ns} hostmaster.{origin} {self.p.night + 1} {SOA_TIMERS}"),
+            Record(origin, "SOA", f"{ns} {rname} {self.p.night + 1} {SOA_TIMERS}"),
             Record(origin, "NS", ns),
         ]
         self.zones[origin] = recs
