@@ -52,8 +52,11 @@ _STARTTLS = _ok(True, False, "none", False, "none", "starttls")
 _DNSSEC = _ok(True, True, "none", False, "none", "dnssec")
 _VALID = _ok(True, True, "all", False, "valid", "dane")
 _UNUSABLE = _ok(True, True, "none", True, "none", "dnssec")
-# Unreachable as the only MX: which endpoint reason the scanner reports is its own choice.
-_UNREACHABLE = _fail("unreachable", None, reason_known=False)
+
+
+def _unreachable(reason: str) -> Expect:
+    """The only MX host never greeted: the reason is its endpoint's (RFC 8460-style set)."""
+    return _fail("unreachable", reason)
 
 
 @dataclass(frozen=True)
@@ -210,11 +213,15 @@ SCENARIOS: dict[str, Scenario] = {
         _s("dns-servfail", _fail("dns_failure", "dns-failure"), zone="servfail"),
         _s("dns-truncate", _VALID, zone="truncate", tlsa="311", host_tlsa="usable"),
         # SMTP faults.
-        _s("smtp-refused", _UNREACHABLE, behaviour=B.PLAIN, reachable=False),
-        _s("smtp-silent", _UNREACHABLE, behaviour=B.SILENT, reachable=False),
-        _s("smtp-garbage", _UNREACHABLE, behaviour=B.GARBAGE, reachable=False),
-        _s("banner-421", _UNREACHABLE, behaviour=B.BANNER_421, reachable=False),
-        _s("banner-554", _UNREACHABLE, behaviour=B.BANNER_554, reachable=False),
+        _s("smtp-refused", _unreachable("connection-refused"), behaviour=B.PLAIN, reachable=False),
+        _s("smtp-silent", _unreachable("greeting-timeout"), behaviour=B.SILENT, reachable=False),
+        _s("smtp-garbage", _unreachable("protocol-error"), behaviour=B.GARBAGE, reachable=False),
+        _s(
+            "banner-421", _unreachable("greeting-rejected"), behaviour=B.BANNER_421, reachable=False
+        ),
+        _s(
+            "banner-554", _unreachable("greeting-rejected"), behaviour=B.BANNER_554, reachable=False
+        ),
         _s("smtp-tarpit", _STARTTLS, behaviour=B.TARPIT),
         _s("starttls-454", _PLAINTEXT, behaviour=B.STARTTLS_454),
         _s("tls-fail", _PLAINTEXT, behaviour=B.TLS_FAIL),
