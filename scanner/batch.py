@@ -1,0 +1,200 @@
+"""Nightly batch scans through the database: shards in, verdicts out, resumable at any moment.
+
+The input is first streamed into numbered shards (`store.scans.add_shards`); from then on the
+scan works only from the database. A worker leases shards, feeds their lines through the one
+pipeline (several shards in flight, so a slow domain never idles the others), and hands each
+shard's verdicts to the writer once its last line is judged: the shard's rows and its `done`
+mark commit in one transaction, so a crash at any point loses nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import trio
+from sqlalchemy.engine import Engine
+
+from scanner import pipeline
+from scanner.config import Config
+from scanner.dns import DnsClient
+from scanner.model import DomainVerdict
+from scanner.store import scans
+from scanner.store.db import StoreUnavailable
+from scanner.store.schema import ScanStatus
+from scanner.store.writer import WriteBatch, Writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _OpenShard:
+    shard_no: int
+    pending: int
+    verdicts: list[DomainVerdict] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    scan_id: int
+    status: ScanStatus
+    stats: pipeline.ScanStats
+    message: str = ""
+
+
+def worker_name() -> str:
+    """Lease owner: unique per process; the host name is read locally, never resolved."""
+    return f"{os.uname().nodename}:{os.getpid()}"
+
+
+class ShardFeeder:
+    """Claims shards as the pipeline needs lines; collects each shard's verdicts until whole."""
+
+    def __init__(self, engine: Engine, scan_id: int, owner: str, send: trio.MemorySendChannel[
+            WriteBatch], *, lease_seconds: float, max_open: int) -> None:
+        self.engine, self.scan_id, self.owner = engine, scan_id, owner
+        self.send = send
+        self.lease_seconds = lease_seconds
+        self.open: dict[int, _OpenShard] = {}
+        self.line_shard: dict[int, int] = {}
+        self.slots = trio.Semaphore(max_open)
+        self.shards_done = 0
+
+    async def lines(self) -> AsyncIterator[tuple[int, str]]:
+        while True:
+            await self.slots.acquire()
+            shard = await trio.to_thread.run_sync(
+                scans.claim_shard, self.engine, self.scan_id, self.owner, self.lease_seconds)
+            if shard is None:
+                self.slots.release()
+                return
+            if not shard.lines:
+                await self._complete(_OpenShard(shard.shard_no, 0))
+                continue
+            self.open[shard.shard_no] = _OpenShard(shard.shard_no, len(shard.lines))
+            for line, _ in shard.lines:
+                self.line_shard[line] = shard.shard_no
+            for item in shard.lines:
+                yield item
+
+    async def emit(self, v: DomainVerdict) -> None:
+        assert v.line is not None
+        shard_no = self.line_shard.pop(v.line)
+        entry = self.open[shard_no]
+        entry.verdicts.append(v)
+        entry.pending -= 1
+        if entry.pending == 0:
+            del self.open[shard_no]
+            await self._complete(entry)
+
+    async def _complete(self, entry: _OpenShard) -> None:
+        await self.send.send(WriteBatch(entry.verdicts, entry.shard_no))
+        self.shards_done += 1
+        self.slots.release()
+
+    async def renew_leases(self) -> None:
+        """Keep the leases of open shards alive; a worker that dies stops renewing them."""
+        while True:
+            await trio.sleep(self.lease_seconds / 3)
+            for shard_no in list(self.open):
+                await trio.to_thread.run_sync(
+                    scans.renew_lease, self.engine, self.scan_id, shard_no, self.owner,
+                    self.lease_seconds)
+
+
+async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | None = None,
+               lease_seconds: float = 600.0, max_open_shards: int = 32,
+               db_retry_seconds: float = 300.0, stats: pipeline.ScanStats | None = None,
+               handle_signals: bool = True) -> BatchResult:
+    """Scan every claimable shard of ``scan_id``; returns how this worker's part ended.
+
+    SIGINT/SIGTERM stop claiming and cancel domains in flight; every shard already judged is
+    still written, and the scan is left resumable (status ``interrupted``).
+    """
+    owner = owner or worker_name()
+    stats = stats or pipeline.ScanStats()
+    writer = Writer(engine, scan_id, db_retry_seconds=db_retry_seconds)
+    send, receive = trio.open_memory_channel[WriteBatch](4)
+    interrupted = False
+    async with DnsClient.open(config) as client:
+        scanner = await _open_scanner(config, client, stats)
+        feeder = ShardFeeder(engine, scan_id, owner, send, lease_seconds=lease_seconds,
+                             max_open=max_open_shards)
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(writer.run, receive)
+                async with send:
+                    with trio.CancelScope() as scanning:
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(feeder.renew_leases)
+                            if handle_signals:
+                                inner.start_soon(_watch_signals, scanning)
+                            await pipeline.run(scanner, feeder.lines(), feeder.emit)
+                            inner.cancel_scope.cancel()
+                    interrupted = scanning.cancelled_caught
+        except StoreUnavailable as exc:
+            return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, str(exc))
+    if interrupted:
+        return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, "interrupted by signal")
+    return BatchResult(scan_id, ScanStatus.COMPLETE, stats)
+
+
+async def _watch_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("%s: finishing the shards already judged, then stopping",
+                        signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def _open_scanner(config: Config, client: DnsClient,
+                        stats: pipeline.ScanStats) -> pipeline.Scanner:
+    from scanner.cli import open_scanner  # one place checks the resolver and IPv6
+
+    return await open_scanner(config, client, stats)
+
+
+def start_scan(engine: Engine, source: str, *, label: str | None, logical_date: dt.date,
+               config: Config, shard_size: int = 1000) -> int:
+    """Create a scan and stream its input into shards; returns the scan id."""
+    from scanner.targets import read_targets
+
+    scan_id = scans.create_scan(
+        engine, label, source, logical_date, ",".join(map(str, config.resolvers)),
+        options=config_options(config))
+    scans.add_shards(engine, scan_id, read_targets(source), shard_size=shard_size)
+    return scan_id
+
+
+def config_options(config: Config) -> dict[str, object]:
+    """The knobs that shape results, stored with the scan as provenance."""
+    return {
+        "smtp_port": config.smtp_port, "ehlo_name": config.ehlo_name,
+        "allow_private": config.allow_private, "insecure_resolver_ok": config.insecure_resolver_ok,
+        "greeting_timeout": config.greeting_timeout, "connect_timeout": config.connect_timeout,
+        "command_timeout": config.command_timeout, "retry_transient": config.retry_transient,
+        "retry_delay": config.retry_delay, "dns_timeout": config.dns_timeout,
+        "dns_attempts": config.dns_attempts, "concurrency": config.concurrency,
+        "exclude_domains": len(config.exclude_domains),
+        "exclude_prefixes": list(config.exclude_prefixes),
+        "host": os.uname().nodename,
+    }
+
+
+def finish(engine: Engine, result: BatchResult, *, sole_worker: bool = True
+           ) -> dict[str, dict[str, int]] | None:
+    """Record how the scan ended: complete when every shard is done; interrupted when this was
+    the only worker and it stopped early. With other workers still running, leave it to them."""
+    try:
+        if not scans.remaining_shards(engine, result.scan_id):
+            return scans.finish_scan(engine, result.scan_id)
+        if sole_worker or result.status is ScanStatus.INTERRUPTED:
+            scans.mark_interrupted(engine, result.scan_id)
+    except Exception as exc:  # the database may be the reason we stopped
+        log.error("could not record the scan's end (%s); it stays resumable", exc)
+    return None
