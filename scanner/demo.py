@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
             date = start + dt.timedelta(days=night)
             scan_id = batch.start_scan(engine, str(world.domains_file), label=f"demo night {night}",
                                        logical_date=date, config=config)
-            result = trio.run(lambda: batch.work(config, engine, scan_id))
+            result = trio.run(batch.work, config, engine, scan_id)
             counts = batch.finish(engine, result) or scans.scan_counts(engine, scan_id)
             s = result.stats
             print(f"\nnight {night} ({date}): scan {scan_id}, {s.domains} domains in "
