@@ -352,4 +352,6 @@ def _endpoint_json(ep: EndpointFacts, m: DaneMatch | None) -> dict[str, Any]:
             "reason": _enum(m.reason),
         },
         "error": ep.error,
+        "attempts": ep.attempts,
+        "probed_at": None if ep.probed_at is None else ep.probed_at.isoformat(),
     }
