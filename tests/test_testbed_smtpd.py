@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -320,12 +321,25 @@ async def test_tls_fail_breaks_handshake(server: object, world: SmtpSpec) -> Non
     assert (line["sni"], line["starttls"], line["end"]) == ("mx5.example", False, "tls-fail")
 
 
-async def test_silent_never_greets_and_times_out(server: object, world: SmtpSpec) -> None:
-    c = await connect("127.78.0.6")
-    await c.stream.send_all(b"EHLO a.example\r\n")
-    assert await c.rest() == b""  # closed by the idle timeout (1 s here), no byte sent
-    (line,) = await wait_for_log(world, 1)
-    assert line["end"] == "idle" and line["ehlo"] is None
+async def test_silent_never_greets_and_idle_clients_are_dropped(
+    server: object, world: SmtpSpec
+) -> None:
+    async def silent() -> None:
+        c = await connect("127.78.0.6")
+        await c.stream.send_all(b"EHLO a.example\r\n")
+        assert await c.rest() == b""  # closed by the idle timeout (1 s here), no byte sent
+
+    async def mute_client() -> None:
+        c = await connect("127.78.0.1")
+        assert (await c.reply())[0] == 220
+        assert await c.rest() == b""
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(silent)
+        nursery.start_soon(mute_client)
+    lines = await wait_for_log(world, 2)
+    assert [x["end"] for x in lines] == ["idle", "idle"]
+    assert {x["address"] for x in lines} == {"127.78.0.1", "127.78.0.6"}
 
 
 async def test_tarpit_greets_late_then_starttls(server: object) -> None:
@@ -374,8 +388,23 @@ async def test_hostile_clients_are_cut_off(server: object, world: SmtpSpec) -> N
     # RFC 3207 §5: plaintext pipelined behind STARTTLS must never be run after the handshake.
     await c.stream.send_all(b"STARTTLS\r\nMAIL FROM:<x@example>\r\n")
     assert await c.rest() == b""
-    lines = await wait_for_log(world, 2)
-    assert sorted(str(x["end"]) for x in lines) == ["line-too-long", "pipelined-after-starttls"]
+    c = await connect("127.78.0.1")
+    await c.reply()
+    await c.stream.send_all(b"NOOP\r\n" * 150)
+    replies = [await c.reply() for _ in range(101)]
+    assert [code for code, _ in replies] == [250] * 100 + [421]
+    c = await connect("127.78.0.1")
+    await c.reply()
+    assert (await c.cmd("STARTTLS"))[0] == 220
+    await c.stream.send_all(b"GET / HTTP/1.0\r\n\r\n")  # not a ClientHello
+    await c.rest()
+    lines = await wait_for_log(world, 4)
+    assert sorted(str(x["end"]) for x in lines) == [
+        "line-too-long",
+        "pipelined-after-starttls",
+        "tls-error",
+        "too-many-commands",
+    ]
 
 
 async def test_every_session_logged_once(server: object, world: SmtpSpec) -> None:
@@ -401,6 +430,8 @@ async def test_shutdown_logs_open_sessions(world: SmtpSpec) -> None:
         nursery.cancel_scope.cancel()
     (line,) = read_log(world)
     assert line["end"] == "shutdown"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == hard or hard == resource.RLIM_INFINITY
 
 
 async def test_reply_delay(world: SmtpSpec) -> None:
