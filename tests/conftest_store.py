@@ -61,7 +61,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Engine]
         return
     url = f"sqlite:///{tmp_path}/store.sqlite"
     db.upgrade(url)
-    eng = db.make_engine(url, sqlite_timeout=0.2)
+    eng = db.make_engine(url, sqlite_timeout=5.0)
     yield eng
     eng.dispose()
 

@@ -137,7 +137,7 @@ def upgrade() -> None:
 
     op.create_table(
         "mx_hosts",
-        _scan_id("mx_hosts"),
+        sa.Column("scan_id", sa.Integer(), nullable=False),
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("address_status", sa.String(16)),
         sa.Column("addresses", JSON, nullable=False),
@@ -158,7 +158,7 @@ def upgrade() -> None:
 
     op.create_table(
         "tlsa_records",
-        _scan_id("tlsa_records"),
+        sa.Column("scan_id", sa.Integer(), nullable=False),
         sa.Column("host_name", sa.Text(), nullable=False),
         sa.Column("ordinal", sa.SmallInteger(), nullable=False),
         sa.Column("usage", sa.SmallInteger(), nullable=False),
@@ -170,7 +170,7 @@ def upgrade() -> None:
 
     op.create_table(
         "domain_mx",
-        _scan_id("domain_mx"),
+        sa.Column("scan_id", sa.Integer(), nullable=False),
         sa.Column("line", sa.Integer(), nullable=False),
         sa.Column("ordinal", sa.SmallInteger(), nullable=False),
         sa.Column("host_name", sa.Text(), nullable=False),
@@ -183,7 +183,7 @@ def upgrade() -> None:
 
     op.create_table(
         "endpoints",
-        _scan_id("endpoints"),
+        sa.Column("scan_id", sa.Integer(), nullable=False),
         sa.Column("address", sa.String(45), nullable=False),
         sa.Column("port", sa.Integer(), nullable=False),
         sa.Column("sni", sa.Text(), nullable=False),
@@ -206,7 +206,7 @@ def upgrade() -> None:
 
     op.create_table(
         "dane_results",
-        _scan_id("dane_results"),
+        sa.Column("scan_id", sa.Integer(), nullable=False),
         sa.Column("line", sa.Integer(), nullable=False),
         sa.Column("host_ordinal", sa.SmallInteger(), nullable=False),
         sa.Column("ordinal", sa.SmallInteger(), nullable=False),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -183,22 +184,25 @@ class Lru:
     def __init__(self, size: int) -> None:
         self.size = size
         self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        self._lock = threading.Lock()  # the writer builds and commits in different threads
 
     def __contains__(self, key: Hashable) -> bool:
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return True
-        return False
+        with self._lock:
+            if key in self._keys:
+                self._keys.move_to_end(key)
+                return True
+            return False
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def add_all(self, keys: Iterable[Hashable]) -> None:
-        for key in keys:
-            self._keys[key] = None
-            self._keys.move_to_end(key)
-        while len(self._keys) > self.size:
-            self._keys.popitem(last=False)
+        with self._lock:
+            for key in keys:
+                self._keys[key] = None
+                self._keys.move_to_end(key)
+            while len(self._keys) > self.size:
+                self._keys.popitem(last=False)
 
 
 @dataclass(slots=True)

@@ -82,32 +82,53 @@ class Writer:
         self.retries = 0
 
     async def run(self, receive_channel: trio.MemoryReceiveChannel[WriteBatch]) -> None:
-        """Consume batches until the channel closes; StoreUnavailable ends the task (and scan)."""
-        async with receive_channel:
-            async for item in receive_channel:
-                await self.write(item.verdicts, item.shard_id)
+        """Consume batches until the channel closes; StoreUnavailable ends the task (and scan).
+
+        Two stages: rows for the next batch are built (Python, one thread) while the previous
+        batch commits (mostly database time), so a 2-core machine keeps both cores busy. At
+        most one built batch waits, so backpressure still reaches the scan.
+        """
+        send_rows, receive_rows = trio.open_memory_channel[tuple[RowSet, int | None]](0)
+
+        async def build() -> None:
+            async with receive_channel, send_rows:
+                async for item in receive_channel:
+                    rows = await trio.to_thread.run_sync(
+                        self._builder.build, item.verdicts, item.shard_id
+                    )
+                    await send_rows.send((rows, item.shard_id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(build)
+            async with receive_rows:
+                async for rows, shard_id in receive_rows:
+                    async with self._lock:
+                        await self._commit_retrying(rows, shard_id)
 
     async def write(self, batch: Sequence[DomainVerdict], shard_id: int | None = None) -> None:
         """Store ``batch`` and, in the same transaction, mark shard ``shard_id`` done."""
         async with self._lock:
             rows = await trio.to_thread.run_sync(self._builder.build, batch, shard_id)
-            deadline = time.monotonic() + self.db_retry_seconds
-            delay = self.backoff_initial
-            while True:
-                try:
-                    await trio.to_thread.run_sync(self._commit, rows, shard_id)
-                    return
-                except RETRYABLE as e:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise StoreUnavailable(
-                            f"database unavailable for {self.db_retry_seconds:.0f} s "
-                            f"(last error: {_short(e)}); scan {self.scan_id} can be resumed"
-                        ) from e
-                    self.retries += 1
-                    log.warning("store: %s; retrying in %.1f s", _short(e), min(delay, left))
-                    await trio.sleep(min(delay, left))
-                    delay = min(delay * 2, self.backoff_max)
+            await self._commit_retrying(rows, shard_id)
+
+    async def _commit_retrying(self, rows: RowSet, shard_id: int | None) -> None:
+        deadline = time.monotonic() + self.db_retry_seconds
+        delay = self.backoff_initial
+        while True:
+            try:
+                await trio.to_thread.run_sync(self._commit, rows, shard_id)
+                return
+            except RETRYABLE as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"database unavailable for {self.db_retry_seconds:.0f} s "
+                        f"(last error: {_short(e)}); scan {self.scan_id} can be resumed"
+                    ) from e
+                self.retries += 1
+                log.warning("store: %s; retrying in %.1f s", _short(e), min(delay, left))
+                await trio.sleep(min(delay, left))
+                delay = min(delay * 2, self.backoff_max)
 
     def write_sync(self, batch: Sequence[DomainVerdict], shard_id: int | None = None) -> None:
         """One attempt, no retry: for tools and benchmarks that run outside trio."""
@@ -116,6 +137,9 @@ class Writer:
     def _commit(self, rows: RowSet, shard_id: int | None) -> None:
         with self.engine.begin() as conn:
             if self.pg:
+                # Safe to relax: a commit lost in a server crash loses the shard's done mark
+                # with its rows (same transaction), and resume redoes exactly that shard.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 _flush_pg(conn, rows)
             else:
                 _flush_sqlite(conn, rows)
