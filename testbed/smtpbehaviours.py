@@ -50,6 +50,8 @@ ADVERTISES_STARTTLS = frozenset(
     }
 )
 
+_NEEDS_NO_CHAIN = frozenset({SmtpBehaviour.STARTTLS_454, SmtpBehaviour.TLS_FAIL})
+
 _GARBAGE = (
     b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     b"\x00\xffSSH-2.0-\x16\x03\x01\x02\x00\x01\xfe\xed\xfa\xce\r\n",
@@ -78,6 +80,7 @@ class Endpoint:
     ehlo_tls: bytes = b""  # after TLS (RFC 3207 §4.2: no STARTTLS any more)
     helo: bytes = b""
     garbage: bytes = b""
+    offers_starttls: bool = False
 
     def __post_init__(self) -> None:
         host = self.spec.hostname
@@ -91,7 +94,11 @@ class Endpoint:
         caps = ["PIPELINING", "SIZE 10240000", "8BITMIME"]
         tail = ["ENHANCEDSTATUSCODES"]
         self.ehlo_tls = _multiline(250, [host, *caps, *tail])
-        starttls = ["STARTTLS"] if behaviour in ADVERTISES_STARTTLS else []
+        # Without a chain only the behaviours that never complete a handshake can offer TLS.
+        self.offers_starttls = behaviour in ADVERTISES_STARTTLS and (
+            self.tls is not None or behaviour in _NEEDS_NO_CHAIN
+        )
+        starttls = ["STARTTLS"] if self.offers_starttls else []
         self.ehlo_plain = _multiline(250, [host, *caps, *starttls, *tail])
         self.helo = f"250 {host}\r\n".encode()
         key = f"{self.spec.address}:{self.spec.port}".encode()
@@ -278,7 +285,7 @@ class Session:
     async def _starttls(self, arg: bytes) -> None:
         """RFC 3207 §4: refuse, or answer 220 and run the server side of the handshake."""
         behaviour = self.ep.spec.behaviour
-        if behaviour not in ADVERTISES_STARTTLS or self.ep.tls is None:
+        if not self.ep.offers_starttls:
             await self.reply(b"502 5.5.1 STARTTLS not supported\r\n")
             return
         if self.record.starttls:
@@ -296,7 +303,7 @@ class Session:
             raise SessionEnd("pipelined-after-starttls")
         await self.reply(b"220 2.0.0 Ready to start TLS\r\n")
         failing = behaviour is SmtpBehaviour.TLS_FAIL
-        context = self.ep.tls_fail if failing else self.ep.tls
+        context = self.ep.tls_fail if failing or self.ep.tls is None else self.ep.tls
         tls = trio.SSLStream(self.transport, context, server_side=True)
         self.stream = tls
         self._arm("tls-timeout", self.ep.settings.handshake_timeout)

@@ -39,6 +39,10 @@ class BindError(OSError):
     """A listener could not be opened; the message names the address."""
 
 
+class ChainError(ValueError):
+    """A certificate chain of the spec could not be loaded; the message names the files."""
+
+
 def _permissive_context() -> ssl.SSLContext:
     """A server that completes handshakes with old clients too (TLS 1.0 and weak ciphers):
     the scanner, not the server, must judge what was negotiated (RFC 7672 §8.1 lets SMTP
@@ -75,8 +79,7 @@ class TlsContexts:
     def for_chain(self, chain: Chain) -> ssl.SSLContext:
         ctx = self._by_chain.get(chain)
         if ctx is None:
-            ctx = _permissive_context()
-            ctx.load_cert_chain(chain.cert, chain.key)
+            ctx = _load(chain)
             ctx.sni_callback = _note_only
             self._by_chain[chain] = ctx
         return ctx
@@ -92,12 +95,20 @@ class TlsContexts:
         key = tuple(sorted(chains.items(), key=lambda item: item[0]))
         ctx = self._fronts.get(key)
         if ctx is None:
-            ctx = _permissive_context()
-            ctx.load_cert_chain(default.cert, default.key)
+            ctx = _load(default)
             table = {sni: self.for_chain(c) for sni, c in named.items()}
             ctx.sni_callback = _switcher(table)
             self._fronts[key] = ctx
         return ctx
+
+
+def _load(chain: Chain) -> ssl.SSLContext:
+    ctx = _permissive_context()
+    try:
+        ctx.load_cert_chain(chain.cert, chain.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ChainError(f"cannot load chain {chain.cert} / {chain.key}: {exc}") from exc
+    return ctx
 
 
 def _switcher(table: dict[str, ssl.SSLContext]) -> SniCallback:
@@ -182,7 +193,7 @@ def _listen_all(endpoints: list[Endpoint]) -> list[trio.SocketListener]:
     listeners: list[trio.SocketListener] = []
     try:
         for ep in endpoints:
-            where = (str(ipaddress.ip_address(ep.spec.address)), ep.spec.port)
+            where = (ep.spec.address, ep.spec.port)
             if where in seen:
                 raise BindError(f"[{where[0]}]:{where[1]}: listed twice in the spec")
             seen.add(where)
@@ -235,7 +246,8 @@ async def serve(
 ) -> None:
     """Serves every endpoint of ``spec`` until cancelled; ``started()`` once all are bound.
 
-    Raises `BindError` (before ``started()``) if any listener cannot be opened. On
+    Raises `ChainError` or `BindError` (before ``started()``) if a chain cannot be loaded or a
+    listener cannot be opened. On
     cancellation every open session is logged with ``end`` = "shutdown" and the log flushed.
     """
     raise_nofile_limit()
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[BaseException] = []
     try:
         trio.run(_run, spec, args.idle_timeout)
-    except* BindError as group:
+    except* (BindError, ChainError) as group:
         failed.extend(group.exceptions)
     for exc in failed:
         print(f"testbed.smtpd: {exc}", file=sys.stderr)

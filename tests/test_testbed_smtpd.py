@@ -445,7 +445,9 @@ async def test_reply_delay(world: SmtpSpec) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_bind_errors_name_the_address(world: SmtpSpec, certs: Certs) -> None:
+async def test_startup_errors_name_the_culprit(
+    world: SmtpSpec, certs: Certs, tmp_path: Path
+) -> None:
     busy = socket.socket()
     busy.bind(("127.78.0.50", PORT))
     busy.listen()
@@ -458,6 +460,33 @@ async def test_bind_errors_name_the_address(world: SmtpSpec, certs: Certs) -> No
     outside = replace(world, endpoints=(replace(endpoint(1, B.PLAIN, certs), address="192.0.2.1"),))
     with pytest.raises(smtpd.BindError, match="loopback"):
         await smtpd.serve(outside)
+    missing = Chain(str(tmp_path / "nope.pem"), str(tmp_path / "nope.key"))
+    broken = replace(
+        world, endpoints=(replace(endpoint(1, B.STARTTLS, certs), chains={"*": missing}),)
+    )
+    with pytest.raises(smtpd.ChainError, match=r"nope\.pem"):
+        await smtpd.serve(broken)
+
+
+async def test_tls_behaviours_without_chain(world: SmtpSpec) -> None:
+    """An endpoint without any chain cannot offer a working STARTTLS; TLS_FAIL still can."""
+    chainless = (
+        SmtpEndpoint("127.78.0.20", B.STARTTLS, {}, PORT),
+        SmtpEndpoint("127.78.0.21", B.TLS_FAIL, {}, PORT),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(smtpd.serve, replace(world, endpoints=chainless))
+        c = await connect("127.78.0.20")
+        await c.reply()
+        assert "STARTTLS" not in (await c.cmd("EHLO a.example"))[1]
+        assert (await c.cmd("STARTTLS"))[0] == 502
+        c = await connect("127.78.0.21")
+        await c.reply()
+        assert "STARTTLS" in (await c.cmd("EHLO a.example"))[1]
+        assert (await c.cmd("STARTTLS"))[0] == 220
+        with pytest.raises(trio.BrokenResourceError):
+            await c.starttls(None)
+        nursery.cancel_scope.cancel()
 
 
 # --- as a process ----------------------------------------------------------------------------
