@@ -167,9 +167,19 @@ class DnsClient:
         self._next_send = 0.0
 
     @classmethod
-    def open(cls, config: Config) -> _ClientContext:
+    @asynccontextmanager
+    async def open(cls, config: Config) -> AsyncIterator[DnsClient]:
         """Open the sockets and start one reader task per socket; close them all on exit."""
-        return _open(cls, config)
+        client = cls(config)
+        try:
+            async with trio.open_nursery() as nursery:
+                for group in client._channels:
+                    for chan in group:
+                        nursery.start_soon(client._reader, chan)
+                yield client
+                nursery.cancel_scope.cancel()
+        finally:
+            client._close()
 
     def _close(self) -> None:
         for group in self._channels:
@@ -250,11 +260,13 @@ class DnsClient:
                 wire = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1) + question + _OPT_RR
                 if self._rate_interval:
                     await self._rate_wait()
+                    now = trio.current_time()
+                until = min(deadline, now + cfg.dns_timeout)
                 if not await _send(chan.sock, wire):
-                    await trio.sleep_until(min(deadline, now + cfg.dns_timeout))
+                    await trio.sleep_until(until)
                     continue
                 self.stats.queries += 1
-                with trio.move_on_at(min(deadline, trio.current_time() + cfg.dns_timeout)):
+                with trio.move_on_at(until):
                     await waiter.wait()
                 answer = waiter.wire
                 if answer is None:
@@ -409,38 +421,6 @@ async def _recv_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
             raise EOFError("connection closed mid-answer")
         buf += chunk
     return bytes(buf)
-
-
-class _ClientContext:
-    """What :meth:`DnsClient.open` returns (an async context manager yielding the client)."""
-
-    def __init__(self, manager: Any) -> None:
-        self._manager = manager
-
-    async def __aenter__(self) -> DnsClient:
-        client: DnsClient = await self._manager.__aenter__()
-        return client
-
-    async def __aexit__(self, *exc: object) -> bool | None:
-        result: bool | None = await self._manager.__aexit__(*exc)
-        return result
-
-
-def _open(cls: type[DnsClient], config: Config) -> _ClientContext:
-    @asynccontextmanager
-    async def manager() -> AsyncIterator[DnsClient]:
-        client = cls(config)
-        try:
-            async with trio.open_nursery() as nursery:
-                for group in client._channels:
-                    for chan in group:
-                        nursery.start_soon(client._reader, chan)
-                yield client
-                nursery.cancel_scope.cancel()
-        finally:
-            client._close()
-
-    return _ClientContext(manager())
 
 
 # -- dnspython messages, tolerant of malformed TLSA ----------------------------------------------

@@ -36,6 +36,8 @@ _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP"
 # RFC 1035 §5.1 presentation: these octets are escaped with a backslash (as dnspython does).
 _SPECIAL = frozenset(b'"().;\\@$')
 _PLAIN = frozenset(range(0x21, 0x7F)) - _SPECIAL
+_PLAIN_BYTES = bytes(sorted(_PLAIN))
+_QNAME_POINTER = b"\xc0\x0c"  # compression pointer to the question name (offset 12)
 
 
 class WireError(ValueError):
@@ -95,7 +97,7 @@ def encode_name(name: str) -> bytes:
 
 
 def _label_text(label: bytes) -> str:
-    if all(b in _PLAIN for b in label):
+    if not label.translate(None, _PLAIN_BYTES):  # nothing but plain octets (the usual case)
         return label.decode("ascii")
     parts = []
     for b in label:
@@ -110,7 +112,7 @@ def _label_text(label: bytes) -> str:
 
 def read_name(wire: bytes, offset: int) -> tuple[str, int]:
     """(presentation text with trailing dot, offset after the name); follows compression."""
-    labels: list[str] = []
+    labels: list[bytes] = []
     end = -1
     jumps = 0
     size = len(wire)
@@ -136,9 +138,15 @@ def read_name(wire: bytes, offset: int) -> tuple[str, int]:
         offset += 1
         if offset + length > size:
             raise WireError("label runs past the message")
-        labels.append(_label_text(wire[offset : offset + length]))
+        labels.append(wire[offset : offset + length])
         offset += length
-    return (".".join(labels) + "." if labels else "."), (end if end >= 0 else offset)
+    if not labels:
+        text = "."
+    elif not b"".join(labels).translate(None, _PLAIN_BYTES):
+        text = b".".join(labels).decode("ascii") + "."
+    else:
+        text = ".".join(map(_label_text, labels)) + "."
+    return text, (end if end >= 0 else offset)
 
 
 def _skip_name(wire: bytes, offset: int) -> int:
@@ -203,7 +211,11 @@ def parse_answer(wire: bytes, qtype: int, qname: str) -> Answer:
     for section, count in enumerate((ancount, nscount, arcount)):
         for _ in range(count):
             if section == 0:
-                owner, offset = read_name(wire, offset)
+                if wire[offset : offset + 2] == _QNAME_POINTER:
+                    owner, offset = qname, offset + 2  # the usual owner: no need to read it
+                else:
+                    owner, offset = read_name(wire, offset)
+                    owner = _key(owner)
             else:
                 offset = _skip_name(wire, offset)
             if offset + 10 > size:
@@ -214,9 +226,9 @@ def parse_answer(wire: bytes, qtype: int, qname: str) -> Answer:
                 raise WireError("rdata runs past the message")
             if section == 0:
                 if rdtype == _CNAME and qtype != _CNAME:
-                    cnames[_key(owner)] = _key(read_name(wire, offset)[0])
+                    cnames[owner] = _key(read_name(wire, offset)[0])
                 elif rdtype == qtype:
-                    rrs.append((_key(owner), rdtype, rdata_text(wire, rdtype, offset, rdlen)))
+                    rrs.append((owner, rdtype, rdata_text(wire, rdtype, offset, rdlen)))
             elif section == 2 and rdtype == _OPT:
                 rcode |= (ttl >> 24) << 4  # extended RCODE, RFC 6891 §6.1.3
                 _read_ede(wire, offset, offset + rdlen, ede_codes, ede_texts)

@@ -149,7 +149,9 @@ class FakeResolver:
                 rrset.add(rd, 300)
         if reply.ede is not None:
             code, text = reply.ede
-            resp.use_edns(0, query.ednsflags, 1232, options=[dns.edns.EDEOption(code, text)])
+            resp.use_edns(
+                0, query.ednsflags, 1232, options=[dns.edns.EDEOption(dns.edns.EDECode(code), text)]
+            )
         return resp.to_wire(max_size=65535 if tcp else 0)
 
     # -- serving -----------------------------------------------------------------------------
@@ -201,7 +203,7 @@ class FakeResolver:
         return self.rules.get(key, self.default).delay
 
     async def _later(
-        self, sock: trio.socket.SocketType, addr: object, out: list[bytes], delay: float
+        self, sock: trio.socket.SocketType, addr: tuple[str, int], out: list[bytes], delay: float
     ) -> None:
         await trio.sleep(delay)
         for wire in out:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import dns.exception
 import dns.message
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import pytest
 import trio
@@ -17,6 +20,8 @@ from scanner.model import DnssecStatus
 from tests.fakedns import FakeResolver, Reply, running
 
 S = DnssecStatus
+IN = dns.rdataclass.IN
+TLSA = dns.rdatatype.TLSA
 H = "mx.example.com"
 
 
@@ -249,14 +254,14 @@ async def test_malformed_tlsa_keeps_a_secure_answer(fake: FakeResolver) -> None:
 def test_message_from_wire_restores_dnspython_registry() -> None:
     import dns.rdata
 
-    before = dns.rdata.get_rdata_class(1, 52)
+    before = dns.rdata.get_rdata_class(IN, TLSA)  # type: ignore[no-untyped-call]
     q = dns.message.make_query("x.example.", "TLSA")
     r = dns.message.make_response(q)
-    rrset = r.find_rrset(r.answer, q.question[0].name, 1, 52, create=True)
-    rrset.add(dns.rdata.GenericRdata(1, 52, b"\x03\x01\x02\x00"), 60)
+    rrset = r.find_rrset(r.answer, q.question[0].name, IN, TLSA, create=True)
+    rrset.add(dns.rdata.GenericRdata(IN, TLSA, b"\x03\x01\x02\x00"), 60)
     msg = message_from_wire(r.to_wire())
     assert msg.answer[0][0].to_text() == "3 1 2 00"
-    assert dns.rdata.get_rdata_class(1, 52) is before
+    assert dns.rdata.get_rdata_class(IN, TLSA) is before  # type: ignore[no-untyped-call]
     with pytest.raises(dns.exception.FormError):
         dns.message.from_wire(r.to_wire())
 
@@ -289,8 +294,8 @@ def test_wire_reader_matches_dnspython_text(rdtype: str, text: str) -> None:
     q = dns.message.make_query("q.example.", rdtype)
     r = dns.message.make_response(q)
     t = dns.rdatatype.from_text(rdtype)
-    r.find_rrset(r.answer, q.question[0].name, 1, t, create=True).add(
-        dns.rdata.from_text(1, t, text), 60
+    r.find_rrset(r.answer, q.question[0].name, IN, t, create=True).add(
+        dns.rdata.from_text(IN, t, text), 60
     )
     answer = parse_answer(r.to_wire(), t, "q.example")
     assert answer.records == (r.answer[0][0].to_text(),)
