@@ -9,13 +9,13 @@ Every row of every level carries ``scan_id`` and ``schema_version``.
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, TextIO
 
 from sqlalchemy.engine import Engine
 
+from scanner import verdict
 from scanner.model import SCHEMA_VERSION, DomainVerdict, Outcome
 from scanner.store.read import iter_verdicts
 from scanner.store.rows import fingerprint
@@ -49,11 +49,8 @@ def resolve_scan(engine: Engine, scan: int | str) -> int:
 
 
 def _to_json() -> Callable[[DomainVerdict], dict[str, Any]]:
-    # The serialiser of ``scan --jsonl`` (scanner/verdict.py), imported late: the store must
-    # not pull the scanner's rules in at import time.
-    verdict = importlib.import_module("scanner.verdict")
-    fn: Callable[[DomainVerdict], dict[str, Any]] = verdict.to_json
-    return fn
+    # The serialiser of ``scan --jsonl``: one function, so the two outputs cannot drift.
+    return verdict.to_json
 
 
 def domain_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
