@@ -59,6 +59,11 @@ class SingleFlight[K: Hashable, V]:
     def peek(self, key: K) -> V | None:
         return self._done.get(key)
 
+    def seed(self, key: K, value: V) -> None:
+        """Offer an already computed value (kept only if the key is not known yet)."""
+        if key not in self._done and key not in self._pending:
+            self._done[key] = value
+
     async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
         while True:
             if key in self._done:
@@ -150,6 +155,9 @@ class Scanner:
 
     async def _hosts(self, domain: str, mx: MxResult) -> list[HostVerdict]:
         results: list[HostVerdict | None] = [None] * len(mx.hosts)
+        if mx.host is not None:
+            # The implicit MX stage already looked the domain up as a host (RFC 5321 §5.1).
+            self.hosts.seed(mx.host.name, mx.host)
 
         async def one(i: int, preference: int, name: str) -> None:
             facts = await self.hosts.get(name, lambda: host_stage(self.client, name))
