@@ -171,6 +171,18 @@ def start_scan(engine: Engine, source: str, *, label: str | None, logical_date: 
     return scan_id
 
 
+def input_complete(engine: Engine, scan_id: int) -> bool:
+    """The scan's whole input reached the database (add_shards records the counts last)."""
+    import sqlalchemy as sa
+
+    from scanner.store import schema
+
+    with engine.connect() as conn:
+        count = conn.execute(sa.select(schema.scans.c.shard_count)
+                             .where(schema.scans.c.id == scan_id)).scalar_one_or_none()
+    return count is not None
+
+
 def config_options(config: Config) -> dict[str, object]:
     """The knobs that shape results, stored with the scan as provenance."""
     return {

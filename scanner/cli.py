@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
 import json
 import logging
@@ -23,12 +24,18 @@ from scanner.targets_net import ipv6_reachable
 
 log = logging.getLogger("danescan")
 
-EXIT_OK, EXIT_JUDGED, EXIT_UNJUDGED = 0, 1, 2
+EXIT_OK, EXIT_JUDGED, EXIT_UNJUDGED, EXIT_INTERRUPTED = 0, 1, 2, 3
 DEFAULTS = Config()
 
 
 class UsageError(Exception):
     """A problem the user can fix; printed without a traceback."""
+
+
+def add_db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database URL or SQLite path (default: $DATABASE_URL, else "
+                        "./danescan.sqlite)")
 
 
 def add_scan_options(p: argparse.ArgumentParser) -> None:
@@ -177,18 +184,91 @@ async def scan_to_jsonl(config: Config, source: str, out: TextIO, progress: bool
 
 def cmd_scan(args: argparse.Namespace) -> int:
     config = config_from(args)
-    if args.jsonl is None:
-        raise UsageError("give --jsonl PATH (or --db once storage is configured)")
-    out: TextIO = sys.stdout if args.jsonl == "-" else open(args.jsonl, "w", encoding="utf-8")
-    try:
+    if args.no_db:
+        if args.jsonl is None:
+            raise UsageError("--no-db needs --jsonl PATH")
+        return scan_jsonl_only(config, args)
+    from scanner import batch
+    from scanner.store import db, scans
+
+    engine = db.make_engine(args.db)
+    db.ensure_schema(engine)
+    if args.workers > 1 and not db.is_postgres(engine):
+        raise UsageError("more than one worker needs PostgreSQL (--db postgresql://... or "
+                         "DATABASE_URL); the embedded SQLite database takes one writer")
+    if args.resume is not None:
+        scan_id = (scans.latest_unfinished(engine) if args.resume == "latest"
+                   else int(args.resume))
+        if scan_id is None:
+            raise UsageError("no unfinished scan to resume")
+        if not batch.input_complete(engine, scan_id):
+            raise UsageError(f"scan {scan_id} never finished loading its input; start a new scan")
+        left = scans.resume_scan(engine, scan_id)
+        log.info("resuming scan %s: %s shards to do", scan_id, left)
+    else:
+        if args.domains is None:
+            raise UsageError("give DOMAINS (a file or -), or --resume")
+        scan_id = batch.start_scan(engine, args.domains, label=args.label,
+                                   logical_date=args.date, config=config,
+                                   shard_size=args.shard_size)
+        log.info("scan %s: input stored as shards", scan_id)
+    result = run_workers(config, engine, scan_id, args)
+    counts = batch.finish(engine, result)
+    for line in summary_lines(result.stats, True):
+        log.info("%s", line)
+    if counts is None:
+        print(f"danescan: scan {scan_id} stopped ({result.message}); "
+              f"resume with: danescan scan --resume {scan_id}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.jsonl:
+        from scanner.store.export import export
+
+        with open_out(args.jsonl) as out:
+            export(engine, scan_id, "jsonl", "domain", out)
+    log.info("scan %s complete", scan_id)
+    return EXIT_OK
+
+
+def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namespace) -> Any:
+    from scanner import batch
+
+    return trio.run(batch.work, config, engine, scan_id)
+
+
+def open_out(path: str) -> TextIO:
+    if path == "-":
+        return open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False)
+    return open(path, "w", encoding="utf-8")
+
+
+def scan_jsonl_only(config: Config, args: argparse.Namespace) -> int:
+    """Without a database: stream verdicts straight to JSON lines (no resume)."""
+    with open_out(args.jsonl) as out:
         stats = trio.run(scan_to_jsonl, config, args.domains, out,
                          sys.stderr.isatty() and not args.quiet)
-    finally:
-        if out is not sys.stdout:
-            out.close()
     if stats.input_error:
         print(f"danescan: input incomplete: {stats.input_error}", file=sys.stderr)
         return EXIT_UNJUDGED
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from scanner.store import db
+
+    db.upgrade(db.resolve_url(args.db))
+    print("database at head")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from scanner.store import db
+    from scanner.store.export import export
+
+    engine = db.make_engine(args.db)
+    scan: int | str = args.scan if args.scan == "latest" else int(args.scan)
+    with open_out(args.out) as out:
+        n = export(engine, scan, args.format, args.level, out)
+    log.info("%d rows", n)
     return EXIT_OK
 
 
@@ -214,10 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="scan a domain list")
-    p.add_argument("domains", metavar="DOMAINS",
+    p.add_argument("domains", metavar="DOMAINS", nargs="?",
                    help="file (text, rank,domain CSV, optionally gzip) or - for stdin")
     p.add_argument("--jsonl", metavar="PATH", help="write one JSON object per input line")
     p.add_argument("--label", default=None)
+    add_db_option(p)
+    p.add_argument("--no-db", action="store_true",
+                   help="no database: stream --jsonl only (no shards, no resume)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="SCAN_ID",
+                   help="continue the given scan, or the latest unfinished one")
+    p.add_argument("--date", type=dt.date.fromisoformat, default=dt.date.today(),
+                   metavar="YYYY-MM-DD", help="logical date of the scan (default: today)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="scanner processes sharing the scan (PostgreSQL only for > 1)")
+    p.add_argument("--shard-size", type=int, default=1000)
     add_scan_options(p)
     p.set_defaults(func=cmd_scan)
 
@@ -225,6 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain")
     add_scan_options(p)
     p.set_defaults(func=cmd_check, greeting_timeout=DEFAULTS.greeting_timeout)
+
+    p = sub.add_parser("db", help="database maintenance")
+    p.add_argument("action", choices=["upgrade"])
+    add_db_option(p)
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("export", help="write a scan's results from the database")
+    add_db_option(p)
+    p.add_argument("--scan", default="latest", help="scan id or 'latest' (default)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--level", choices=["domain", "host", "endpoint"], default="domain")
+    p.add_argument("--out", default="-", help="file (default: standard output)")
+    p.set_defaults(func=cmd_export)
 
     try:
         from testbed import cli as testbed_cli
