@@ -1,0 +1,151 @@
+"""The scan engine over a fake resolver and a fake SMTP server: single flight, one verdict per
+line, address policy. (The real world is exercised in test_scan_testbed.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+
+from scanner.dns import DnsClient
+from scanner.model import DomainVerdict, EndpointStatus, Outcome, Stage
+from scanner.pipeline import Scanner, SingleFlight, run
+from tests.fakedns import Reply, running
+
+SMTP_HOST = "127.81.0.25"
+SMTP_PORT = 2526
+
+
+async def plain_smtp(sessions: list[str], task_status: trio.TaskStatus[None]) -> None:
+    """A mail server without STARTTLS that counts its sessions."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        sessions.append("s")
+        async with stream:
+            await stream.send_all(b"220 fake ESMTP\r\n")
+            buf = b""
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    verb = line[:4].upper()
+                    if verb == b"EHLO":
+                        await stream.send_all(b"250-fake\r\n250 PIPELINING\r\n")
+                    elif verb == b"QUIT":
+                        await stream.send_all(b"221 bye\r\n")
+                        return
+                    else:
+                        await stream.send_all(b"502 no\r\n")
+
+    listeners = await trio.open_tcp_listeners(SMTP_PORT, host=SMTP_HOST)
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_single_flight_computes_once() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    calls = 0
+
+    async def compute() -> int:
+        nonlocal calls
+        calls += 1
+        await trio.sleep(0.01)
+        return 42
+
+    results: list[int] = []
+
+    async def get() -> None:
+        results.append(await flight.get("k", compute))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(get)
+    assert results == [42] * 20
+    assert calls == 1
+
+
+async def test_single_flight_does_not_cache_a_cancelled_computation() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+
+    async def slow() -> int:
+        await trio.sleep(10)
+        return 1
+
+    with trio.move_on_after(0.01):
+        await flight.get("k", slow)
+
+    async def fast() -> int:
+        return 2
+
+    assert await flight.get("k", fast) == 2
+
+
+async def scan_lines(lines: list[str], configure: Callable[..., object],
+                     **config: object) -> tuple[list[DomainVerdict], list[str], Scanner]:
+    sessions: list[str] = []
+    out: list[DomainVerdict] = []
+    async with running() as fake, trio.open_nursery() as nursery:
+        await nursery.start(plain_smtp, sessions)
+        configure(fake)
+        cfg = fake.config(smtp_port=SMTP_PORT, greeting_timeout=2.0, connect_timeout=2.0,
+                          command_timeout=2.0, **config)
+        async with DnsClient.open(cfg) as client:
+            scanner = Scanner(cfg, client, validating=True, ipv6=False)
+            emit: Callable[[DomainVerdict], Awaitable[None]]
+
+            async def emit(v: DomainVerdict) -> None:
+                out.append(v)
+
+            await run(scanner, list(enumerate(lines, 1)), emit)
+        nursery.cancel_scope.cancel()
+    return out, sessions, scanner
+
+
+def shared_provider(fake: object) -> None:
+    assert hasattr(fake, "add")
+    for i in range(30):
+        mx = (f"d{i}.example", "MX", "10 mx.provider.example.")
+        fake.add(f"d{i}.example", "MX", Reply(answer=[mx]))
+    fake.add("mx.provider.example", "A", Reply(answer=[("mx.provider.example", "A", SMTP_HOST)]))
+    fake.add("mx.provider.example", "AAAA", Reply())
+
+
+async def test_shared_host_is_looked_up_and_probed_once() -> None:
+    lines = [f"d{i}.example" for i in range(30)] + ["not a domain", "x" * 300]
+    fake_holder: list[object] = []
+
+    def configure(fake: object) -> None:
+        fake_holder.append(fake)
+        shared_provider(fake)
+
+    verdicts, sessions, scanner = await scan_lines(lines, configure, allow_private=True)
+    assert len(verdicts) == len(lines)
+    assert sorted(v.line or 0 for v in verdicts) == list(range(1, len(lines) + 1))
+    ok = [v for v in verdicts if v.outcome is Outcome.OK]
+    assert len(ok) == 30
+    assert {v.stage for v in ok} == {Stage.PLAINTEXT}
+    assert [v.outcome for v in verdicts if v.outcome is not Outcome.OK] == [Outcome.INVALID] * 2
+    fake = fake_holder[0]
+    assert len(fake.queries("mx.provider.example", "A")) == 1  # type: ignore[attr-defined]
+    assert len(sessions) == 1
+    assert scanner.stats.probes == 1
+
+
+async def test_private_addresses_are_not_probed_by_default() -> None:
+    verdicts, sessions, _ = await scan_lines(["d1.example"], shared_provider)
+    assert sessions == []
+    (v,) = verdicts
+    assert v.outcome is Outcome.UNREACHABLE
+    (host,) = v.hosts
+    assert [e.status for e in host.endpoints] == [EndpointStatus.NOT_PROBED_PRIVATE]
+
+
+@pytest.mark.parametrize("line", ["", "   ", "#", "a", "1.2.3.4", "-bad-.example"])
+async def test_invalid_lines_never_touch_the_network(line: str) -> None:
+    verdicts, sessions, scanner = await scan_lines([line], lambda fake: None)
+    assert [v.outcome for v in verdicts] == [Outcome.INVALID]
+    assert sessions == [] and scanner.stats.probes == 0
