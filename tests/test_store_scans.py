@@ -139,3 +139,17 @@ def test_concurrent_claims_never_share_a_shard(engine: Engine) -> None:
     for t in threads:
         t.join()
     assert sorted(claimed) == list(range(40))
+
+
+async def test_delete_scan_removes_every_row(engine: Engine) -> None:
+    keep = scans.create_scan(engine, None, None, None, None, {})
+    gone = scans.create_scan(engine, None, None, None, None, {})
+    scans.add_shards(engine, gone, _lines(3), shard_size=2)
+    for scan_id in (keep, gone):
+        await Writer(engine, scan_id).write(vf.sample(6))
+    scans.delete_scan(engine, gone)
+    for table in schema.metadata.tables.values():
+        if "scan_id" in table.c:
+            assert count(engine, table.name, gone) == 0
+    assert count(engine, "domain_results", keep) == 6
+    assert list(iter_verdicts(engine, keep)) == vf.sample(6)

@@ -319,3 +319,12 @@ def latest_unfinished(engine: Engine) -> int | None:
 
 def latest_complete(engine: Engine) -> int | None:
     return _latest(engine, (ScanStatus.COMPLETE,))
+
+
+def delete_scan(engine: Engine, scan_id: int) -> None:
+    """Remove a scan and every per-scan row (result tables have no cascading foreign keys)."""
+    with engine.begin() as conn:
+        for table in reversed(s.metadata.sorted_tables):
+            if "scan_id" in table.c:
+                conn.execute(table.delete().where(table.c.scan_id == scan_id))
+        conn.execute(s.scans.delete().where(s.scans.c.id == scan_id))

@@ -216,11 +216,17 @@ def _flush_pg(conn: sa.Connection, rows: RowSet) -> None:
                 " AND NOT EXISTS (SELECT 1 FROM domains d WHERE d.name = s.domain_name)"
                 " ORDER BY 1 ON CONFLICT DO NOTHING"
             )
-            sel = ", ".join("d.id" if c == "domain_name" else f"s.{c}" for c in TABLE_COLS[0][1])
+            # A correlated lookup per row stays an index probe however large ``domains`` grows
+            # (a join on the unanalysed TEMP table was planned as a full scan of ``domains``).
+            sel = ", ".join(
+                "(SELECT d.id FROM domains d WHERE d.name = s.domain_name)"
+                if c == "domain_name"
+                else f"s.{c}"
+                for c in TABLE_COLS[0][1]
+            )
             cur.execute(
                 f"INSERT INTO domain_results ({_cols(_result_cols_out())}) SELECT {sel}"
-                " FROM stage_domain_results s LEFT JOIN domains d ON d.name = s.domain_name"
-                " ON CONFLICT DO NOTHING"
+                " FROM stage_domain_results s ON CONFLICT DO NOTHING"
             )
         for table, cols in TABLE_COLS[1:]:
             if rows.tables[table]:
