@@ -206,7 +206,7 @@ def _group_rows(counts: pd.DataFrame, key: str) -> dict[str, tuple[int, int, dic
     """group -> (inputs, ok, stage counts) from ``key, outcome, stage, n`` rows."""
     acc: dict[str, list[Any]] = {}
     for r in _rows(counts):
-        g = str(getattr(r, key))
+        g = str(r[key])
         slot = acc.setdefault(g, [0, 0, defaultdict(int)])
         slot[0] += int(r["n"])
         if r["outcome"] == Outcome.OK.value:
