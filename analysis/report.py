@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -379,7 +380,7 @@ def _title(ax: Any, what: str, df: pd.DataFrame) -> None:
 
 def progression_chart(progression: pd.DataFrame) -> Figure:
     """Lines per rung over logical date; solid = domains, dashed = MX hosts."""
-    fig = Figure(figsize=(9, 5.2), dpi=110)
+    fig = Figure(figsize=(9, 6.4), dpi=110)
     ax = fig.add_subplot()
     styles = {"domains": "-", "mx_hosts": "--"}
     colors = {"starttls": "#2ca02c", "dnssec": "#9467bd", "tlsa": "#8c564b", "dane": "#d62728"}
@@ -398,13 +399,24 @@ def progression_chart(progression: pd.DataFrame) -> Figure:
                 markersize=4,
                 label=f"{stage} or higher — {'domains' if unit == 'domains' else 'MX hosts'}",
             )
+    days = sorted({d for d in progression["logical_date"] if d is not None})
+    if 0 < len(days) <= 16:  # one tick per scan while they fit; else matplotlib's locator
+        ax.set_xticks(days)
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
     ax.set_ylim(0, 105)
     ax.set_ylabel("share at this rung or higher (%)\n(domains: of ok; MX hosts: of reachable)")
     ax.set_xlabel("scan logical date")
     ax.set_title("Progression over scans")
     fig.autofmt_xdate()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.legend(
+        fontsize=8,
+        ncol=2,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.22),
+        title="rung — unit (solid: domains, dashed: MX hosts)",
+        title_fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
