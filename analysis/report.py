@@ -402,7 +402,7 @@ def progression_chart(progression: pd.DataFrame) -> Figure:
     days = sorted({d for d in progression["logical_date"] if d is not None})
     if 0 < len(days) <= 16:  # one tick per scan while they fit; else matplotlib's locator
         ax.set_xticks(days)
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))  # type: ignore[no-untyped-call]
     ax.set_ylim(0, 105)
     ax.set_ylabel("share at this rung or higher (%)\n(domains: of ok; MX hosts: of reachable)")
     ax.set_xlabel("scan logical date")
