@@ -1,0 +1,343 @@
+"""DNS servers that misbehave on purpose, and a latency front for well-behaved ones.
+
+Run as ``python -m testbed.faultdns CONFIG.json``; the config names a ``mode``:
+
+- ``drop``: reads every query and never answers (UDP and TCP), like a dead server.
+- ``servfail``: answers every query with SERVFAIL.
+- ``truncate``: an authoritative server for the given (signed) leaf zones whose UDP answers
+  are empty with TC=1, so resolvers must retry over TCP (RFC 7766 §5); TCP answers are full,
+  with RRSIGs and NSEC denial when the query sets DO (RFC 4035 §3.1).
+- ``front``: forwards UDP and TCP to a backend server and delays every answer by a uniform
+  random time, each answer on its own timer (no head-of-line blocking).
+
+After binding, the server writes the ``ready`` file so the caller knows the sockets exist.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import random
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.node
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.zone
+import trio
+
+_MAX_UDP = 65535
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+class Authority:
+    """Authoritative answers from whole zone texts (leaf zones only: no referrals)."""
+
+    def __init__(self, zones: dict[str, str]) -> None:
+        self.zones: dict[dns.name.Name, dns.zone.Zone] = {}
+        self.names: dict[dns.name.Name, list[dns.name.Name]] = {}
+        for origin, text in zones.items():
+            zone = dns.zone.from_text(text, origin, relativize=False, check_origin=True)
+            self.zones[zone.origin] = zone  # type: ignore[index]
+            self.names[zone.origin] = sorted(zone.nodes)  # type: ignore[index]
+
+    def answer(self, query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        if len(query.question) != 1:
+            response.set_rcode(dns.rcode.FORMERR)
+            return response
+        question = query.question[0]
+        zone_origin = self._zone_for(question.name)
+        if zone_origin is None:
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        dnssec = bool(query.ednsflags & dns.flags.DO)
+        if query.edns >= 0:
+            response.use_edns(0, dns.flags.DO if dnssec else 0, 1232)
+        response.flags |= dns.flags.AA
+        zone = self.zones[zone_origin]
+        qname, qtype = question.name, question.rdtype
+        node = zone.get_node(qname)
+        if node is not None:
+            found = node.get_rdataset(dns.rdataclass.IN, qtype)
+            if found is None and qtype != dns.rdatatype.CNAME:
+                found = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
+            if found is not None:
+                self._add(response.answer, qname, node, found.rdtype, dnssec)
+                return response
+            self._add_soa(response, zone, dnssec)
+            self._add(response.authority, qname, node, dns.rdatatype.NSEC, dnssec)
+            return response
+        # No node: an empty non-terminal gets NODATA, anything else NXDOMAIN; both proved by
+        # the NSEC covering the name, NXDOMAIN also by the one covering the wildcard at the
+        # closest encloser (RFC 4035 §3.1.3.2, §3.1.3.3).
+        self._add_soa(response, zone, dnssec)
+        self._add_cover(response, zone, qname, dnssec)
+        if not self._exists(zone, qname):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            encloser = qname.parent()
+            while not self._exists(zone, encloser):
+                encloser = encloser.parent()
+            self._add_cover(response, zone, dns.name.Name((b"*", *encloser.labels)), dnssec)
+        return response
+
+    def _zone_for(self, qname: dns.name.Name) -> dns.name.Name | None:
+        best = None
+        for origin in self.zones:
+            if qname.is_subdomain(origin) and (best is None or len(origin) > len(best)):
+                best = origin
+        return best
+
+    def _exists(self, zone: dns.zone.Zone, name: dns.name.Name) -> bool:
+        names = self.names[zone.origin]  # type: ignore[index]
+        i = bisect.bisect_left(names, name)
+        return i < len(names) and names[i].is_subdomain(name)
+
+    def _add_cover(
+        self, response: dns.message.Message, zone: dns.zone.Zone, name: dns.name.Name, dnssec: bool
+    ) -> None:
+        if not dnssec:
+            return
+        names = self.names[zone.origin]  # type: ignore[index]
+        owner = names[bisect.bisect_right(names, name) - 1]
+        node = zone.get_node(owner)
+        if node is not None:
+            self._add(response.authority, owner, node, dns.rdatatype.NSEC, dnssec)
+
+    def _add_soa(self, response: dns.message.Message, zone: dns.zone.Zone, dnssec: bool) -> None:
+        apex = zone.get_node(zone.origin)  # type: ignore[arg-type]
+        assert apex is not None and zone.origin is not None
+        self._add(response.authority, zone.origin, apex, dns.rdatatype.SOA, dnssec)
+
+    @staticmethod
+    def _add(
+        section: list[dns.rrset.RRset],
+        owner: dns.name.Name,
+        node: dns.node.Node,
+        rdtype: dns.rdatatype.RdataType,
+        dnssec: bool,
+    ) -> None:
+        types = [rdtype, dns.rdatatype.RRSIG] if dnssec else [rdtype]
+        for t, covers in zip(types, [dns.rdatatype.NONE, rdtype], strict=False):
+            rdataset = node.get_rdataset(dns.rdataclass.IN, t, covers)
+            if rdataset is None:
+                continue
+            rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, t, covers)
+            rrset.update(rdataset)  # type: ignore[no-untyped-call]
+            if rrset not in section:
+                section.append(rrset)
+
+
+# --- servers --------------------------------------------------------------------------------
+
+type Handler = Callable[[bytes, bool], bytes | None]  # (query wire, over TCP) -> reply or None
+
+
+def _reply_for(mode: str, authority: Authority | None) -> Handler:
+    def handle(wire: bytes, tcp: bool) -> bytes | None:
+        if mode == "drop":
+            return None
+        try:
+            query = dns.message.from_wire(wire)
+        except Exception:
+            return None  # not worth a FORMERR: resolvers never send garbage
+        if mode == "servfail" or authority is None:
+            response = dns.message.make_response(query)
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response.to_wire()
+        if not tcp:
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.TC | dns.flags.AA
+            return response.to_wire()
+        return authority.answer(query).to_wire()
+
+    return handle
+
+
+async def _udp_socket(address: str, port: int) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    await sock.bind((address, port))
+    return sock
+
+
+async def _tcp_listener(address: str, port: int) -> trio.SocketListener:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    await sock.bind((address, port))
+    sock.listen(1024)
+    return trio.SocketListener(sock)
+
+
+async def _read_message(stream: trio.SocketStream, buffer: bytearray) -> bytes | None:
+    """One length-prefixed DNS message over TCP (RFC 1035 §4.2.2), None at EOF."""
+    while True:
+        if len(buffer) >= 2:
+            size = int.from_bytes(buffer[:2], "big")
+            if len(buffer) >= 2 + size:
+                message = bytes(buffer[2 : 2 + size])
+                del buffer[: 2 + size]
+                return message
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+
+
+async def _serve_udp(sock: trio.socket.SocketType, handle: Handler) -> None:
+    while True:
+        wire, peer = await sock.recvfrom(_MAX_UDP)
+        reply = handle(wire, False)
+        if reply is not None:
+            await sock.sendto(reply, peer)
+
+
+def _tcp_handler(handle: Handler) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    async def serve(stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        async with stream:
+            while (wire := await _read_message(stream, buffer)) is not None:
+                reply = handle(wire, True)
+                if reply is not None:
+                    await stream.send_all(len(reply).to_bytes(2, "big") + reply)
+
+    return serve
+
+
+# --- latency front --------------------------------------------------------------------------
+
+
+class _Front:
+    """Forward to ``backend`` and hold every answer for uniform(low, high) seconds."""
+
+    def __init__(self, backend: tuple[str, int], delay: tuple[float, float]) -> None:
+        self.backend = backend
+        self.delay = delay
+        self.pending: dict[int, tuple[Any, bytes]] = {}  # our query id -> (client, their id)
+        self.next_id = random.randrange(65536)
+
+    def _pause(self) -> float:
+        return random.uniform(*self.delay)
+
+    async def serve_udp(self, down: trio.socket.SocketType) -> None:
+        up = await _udp_socket(self.backend[0], 0)
+        await up.connect(self.backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._from_backend, up, down, nursery)
+            while True:
+                wire, peer = await down.recvfrom(_MAX_UDP)
+                if len(wire) < 12:
+                    continue
+                # Queries from many clients share one upstream socket: rewrite the id so the
+                # answer can find its way back (a colliding id only reuses a stale slot).
+                ours = self.next_id = (self.next_id + 1) & 0xFFFF
+                self.pending[ours] = (peer, wire[:2])
+                await up.send(ours.to_bytes(2, "big") + wire[2:])
+
+    async def _from_backend(
+        self, up: trio.socket.SocketType, down: trio.socket.SocketType, nursery: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                wire = await up.recv(_MAX_UDP)
+            except ConnectionRefusedError:
+                continue  # backend not up yet; the client will retry
+            entry = self.pending.pop(int.from_bytes(wire[:2], "big"), None)
+            if entry is not None:
+                peer, their_id = entry
+                nursery.start_soon(self._deliver_udp, down, their_id + wire[2:], peer)
+
+    async def _deliver_udp(self, down: trio.socket.SocketType, wire: bytes, peer: Any) -> None:
+        await trio.sleep(self._pause())
+        await down.sendto(wire, peer)
+
+    async def serve_tcp(self, client: trio.SocketStream) -> None:
+        family = socket.AF_INET6 if ":" in self.backend[0] else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        await sock.connect(self.backend)
+        backend = trio.SocketStream(sock)
+        send_lock = trio.Lock()
+        async with client, backend, trio.open_nursery() as nursery:
+
+            async def deliver(message: bytes) -> None:
+                await trio.sleep(self._pause())
+                async with send_lock:
+                    await client.send_all(len(message).to_bytes(2, "big") + message)
+
+            async def answers() -> None:
+                buffer = bytearray()
+                while (message := await _read_message(backend, buffer)) is not None:
+                    nursery.start_soon(deliver, message)
+
+            nursery.start_soon(answers)
+            while chunk := await client.receive_some(65536):
+                await backend.send_all(chunk)
+            nursery.cancel_scope.cancel()
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+async def serve(config: dict[str, Any], authority: Authority | None) -> None:
+    address, port = config["address"], int(config.get("port", 53))
+    mode = config["mode"]
+    udp = await _udp_socket(address, port)
+    listener = await _tcp_listener(address, port)
+    tcp_handler: Callable[[trio.SocketStream], Awaitable[None]]
+    async with trio.open_nursery() as nursery:
+        if mode == "front":
+            front = _Front(
+                (config["backend"][0], int(config["backend"][1])),
+                (float(config["delay"][0]), float(config["delay"][1])),
+            )
+            nursery.start_soon(front.serve_udp, udp)
+            tcp_handler = front.serve_tcp
+        else:
+            handle = _reply_for(mode, authority)
+            nursery.start_soon(_serve_udp, udp, handle)
+            tcp_handler = _tcp_handler(handle)
+        nursery.start_soon(trio.serve_listeners, _quiet(tcp_handler), [listener])
+        if config.get("ready"):
+            await trio.Path(config["ready"]).write_text("ready\n")
+
+
+def _quiet(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A client hanging up mid-answer must not bring the server down."""
+
+    async def run(stream: trio.SocketStream) -> None:
+        try:
+            await handler(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    return run
+
+
+def main(argv: list[str]) -> None:
+    config = json.loads(Path(argv[1]).read_text())
+    authority = None
+    if config["mode"] == "truncate":
+        authority = Authority({origin: Path(path).read_text() for origin, path in config["zones"]})
+    try:
+        trio.run(serve, config, authority)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv)
