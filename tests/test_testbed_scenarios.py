@@ -17,6 +17,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rdtypes.tlsabase
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +30,13 @@ pytestmark = pytest.mark.testbed
 DNS_TIMEOUT = 20.0  # Unbound gives up on a dropping server after its own retries
 
 
+@pytest.fixture(autouse=True)
+def _lenient_tlsa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dnspython 2.9 refuses a TLSA digest of the wrong length; the malformed scenario publishes
+    one on purpose, and these tests judge lengths themselves (`_usable`)."""
+    monkeypatch.setattr(dns.rdtypes.tlsabase.TLSABase, "_cert_length_by_mtype", {})
+
+
 @dataclass
 class Answer:
     rcode: int
@@ -37,13 +45,15 @@ class Answer:
     cnames: list[str]
 
 
-def ask(w: control.World, name: str, rdtype: str, cd: bool = False) -> Answer:
+def ask(
+    w: control.World, name: str, rdtype: str, cd: bool = False, timeout: float = DNS_TIMEOUT
+) -> Answer:
     q = dns.message.make_query(name, rdtype, want_dnssec=True)
     q.flags |= dns.flags.AD
     if cd:
         q.flags |= dns.flags.CD
     try:
-        r, _ = dns.query.udp_with_fallback(q, w.resolver, timeout=DNS_TIMEOUT)
+        r, _ = dns.query.udp_with_fallback(q, w.resolver, timeout=timeout)
     except dns.exception.Timeout:
         return Answer(-1, False, [], [])
     want = dns.rdatatype.from_text(rdtype)
@@ -64,8 +74,10 @@ def _row(w: control.World, scenario: str) -> dict[str, Any]:
 
 def check_mx(w: control.World, m: dict[str, Any]) -> None:
     domain = m["domain"]
-    a = ask(w, domain, "MX")
     outcome = m["outcome"]
+    # Unbound keeps trying a server that drops everything for longer than any scanner waits:
+    # a few seconds without an answer is the failure the scanner must see.
+    a = ask(w, domain, "MX", timeout=4.0 if outcome == "dns_failure" else DNS_TIMEOUT)
     if outcome == "nxdomain":
         assert (a.rcode, a.ad) == (dns.rcode.NXDOMAIN, True)
     elif outcome == "bogus":
@@ -74,13 +86,17 @@ def check_mx(w: control.World, m: dict[str, Any]) -> None:
         assert cd.rcode == dns.rcode.NOERROR and cd.records
     elif outcome == "dns_failure":
         assert a.rcode in (dns.rcode.SERVFAIL, -1)
-        cd = ask(w, domain, "MX", cd=True)
-        assert cd.rcode in (dns.rcode.SERVFAIL, -1)
+        if a.rcode == dns.rcode.SERVFAIL:  # not a validation failure: no data behind it
+            cd = ask(w, domain, "MX", cd=True, timeout=4.0)
+            assert cd.rcode in (dns.rcode.SERVFAIL, -1)
     elif outcome == "no_mail":
         assert [str(r) for r in a.records] == ["0 ."]
     else:
         assert a.rcode == dns.rcode.NOERROR
-        assert a.ad == m["dnssec"], domain
+        if outcome == "ok":
+            assert a.ad == m["dnssec"], domain
+        else:  # unreachable: the zone's signing does not matter, it is unsigned here
+            assert not a.ad
         names = sorted(str(r.exchange).rstrip(".") for r in a.records)
         if names:
             assert names == sorted(h["name"] for h in m["mx_hosts"])
