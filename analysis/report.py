@@ -52,7 +52,7 @@ def _c(name: str, kind: str, meaning: str) -> tuple[str, str, str]:
     return (name, kind, meaning)
 
 
-SCAN = _c("scan_id", "int", "the scan (``danescan`` store id)")
+SCAN = _c("scan_id", "int", "the scan (id in the danescan store)")
 DATE = _c("logical_date", "date", "the scan's logical date (else the UTC day it started)")
 
 DICTIONARY: tuple[Table, ...] = (
