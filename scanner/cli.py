@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="-", help="file (default: standard output)")
     p.set_defaults(func=cmd_export)
 
+    from analysis import cli as analysis_cli
+
+    analysis_cli.register(sub)
+
     try:
         from testbed import cli as testbed_cli
     except ImportError:  # the testbed ships with the source tree, not every install
