@@ -288,7 +288,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="danescan", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="danescan",
+        description="Measure how mail domains climb STARTTLS -> DNSSEC -> DANE (RFC 7672).")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
