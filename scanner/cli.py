@@ -200,7 +200,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         scan_id = (scans.latest_unfinished(engine) if args.resume == "latest"
                    else int(args.resume))
         if scan_id is None:
-            raise UsageError("no unfinished scan to resume")
+            log.info("no unfinished scan to resume")
+            return EXIT_OK
         if not batch.input_complete(engine, scan_id):
             raise UsageError(f"scan {scan_id} never finished loading its input; start a new scan")
         left = scans.resume_scan(engine, scan_id)
