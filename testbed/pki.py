@@ -221,7 +221,7 @@ class Pki:
             x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root_key.public_key()),
             critical=False,
         )
-        self.intermediate = _sign(int_b, self.int_key)
+        self.intermediate = _sign(int_b, self.root_key)  # issued by the root
         self.root_pem = self._write_pem("ca-root.pem", [self.root])
         self.intermediate_pem = self._write_pem("ca-intermediate.pem", [self.intermediate])
 
