@@ -316,6 +316,10 @@ def _unbound_conf(
         # The scanner is the only client and keeps thousands of queries in flight from one
         # address; the per-address wait limit (a DoS guard) would drop them.
         "wait-limit": "0",
+        # A dead server is retried with a doubling timeout capped here (default 120 s, which
+        # keeps a query to a DROP server pending for minutes); 2 s is still 4x the slowest
+        # latency front.
+        "infra-cache-max-rtt": "2000",
     }
     if not v6:
         options["outgoing-interface"] = plan.resolver
