@@ -33,6 +33,10 @@ STATE = "world.json"
 _REPO = Path(__file__).resolve().parent.parent
 
 
+class Ipv6Taken(RuntimeError):
+    """Another world on this machine serves [::1]:25."""
+
+
 @dataclass
 class World:
     dir: Path
@@ -285,7 +289,7 @@ def up(
     }
     try:
         if ipv6 and not _take(BLOCKS_DIR / "ipv6.lock", wdir):
-            raise RuntimeError("another world holds [::1]:25 (ipv6=True); only one may")
+            raise Ipv6Taken("another world holds [::1]:25 (ipv6=True); only one may")
         _save_state(wdir, state)
         built = _start(wdir, state, night)
     except BaseException:

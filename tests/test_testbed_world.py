@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from testbed import scenarios, world
+from testbed import control, scenarios, world
 from testbed.scenarios import ALL_SCENARIOS, SCENARIOS
 from testbed.spec import SmtpBehaviour, Zone
 
@@ -289,3 +290,27 @@ def test_records_parse_and_sit_in_their_zone(built: world.Built) -> None:
             dns.rdata.from_text("IN", r.rdtype, r.rdata, origin=origin)
             assert dns.name.from_text(r.owner).is_subdomain(origin), (r, z.origin)
         assert [r.rdtype for r in z.records[:2]] == ["SOA", "NS"]
+
+
+def test_blocks_are_locked_and_reclaimed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "BLOCKS_DIR", tmp_path / "blocks")
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = control.allocate_block(a)
+    second = control.allocate_block(b)
+    assert first != second and {first, second}.isdisjoint(control.RESERVED_BLOCKS)
+    with pytest.raises(RuntimeError):
+        control.allocate_block(tmp_path / "c", block=first)  # held by a live allocator
+    assert control.allocate_block(tmp_path / "d", block=77) == 77  # explicit: allowed
+    # A lock whose world is gone and whose allocator died is stale and is taken over.
+    (tmp_path / "blocks" / f"{first}.lock").write_text(
+        json.dumps({"dir": str(a), "pid": 2**22 + 12345})
+    )
+    assert control.allocate_block(tmp_path / "e", block=first) == first
+    # A lock whose world is up (world.json present) is never taken over.
+    b.mkdir()
+    (b / control.STATE).write_text("{}")
+    (tmp_path / "blocks" / f"{second}.lock").write_text(
+        json.dumps({"dir": str(b), "pid": 2**22 + 12345})
+    )
+    with pytest.raises(RuntimeError):
+        control.allocate_block(tmp_path / "f", block=second)
