@@ -9,12 +9,15 @@ distinct hosts and endpoints, never with the length of the list.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 import trio
 
@@ -46,12 +49,17 @@ class SingleFlight[K: Hashable, V]:
     """Compute each key once; concurrent callers of the same key wait for the first caller.
 
     Results stay cached for the scan: the number of keys is the number of distinct MX hosts
-    or endpoints, which is what bounds the scanner's memory.
+    or endpoints, which is what bounds the scanner's memory. ``limit`` caps even that (a list
+    of self-hosted domains has as many MX hosts as domains): past it the oldest entries are
+    dropped, and a key seen again is computed again (the resolver still has it cached; an
+    endpoint probed again costs one more session, which the shared cache of
+    :mod:`scanner.store.shared` answers without a connection when it is on).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self._done: dict[K, V] = {}
         self._pending: dict[K, trio.Event] = {}
+        self._limit = limit
 
     def __len__(self) -> int:
         return len(self._done)
@@ -62,7 +70,16 @@ class SingleFlight[K: Hashable, V]:
     def seed(self, key: K, value: V) -> None:
         """Offer an already computed value (kept only if the key is not known yet)."""
         if key not in self._done and key not in self._pending:
-            self._done[key] = value
+            self._store(key, value)
+
+    def _store(self, key: K, value: V) -> None:
+        done = self._done
+        done[key] = value
+        if self._limit and len(done) > self._limit:
+            # Oldest first (dicts keep insertion order): a tenth at a time, so the cost of
+            # eviction is spread thin.
+            for old in list(itertools.islice(done, max(1, self._limit // 10))):
+                del done[old]
 
     async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
         while True:
@@ -75,7 +92,7 @@ class SingleFlight[K: Hashable, V]:
         event = self._pending[key] = trio.Event()
         try:
             value = await compute()
-            self._done[key] = value
+            self._store(key, value)
             return value
         finally:
             # On cancellation nothing is cached: the next caller computes it again.
@@ -116,19 +133,37 @@ class ScanStats:
 
 EndpointKey = tuple[str, str | None]  # (address, SNI)
 
+# Cache bounds (entries): far above the distinct hosts/endpoints of a provider-heavy list, low
+# enough that a list of self-hosted domains cannot grow a worker without bound.
+HOST_CACHE_LIMIT = 100_000
+ENDPOINT_CACHE_LIMIT = 100_000
+CHAIN_CACHE_LIMIT = 50_000
+
+
+class SharedCache(Protocol):
+    """Host and endpoint facts shared by every worker of a scan (scanner.store.shared)."""
+
+    async def host(self, name: str, compute: Callable[[], Awaitable[HostFacts]]) -> HostFacts: ...
+
+    async def endpoint(self, key: EndpointKey,
+                       compute: Callable[[], Awaitable[EndpointFacts]]) -> EndpointFacts: ...
+
 
 class Scanner:
     """Shared machinery of one scan: DNS client, caches, limits. Call :meth:`scan_domain`."""
 
     def __init__(self, config: Config, client: DnsClient, *, validating: bool = True,
-                 ipv6: bool = True, stats: ScanStats | None = None) -> None:
+                 ipv6: bool = True, stats: ScanStats | None = None,
+                 shared: SharedCache | None = None) -> None:
         self.config = config
         self.client = client
         self.validating = validating
         self.ipv6 = ipv6
         self.stats = stats or ScanStats()
-        self.hosts: SingleFlight[str, HostFacts] = SingleFlight()
-        self.endpoints: SingleFlight[EndpointKey, EndpointFacts] = SingleFlight()
+        self.shared = shared
+        self.hosts: SingleFlight[str, HostFacts] = SingleFlight(HOST_CACHE_LIMIT)
+        self.endpoints: SingleFlight[EndpointKey, EndpointFacts] = SingleFlight(
+            ENDPOINT_CACHE_LIMIT)
         self.chain_matches: dict[tuple[EndpointKey, tuple[object, ...]], dane.ChainMatch] = {}
         self.smtp_slots = trio.CapacityLimiter(config.smtp_concurrency)
         self.politeness = Politeness(config.per_address_connections,
@@ -154,39 +189,75 @@ class Scanner:
                                       line=line)
 
     async def _hosts(self, domain: str, mx: MxResult) -> list[HostVerdict]:
-        results: list[HostVerdict | None] = [None] * len(mx.hosts)
         if mx.host is not None:
             # The implicit MX stage already looked the domain up as a host (RFC 5321 §5.1).
             self.hosts.seed(mx.host.name, mx.host)
+        if len(mx.hosts) == 1:
+            # The common case (one MX host, or the implicit MX): no nursery, no task.
+            preference, name = mx.hosts[0]
+            return [await self._host_verdict(domain, preference, await self._host(name))]
+        results: list[HostVerdict | None] = [None] * len(mx.hosts)
 
         async def one(i: int, preference: int, name: str) -> None:
-            facts = await self.hosts.get(name, lambda: host_stage(self.client, name))
-            results[i] = await self._host_verdict(domain, preference, facts)
+            results[i] = await self._host_verdict(domain, preference, await self._host(name))
 
         async with trio.open_nursery() as nursery:
             for i, (preference, name) in enumerate(mx.hosts):
                 nursery.start_soon(one, i, preference, name)
         return [r for r in results if r is not None]
 
+    async def _host(self, name: str) -> HostFacts:
+        facts = self.hosts.peek(name)
+        if facts is not None:
+            return facts
+        return await self.hosts.get(name, functools.partial(self._host_facts, name))
+
+    async def _host_facts(self, name: str) -> HostFacts:
+        compute = functools.partial(host_stage, self.client, name)
+        if self.shared is None:
+            return await compute()
+        return await self.shared.host(name, compute)
+
+    async def _endpoint(self, address: str, sni: str | None) -> EndpointFacts:
+        key = (address, sni)
+        facts = self.endpoints.peek(key)
+        if facts is not None:
+            return facts
+        return await self.endpoints.get(key, functools.partial(self._endpoint_facts, key))
+
+    async def _endpoint_facts(self, key: EndpointKey) -> EndpointFacts:
+        skipped = self._not_probed(*key)
+        if skipped is not None:
+            return skipped
+        compute = functools.partial(self._probe_with_retry, *key)
+        if self.shared is None:
+            return await compute()
+        return await self.shared.endpoint(key, compute)
+
     async def _host_verdict(self, domain: str, preference: int, facts: HostFacts) -> HostVerdict:
         # §8.1: SNI is the TLSA base domain, sent only when DANE applies (usable TLSA).
         usable = facts.tlsa_status is TlsaStatus.USABLE
         sni = facts.tlsa_base if usable else None
         addresses = facts.addresses
-        endpoints: list[EndpointFacts | None] = [None] * len(addresses)
+        eps: tuple[EndpointFacts, ...]
+        if len(addresses) <= 1:
+            eps = tuple([await self._endpoint(a, sni) for a in addresses])
+        else:
+            endpoints: list[EndpointFacts | None] = [None] * len(addresses)
 
-        async def one(i: int, address: str) -> None:
-            key = (address, sni)
-            endpoints[i] = await self.endpoints.get(key, lambda: self._probe(address, sni))
+            async def one(i: int, address: str) -> None:
+                endpoints[i] = await self._endpoint(address, sni)
 
-        async with trio.open_nursery() as nursery:
-            for i, address in enumerate(addresses):
-                nursery.start_soon(one, i, address)
-        eps = tuple(e for e in endpoints if e is not None)
+            async with trio.open_nursery() as nursery:
+                for i, address in enumerate(addresses):
+                    nursery.start_soon(one, i, address)
+            eps = tuple(e for e in endpoints if e is not None)
+        if not usable:
+            return verdict.host_verdict(preference, facts, eps, [None] * len(eps))
         matches: list[DaneMatch | None] = []
         names = verdict.reference_names(domain, facts.name, facts.tlsa_base)
         for ep in eps:
-            if usable and ep.status is EndpointStatus.SUCCESS:
+            if ep.status is EndpointStatus.SUCCESS:
                 cm = self._chain_match(ep, facts)
                 matches.append(dane.authenticate(cm, names))
             else:
@@ -200,6 +271,8 @@ class Scanner:
         cm = self.chain_matches.get(key)
         if cm is None:
             cm = dane.match_chain(facts.tlsa_records, ep.chain, datetime.now(UTC))
+            if len(self.chain_matches) >= CHAIN_CACHE_LIMIT:
+                self.chain_matches.clear()  # recomputed on demand; bounds memory
             self.chain_matches[key] = cm
         return cm
 
@@ -207,6 +280,9 @@ class Scanner:
         skipped = self._not_probed(address, sni)
         if skipped is not None:
             return skipped
+        return await self._probe_with_retry(address, sni)
+
+    async def _probe_with_retry(self, address: str, sni: str | None) -> EndpointFacts:
         facts = await self._probe_once(address, sni)
         if self.config.retry_transient and _transient(facts):
             # A second pass, later in the scan, for timeouts and 4xx replies.
