@@ -38,8 +38,10 @@ def scan(world: control.World, out: Path, *extra: str) -> dict[str, dict[str, An
 def results(world: control.World, tmp_path_factory: pytest.TempPathFactory
             ) -> dict[str, dict[str, Any]]:
     started = time.time()
-    out = scan(world, tmp_path_factory.mktemp("scan") / "out.jsonl")
+    tmp = tmp_path_factory.mktemp("scan")
+    out = scan(world, tmp / "out.jsonl", "--db", f"sqlite:///{tmp}/scan.sqlite")
     SCAN_STARTED["t"] = started
+    SCAN_STARTED["end"] = time.time()
     return out
 
 
@@ -79,6 +81,17 @@ def test_verdicts_match_manifest(world: control.World, results: dict[str, dict[s
     assert mismatches(world, results, rows) == []
 
 
+def test_streaming_jsonl_equals_the_database_export(
+        world: control.World, results: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """`--no-db` streams verdicts; the default stores them and exports: same contract fields."""
+    streamed = scan(world, tmp_path / "stream.jsonl", "--no-db")
+    keys = (*FIELDS, "domain", "reason", "mx_status", "implicit_mx")
+    assert {i: tuple(r[k] for k in keys) for i, r in streamed.items()} == {
+        i: tuple(r[k] for k in keys) for i, r in results.items()}
+    some = next(iter(results.values()))
+    assert {"scan_id", "schema_version"} <= set(some)
+
+
 def test_every_catalogue_scenario_present(world: control.World) -> None:
     present = Counter(m["scenario"] for m in world.manifest)
     missing = [s for s in ALL_SCENARIOS if not present[s]]
@@ -90,9 +103,39 @@ def test_endpoints_probed_once_per_scan(world: control.World,
                                         results: dict[str, dict[str, Any]]) -> None:
     """One connection per (address, SNI) per scan, beyond the one retry of transient failures."""
     sessions = Counter((s["address"], s.get("sni")) for s in world.sessions()
-                       if s["t"] >= SCAN_STARTED["t"])
+                       if SCAN_STARTED["t"] <= s["t"] <= SCAN_STARTED["end"])
     assert sessions, "the scan made no SMTP sessions"
     retried = {(ep["address"], ep["sni"]) for r in results.values() for h in r["mx_hosts"]
                for ep in h["endpoints"] if ep.get("attempts", 1) > 1}
     over = {k: n for k, n in sessions.items() if n > (2 if k in retried else 1)}
     assert over == {}
+
+
+CHECK_SCENARIOS = ("dane-ee-311", "dane-ta-211", "tlsa-stale", "starttls-unsigned", "plain",
+                   "dns-servfail", "null-mx", "smtp-refused", "tlsa-usage-01")
+
+
+@pytest.mark.parametrize("scenario", CHECK_SCENARIOS)
+def test_check_diagnoses_and_exits_by_verdict(world: control.World, scenario: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    rows = world.by_scenario(scenario)
+    assert rows, f"{scenario} missing from the world"
+    m = rows[0]
+    rc = main(["-q", "check", m["input"], "--resolver", world.resolver, *SCAN_ARGS])
+    text = capsys.readouterr().out
+    if m["dane"] == "valid":
+        assert rc == 0
+    elif m["outcome"] in ("dns_failure", "invalid"):
+        assert rc == 2
+    else:
+        assert rc == 1
+    assert m["domain"] in text and f"outcome {m['outcome']}" in text
+    for h in m.get("mx_hosts", []):
+        if m["outcome"] == "ok":
+            assert h["name"] in text
+    if m["outcome"] == "ok" and m["stage"] != "plaintext":
+        assert "chain[0]:" in text and "TLS: TLS" in text
+    if m["dane"] == "valid":
+        assert "DANE: authenticated" in text
+    if scenario == "tlsa-stale":
+        assert "DANE: NOT authenticated — tlsa-no-match" in text
