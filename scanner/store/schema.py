@@ -11,8 +11,10 @@ Layout, for analysis and for exact resume:
 
 Foreign keys only where rows are few (``shards`` -> ``scans``). The result tables carry
 ``scan_id`` and ``domain_id`` without foreign keys: the writer stores all rows of a verdict in
-one transaction and takes ``domain_id`` from ``domains`` itself, and per-row FK triggers cost
-about 40 % of the bulk-insert time (bench/writer.py). ``scans.delete_scan`` removes a scan.
+one transaction, ``domain_id`` is a hash of the name computed by the writer (no lookup), and
+per-row FK triggers cost about 40 % of the bulk-insert time (bench/writer.py). Indexes on the
+per-line tables are kept to the keys plus one for cross-scan domain lookups, for the same
+reason. ``scans.delete_scan`` removes a scan.
 
 Closed vocabularies are plain strings checked against the enums of :mod:`scanner.model`, so
 adding a value never needs a database type migration. Keys make every write idempotent: the
@@ -62,7 +64,7 @@ class ShardStatus(StrEnum):
 
 # JSONB on PostgreSQL (indexable, compact); plain JSON text elsewhere.
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
-# SQLite only auto-increments an INTEGER PRIMARY KEY.
+# SQLite keys its rows by an INTEGER PRIMARY KEY (no separate index): 64-bit there too.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 
@@ -126,8 +128,11 @@ shards = sa.Table(
 domains = sa.Table(
     "domains",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.Text, nullable=False, unique=True),
+    # A hash of the name computed by the writer (rows.domain_id), not drawn from a sequence:
+    # one name has one id, so the key alone keeps names unique (no second index to maintain);
+    # the writer refuses a name whose id another name already holds.
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False),
 )
 
 domain_results = sa.Table(
@@ -154,8 +159,9 @@ domain_results = sa.Table(
     _in("dane", DaneStatus, "dane"),
     _in("stage", Stage, "stage"),
     _in("mx_status", DnssecStatus, "mx_status"),
-    sa.Index(None, "scan_id", "stage"),
-    sa.Index(None, "scan_id", "outcome"),
+    # Cross-scan lookups of one domain (analysis.load: broken/repaired domains). Analysis
+    # aggregates whole scans, which the primary key serves: no (scan_id, stage|outcome)
+    # indexes, each would cost the writer an index insertion per result.
     sa.Index(None, "domain_id", "scan_id"),
 )
 
@@ -201,7 +207,6 @@ domain_mx = sa.Table(
     sa.Column("preference", sa.Integer),
     sa.Column("reachable", sa.Boolean, nullable=False),
     sa.Column("reason", sa.String(32)),
-    sa.Index(None, "scan_id", "host_name"),
 )
 
 endpoints = sa.Table(
@@ -261,4 +266,19 @@ certificates = sa.Table(
     sa.Column("not_after", Timestamp),
     sa.Column("key_type", sa.String(32)),
     sa.Index(None, "spki_sha256"),
+)
+
+# Per-scan claims on MX hosts and endpoints, shared by every worker of a scan
+# (scanner.store.shared): the first worker to insert a key looks it up or probes it and
+# publishes ``facts``; the others wait for them, or take the key over once ``lease_expires``
+# has passed without facts (the claimer died).
+shared_claims = sa.Table(
+    "shared_claims",
+    metadata,
+    sa.Column("scan_id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(8), primary_key=True),  # 'host' or 'endpoint'
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("lease_expires", Timestamp),
+    sa.Column("facts", JSONType),
 )

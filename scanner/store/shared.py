@@ -1,0 +1,340 @@
+"""MX hosts and endpoints looked up / probed once per scan across every worker (PostgreSQL).
+
+The per-scan single-flight caches of :mod:`scanner.pipeline` stop one process from probing an
+endpoint twice; this module stops N processes on M machines from doing so. Per (scan, kind,
+key) one row in ``shared_claims``:
+
+1. claim: ``INSERT … ON CONFLICT DO NOTHING RETURNING``: the inserting worker computes;
+2. publish: the winner stores the facts (JSON) on its row;
+3. the others poll for the facts; a row whose lease expired without facts (its worker died)
+   is taken over with a conditional UPDATE, and a row deleted by a worker whose computation
+   was cancelled is claimed afresh.
+
+The winner renews its leases while it computes. All of this is batched: one background task
+runs a database round per ``batch_window`` for every claim, publication and poll pending, so the
+cost per distinct host or endpoint is a share of one round trip, not one of its own. Keys are
+sorted within a round so concurrent rounds lock rows in one order (no deadlocks between
+workers); a deadlock or lost connection anyway just retries the round.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import trio
+from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
+
+from scanner.model import (
+    DnssecStatus,
+    EndpointFacts,
+    EndpointStatus,
+    HostFacts,
+    Lookup,
+    Reason,
+    TlsaRecord,
+    TlsaStatus,
+)
+from scanner.store.schema import shared_claims as t
+
+log = logging.getLogger(__name__)
+
+HOST, ENDPOINT = "host", "endpoint"
+ROUND_MAX = 2000  # keys per statement: keeps one round's transaction short
+Key = tuple[str, str]  # (kind, key)
+
+
+# --- JSON codec for the facts --------------------------------------------------------------------
+
+
+def _lookup_json(lk: Lookup | None) -> dict[str, Any] | None:
+    if lk is None:
+        return None
+    return {"q": lk.qname, "t": lk.rdtype, "s": lk.status.value, "r": lk.rcode,
+            "rec": list(lk.records), "cn": list(lk.cname_chain), "ec": lk.ede_code,
+            "et": lk.ede_text}
+
+
+def _lookup(d: dict[str, Any] | None) -> Lookup | None:
+    if d is None:
+        return None
+    return Lookup(d["q"], d["t"], DnssecStatus(d["s"]), d["r"], tuple(d["rec"]), tuple(d["cn"]),
+                  d["ec"], d["et"])
+
+
+def _enum_value(e: Any) -> str | None:
+    return None if e is None else str(e.value)
+
+
+def host_to_json(h: HostFacts) -> dict[str, Any]:
+    return {"name": h.name, "a": _lookup_json(h.a), "aaaa": _lookup_json(h.aaaa),
+            "as": _enum_value(h.address_status), "base": h.tlsa_base,
+            "ts": h.tlsa_status.value,
+            "tlsa": [[r.usage, r.selector, r.mtype, r.data.hex()] for r in h.tlsa_records],
+            "tl": _lookup_json(h.tlsa_lookup), "reason": _enum_value(h.reason)}
+
+
+def host_from_json(d: dict[str, Any]) -> HostFacts:
+    return HostFacts(
+        d["name"], _lookup(d["a"]), _lookup(d["aaaa"]),
+        None if d["as"] is None else DnssecStatus(d["as"]), d["base"], TlsaStatus(d["ts"]),
+        tuple(TlsaRecord(u, s, m, bytes.fromhex(x)) for u, s, m, x in d["tlsa"]),
+        _lookup(d["tl"]), None if d["reason"] is None else Reason(d["reason"]))
+
+
+def endpoint_to_json(e: EndpointFacts) -> dict[str, Any]:
+    return {"address": e.address, "port": e.port, "sni": e.sni, "status": e.status.value,
+            "banner": e.banner, "gc": e.greeting_code, "ehlo": list(e.ehlo),
+            "so": e.starttls_offered, "sc": e.starttls_code, "tv": e.tls_version,
+            "cipher": e.cipher, "chain": [base64.b64encode(c).decode() for c in e.chain],
+            "error": e.error, "at": None if e.probed_at is None else e.probed_at.isoformat(),
+            "attempts": e.attempts}
+
+
+def endpoint_from_json(d: dict[str, Any]) -> EndpointFacts:
+    return EndpointFacts(
+        address=d["address"], port=d["port"], sni=d["sni"], status=EndpointStatus(d["status"]),
+        banner=d["banner"], greeting_code=d["gc"], ehlo=tuple(d["ehlo"]),
+        starttls_offered=d["so"], starttls_code=d["sc"], tls_version=d["tv"],
+        cipher=d["cipher"], chain=tuple(base64.b64decode(c) for c in d["chain"]),
+        error=d["error"],
+        probed_at=None if d["at"] is None else dt.datetime.fromisoformat(d["at"]),
+        attempts=d["attempts"])
+
+
+def endpoint_key(address: str, sni: str | None) -> str:
+    return f"{address}|{sni or ''}"
+
+
+# --- claims ------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Slot:
+    key: Key
+    event: trio.Event = field(default_factory=trio.Event)
+    won: bool = False
+    facts: Any = None
+
+
+@dataclass
+class SharedStats:
+    won: int = 0  # keys this worker computed (taken over included)
+    taken_over: int = 0  # of which after another worker's lease expired
+    received: int = 0  # keys answered with another worker's facts
+    rounds: int = 0
+    round_errors: int = 0
+
+
+@dataclass
+class _Outcome:
+    won: set[Key] = field(default_factory=set)
+    taken: set[Key] = field(default_factory=set)
+    facts: dict[Key, Any] = field(default_factory=dict)
+
+
+class SharedClaims:
+    """One per worker process; start :meth:`run` in a nursery, then call :meth:`host` /
+    :meth:`endpoint` from the pipeline's single-flight compute functions."""
+
+    def __init__(self, engine: Engine, scan_id: int, owner: str, *, lease_seconds: float = 600.0,
+                 poll_interval: float = 0.25, batch_window: float = 0.01) -> None:
+        self.engine, self.scan_id, self.owner = engine, scan_id, owner
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.batch_window = batch_window
+        self.stats = SharedStats()
+        self._asks: list[_Slot] = []
+        self._waiting: dict[Key, _Slot] = {}
+        self._mine: set[Key] = set()
+        self._publish: dict[Key, Any] = {}
+        self._release: set[Key] = set()
+        self._wake = trio.Event()
+
+    # -- the pipeline's side -------------------------------------------------------------------
+
+    async def host(self, name: str, compute: Callable[[], Awaitable[HostFacts]]) -> HostFacts:
+        return await self._get((HOST, name), compute, host_to_json, host_from_json)
+
+    async def endpoint(self, key: tuple[str, str | None],
+                       compute: Callable[[], Awaitable[EndpointFacts]]) -> EndpointFacts:
+        return await self._get((ENDPOINT, endpoint_key(*key)), compute, endpoint_to_json,
+                               endpoint_from_json)
+
+    async def _get[V](self, key: Key, compute: Callable[[], Awaitable[V]],
+                      encode: Callable[[V], Any], decode: Callable[[Any], V]) -> V:
+        slot = _Slot(key)
+        self._asks.append(slot)
+        self._wake.set()
+        try:
+            await slot.event.wait()
+        except BaseException:
+            # Cancelled while asking: forget the question; a claim already won is released.
+            if self._waiting.get(key) is slot:
+                del self._waiting[key]
+            if slot in self._asks:
+                self._asks.remove(slot)
+            if slot.won:
+                self._give_back(key)
+            raise
+        if not slot.won:
+            self.stats.received += 1
+            return decode(slot.facts)
+        try:
+            value = await compute()
+        except BaseException:
+            self._give_back(key)
+            raise
+        self._mine.discard(key)
+        self._publish[key] = encode(value)
+        self._wake.set()
+        return value
+
+    def _give_back(self, key: Key) -> None:
+        self._mine.discard(key)
+        self._release.add(key)
+        self._wake.set()
+
+    # -- the batching task ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Runs until cancelled. Publications still queued at cancellation are lost, which only
+        means another worker recomputes those keys after the lease: results never depend on it.
+        """
+        now = trio.current_time()
+        next_poll, next_renew = now + self.poll_interval, now + self.lease_seconds / 3
+        while True:
+            with trio.move_on_at(next_poll):
+                await self._wake.wait()
+            await trio.sleep(self.batch_window)  # let a burst of claims join this round
+            self._wake = trio.Event()
+            now = trio.current_time()
+            poll = now >= next_poll
+            renew = now >= next_renew
+            if poll:
+                next_poll = now + self.poll_interval
+            if renew:
+                next_renew = now + self.lease_seconds / 3
+            asks, self._asks = self._asks[:ROUND_MAX], self._asks[ROUND_MAX:]
+            publish, self._publish = self._publish, {}
+            release, self._release = self._release, set()
+            polled = list(self._waiting)[:ROUND_MAX] if poll else []
+            renewing = list(self._mine) if renew else []
+            if not (asks or publish or release or polled or renewing):
+                continue
+            if self._asks:
+                self._wake.set()
+            try:
+                out = await trio.to_thread.run_sync(
+                    self._round, [s.key for s in asks], publish, release, polled, renewing)
+            except (exc.OperationalError, exc.InterfaceError) as e:
+                # A deadlock victim or a lost connection: put everything back, try again.
+                self.stats.round_errors += 1
+                log.warning("shared claims round failed (%s); retrying", str(e).splitlines()[0])
+                self._asks[:0] = asks
+                self._publish.update(publish)
+                self._release |= release
+                await trio.sleep(min(5.0, 0.1 * self.stats.round_errors))
+                self._wake.set()
+                continue
+            self.stats.rounds += 1
+            self._dispatch(asks, out)
+
+    def _dispatch(self, asks: list[_Slot], out: _Outcome) -> None:
+        for slot in asks:
+            if slot.key in out.won:
+                self._win(slot)
+            elif slot.key in out.facts:
+                slot.facts = out.facts[slot.key]
+                slot.event.set()
+            else:
+                self._waiting[slot.key] = slot
+        for key in out.taken:
+            taker = self._take_waiting(key)
+            if taker is not None:
+                self.stats.taken_over += 1
+                self._win(taker)
+            else:
+                self._release.add(key)  # nobody here wants it any more
+        for key, facts in out.facts.items():
+            waiter = self._take_waiting(key)
+            if waiter is not None:
+                waiter.facts = facts
+                waiter.event.set()
+
+    def _take_waiting(self, key: Key) -> _Slot | None:
+        slot = self._waiting.get(key)
+        if slot is not None:
+            del self._waiting[key]
+        return slot
+
+    def _win(self, slot: _Slot) -> None:
+        self.stats.won += 1
+        self._mine.add(slot.key)
+        slot.won = True
+        slot.event.set()
+
+    def _round(self, asks: list[Key], publish: dict[Key, Any], release: set[Key],
+               polled: list[Key], renewing: list[Key]) -> _Outcome:
+        now = dt.datetime.now(dt.UTC)
+        expires = now + dt.timedelta(seconds=self.lease_seconds)
+        c = t.c
+        mine = sa.and_(c.scan_id == self.scan_id, c.owner == self.owner)
+        out = _Outcome()
+        with self.engine.begin() as conn:
+            if publish:
+                conn.execute(
+                    t.update()
+                    .where(mine, c.kind == sa.bindparam("b_kind"), c.key == sa.bindparam("b_key"))
+                    .values(facts=sa.bindparam("b_facts"), lease_expires=None),
+                    [{"b_kind": k, "b_key": y, "b_facts": f}
+                     for (k, y), f in sorted(publish.items())])
+            if release:
+                conn.execute(t.delete().where(mine, c.facts.is_(None),
+                                              sa.tuple_(c.kind, c.key).in_(sorted(release))))
+            if renewing:
+                conn.execute(t.update()
+                             .where(mine, c.facts.is_(None),
+                                    sa.tuple_(c.kind, c.key).in_(sorted(renewing)))
+                             .values(lease_expires=expires))
+            out.won = self._insert(conn, asks, expires)
+            look = sorted((set(asks) - out.won) | set(polled))
+            if not look:
+                return out
+            found: set[Key] = set()
+            expired: list[Key] = []
+            for kind, key, facts, lease in conn.execute(
+                    sa.select(c.kind, c.key, c.facts, c.lease_expires)
+                    .where(c.scan_id == self.scan_id, sa.tuple_(c.kind, c.key).in_(look))):
+                found.add((kind, key))
+                if facts is not None:
+                    out.facts[(kind, key)] = facts
+                elif lease is None or lease < now:
+                    expired.append((kind, key))
+            # Rows deleted since (their claimer gave them back): claim them afresh.
+            out.taken |= self._insert(conn, sorted(set(look) - found), expires)
+            if expired:
+                out.taken |= {(r.kind, r.key) for r in conn.execute(
+                    t.update()
+                    .where(c.scan_id == self.scan_id, c.facts.is_(None), c.lease_expires < now,
+                           sa.tuple_(c.kind, c.key).in_(sorted(expired)))
+                    .values(owner=self.owner, lease_expires=expires)
+                    .returning(c.kind, c.key))}
+        out.won -= out.taken
+        return out
+
+    def _insert(self, conn: sa.Connection, keys: Iterable[Key], expires: dt.datetime) -> set[Key]:
+        rows = [{"scan_id": self.scan_id, "kind": k, "key": y, "owner": self.owner,
+                 "lease_expires": expires} for k, y in sorted(set(keys))]
+        if not rows:
+            return set()
+        res = conn.execute(pg_insert(t).values(rows).on_conflict_do_nothing()
+                           .returning(t.c.kind, t.c.key))
+        return {(r.kind, r.key) for r in res}
