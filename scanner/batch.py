@@ -13,14 +13,16 @@ import datetime as dt
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 from sqlalchemy.engine import Engine
 
 from scanner import pipeline
-from scanner.config import Config
+from scanner.config import Config, ResolverAddress
 from scanner.dns import DnsClient
 from scanner.model import DomainVerdict
 from scanner.store import scans
@@ -107,40 +109,75 @@ class ShardFeeder:
 
 
 async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | None = None,
-               lease_seconds: float = 600.0, max_open_shards: int = 32,
+               lease_seconds: float = 600.0, max_open_shards: int = 8,
                db_retry_seconds: float = 300.0, stats: pipeline.ScanStats | None = None,
-               handle_signals: bool = True) -> BatchResult:
+               handle_signals: bool = True, shared: bool = False,
+               dns_log: str | None = None) -> BatchResult:
     """Scan every claimable shard of ``scan_id``; returns how this worker's part ended.
 
     SIGINT/SIGTERM stop claiming and cancel domains in flight; every shard already judged is
-    still written, and the scan is left resumable (status ``interrupted``).
+    still written, and the scan is left resumable (status ``interrupted``). ``shared`` (one of
+    several workers, PostgreSQL) looks up each MX host and probes each endpoint once per scan
+    across all workers (:mod:`scanner.store.shared`), with claim leases of ``lease_seconds``.
+    ``dns_log`` appends every question asked ("name TYPE", dnsperf's input format).
+
+    At most ``max_open_shards`` shards are open: their verdicts wait in memory until the shard
+    is whole, so this (not the list's length) bounds the verdicts held.
     """
     owner = owner or worker_name()
     stats = stats or pipeline.ScanStats()
     writer = Writer(engine, scan_id, db_retry_seconds=db_retry_seconds)
     send, receive = trio.open_memory_channel[WriteBatch](4)
     interrupted = False
+    claims = None
+    if shared:
+        from scanner.store.shared import SharedClaims
+
+        claims = SharedClaims(engine, scan_id, owner, lease_seconds=lease_seconds)
     async with DnsClient.open(config) as client:
-        scanner = await _open_scanner(config, client, stats)
-        feeder = ShardFeeder(engine, scan_id, owner, send, lease_seconds=lease_seconds,
-                             max_open=max_open_shards)
-        try:
-            async with trio.open_nursery() as outer:
-                outer.start_soon(writer.run, receive)
-                async with send:
-                    with trio.CancelScope() as scanning:
-                        async with trio.open_nursery() as inner:
-                            inner.start_soon(feeder.renew_leases)
-                            if handle_signals:
-                                inner.start_soon(_watch_signals, scanning)
-                            await pipeline.run(scanner, feeder.lines(), feeder.emit)
-                            inner.cancel_scope.cancel()
-                    interrupted = scanning.cancelled_caught
-        except StoreUnavailable as exc:
-            return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, str(exc))
+        with _query_log(client, dns_log):
+            scanner = await _open_scanner(config, client, stats)
+            scanner.shared = claims
+            feeder = ShardFeeder(engine, scan_id, owner, send, lease_seconds=lease_seconds,
+                                 max_open=max_open_shards)
+            try:
+                async with trio.open_nursery() as service:
+                    if claims is not None:
+                        service.start_soon(claims.run)
+                    async with trio.open_nursery() as outer:
+                        outer.start_soon(writer.run, receive)
+                        async with send:
+                            with trio.CancelScope() as scanning:
+                                async with trio.open_nursery() as inner:
+                                    inner.start_soon(feeder.renew_leases)
+                                    if handle_signals:
+                                        inner.start_soon(_watch_signals, scanning)
+                                    await pipeline.run(scanner, feeder.lines(), feeder.emit)
+                                    inner.cancel_scope.cancel()
+                            interrupted = scanning.cancelled_caught
+                    if claims is not None:
+                        # Publish what this worker computed: others may be waiting for it.
+                        with trio.move_on_after(30):
+                            await claims.drain()
+                    service.cancel_scope.cancel()
+            except StoreUnavailable as exc:
+                return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, str(exc))
     if interrupted:
         return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, "interrupted by signal")
     return BatchResult(scan_id, ScanStatus.COMPLETE, stats)
+
+
+@contextmanager
+def _query_log(client: DnsClient, path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with open(path, "a", encoding="utf-8", buffering=1 << 16) as f:
+        client.query_log = f
+        try:
+            yield
+        finally:
+            client.query_log = None
 
 
 async def _watch_signals(scope: trio.CancelScope) -> None:
@@ -184,18 +221,66 @@ def input_complete(engine: Engine, scan_id: int) -> bool:
 
 
 def config_options(config: Config) -> dict[str, object]:
-    """The knobs that shape results, stored with the scan as provenance."""
+    """The knobs that shape results, stored with the scan: provenance, and what a
+    ``danescan worker`` rebuilds its Config from (:func:`config_from_options`)."""
     return {
         "smtp_port": config.smtp_port, "ehlo_name": config.ehlo_name,
         "allow_private": config.allow_private, "insecure_resolver_ok": config.insecure_resolver_ok,
+        "probe_ipv6": config.probe_ipv6,
         "greeting_timeout": config.greeting_timeout, "connect_timeout": config.connect_timeout,
-        "command_timeout": config.command_timeout, "retry_transient": config.retry_transient,
+        "command_timeout": config.command_timeout, "tls_timeout": config.tls_timeout,
+        "retry_transient": config.retry_transient,
         "retry_delay": config.retry_delay, "dns_timeout": config.dns_timeout,
-        "dns_attempts": config.dns_attempts, "concurrency": config.concurrency,
+        "dns_attempts": config.dns_attempts, "dns_deadline": config.dns_deadline,
+        "dns_sockets": config.dns_sockets, "dns_rate": config.dns_rate,
+        "concurrency": config.concurrency, "smtp_concurrency": config.smtp_concurrency,
+        "per_address_connections": config.per_address_connections,
+        "per_prefix_connections": config.per_prefix_connections,
+        "resolvers": [str(r) for r in config.resolvers],
         "exclude_domains": len(config.exclude_domains),
+        "exclude_domain_list": sorted(config.exclude_domains),
         "exclude_prefixes": list(config.exclude_prefixes),
         "host": os.uname().nodename,
     }
+
+
+# Options copied verbatim into Config fields of the same name.
+_PLAIN_OPTIONS = (
+    "smtp_port", "ehlo_name", "allow_private", "insecure_resolver_ok", "probe_ipv6",
+    "greeting_timeout", "connect_timeout", "command_timeout", "tls_timeout", "retry_transient",
+    "retry_delay", "dns_timeout", "dns_attempts", "dns_deadline", "dns_sockets", "dns_rate",
+    "concurrency", "smtp_concurrency", "per_address_connections", "per_prefix_connections",
+)
+
+
+def config_from_options(options: dict[str, Any],
+                        resolvers: tuple[ResolverAddress, ...] = ()) -> Config:
+    """The Config a scan was started with; ``resolvers`` overrides the stored ones (a worker on
+    another machine uses its own resolver). Options a scan predates keep their defaults."""
+    kwargs: dict[str, Any] = {k: options[k] for k in _PLAIN_OPTIONS if k in options}
+    stored = tuple(ResolverAddress.parse(r) for r in options.get("resolvers", ()))
+    kwargs["resolvers"] = resolvers or stored
+    kwargs["exclude_domains"] = frozenset(options.get("exclude_domain_list", ()))
+    kwargs["exclude_prefixes"] = tuple(options.get("exclude_prefixes", ()))
+    return Config(**kwargs)
+
+
+def scan_config(engine: Engine, scan_id: int,
+                resolvers: tuple[ResolverAddress, ...] = ()) -> Config:
+    """Rebuild the Config of ``scan_id`` from its row (see :func:`config_from_options`)."""
+    import sqlalchemy as sa
+
+    from scanner.store import schema
+
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(schema.scans.c.options, schema.scans.c.resolver)
+                           .where(schema.scans.c.id == scan_id)).first()
+    if row is None:
+        raise LookupError(f"no scan {scan_id}")
+    options = dict(row.options or {})
+    if "resolvers" not in options and row.resolver:
+        options["resolvers"] = [r for r in str(row.resolver).split(",") if r]
+    return config_from_options(options, resolvers)
 
 
 def finish(engine: Engine, result: BatchResult, *, sole_worker: bool = True

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import dns.exception
 import dns.message
@@ -163,6 +163,9 @@ class DnsClient:
             self._close()
             raise
         self._rr = 0
+        # Every question asked (not retransmits or CD re-queries) as "name TYPE" lines, the
+        # input format of dnsperf: the benchmark replays a scan's exact mix.
+        self.query_log: TextIO | None = None
         self._rate_interval = 1.0 / config.dns_rate if config.dns_rate > 0 else 0.0
         self._next_send = 0.0
 
@@ -336,6 +339,8 @@ class DnsClient:
         name = encode_name(qname)
         code = rdtype_code(rdtype)
         label = _normal(qname)
+        if self.query_log is not None:
+            self.query_log.write(f"{label.rstrip('.')}. {rdtype}\n")
         deadline = trio.current_time() + self._config.dns_deadline
         wire = await self._exchange(name, code, False, deadline)
         if wire is None:
