@@ -5,8 +5,11 @@
 Sharing is realistic: most domains use one or two of a few hundred provider MX hosts (written
 once per scan, then only linked); one in ten runs its own MX host with its own endpoint. The
 PostgreSQL run uses a throw-away database ``danescan_bench_<random>`` on 127.0.0.1:5432; the
-SQLite run a temporary file. The figure that counts is domain results per second of writer time
-(verdict generation is timed separately and excluded).
+SQLite run a temporary file. The input is loaded as shards of ``--batch`` lines and each batch
+completes its shard, as in a scan. The figure that counts is domain results per second of
+writer time (verdict generation is timed separately and excluded); CPU per 1000 results of this
+process and of the database backends, and the load average, say how much the machine's other
+work may have cost.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import secrets
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import sqlalchemy as sa
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -74,38 +79,79 @@ def _fields(v: DomainVerdict) -> dict[str, object]:
     return {f: getattr(v, f) for f in DomainVerdict.__slots__}  # type: ignore[attr-defined]
 
 
-async def run_one(url: str, n: int, batch: int) -> tuple[float, float]:
+def server_cpu(engine: sa.Engine) -> float | None:
+    """CPU seconds used so far by the PostgreSQL backends of this database (None elsewhere)."""
+    if not db.is_postgres(engine):
+        return None
+    with engine.connect() as conn:
+        pids = conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        ).scalars().all()
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def run_one(url: str, n: int, batch: int) -> Figures:
     db.upgrade(url)
     engine = db.make_engine(url)
     scan_id = scans.create_scan(engine, "bench", None, None, None, {})
+    # One shard per batch, as a scan has: the writer then takes its fast path (shard not done).
+    lines = ((i, f"domain{i}.example") for i in range(1, n + 1))
+    shard_count = scans.add_shards(engine, scan_id, lines, shard_size=batch)
     writer = Writer(engine, scan_id)
     pool = providers()
     # Feed the writer's bounded channel as the scan does. Generating verdicts takes the trio
     # thread; its time is subtracted (the writer's threads keep running meanwhile, so the
     # figure is conservative).
     send, receive = trio.open_memory_channel[WriteBatch](4)
-    gen = 0.0
+    gen = gen_cpu = 0.0
+    server0 = server_cpu(engine)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run, receive)
         async with send:
-            for start in range(1, n + 1, batch):
-                g = time.perf_counter()
+            for shard_no, start in enumerate(range(1, n + 1, batch)):
+                g, gc = time.perf_counter(), time.thread_time()
                 vs = verdicts(start, min(batch, n + 1 - start), pool)
                 gen += time.perf_counter() - g
-                await send.send(WriteBatch(vs))
+                gen_cpu += time.thread_time() - gc
+                await send.send(WriteBatch(vs, shard_no))
     write = time.perf_counter() - t0 - gen
+    client = time.process_time() - cpu0 - gen_cpu
+    server1 = server_cpu(engine)
     assert writer.written == n
+    assert scans.remaining_shards(engine, scan_id) == 0 and shard_count == -(-n // batch)
     engine.dispose()
-    return gen, write
+    server = None if server0 is None or server1 is None else server1 - server0
+    return Figures(n, gen, write, client, server)
 
 
-def report(label: str, n: int, gen: float, write: float) -> None:
-    print(
-        f"{label:10s} {n:>9,d} domain results in {write:7.1f} s writer time: "
-        f"{n / write:9,.0f} results/s  (verdict generation {gen:.1f} s, excluded)",
-        flush=True,
-    )
+@dataclass(frozen=True)
+class Figures:
+    n: int
+    gen: float  # seconds generating verdicts (excluded)
+    write: float  # seconds of writer time (wall clock)
+    client: float  # CPU seconds of this process, generation excluded
+    server: float | None  # CPU seconds of the database backends (PostgreSQL)
+
+    def line(self, label: str) -> str:
+        per_k = f"client CPU {1000 * self.client / self.n * 1000:.1f} ms"
+        if self.server is not None:
+            per_k += f", server backend CPU {1000 * self.server / self.n * 1000:.1f} ms"
+        load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+        return (
+            f"{label:10s} {self.n:>9,d} domain results in {self.write:7.1f} s writer time: "
+            f"{self.n / self.write:9,.0f} results/s  ({per_k} per 1000 results; "
+            f"verdict generation {self.gen:.1f} s excluded; load average {load})"
+        )
 
 
 def main() -> None:
@@ -120,16 +166,14 @@ def main() -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
         try:
             url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-            gen, write = trio.run(run_one, url, args.n, args.batch)
-            report("postgresql", args.n, gen, write)
+            print(trio.run(run_one, url, args.n, args.batch).line("postgresql"), flush=True)
         finally:
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if args.backend in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{os.path.join(tmp, 'bench.sqlite')}"
-            gen, write = trio.run(run_one, url, args.n, args.batch)
-            report("sqlite", args.n, gen, write)
+            print(trio.run(run_one, url, args.n, args.batch).line("sqlite"), flush=True)
 
 
 if __name__ == "__main__":

@@ -92,10 +92,9 @@ def upgrade() -> None:
 
     op.create_table(
         "domains",
-        sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
+        sa.Column("id", BIG_ID, autoincrement=False, nullable=False),  # rows.domain_id
         sa.Column("name", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_domains")),
-        sa.UniqueConstraint("name", name=op.f("uq_domains_name")),
     )
 
     op.create_table(
@@ -122,10 +121,6 @@ def upgrade() -> None:
         sa.CheckConstraint(f"stage IN ({STAGE})", name=op.f("ck_domain_results_stage")),
         sa.CheckConstraint(f"mx_status IN ({DNSSEC})", name=op.f("ck_domain_results_mx_status")),
         sa.PrimaryKeyConstraint("scan_id", "line", name=op.f("pk_domain_results")),
-    )
-    op.create_index(op.f("ix_domain_results_scan_id_stage"), "domain_results", ["scan_id", "stage"])
-    op.create_index(
-        op.f("ix_domain_results_scan_id_outcome"), "domain_results", ["scan_id", "outcome"]
     )
     op.create_index(
         op.f("ix_domain_results_domain_id_scan_id"), "domain_results", ["domain_id", "scan_id"]
@@ -175,7 +170,6 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(32)),
         sa.PrimaryKeyConstraint("scan_id", "line", "ordinal", name=op.f("pk_domain_mx")),
     )
-    op.create_index(op.f("ix_domain_mx_scan_id_host_name"), "domain_mx", ["scan_id", "host_name"])
 
     op.create_table(
         "endpoints",

@@ -1,9 +1,14 @@
 """The one writer task: verdict batches in, idempotent set-based inserts out.
 
-PostgreSQL: rows are COPYed (psycopg 3 ``cursor.copy``) into TEMP staging tables, then moved
-with ``INSERT … SELECT … ON CONFLICT DO NOTHING``; SQLite: ``executemany`` in one transaction.
-A batch's rows and its shard's ``done`` mark commit in the same transaction, so a resumed scan
-re-does exactly the shards that were not stored, and a shard stored twice adds nothing.
+PostgreSQL: a batch that completes shards not yet ``done`` COPYs (psycopg 3 ``cursor.copy``)
+its per-line rows (``domain_results``, ``domain_mx``, ``dane_results``) straight into their
+tables: those rows belong to that shard alone and commit with its ``done`` mark, so none can
+exist yet (the shard rows are locked first, see :func:`_lock_shards`). Rows that may recur —
+domains (ids are hashes of names, so no lookup), hosts, endpoints, certificates — and batches
+outside the shard protocol go through TEMP staging tables and ``INSERT … SELECT … ON CONFLICT
+DO NOTHING``. SQLite: ``executemany`` with ON CONFLICT DO NOTHING in one transaction. Either
+way a resumed scan re-does exactly the shards that were not stored, and a shard stored twice
+adds nothing.
 
 Database calls leave the trio loop through ``trio.to_thread.run_sync``. When the database goes
 away the writer retries with exponential backoff for ``db_retry_seconds``, holding the one batch
@@ -28,7 +33,16 @@ from sqlalchemy.engine import Engine
 from scanner.model import DomainVerdict
 from scanner.store import schema
 from scanner.store.db import StoreUnavailable, is_postgres
-from scanner.store.rows import TABLE_COLS, Lru, RowBuilder, RowSet
+from scanner.store.rows import (
+    DOMAIN_COLS,
+    LINE_TABLES,
+    TABLE_COLS,
+    Lru,
+    Row,
+    RowBuilder,
+    RowSet,
+    missing_domains,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -38,6 +52,8 @@ log = logging.getLogger(__name__)
 # Errors worth waiting out: lost connections, server shutdown, locks, deadlocks, read-only or
 # missing files. Integrity and programming errors are bugs and surface at once.
 RETRYABLE: tuple[type[BaseException], ...] = (exc.OperationalError, exc.InterfaceError)
+
+LINE_TABLE_NAMES = frozenset(name for name, _ in LINE_TABLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +94,7 @@ class Writer:
             certs=self._certs,
         )
         self._lock = trio.Lock()
-        self.written = 0  # domain results committed by this writer (re-writes included)
+        self.written = 0  # domain results committed by this writer (skipped done shards not)
         self.retries = 0
 
     async def run(self, receive_channel: trio.MemoryReceiveChannel[WriteBatch]) -> None:
@@ -88,7 +104,7 @@ class Writer:
         batch commits (mostly database time), so a 2-core machine keeps both cores busy. At
         most one built batch waits, so backpressure still reaches the scan.
         """
-        send_rows, receive_rows = trio.open_memory_channel[tuple[RowSet, int | None]](0)
+        send_rows, receive_rows = trio.open_memory_channel[RowSet](0)
 
         async def build() -> None:
             async with receive_channel, send_rows:
@@ -96,27 +112,27 @@ class Writer:
                     rows = await trio.to_thread.run_sync(
                         self._builder.build, item.verdicts, item.shard_id
                     )
-                    await send_rows.send((rows, item.shard_id))
+                    await send_rows.send(rows)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(build)
             async with receive_rows:
-                async for rows, shard_id in receive_rows:
+                async for rows in receive_rows:
                     async with self._lock:
-                        await self._commit_retrying(rows, shard_id)
+                        await self._commit_retrying(rows)
 
     async def write(self, batch: Sequence[DomainVerdict], shard_id: int | None = None) -> None:
         """Store ``batch`` and, in the same transaction, mark shard ``shard_id`` done."""
         async with self._lock:
             rows = await trio.to_thread.run_sync(self._builder.build, batch, shard_id)
-            await self._commit_retrying(rows, shard_id)
+            await self._commit_retrying(rows)
 
-    async def _commit_retrying(self, rows: RowSet, shard_id: int | None) -> None:
+    async def _commit_retrying(self, rows: RowSet) -> None:
         deadline = time.monotonic() + self.db_retry_seconds
         delay = self.backoff_initial
         while True:
             try:
-                await trio.to_thread.run_sync(self._commit, rows, shard_id)
+                await trio.to_thread.run_sync(self._commit, rows)
                 return
             except RETRYABLE as e:
                 left = deadline - time.monotonic()
@@ -132,24 +148,35 @@ class Writer:
 
     def write_sync(self, batch: Sequence[DomainVerdict], shard_id: int | None = None) -> None:
         """One attempt, no retry: for tools and benchmarks that run outside trio."""
-        self._commit(self._builder.build(batch, shard_id), shard_id)
+        self._commit(self._builder.build(batch, shard_id))
 
-    def _commit(self, rows: RowSet, shard_id: int | None) -> None:
+    def _commit(self, rows: RowSet) -> None:
+        try:
+            self._transaction(rows, direct=True)
+        except exc.IntegrityError as e:
+            # A row COPYed as new was there after all: another writer stored the same domain
+            # (or host, ...) since we looked, or a write outside the shard protocol (write()
+            # without a shard) stored these lines. Redo the batch set-based.
+            log.info("store: %s; merging the batch instead", _short(e))
+            self._transaction(rows, direct=False)
+
+    def _transaction(self, rows: RowSet, *, direct: bool) -> None:
         with self.engine.begin() as conn:
             if self.pg:
-                # Safe to relax: a commit lost in a server crash loses the shard's done mark
-                # with its rows (same transaction), and resume redoes exactly that shard.
+                # Safe to relax: a commit lost in a server crash loses the shards' done marks
+                # with their rows (same transaction), and resume redoes exactly those shards.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                _flush_pg(conn, rows)
+                fresh = direct and _lock_shards(conn, self.scan_id, rows.shards)
+                if fresh is None:
+                    return  # every shard is done: its rows were committed with the mark
+                _flush_pg(conn, rows, fresh=fresh)
             else:
                 _flush_sqlite(conn, rows)
-            if shard_id is not None:
+            if rows.shards:
+                c = schema.shards.c
                 conn.execute(
                     schema.shards.update()
-                    .where(
-                        schema.shards.c.scan_id == self.scan_id,
-                        schema.shards.c.shard_no == shard_id,
-                    )
+                    .where(c.scan_id == self.scan_id, c.shard_no.in_(rows.shards))
                     .values(
                         status=schema.ShardStatus.DONE.value,
                         lease_owner=None,
@@ -173,11 +200,31 @@ def _cols(cols: Sequence[str]) -> str:
     return ", ".join(cols)
 
 
-def _result_cols_out() -> tuple[str, ...]:
-    return tuple("domain_id" if c == "domain_name" else c for c in TABLE_COLS[0][1])
+# --- PostgreSQL: COPY, straight into the per-line tables when the shard is new ----------------
 
 
-# --- PostgreSQL: COPY into staging, then set-based moves --------------------------------------
+def _lock_shards(conn: sa.Connection, scan_id: int, shard_nos: Sequence[int]) -> bool | None:
+    """Lock the batch's shard rows; True when none is done (its rows cannot exist yet, so they
+    may be COPYed straight in), None when all are done (nothing to write), else False.
+
+    A shard is claimed only while not done, and its rows commit with its done mark; two
+    workers may still write one shard after a lease expired. The row lock orders them: the
+    second waits here, then sees ``done`` (READ COMMITTED re-reads the locked row).
+    """
+    if not shard_nos:
+        return False
+    c = schema.shards.c
+    found = conn.execute(
+        sa.select(c.status)
+        .where(c.scan_id == scan_id, c.shard_no.in_(shard_nos))
+        .order_by(c.shard_no)
+        .with_for_update()
+    ).scalars().all()
+    done = sum(1 for s in found if s == schema.ShardStatus.DONE.value)
+    if done == len(shard_nos):
+        return None
+    return done == 0 and len(found) == len(shard_nos)
+
 
 _STAGING_FLAG = "danescan_staging"
 
@@ -188,80 +235,85 @@ def _ensure_staging(conn: sa.Connection, raw: psycopg.Connection[Any]) -> None:
         return
     with raw.cursor() as cur:
         for table, _ in TABLE_COLS:
-            extra = ", domain_name text" if table == "domain_results" else ""
             # LIKE copies columns and NOT NULLs only: no keys, so COPY never conflicts here.
             cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} "
-                f"(LIKE {table}{extra}) ON COMMIT DELETE ROWS"
+                f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table})"
+                " ON COMMIT DELETE ROWS"
             )
     info[_STAGING_FLAG] = True
 
 
-def _flush_pg(conn: sa.Connection, rows: RowSet) -> None:
+def _copy(cur: psycopg.Cursor[Any], table: str, cols: Sequence[str], data: Sequence[Row]) -> None:
+    with cur.copy(f"COPY {table} ({_cols(cols)}) FROM STDIN") as copy:
+        for row in data:
+            copy.write_row(row)
+
+
+def _flush_pg(conn: sa.Connection, rows: RowSet, *, fresh: bool) -> None:
     raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-    _ensure_staging(conn, raw)
     with raw.cursor() as cur:
+        _domains_pg(cur, rows.tables["domains"], direct=fresh)
         for table, cols in TABLE_COLS:
             data = rows.tables[table]
-            if not data:
+            if not data or table == "domains":
                 continue
-            with cur.copy(f"COPY stage_{table} ({_cols(cols)}) FROM STDIN") as copy:
-                for row in data:
-                    copy.write_row(row)
-        if rows.tables["domain_results"]:
-            # Only names not yet known: plain ON CONFLICT would burn a sequence value per row.
+            if fresh and table in LINE_TABLE_NAMES:
+                _copy(cur, table, cols, data)
+                continue
+            _ensure_staging(conn, raw)
+            _copy(cur, f"stage_{table}", cols, data)
             cur.execute(
-                "INSERT INTO domains (name) SELECT DISTINCT s.domain_name"
-                " FROM stage_domain_results s WHERE s.domain_name IS NOT NULL"
-                " AND NOT EXISTS (SELECT 1 FROM domains d WHERE d.name = s.domain_name)"
-                " ORDER BY 1 ON CONFLICT DO NOTHING"
+                f"INSERT INTO {table} ({_cols(cols)}) SELECT {_cols(cols)}"
+                f" FROM stage_{table} ON CONFLICT DO NOTHING"
             )
-            # A correlated lookup per row stays an index probe however large ``domains`` grows
-            # (a join on the unanalysed TEMP table was planned as a full scan of ``domains``).
-            sel = ", ".join(
-                "(SELECT d.id FROM domains d WHERE d.name = s.domain_name)"
-                if c == "domain_name"
-                else f"s.{c}"
-                for c in TABLE_COLS[0][1]
-            )
-            cur.execute(
-                f"INSERT INTO domain_results ({_cols(_result_cols_out())}) SELECT {sel}"
-                " FROM stage_domain_results s ON CONFLICT DO NOTHING"
-            )
-        for table, cols in TABLE_COLS[1:]:
-            if rows.tables[table]:
-                cur.execute(
-                    f"INSERT INTO {table} ({_cols(cols)}) SELECT {_cols(cols)}"
-                    f" FROM stage_{table} ON CONFLICT DO NOTHING"
-                )
+
+
+_STORED_DOMAINS = "SELECT id, name FROM domains WHERE id = ANY(%s::int8[])"
+
+
+def _domains_pg(cur: psycopg.Cursor[Any], data: Sequence[Row], *, direct: bool) -> None:
+    """Insert the batch's domains that are new. Direct: look the ids up, COPY the missing
+    rows (a concurrent insert of one of them fails the transaction, which is then redone
+    the other way); else insert with ON CONFLICT and check the ids afterwards."""
+    if not data:
+        return
+    ids = [r[0] for r in data]
+    if direct:
+        new = missing_domains(data, cur.execute(_STORED_DOMAINS, (ids,)).fetchall())
+        if new:
+            _copy(cur, "domains", DOMAIN_COLS, new)
+        return
+    cur.execute(
+        "INSERT INTO domains (id, name) SELECT * FROM unnest(%s::int8[], %s::text[])"
+        " ON CONFLICT (id) DO NOTHING",
+        (ids, [r[1] for r in data]),
+    )
+    missing_domains(data, cur.execute(_STORED_DOMAINS, (ids,)).fetchall())
 
 
 # --- SQLite: executemany in the transaction ----------------------------------------------------
 
 
 def _flush_sqlite(conn: sa.Connection, rows: RowSet) -> None:
-    results = rows.tables["domain_results"]
-    if results:
-        names = sorted({r[2] for r in results if r[2] is not None})
-        if names:
-            conn.exec_driver_sql(
-                "INSERT INTO domains (name) VALUES (?) ON CONFLICT DO NOTHING",
-                [(n,) for n in names],
-            )
-        marks = ", ".join(
-            "(SELECT id FROM domains WHERE name = ?)" if c == "domain_name" else "?"
-            for c in TABLE_COLS[0][1]
-        )
+    domains = rows.tables["domains"]
+    for i in range(0, len(domains), _SQLITE_CHUNK):
+        part = domains[i : i + _SQLITE_CHUNK]
         conn.exec_driver_sql(
-            f"INSERT INTO domain_results ({_cols(_result_cols_out())}) VALUES ({marks})"
-            " ON CONFLICT DO NOTHING",
-            results,
+            "INSERT INTO domains (id, name) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", part
         )
-    for table, cols in TABLE_COLS[1:]:
+        marks = ", ".join("?" for _ in part)
+        stored = conn.exec_driver_sql(
+            f"SELECT id, name FROM domains WHERE id IN ({marks})", tuple(r[0] for r in part)
+        )
+        missing_domains(part, [(r[0], r[1]) for r in stored])
+    for table, cols in TABLE_COLS:
         data = rows.tables[table]
-        if data:
+        if data and table != "domains":
             marks = ", ".join("?" for _ in cols)
             conn.exec_driver_sql(
                 f"INSERT INTO {table} ({_cols(cols)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
                 data,
             )
+
+
+_SQLITE_CHUNK = 500  # bound parameters per statement stay far below SQLite's limit
