@@ -27,7 +27,7 @@ from scanner.dns import DnsClient
 from scanner.model import DomainVerdict
 from scanner.store import scans
 from scanner.store.db import StoreUnavailable
-from scanner.store.schema import ScanStatus
+from scanner.store.schema import ScanStatus, ShardStatus
 from scanner.store.writer import WriteBatch, Writer
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,12 @@ class ShardFeeder:
                 scans.claim_shard, self.engine, self.scan_id, self.owner, self.lease_seconds)
             if shard is None:
                 self.slots.release()
-                return
+                if not await self._others_leased():
+                    return
+                # Another worker holds the rest: stay until its leases end in `done` or expire
+                # (it died), so the scan completes without anyone starting it again.
+                await trio.sleep(min(5.0, self.lease_seconds / 4))
+                continue
             if not shard.lines:
                 await self._complete(_OpenShard(shard.shard_no, 0))
                 continue
@@ -82,6 +87,10 @@ class ShardFeeder:
                 self.line_shard[line] = shard.shard_no
             for item in shard.lines:
                 yield item
+
+    async def _others_leased(self) -> bool:
+        return await trio.to_thread.run_sync(_others_unfinished, self.engine, self.scan_id,
+                                             self.owner)
 
     async def emit(self, v: DomainVerdict) -> None:
         assert v.line is not None
@@ -106,6 +115,21 @@ class ShardFeeder:
                 await trio.to_thread.run_sync(
                     scans.renew_lease, self.engine, self.scan_id, shard_no, self.owner,
                     self.lease_seconds)
+
+
+def _others_unfinished(engine: Engine, scan_id: int, owner: str) -> bool:
+    """Shards not done and not this worker's (pending ones were just found unclaimable)."""
+    import sqlalchemy as sa
+
+    from scanner.store import schema
+
+    c = schema.shards.c
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(c.shard_no).where(
+                c.scan_id == scan_id, c.status != ShardStatus.DONE.value,
+                sa.or_(c.lease_owner.is_(None), c.lease_owner != owner)).limit(1)
+        ).first() is not None
 
 
 async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | None = None,

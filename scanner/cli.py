@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import ipaddress
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -63,6 +66,15 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-delay", type=float, default=DEFAULTS.retry_delay,
                    help="seconds before the one retry of a transient SMTP failure")
     p.add_argument("--no-retry", action="store_true", help="no second pass for transient failures")
+
+
+def add_worker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lease-seconds", type=float, default=600.0,
+                   help="shard and claim lease: how long a dead worker's work waits before "
+                        "another takes it over")
+    p.add_argument("--dns-log", metavar="PATH", default=None,
+                   help="append every DNS question asked ('name TYPE', dnsperf's input format; "
+                        "with several workers PATH.0, PATH.1, ...)")
 
 
 def _is_network(text: str) -> bool:
@@ -182,20 +194,60 @@ async def scan_to_jsonl(config: Config, source: str, out: TextIO, progress: bool
     return stats
 
 
+def parse_interval(text: str) -> float:
+    """``24h``, ``90m``, ``3600s`` or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1].lower() in units:
+            seconds = float(text[:-1]) * units[text[-1].lower()]
+        else:
+            seconds = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an interval: {text!r} (e.g. 24h)") from exc
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the interval must be positive")
+    return seconds
+
+
+def default_workers(postgres: bool) -> int:
+    """One process per core on PostgreSQL (each worker is one trio thread); SQLite: one."""
+    return max(1, os.cpu_count() or 1) if postgres else 1
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     config = config_from(args)
     if args.no_db:
         if args.jsonl is None:
             raise UsageError("--no-db needs --jsonl PATH")
         return scan_jsonl_only(config, args)
-    from scanner import batch
-    from scanner.store import db, scans
+    from scanner.store import db
 
     engine = db.make_engine(args.db)
     db.ensure_schema(engine)
-    if args.workers > 1 and not db.is_postgres(engine):
-        raise UsageError("more than one worker needs PostgreSQL (--db postgresql://... or "
-                         "DATABASE_URL); the embedded SQLite database takes one writer")
+    postgres = db.is_postgres(engine)
+    workers = args.workers if args.workers is not None else default_workers(postgres)
+    if workers > 1 and not postgres:
+        raise UsageError(f"--workers {workers} needs PostgreSQL (--db postgresql://... or "
+                         "DATABASE_URL): the embedded SQLite database takes one writer, so "
+                         "scan with one worker (--workers 1)")
+    if args.every is not None and (args.resume is not None or args.domains is None):
+        raise UsageError("--every needs DOMAINS (each run scans the list afresh), not --resume")
+    while True:
+        started = time.monotonic()
+        code = scan_once(config, engine, args, max(1, workers))
+        if args.every is None or code != EXIT_OK:
+            return code
+        # The next scan starts `every` after this one started, or at once if it overran.
+        wait = args.every - (time.monotonic() - started)
+        log.info("next scan in %.0f s", max(0.0, wait))
+        time.sleep(max(0.0, wait))
+        args.date = dt.date.today()
+
+
+def scan_once(config: Config, engine: Any, args: argparse.Namespace, workers: int) -> int:
+    from scanner import batch
+    from scanner.store import scans
+
     if args.resume is not None:
         scan_id = (scans.latest_unfinished(engine) if args.resume == "latest"
                    else int(args.resume))
@@ -213,7 +265,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                                    logical_date=args.date, config=config,
                                    shard_size=args.shard_size)
         log.info("scan %s: input stored as shards", scan_id)
-    result = run_workers(config, engine, scan_id, args)
+    result = run_workers(config, engine, scan_id, args, workers)
     counts = batch.finish(engine, result)
     for line in summary_lines(result.stats, True):
         log.info("%s", line)
@@ -230,10 +282,89 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namespace) -> Any:
+def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namespace,
+                workers: int = 1) -> Any:
+    """One worker: in this process. Several: ``danescan worker`` child processes sharing the
+    scan through the database (shards, leases, shared host/endpoint claims)."""
     from scanner import batch
 
-    return trio.run(batch.work, config, engine, scan_id)
+    if workers <= 1:
+        return trio.run(functools.partial(
+            batch.work, config, engine, scan_id, lease_seconds=args.lease_seconds,
+            dns_log=args.dns_log))
+    return spawn_workers(engine, scan_id, args, workers)
+
+
+def spawn_workers(engine: Any, scan_id: int, args: argparse.Namespace, workers: int) -> Any:
+    import signal
+    import subprocess
+
+    from scanner import batch
+    from scanner.store import scans
+    from scanner.store.schema import ScanStatus
+
+    # The URL goes through the environment: a password never shows in the process list.
+    env = {**os.environ,
+           "DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    base = [sys.executable, "-m", "scanner.cli"] + (["-q"] if args.quiet else []) + [
+        "worker", "--scan", str(scan_id), "--lease-seconds", str(args.lease_seconds)]
+    for r in args.resolver:
+        base += ["--resolver", r]
+    procs = []
+    stats = ScanStats()
+    for i in range(workers):
+        cmd = list(base)
+        if args.dns_log:
+            cmd += ["--dns-log", f"{args.dns_log}.{i}"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    log.info("scan %s: %d worker processes", scan_id, workers)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    stats.domains = sum(scans.scan_counts(engine, scan_id)["outcome"].values())
+    left = scans.remaining_shards(engine, scan_id)
+    status = ScanStatus.COMPLETE if left == 0 else ScanStatus.INTERRUPTED
+    message = "" if left == 0 else f"workers exited {codes} with {left} shards left"
+    return batch.BatchResult(scan_id, status, stats, message)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Work on a scan started elsewhere: its Config comes from the scan row."""
+    from scanner import batch
+    from scanner.store import db, scans
+    from scanner.store.schema import ScanStatus
+
+    engine = db.make_engine(args.db)
+    scan_id = args.scan if args.scan is not None else scans.latest_unfinished(engine)
+    if scan_id is None:
+        log.info("no unfinished scan to work on")
+        return EXIT_OK
+    resolvers = tuple(ResolverAddress.parse(r) for r in args.resolver)
+    try:
+        config = batch.scan_config(engine, scan_id, resolvers)
+    except LookupError as exc:
+        raise UsageError(str(exc)) from exc
+    if not config.resolvers:
+        raise UsageError(f"scan {scan_id} records no resolver; give --resolver IP")
+    # The shared claims need concurrent writers: PostgreSQL (SQLite has one worker anyway).
+    shared = db.is_postgres(engine) and not args.no_shared
+    result = trio.run(functools.partial(
+        batch.work, config, engine, scan_id, lease_seconds=args.lease_seconds, shared=shared,
+        dns_log=args.dns_log))
+    if not args.quiet:
+        for line in summary_lines(result.stats, True):
+            log.info("worker %s: %s", batch.worker_name(), line)
+    batch.finish(engine, result, sole_worker=False)
+    return EXIT_OK if result.status is ScanStatus.COMPLETE else EXIT_INTERRUPTED
 
 
 def open_out(path: str) -> TextIO:
@@ -308,11 +439,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the given scan, or the latest unfinished one")
     p.add_argument("--date", type=dt.date.fromisoformat, default=dt.date.today(),
                    metavar="YYYY-MM-DD", help="logical date of the scan (default: today)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="scanner processes sharing the scan (PostgreSQL only for > 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="scanner processes sharing the scan (default: one per core on "
+                        "PostgreSQL, one on SQLite; more than one needs PostgreSQL)")
     p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--every", type=parse_interval, default=None, metavar="INTERVAL",
+                   help="continuous operation: scan DOMAINS again every INTERVAL (e.g. 24h), "
+                        "each run starting when the previous one has finished")
+    add_worker_options(p)
     add_scan_options(p)
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("worker", help="help scan a database scan (any number, any machine)")
+    add_db_option(p)
+    p.add_argument("--scan", type=int, default=None,
+                   help="scan id (default: the latest unfinished scan)")
+    p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
+                   help="this machine's validating resolver (default: the scan's)")
+    p.add_argument("--no-shared", action="store_true",
+                   help="do not share host/endpoint results with other workers")
+    add_worker_options(p)
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check", help="diagnose one domain")
     p.add_argument("domain")
