@@ -377,8 +377,8 @@ class _Builder:
                         "preference": 10 * h,
                         "addresses": addrs,
                         "tlsa_status": kind.host_tlsa,
-                        "tlsa_base": host.rstrip("."),
-                        "sni": host.rstrip("."),
+                        "tlsa_base": None if kind.host_tlsa == "not_queried" else host.rstrip("."),
+                        "sni": None if kind.host_tlsa == "not_queried" else host.rstrip("."),
                         "reachable": True,
                         "behaviour": kind.behaviour.value,
                     }
@@ -465,8 +465,9 @@ class _Builder:
                 "preference": pref,
                 "addresses": addrs,
                 "tlsa_status": status,
-                "tlsa_base": base.rstrip("."),
-                "sni": base.rstrip("."),
+                # §2.2.2: no TLSA base without secure address records; no SNI is then expected.
+                "tlsa_base": None if status == "not_queried" else base.rstrip("."),
+                "sni": None if status == "not_queried" else base.rstrip("."),
                 "reachable": sc.reachable,
                 "behaviour": "refused"
                 if not sc.reachable and sc.behaviour is SmtpBehaviour.PLAIN
