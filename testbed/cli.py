@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     u.add_argument("--ipv6", action="store_true", help="also serve MX hosts on [::1]:25")
     u.add_argument("--weights", type=_weights, default=None, metavar="NAME=W,...|JSON|@FILE")
     u.add_argument("--greeting-delay", type=float, default=1.5, help="tarpit banner delay")
+    u.add_argument("--climb", type=float, default=0.05, help="share climbing a rung per night")
+    u.add_argument("--regress", type=float, default=0.01, help="share regressing per night")
     u.set_defaults(func=_up)
 
     d = sub.add_parser("down", help="stop a world's servers and remove its directory")
@@ -87,6 +89,8 @@ def _up(args: argparse.Namespace) -> int:
         ipv6=args.ipv6,
         weights=args.weights,
         greeting_delay=args.greeting_delay,
+        climb=args.climb,
+        regress=args.regress,
     )
     _summary(w, time.monotonic() - t0)
     return 0

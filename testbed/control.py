@@ -52,6 +52,8 @@ class World:
     delay: tuple[float, float] = (0.0, 0.0)
     weights: dict[str, float] | None = None
     greeting_delay: float = 1.5
+    climb: float = world.Params.climb
+    regress: float = world.Params.regress
     _by_domain: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def sessions(self) -> list[dict[str, Any]]:
@@ -232,6 +234,8 @@ def _params(state: dict[str, Any], night: int) -> world.Params:
         ipv6=state["ipv6"],
         weights=state["weights"],
         greeting_delay=state["greeting_delay"],
+        climb=state.get("climb", world.Params.climb),
+        regress=state.get("regress", world.Params.regress),
     )
 
 
@@ -250,6 +254,8 @@ def _world(wdir: Path, state: dict[str, Any], manifest: list[dict[str, Any]]) ->
         delay=(float(state["delay"][0]), float(state["delay"][1])),
         weights=state["weights"],
         greeting_delay=state["greeting_delay"],
+        climb=state.get("climb", world.Params.climb),
+        regress=state.get("regress", world.Params.regress),
     )
 
 
@@ -267,8 +273,12 @@ def up(
     ipv6: bool = False,
     weights: dict[str, float] | None = None,
     greeting_delay: float = 1.5,
+    climb: float = world.Params.climb,
+    regress: float = world.Params.regress,
 ) -> World:
-    """Build and start a world in ``dir``; raises (having stopped what it started) on failure."""
+    """Build and start a world in ``dir``; raises (having stopped what it started) on failure.
+
+    ``climb`` / ``regress``: the share of domains that climb a rung / regress each night."""
     wdir = Path(dir).resolve()
     if (wdir / STATE).exists():
         raise RuntimeError(f"a world is already up in {wdir}; `down` it first")
@@ -283,6 +293,8 @@ def up(
         "ipv6": ipv6,
         "weights": weights,
         "greeting_delay": greeting_delay,
+        "climb": climb,
+        "regress": regress,
         "resolver": world.infra(blk)["resolver"],
         "smtpd_pid": None,
         "dns_pids": [],

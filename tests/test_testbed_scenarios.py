@@ -349,7 +349,9 @@ def test_domains_file_and_manifest(world: control.World) -> None:
 
 
 def test_advance_and_down(make_world: Any) -> None:
-    w = make_world(domains=80, seed=4, weights={"provider": 0.0, "starttls-unsigned": 1.0})
+    w = make_world(
+        domains=80, seed=4, weights={"provider": 0.0, "starttls-unsigned": 1.0}, climb=0.3
+    )
     assert w.block != 77 and w.block != 78
     w2 = control.advance(w, 3)
     assert w2.night == 3
