@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -219,30 +218,37 @@ def certificate_row(der: bytes, ts: Any) -> Row:
 
 
 class Lru:
-    """Keys already committed to the database (bounded: the DB's ON CONFLICT covers misses)."""
+    """Keys already committed to the database, bounded: a miss only costs a row that ON
+    CONFLICT (or the writer's look-up) then drops.
+
+    Two generations of sets instead of an ordered dict: a key is known while it is in either;
+    a hit in the old one promotes it; when the young one fills it becomes the old one. Reads
+    take no lock (set operations are atomic under the GIL, and a miss during a swap is
+    harmless), so the row builder's per-row checks stay cheap.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        self._young: set[Hashable] = set()
+        self._old: set[Hashable] = set()
         self._lock = threading.Lock()  # the writer builds and commits in different threads
 
     def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            if key in self._keys:
-                self._keys.move_to_end(key)
-                return True
-            return False
+        if key in self._young:
+            return True
+        if key in self._old:
+            self._young.add(key)
+            return True
+        return False
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._young | self._old)
 
     def add_all(self, keys: Iterable[Hashable]) -> None:
         with self._lock:
-            for key in keys:
-                self._keys[key] = None
-                self._keys.move_to_end(key)
-            while len(self._keys) > self.size:
-                self._keys.popitem(last=False)
+            self._young.update(keys)
+            if len(self._young) > self.size // 2:
+                self._old, self._young = self._young, set()
 
 
 @dataclass(slots=True)
@@ -271,8 +277,8 @@ class RowSet:
 
 
 def _v(x: Any) -> Any:
-    """Enum -> its value, anything else unchanged."""
-    return None if x is None else getattr(x, "value", x)
+    """Enum -> its value (``_value_``: a plain attribute, unlike the ``value`` property)."""
+    return None if x is None else x._value_
 
 
 class RowBuilder:
@@ -298,39 +304,57 @@ class RowBuilder:
         batch_eps: set[tuple[str, int, str]] = set()
         batch_certs: set[str] = set()
         scan_id = self.scan_id
+        domain_mx, dane_results = t["domain_mx"], t["dane_results"]
+        domain_results = t["domain_results"]
+        # Verdicts of one batch share host and endpoint objects (a provider's MX host serves
+        # many domains): each object is cleaned and checked against the caches once per batch.
+        # Keyed by id(), which is safe while ``batch`` keeps the objects alive.
+        host_names: dict[int, str] = {}
+        ep_keys: dict[int, tuple[str, int, str]] = {}
+        seen_hosts: set[str] = set()
+        seen_eps: set[tuple[str, int, str]] = set()
+        no_dane = (None,) * 8
         for v in batch:
-            if v.line is None:
+            line = v.line
+            if line is None:
                 raise ValueError(f"verdict for {v.input!r} has no line number; cannot be stored")
             latest: datetime | None = None
             for hi, hv in enumerate(v.hosts):
                 host = hv.host
-                name = clean(host.name, 1024) or ""
-                t["domain_mx"].append(
-                    (scan_id, v.line, hi, name, hv.preference, hv.reachable, _v(hv.reason))
-                )
-                if name not in batch_hosts and (scan_id, name) not in self.hosts:
-                    batch_hosts.add(name)
-                    self._host_rows(rs, name, host, hv.reachable)
+                name = host_names.get(id(host))
+                if name is None:
+                    name = host_names[id(host)] = clean(host.name, 1024) or ""
+                    if name not in seen_hosts:
+                        seen_hosts.add(name)
+                        if (scan_id, name) not in self.hosts:
+                            batch_hosts.add(name)
+                            self._host_rows(rs, name, host, hv.reachable)
+                reason = hv.reason
+                domain_mx.append(
+                    (scan_id, line, hi, name, hv.preference, hv.reachable,
+                     None if reason is None else reason._value_)
+                )  # fmt: skip
+                dane = hv.dane
                 for ei, ep in enumerate(hv.endpoints):
-                    sni = clean(ep.sni, 1024) or ""
-                    key = (ep.address, ep.port, sni)
-                    if key not in batch_eps and (scan_id, *key) not in self.endpoints:
-                        batch_eps.add(key)
-                        self._endpoint_rows(rs, ep, sni, batch_certs)
-                    if ep.probed_at is not None and (latest is None or ep.probed_at > latest):
-                        latest = ep.probed_at
-                    m = hv.dane[ei] if ei < len(hv.dane) else None
+                    key = ep_keys.get(id(ep))
+                    if key is None:
+                        key = ep_keys[id(ep)] = (ep.address, ep.port, clean(ep.sni, 1024) or "")
+                        if key not in seen_eps:
+                            seen_eps.add(key)
+                            if (scan_id, *key) not in self.endpoints:
+                                batch_eps.add(key)
+                                self._endpoint_rows(rs, ep, key[2], batch_certs)
+                    probed = ep.probed_at
+                    if probed is not None and (latest is None or probed > latest):
+                        latest = probed
+                    m = dane[ei] if ei < len(dane) else None
                     if m is None:
-                        t["dane_results"].append(
-                            (scan_id, v.line, hi, ei, ep.address, ep.port, sni)
-                            + (None,) * 8
-                        )
+                        dane_results.append((scan_id, line, hi, ei, *key, *no_dane))
                     else:
                         r = m.record
-                        t["dane_results"].append(
+                        dane_results.append(
                             (
-                                scan_id, v.line, hi, ei, ep.address, ep.port, sni,
-                                m.authenticated,
+                                scan_id, line, hi, ei, *key, m.authenticated,
                                 None if r is None else r.usage,
                                 None if r is None else r.selector,
                                 None if r is None else r.mtype,
@@ -343,9 +367,9 @@ class RowBuilder:
                 did = names.get(v.domain)
                 if did is None:
                     did = names[v.domain] = domain_id(v.domain)
-            t["domain_results"].append(
+            domain_results.append(
                 (
-                    scan_id, v.line, did, shard_no, clean_input(v.input), v.outcome.value,
+                    scan_id, line, did, shard_no, clean_input(v.input), v.outcome._value_,
                     v.starttls, v.dnssec, _v(v.tlsa), v.tlsa_unusable, _v(v.dane), _v(v.stage),
                     _v(v.reason), _v(v.mx_status), v.implicit_mx, self.ts(latest or now),
                 )

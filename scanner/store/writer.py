@@ -18,6 +18,7 @@ in hand (the bounded channel feeding it gives the scan backpressure), then raise
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 import trio
 from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from scanner.model import DomainVerdict
@@ -244,9 +246,29 @@ def _ensure_staging(conn: sa.Connection, raw: psycopg.Connection[Any]) -> None:
 
 
 def _copy(cur: psycopg.Cursor[Any], table: str, cols: Sequence[str], data: Sequence[Row]) -> None:
-    with cur.copy(f"COPY {table} ({_cols(cols)}) FROM STDIN") as copy:
+    """COPY ``data`` into ``table``: binary where the columns hold no JSON (the server then
+    parses no text: integers, booleans and timestamps arrive in their internal form), text
+    otherwise (the rows carry JSON already serialised)."""
+    types = _binary_types(table.removeprefix("stage_"), tuple(cols))
+    fmt = " (FORMAT BINARY)" if types else ""
+    with cur.copy(f"COPY {table} ({_cols(cols)}) FROM STDIN{fmt}") as copy:
+        if types:
+            copy.set_types(types)
         for row in data:
             copy.write_row(row)
+
+
+_PG_DIALECT: sa.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _binary_types(table: str, cols: tuple[str, ...]) -> list[str] | None:
+    """psycopg type names of ``cols`` for a binary COPY; None when one of them is JSON."""
+    columns = schema.metadata.tables[table].c
+    names = [columns[c].type.compile(dialect=_PG_DIALECT).lower() for c in cols]
+    if "jsonb" in names:
+        return None
+    return [n.split("(")[0] for n in names]
 
 
 def _flush_pg(conn: sa.Connection, rows: RowSet, *, fresh: bool) -> None:
