@@ -151,14 +151,13 @@ def _dnsnet() -> Any:
     return dnsnet
 
 
-def _start_smtpd(wdir: Path, smtp: spec.SmtpSpec) -> int:
+def _spawn_smtpd(wdir: Path, smtp: spec.SmtpSpec) -> subprocess.Popen[bytes]:
     spec_path = wdir / "smtp.json"
     spec_path.write_text(json.dumps(spec.to_json(smtp)))
-    out_path = wdir / "smtpd.out"
     env = {**os.environ, "PYTHONPATH": f"{_REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(out_path, "wb") as out, open(wdir / "smtpd.err", "wb") as err:
+    with open(wdir / "smtpd.out", "wb") as out, open(wdir / "smtpd.err", "wb") as err:
         # Detached (own session) so the world outlives the `up` command that started it.
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "testbed.smtpd", str(spec_path)],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -167,6 +166,11 @@ def _start_smtpd(wdir: Path, smtp: spec.SmtpSpec) -> int:
             env=env,
             start_new_session=True,
         )
+
+
+def _wait_smtpd(wdir: Path, proc: subprocess.Popen[bytes]) -> int:
+    """Wait for smtpd's "ready" (every listener bound); returns its pid."""
+    out_path = wdir / "smtpd.out"
     deadline = time.monotonic() + SMTPD_READY_TIMEOUT
     while time.monotonic() < deadline:
         if b"ready" in out_path.read_bytes():
@@ -315,9 +319,13 @@ def _start(wdir: Path, state: dict[str, Any], night: int) -> world.Built:
     built = world.build(_params(state, night), wdir)
     _write_truth(wdir, built)
     assert built.plan.smtp is not None
+    # smtpd binds its listeners while the zones are signed: neither needs the other.
+    proc = _spawn_smtpd(wdir, built.plan.smtp)
+    state["smtpd_pid"] = proc.pid
+    _save_state(wdir, state)
     state["dns_pids"] = list(_dnsnet().start(built.plan, wdir, state["seed"]))
     _save_state(wdir, state)
-    state["smtpd_pid"] = _start_smtpd(wdir, built.plan.smtp)
+    _wait_smtpd(wdir, proc)
     state["night"] = night
     _save_state(wdir, state)
     return built
