@@ -148,6 +148,8 @@ def _draw(u3: list[float], weights: dict[str, float], providers: int) -> str:
         return scenarios.provider_scenario_name(kind, signed)
     own = [(k, w) for k, w in weights.items() if k in SCENARIOS and w > 0]
     total = sum(w for _, w in own)
+    if not own:
+        return "starttls-unsigned"
     u = u3[3] * total
     for k, w in own:
         if u < w:
@@ -171,6 +173,9 @@ _UNSIGNED_OK = {"plain", "starttls-unsigned", "no-mx", "smtp-refused", "starttls
 def plan_domains(p: Params) -> list[DomainDraft]:
     """Night 0 by construction, then nights 1..K stepped per domain (RNG from seed, night, name)."""
     weights = dict(scenarios.DEFAULT_WEIGHTS if p.weights is None else p.weights)
+    unknown = set(weights) - set(SCENARIOS) - {"provider", "provider-signed"}
+    if unknown:
+        raise ValueError(f"unknown scenario weights: {sorted(unknown)}")
     if not p.ipv6:
         weights.pop("aaaa-v6", None)
     cat = catalogue(p.ipv6) if p.domains >= scenarios.CATALOGUE_MIN_DOMAINS else []

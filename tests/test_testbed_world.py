@@ -314,3 +314,12 @@ def test_blocks_are_locked_and_reclaimed(tmp_path: Path, monkeypatch: pytest.Mon
     )
     with pytest.raises(RuntimeError):
         control.allocate_block(tmp_path / "f", block=second)
+
+
+def test_weights_are_checked_and_followed() -> None:
+    with pytest.raises(ValueError):
+        world.plan_domains(world.Params(seed=1, domains=10, weights={"dane-e-311": 1.0}))
+    drafts = world.plan_domains(world.Params(seed=1, domains=40, weights={"plain": 1.0}))
+    assert {d.scenario for d in drafts} == {"plain"}  # below the catalogue threshold
+    drafts = world.plan_domains(world.Params(seed=1, domains=100, weights={"provider": 1.0}))
+    assert all(d.scenario.startswith("provider-") for d in drafts[len(world.catalogue(False)) :])
