@@ -34,6 +34,7 @@ from testbed.spec import DnsServer, WorldPlan, Zone
 NSD = "/usr/sbin/nsd"
 UNBOUND = "/usr/sbin/unbound"
 UNBOUND_CONTROL = "/usr/sbin/unbound-control"
+UNBOUND_CHECKCONF = "/usr/sbin/unbound-checkconf"
 BACKEND_PORT = 10053  # where a server behind a latency front really listens (same address)
 
 # Names Unbound answers itself unless told not to (unbound.conf(5), "local-zone" defaults;
@@ -357,7 +358,7 @@ def _start_unbound(
         (folder / "root.key").write_text(trust_anchor(plan.zones, seed))
     conf = folder / "unbound.conf"
     conf.write_text(_unbound_conf(plan, folder, workdir, anchored, extra))
-    check = subprocess.run(["unbound-checkconf", str(conf)], capture_output=True, text=True)
+    check = subprocess.run([UNBOUND_CHECKCONF, str(conf)], capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError(f"unbound-checkconf {conf}: {check.stdout}{check.stderr}")
     log = folder / "unbound.log"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import hashlib
 import os
 import pickle
@@ -46,6 +47,7 @@ RSA_POOL_SIZE = 16
 RSA_POOL_DIR = Path.home() / ".cache" / "danescan" / "rsa-pool"
 PARALLEL_THRESHOLD = 10_000  # records; below this a second process costs more than it saves
 WORKERS = 2
+BIG_ZONE = 5000  # records; such a zone is assembled once and its RRsets signed in parallel
 
 _IN = 1
 _NS = 2
@@ -361,7 +363,31 @@ def _occluded(name: str, origin: str, cuts: set[str]) -> bool:
     return False
 
 
-def _zone_text(zone: Zone, seed: int, now: int, child_ds: Sequence[tuple[str, str, int]]) -> str:
+@dataclass
+class _SigJob:
+    """One RRset to sign; the key travels as its derivation inputs (keys do not pickle)."""
+
+    rrset: _RRset
+    key_id: str
+    algorithm: str
+    role: str
+    inception: int
+    expiration: int
+    corrupt: bool
+
+
+@dataclass
+class _Assembled:
+    origin: str
+    rrsets: list[_RRset]
+    jobs: list[_SigJob]
+
+
+def _assemble(
+    zone: Zone, seed: int, now: int, child_ds: Sequence[tuple[str, str, int]]
+) -> _Assembled:
+    """The zone's RRsets, with DNSKEY and the NSEC chain added when signed, and the list of
+    RRsets to sign (the expensive part, which ``_sign_jobs`` may do elsewhere)."""
     origin = zone.origin.lower()
     records = [(r.owner, r.rdtype.upper(), r.rdata, r.ttl) for r in zone.records]
     records += [(owner, "DS", text, ttl) for owner, text, ttl in child_ds]
@@ -369,8 +395,9 @@ def _zone_text(zone: Zone, seed: int, now: int, child_ds: Sequence[tuple[str, st
     soa = rrsets.get((origin, _SOA))
     if soa is None:
         raise ValueError(f"zone {zone.origin} has no SOA")
-    if zone.signing is None:
-        return _emit(origin, rrsets.values(), {})
+    signing = zone.signing
+    if signing is None:
+        return _Assembled(origin, list(rrsets.values()), [])
 
     ksk, zsk = _zone_keys(zone, seed)
     keys = [ksk] if ksk is zsk else [ksk, zsk]
@@ -392,22 +419,41 @@ def _zone_text(zone: Zone, seed: int, now: int, child_ds: Sequence[tuple[str, st
         text, wire = _nsec(chain[(i + 1) % len(chain)], types_at[name] | {_NSEC, _RRSIG})
         rrsets[(name, _NSEC)] = _RRset(name, _NSEC, nsec_ttl, [text], [wire])
 
-    inception, expiration = now - INCEPTION_BACKDATE, now + VALIDITY
-    target = _fault_target(zone.signing, origin, rrsets)
+    target = _fault_target(signing, origin, rrsets)
     if target is not None and target not in rrsets:
         raise ValueError(f"zone {zone.origin}: no RRset {target} to break")
-    sigs: dict[_RRKey, str] = {}
+    key_id = signing.key_id or origin
+    split = ksk is not zsk
+    jobs = []
     for rrkey, rrset in rrsets.items():
         name, rdtype = rrkey
         if name not in types_at or (name in cuts and rdtype not in (_DS, _NSEC)):
             continue
-        key = ksk if rdtype == _DNSKEY else zsk
-        if rrkey == target and zone.signing.fault is SigningFault.EXPIRED:
-            sigs[rrkey] = _rrsig(rrset, key, origin, now - 40 * 86400, now - 10 * 86400)
-            continue
-        text = _rrsig(rrset, key, origin, inception, expiration)
-        sigs[rrkey] = _corrupt(text) if rrkey == target else text
-    return _emit(origin, rrsets.values(), sigs)
+        inception, expiration, corrupt = now - INCEPTION_BACKDATE, now + VALIDITY, False
+        if rrkey == target:
+            if signing.fault is SigningFault.EXPIRED:
+                inception, expiration = now - 40 * 86400, now - 10 * 86400
+            else:
+                corrupt = True
+        role = "zsk" if split and rdtype != _DNSKEY else "ksk"
+        jobs.append(_SigJob(rrset, key_id, signing.algorithm, role, inception, expiration, corrupt))
+    return _Assembled(origin, list(rrsets.values()), jobs)
+
+
+def _sign_jobs(jobs: list[_SigJob], signer: str | list[str], seed: int) -> list[str]:
+    """RRSIG rdata texts for ``jobs`` (``signer``: one zone's origin, or one per job)."""
+    out = []
+    for i, job in enumerate(jobs):
+        key = _derive_key(seed, job.key_id, job.algorithm, job.role)
+        origin = signer if isinstance(signer, str) else signer[i]
+        text = _rrsig(job.rrset, key, origin, job.inception, job.expiration)
+        out.append(_corrupt(text) if job.corrupt else text)
+    return out
+
+
+def _finish(zone: _Assembled, sigs: list[str]) -> str:
+    by_rrset = {(j.rrset.name, j.rrset.rdtype): s for j, s in zip(zone.jobs, sigs, strict=True)}
+    return _emit(zone.origin, zone.rrsets, by_rrset)
 
 
 def _emit(origin: str, rrsets: Iterable[_RRset], sigs: dict[_RRKey, str]) -> str:
@@ -426,43 +472,82 @@ def _emit(origin: str, rrsets: Iterable[_RRset], sigs: dict[_RRKey, str]) -> str
 
 # --- the world ------------------------------------------------------------------------------
 
+type _Work = tuple[Zone, list[tuple[str, str, int]]]  # a zone and the DS of its signed children
+type _Signed = tuple[str, str, str | None]  # origin, zone text, DS rdata for the parent
+type _Task = tuple[str, Any]  # ("zones", [_Work]) or ("jobs", ([_SigJob], [signer]))
 
-def _sign_batch(
-    batch: list[tuple[Zone, list[tuple[str, str, int]]]], seed: int, now: int
-) -> list[tuple[str, str, str | None]]:
-    """(origin, zone text, DS rdata for the parent or None) for each zone of the batch."""
+
+def _sign_batch(batch: list[_Work], seed: int, now: int) -> list[_Signed]:
     out = []
     for zone, child_ds in batch:
-        text = _zone_text(zone, seed, now, child_ds)
+        assembled = _assemble(zone, seed, now, child_ds)
+        text = _finish(assembled, _sign_jobs(assembled.jobs, assembled.origin, seed))
         ds = _ds_text(zone, seed) if zone.signing is not None else None
         out.append((zone.origin, text, ds))
     return out
 
 
-def _weight(item: tuple[Zone, list[tuple[str, str, int]]]) -> int:
+def _run_task(task: _Task, seed: int, now: int) -> Any:
+    kind, payload = task
+    if kind == "zones":
+        return _sign_batch(payload, seed, now)
+    jobs, signers = payload
+    return _sign_jobs(jobs, signers, seed)
+
+
+def _weight(item: _Work) -> int:
     return len(item[0].records) + len(item[1])
 
 
-def _sign_parallel(
-    work: list[tuple[Zone, list[tuple[str, str, int]]]], seed: int, now: int, processes: int
-) -> list[tuple[str, str, str | None]]:
-    """Sign ``work`` in ``processes`` worker interpreters (``python -m testbed.signing``).
+def _sign_level(work: list[_Work], seed: int, now: int) -> list[_Signed]:
+    """Sign one level of the tree, in worker processes when it is big enough.
+
+    Small zones go to the workers whole. A big zone (a TLD with tens of thousands of
+    delegations) is assembled here and only its RRsets go out to be signed, split over the
+    workers, so a single big zone does not leave a core idle."""
+    if sum(map(_weight, work)) < PARALLEL_THRESHOLD:
+        return _sign_batch(work, seed, now)
+    small = [w for w in work if _weight(w) < BIG_ZONE]
+    big = [(w[0], _assemble(w[0], seed, now, w[1])) for w in work if _weight(w) >= BIG_ZONE]
+    tasks: list[tuple[int, _Task]] = [(_weight(w), ("zones", [w])) for w in small]
+    jobs = [(j, a.origin) for _, a in big for j in a.jobs]
+    chunk = max(1, -(-len(jobs) // (4 * WORKERS)))
+    for i in range(0, len(jobs), chunk):
+        part = jobs[i : i + chunk]
+        tasks.append((len(part) // 2, ("jobs", ([j for j, _ in part], [o for _, o in part]))))
+    results = _run_parallel(tasks, seed, now, WORKERS)
+    done: list[_Signed] = []
+    sigs: list[str] = []
+    for (_, (kind, _)), result in zip(tasks, results, strict=True):
+        if kind == "zones":
+            done.extend(result)
+        else:
+            sigs.extend(result)
+    for zone, assembled in big:
+        mine, sigs = sigs[: len(assembled.jobs)], sigs[len(assembled.jobs) :]
+        ds = _ds_text(zone, seed) if zone.signing is not None else None
+        done.append((zone.origin, _finish(assembled, mine), ds))
+    return done
+
+
+def _run_parallel(tasks: list[tuple[int, _Task]], seed: int, now: int, processes: int) -> list[Any]:
+    """Run weighted ``tasks`` in ``processes`` worker interpreters (``python -m
+    testbed.signing``); results in task order.
 
     Plain subprocesses rather than multiprocessing: spawn/forkserver re-import the caller's
     ``__main__`` (breaking unguarded scripts), and fork is unsafe in threaded callers."""
-    # Largest zones first onto the least loaded worker (a TLD of 40,000 delegations weighs as
-    # much as 6,000 leaf zones).
-    bins: list[list[tuple[Zone, list[tuple[str, str, int]]]]] = [[] for _ in range(processes)]
+    # Heaviest first onto the least loaded worker.
+    bins: list[list[int]] = [[] for _ in range(processes)]
     loads = [0] * processes
-    for item in sorted(work, key=_weight, reverse=True):
-        i = loads.index(min(loads))
-        bins[i].append(item)
-        loads[i] += _weight(item)
+    for index in sorted(range(len(tasks)), key=lambda i: tasks[i][0], reverse=True):
+        slot = loads.index(min(loads))
+        bins[slot].append(index)
+        loads[slot] += tasks[index][0]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     workers = []
-    for part in bins:
+    for indices in bins:
         proc = subprocess.Popen(
             [sys.executable, "-m", "testbed.signing"],
             stdin=subprocess.PIPE,
@@ -471,17 +556,18 @@ def _sign_parallel(
         )
         workers.append(proc)
         assert proc.stdin is not None
-        # Writing then closing before the next worker starts: the worker reads all input first.
-        pickle.dump((part, seed, now), proc.stdin)
+        # Written whole before the next worker starts: the worker reads all its input first.
+        pickle.dump(([tasks[i][1] for i in indices], seed, now), proc.stdin)
         proc.stdin.close()
-    done: list[tuple[str, str, str | None]] = []
-    for proc in workers:
+    results: list[Any] = [None] * len(tasks)
+    for proc, indices in zip(workers, bins, strict=True):
         assert proc.stdout is not None
         out = proc.stdout.read()
         if proc.wait() != 0:
             raise RuntimeError(f"signing worker failed with exit code {proc.returncode}")
-        done.extend(pickle.loads(out))
-    return done
+        for index, result in zip(indices, pickle.loads(out), strict=True):
+            results[index] = result
+    return results
 
 
 def _depth(origin: str) -> int:
@@ -494,6 +580,19 @@ def sign_zones(zones: list[Zone], seed: int, now: int | None = None) -> dict[str
     Zones are signed deepest first, so that every zone listing a child in ``secure_children``
     gets that child's DS (RFC 4035 §2.4) before it is signed itself."""
     now = int(time.time()) if now is None else now
+    # The cyclic GC would rescan the whole world's objects again and again while millions of
+    # small ones are made (measured: half the time of a 100,000-zone world); nothing here
+    # makes cycles.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _sign_world(zones, seed, now)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _sign_world(zones: list[Zone], seed: int, now: int) -> dict[str, str]:
     by_origin = {z.origin.lower(): z for z in zones}
     parent_of: dict[str, tuple[str, int]] = {}  # child -> (parent, delegation NS TTL)
     for zone in zones:
@@ -521,10 +620,7 @@ def sign_zones(zones: list[Zone], seed: int, now: int | None = None) -> dict[str
     for depth in sorted(levels, reverse=True):
         level = levels[depth]
         work = [(z, child_ds.get(z.origin.lower(), [])) for z in level]
-        if len(level) > 1 and sum(map(_weight, work)) >= PARALLEL_THRESHOLD:
-            done = _sign_parallel(work, seed, now, WORKERS)
-        else:
-            done = _sign_batch(work, seed, now)
+        done = _sign_level(work, seed, now)
         for origin, text, ds in done:
             result[origin] = text
             link = parent_of.get(origin.lower())
@@ -542,8 +638,10 @@ def trust_anchor(zones: list[Zone], seed: int) -> str:
 
 
 def _worker_main() -> None:
-    work, seed, now = pickle.load(sys.stdin.buffer)
-    pickle.dump(_sign_batch(work, seed, now), sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    gc.disable()  # see sign_zones
+    tasks, seed, now = pickle.load(sys.stdin.buffer)
+    results = [_run_task(task, seed, now) for task in tasks]
+    pickle.dump(results, sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 if __name__ == "__main__":

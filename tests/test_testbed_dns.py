@@ -31,7 +31,7 @@ SEED = 4242
 
 
 def _soa(origin: str) -> Record:
-    return Record(origin, "SOA", f"ns1.dns.tb1. hostmaster.dns.tb1. 1 3600 600 86400 300")
+    return Record(origin, "SOA", "ns1.dns.tb1. hostmaster.dns.tb1. 1 3600 600 86400 300")
 
 
 def _leaf(origin: str, server: str, signing: Signing | None = None) -> Zone:
@@ -160,7 +160,7 @@ def test_signed_zone_texts_validate_with_their_own_keys() -> None:
                 if sigs.rdtype != dns.rdatatype.RRSIG:
                     continue
                 rrset = node.find_rdataset(dns.rdataclass.IN, sigs.covers)
-                dns.dnssec.validate((name, rrset), (name, sigs), keys)  # raises if invalid
+                dns.dnssec.validate((name, rrset), (name, sigs), keys)  # type: ignore[arg-type]
                 checked += 1
         assert checked >= 5
     # The parent's DS matches the child's KSK; the missing-DNSKEY child's DS matches nothing.
@@ -185,8 +185,12 @@ def test_keys_are_deterministic_per_seed() -> None:
 
 @pytest.mark.testbed
 def test_signed_domains_validate(world: tuple[Path, list[int]]) -> None:
-    for name, rdtype in (("good.tb1.", "MX"), ("_25._tcp.mx.good.tb1.", "TLSA"),
-                         ("rsa.tb1.", "MX"), ("slow.tb1.", "MX")):
+    for name, rdtype in (
+        ("good.tb1.", "MX"),
+        ("_25._tcp.mx.good.tb1.", "TLSA"),
+        ("rsa.tb1.", "MX"),
+        ("slow.tb1.", "MX"),
+    ):
         reply = _ask(name, rdtype)
         assert reply.rcode() == dns.rcode.NOERROR, name
         assert reply.flags & dns.flags.AD, name
@@ -224,7 +228,8 @@ def test_nxdomain_under_signed_tld_is_authenticated(world: tuple[Path, list[int]
 @pytest.mark.testbed
 def test_truncating_server_is_read_over_tcp(world: tuple[Path, list[int]]) -> None:
     direct = dns.query.udp(
-        dns.message.make_query("trunc.tb1.", "MX", want_dnssec=True), ADDRESS["fault-truncate"],
+        dns.message.make_query("trunc.tb1.", "MX", want_dnssec=True),
+        ADDRESS["fault-truncate"],
         timeout=2.0,
     )
     assert direct.flags & dns.flags.TC and not direct.answer
