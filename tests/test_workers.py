@@ -1,0 +1,116 @@
+"""Three `danescan worker` processes on one PostgreSQL scan of a testbed world; one is SIGKILLed
+mid-shard. The scan must still complete with exactly one result per input line, and no
+(address, SNI) may be probed twice except one the dead worker had claimed and not published
+(its claim lease expires and another worker takes it over)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scanner import batch
+from scanner.config import Config, ResolverAddress
+from scanner.store import scans, schema
+from testbed import control
+
+pytest_plugins = ["tests.conftest_store"]
+pytestmark = pytest.mark.testbed
+
+REPO = Path(__file__).resolve().parent.parent
+LEASE = 3.0
+
+
+def _config(world: control.World) -> Config:
+    # Low concurrency and small shards: each worker holds a few shards for a few seconds, so
+    # the kill lands mid-shard. No retry pass: every endpoint is probed exactly once.
+    return Config(resolvers=(ResolverAddress(world.resolver),), allow_private=True,
+                  probe_ipv6=False, greeting_timeout=3.0, connect_timeout=2.0,
+                  command_timeout=3.0, tls_timeout=3.0, retry_transient=False, concurrency=8,
+                  smtp_concurrency=8)
+
+
+def _spawn(url: str, scan_id: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "scanner.cli", "-q", "worker", "--scan", str(scan_id),
+         "--lease-seconds", str(LEASE)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+
+
+def _leased_by(engine: Engine, scan_id: int, owner: str) -> int:
+    c = schema.shards.c
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).where(
+            c.scan_id == scan_id, c.lease_owner == owner, c.status == "leased")).scalar_one())
+
+
+def _open_claims(engine: Engine, scan_id: int, owner: str) -> set[tuple[str, str]]:
+    c = schema.shared_claims.c
+    with engine.connect() as conn:
+        return {(k, y) for k, y in conn.execute(sa.select(c.kind, c.key).where(
+            c.scan_id == scan_id, c.owner == owner, c.facts.is_(None)))}
+
+
+def test_three_workers_one_killed(pg_url: str, pg_engine: Engine,
+                                  make_world: Callable[..., control.World]) -> None:
+    world = make_world(domains=160, seed=11)
+    lines = len(world.domains_file.read_text().splitlines())
+    started = time.time()
+    scan_id = batch.start_scan(pg_engine, str(world.domains_file), label="workers",
+                               logical_date=dt.date(2025, 1, 1), config=_config(world),
+                               shard_size=5)
+    procs = [_spawn(pg_url, scan_id) for _ in range(3)]
+    victim = procs[0]
+    owner = f"{os.uname().nodename}:{victim.pid}"
+    deadline = time.monotonic() + 30
+    # Kill while the victim holds a shard and a claim it has not published: mid-probe.
+    while not (_leased_by(pg_engine, scan_id, owner) and _open_claims(pg_engine, scan_id, owner)):
+        assert time.monotonic() < deadline, "the victim never held a shard and a claim"
+        assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = time.time()
+    orphaned = _open_claims(pg_engine, scan_id, owner)
+
+    for proc in procs[1:]:
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("a surviving worker did not finish")
+        assert proc.returncode == 0, err.decode()[-2000:]
+
+    assert scans.remaining_shards(pg_engine, scan_id) == 0
+    dr = schema.domain_results.c
+    with pg_engine.connect() as conn:
+        got = [n for (n,) in conn.execute(sa.select(dr.line).where(dr.scan_id == scan_id))]
+        status = conn.execute(sa.select(schema.scans.c.status)
+                              .where(schema.scans.c.id == scan_id)).scalar_one()
+    assert sorted(got) == list(range(1, lines + 1))  # one result per line, none twice
+    assert status == "complete"
+
+    sessions = [s for s in world.sessions() if s["t"] >= started]
+    per_key = Counter((s["address"], s["sni"]) for s in sessions)
+    assert per_key, "the world's servers saw no session"
+    twice = {k for k, n in per_key.items() if n > 1}
+    retaken = {("endpoint", f"{a}|{sni or ''}") for a, sni in twice}
+    # Only endpoints the dead worker held a claim on may have been probed again, and only
+    # by a worker that took the claim over after the kill.
+    assert retaken <= orphaned, (twice, orphaned)
+    for address, sni in twice:
+        assert per_key[(address, sni)] == 2
+        later = [s for s in sessions if (s["address"], s["sni"]) == (address, sni)
+                 and s["t"] >= killed_at]
+        assert later, f"{address}/{sni} probed twice before the kill"
