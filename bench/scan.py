@@ -1,0 +1,319 @@
+"""End-to-end scan benchmark on a testbed world, with its limits and a peer measured alongside.
+
+    .venv/bin/python bench/scan.py [--domains 100000] [--seed 1] [--workers N]
+                                   [--world DIR] [--delay-world DIR] [--no-delay] [--keep-up]
+
+Issue targets: scanner CPU <= 250 us/domain; end-to-end rate >= 60 % of what dnsperf reaches
+replaying the scan's own DNS question mix against the same (flushed) Unbound; >= 10x the
+domains/s of Postfix's posttls-finger at the same parallelism; with 50-100 ms added to every
+authoritative answer and SMTP reply, throughput within 20 % of the zero-delay world.
+
+What each figure is:
+- scan rows: ``danescan scan --db <fresh PostgreSQL database> --workers W`` as a child process
+  on a freshly flushed resolver. CPU is the child's rusage with its workers (user + system),
+  including start-up and loading the list into shards; RSS is the largest single process.
+  "p99 rate" is domains / time until 99 % of shards were done (the tail of timeouts excluded).
+- dnsperf: the questions the scan asked (its --dns-log), replayed once on a flushed resolver;
+  the domain limit is dnsperf's queries/s divided by the scan's questions per domain.
+- smtp loop: `scanner.probe.probe` in a plain loop over the scan's successful endpoints,
+  one process per core, ``--smtp-seconds``: sessions/s the servers (and client) sustain.
+- peer: ``posttls-finger -l dane`` for a sample of domains through ``xargs -P``, inside a mount
+  namespace whose /etc/resolv.conf names the world's resolver.
+Results are printed and appended to bench/RESULTS.md with the commit hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import re
+import resource
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import psycopg  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from testbed import control, dnsnet  # noqa: E402
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PY = sys.executable
+# Timeouts of the benchmark scans (the CLI defaults wait 30 s for a greeting and 60 s before a
+# retry: right on the internet, but then a handful of tarpits would make the whole figure).
+SCAN_FLAGS = ["--greeting-timeout", "5", "--command-timeout", "10", "--connect-timeout", "5",
+              "--retry-delay", "5"]
+
+
+@dataclass
+class ScanRun:
+    label: str
+    workers: int
+    domains: int
+    wall: float
+    cpu: float
+    rss_mib: float
+    queries: int
+    sessions: int
+    p99_wall: float
+
+    @property
+    def rate(self) -> float:
+        return self.domains / self.wall
+
+    @property
+    def cpu_us(self) -> float:
+        return 1e6 * self.cpu / self.domains
+
+
+def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def new_db() -> str:
+    name = f"danescan_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_db(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def count_sessions(world: control.World, since: float) -> int:
+    n = 0
+    for s in world.sessions():
+        if s.get("t", 0) >= since:
+            n += 1
+    return n
+
+
+def run_scan(world: control.World, workers: int, label: str, work: Path) -> tuple[ScanRun, str]:
+    """One scan into a fresh database; returns the figures and the concatenated DNS log."""
+    db = new_db()
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+    log = work / f"dns-{label}-{workers}.log"
+    for f in work.glob(log.name + "*"):
+        f.unlink()
+    dnsnet.flush_resolver(world.dir)
+    t0 = time.time()
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [PY, "-m", "scanner.cli", "-q", "scan", str(world.domains_file), "--db", url,
+         "--resolver", world.resolver, "--allow-private", "--workers", str(workers),
+         "--dns-log", str(log), *SCAN_FLAGS], cwd=REPO, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scan exited {proc.returncode}")
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        domains = conn.execute(sa.text("SELECT count(*) FROM domain_results")).scalar_one()
+        done = sorted(r[0] for r in conn.execute(sa.text("SELECT done_at FROM shards")))
+        started_at = conn.execute(sa.text("SELECT started_at FROM scans")).scalar_one()
+    engine.dispose()
+    p99 = (done[max(0, int(0.99 * len(done)) - 1)] - started_at).total_seconds()
+    logs = sorted(work.glob(log.name + "*"))
+    merged = work / f"dnsperf-{label}-{workers}.txt"
+    with open(merged, "w") as out:
+        for f in logs:
+            out.write(f.read_text())
+    queries = sum(1 for _ in open(merged))
+    run = ScanRun(label, workers, int(domains), wall, usage.ru_utime + usage.ru_stime,
+                  usage.ru_maxrss / 1024, queries, count_sessions(world, t0), p99)
+    drop_db(db)
+    return run, str(merged)
+
+
+def dnsperf(world: control.World, data: str) -> tuple[float, str]:
+    dnsnet.flush_resolver(world.dir)
+    out = sh(["dnsperf", "-s", world.resolver, "-d", data, "-n", "1", "-c", "8", "-q", "200",
+              "-t", "5"]).stdout
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lost = re.search(r"Queries lost:\s+(\d+)", out)
+    return qps, lost.group(1) if lost else "?"
+
+
+SMTP_LOOP = r"""
+import sys, time, trio
+sys.path.insert(0, sys.argv[1])
+from scanner.config import Config
+from scanner.probe import probe
+eps = [l.split("|") for l in open(sys.argv[2]).read().split()]
+seconds, conc = float(sys.argv[3]), int(sys.argv[4])
+cfg = Config(greeting_timeout=5, command_timeout=5, connect_timeout=5, tls_timeout=5)
+n = 0
+async def one(i):
+    global n
+    while True:
+        a, sni = eps[i % len(eps)]
+        await probe(a, 25, sni or None, cfg)
+        n += 1
+        i += conc
+async def main():
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for i in range(conc):
+                nursery.start_soon(one, i)
+trio.run(main)
+print(n)
+"""
+
+
+def smtp_capacity(world: control.World, work: Path, seconds: float) -> float:
+    """Sessions/s of a plain probe loop (one process per core) over the world's good endpoints."""
+    eps = sorted({s["address"] for s in world.sessions() if s.get("starttls")})
+    path = work / "endpoints.txt"
+    path.write_text("\n".join(f"{a}|" for a in eps))
+    script = work / "smtp_loop.py"
+    script.write_text(SMTP_LOOP)
+    procs = [subprocess.Popen([PY, str(script), str(REPO), str(path), str(seconds), "64"],
+                              stdout=subprocess.PIPE, text=True)
+             for _ in range(os.cpu_count() or 1)]
+    total = sum(int(p.communicate()[0].strip() or 0) for p in procs)
+    return total / seconds
+
+
+MAIN_CF = """\
+smtp_dns_support_level = dnssec
+smtp_tls_security_level = dane
+smtp_connect_timeout = 5s
+smtp_helo_timeout = 10s
+smtp_starttls_timeout = 10s
+"""
+
+
+def peer(world: control.World, work: Path, sample: int, parallel: int) -> float:
+    """posttls-finger over a sample of the list, ``parallel`` at a time: domains/s."""
+    conf = work / "postfix"
+    conf.mkdir(exist_ok=True)
+    (conf / "main.cf").write_text(MAIN_CF)
+    resolv = work / "resolv.conf"
+    resolv.write_text(f"nameserver {world.resolver}\noptions edns0 trust-ad\n")
+    lines = world.domains_file.read_text().split()
+    picks = random.Random(1).sample(lines, min(sample, len(lines)))
+    (work / "peer-domains.txt").write_text("\n".join(picks) + "\n")
+    dnsnet.flush_resolver(world.dir)
+    inner = (f"mount --bind {resolv} /etc/resolv.conf && exec xargs -P {parallel} -n 1 "
+             f"posttls-finger -c -l dane < {work / 'peer-domains.txt'}")
+    start = time.monotonic()
+    subprocess.run(["unshare", "-m", "--", "sh", "-c", inner],
+                   env={**os.environ, "MAIL_CONFIG": str(conf)}, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
+    return len(picks) / (time.monotonic() - start)
+
+
+def commit() -> str:
+    try:
+        return sh(["git", "rev-parse", "--short", "HEAD"], cwd=REPO).stdout.strip()
+    except (subprocess.CalledProcessError, OSError):
+        return "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--domains", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--world", type=Path, help="use this running world (skip `up`)")
+    ap.add_argument("--delay-world", type=Path, help="running world with --delay 0.05,0.1")
+    ap.add_argument("--no-delay", action="store_true", help="skip the added-latency world")
+    ap.add_argument("--peer-sample", type=int, default=300)
+    ap.add_argument("--peer-parallel", type=int, default=100)
+    ap.add_argument("--smtp-seconds", type=float, default=10.0)
+    ap.add_argument("--keep-up", action="store_true")
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="danescan-bench-"))
+    made: list[Path] = []
+    try:
+        if args.world:
+            world = control.load(args.world)
+        else:
+            world = control.up(work / "world", args.domains, args.seed)
+            made.append(work / "world")
+        slow = None
+        if args.delay_world:
+            slow = control.load(args.delay_world)
+        elif not args.no_delay:
+            slow = control.up(work / "slow", world.domains, world.seed, delay=(0.05, 0.1))
+            made.append(work / "slow")
+
+        runs: list[ScanRun] = []
+        one, log1 = run_scan(world, 1, "zero", work)
+        runs.append(one)
+        many, _ = run_scan(world, args.workers, "zero", work)
+        runs.append(many)
+        if slow is not None:
+            runs.append(run_scan(slow, 1, "delay", work)[0])
+            runs.append(run_scan(slow, args.workers, "delay", work)[0])
+        qps, lost = dnsperf(world, log1)
+        per_domain = one.queries / one.domains
+        dns_limit = qps / per_domain
+        smtp = smtp_capacity(world, work, args.smtp_seconds)
+        peer_rate = peer(world, work, args.peer_sample, args.peer_parallel)
+        report = render(args, world, runs, qps, lost, dns_limit, smtp, peer_rate)
+        print(report)
+        with open(args.results, "a") as f:
+            f.write(report + "\n")
+    finally:
+        if not args.keep_up:
+            for d in made:
+                control.down(d)
+        shutil.rmtree(work, ignore_errors=True) if not args.keep_up else None
+    return 0
+
+
+def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], qps: float,
+           lost: str, dns_limit: float, smtp: float, peer_rate: float) -> str:
+    load = os.getloadavg()
+    out = [f"## {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
+           f"{world.domains} domains (seed {world.seed}), {os.cpu_count()} cores, "
+           f"load {load[0]:.1f} at the end",
+           "",
+           f"scan flags: `{' '.join(SCAN_FLAGS)}`; PostgreSQL on the same machine; peak RSS "
+           f"of this bench process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}"
+           " MiB",
+           "",
+           "| world | workers | domains/s | p99 rate | CPU µs/domain | DNS q/s | STARTTLS "
+           "sessions/s | peak RSS MiB | wall s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        out.append(f"| {r.label} | {r.workers} | {r.rate:.0f} | {r.domains / r.p99_wall:.0f} | "
+                   f"{r.cpu_us:.0f} | {r.queries / r.wall:.0f} | {r.sessions / r.wall:.1f} | "
+                   f"{r.rss_mib:.0f} | {r.wall:.1f} |")
+    best = max(runs[:2], key=lambda r: r.rate)
+    out += ["",
+            f"- dnsperf, the scan's {runs[0].queries} questions on a flushed Unbound: "
+            f"{qps:.0f} q/s ({lost} lost) = {dns_limit:.0f} domains/s at "
+            f"{runs[0].queries / runs[0].domains:.2f} questions/domain",
+            f"- SMTP capacity (plain probe loop, {os.cpu_count()} processes x 64): "
+            f"{smtp:.0f} STARTTLS sessions/s",
+            f"- peer: posttls-finger, {args.peer_sample} domains, xargs -P "
+            f"{args.peer_parallel}: {peer_rate:.1f} domains/s",
+            f"- scanner/limit (best zero-delay run / dnsperf domain limit): "
+            f"{best.rate / dns_limit:.2f}",
+            f"- scanner/peer: {best.rate / peer_rate:.1f}x"]
+    if len(runs) == 4:
+        for a, b in ((runs[0], runs[2]), (runs[1], runs[3])):
+            out.append(f"- delay/zero throughput, {a.workers} worker(s): {b.rate / a.rate:.2f}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
