@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -36,9 +36,14 @@ from scanner.model import DomainVerdict
 from scanner.store import schema
 from scanner.store.db import StoreUnavailable, is_postgres
 from scanner.store.rows import (
+    CERT_COLS,
     DOMAIN_COLS,
+    ENDPOINT_COLS,
     LINE_TABLES,
+    MX_HOST_COLS,
+    SHARED_TABLES,
     TABLE_COLS,
+    TLSA_COLS,
     Lru,
     Row,
     RowBuilder,
@@ -55,7 +60,6 @@ log = logging.getLogger(__name__)
 # missing files. Integrity and programming errors are bugs and surface at once.
 RETRYABLE: tuple[type[BaseException], ...] = (exc.OperationalError, exc.InterfaceError)
 
-LINE_TABLE_NAMES = frozenset(name for name, _ in LINE_TABLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,27 +169,24 @@ class Writer:
     def _transaction(self, rows: RowSet, *, direct: bool) -> None:
         with self.engine.begin() as conn:
             if self.pg:
-                # Safe to relax: a commit lost in a server crash loses the shards' done marks
-                # with their rows (same transaction), and resume redoes exactly those shards.
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                fresh = direct and _lock_shards(conn, self.scan_id, rows.shards)
-                if fresh is None:
-                    return  # every shard is done: its rows were committed with the mark
-                _flush_pg(conn, rows, fresh=fresh)
+                raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+                with raw.cursor() as cur:
+                    if not _write_pg(cur, self.scan_id, rows, direct=direct):
+                        return  # every shard is done: its rows were committed with the mark
             else:
                 _flush_sqlite(conn, rows)
-            if rows.shards:
-                c = schema.shards.c
-                conn.execute(
-                    schema.shards.update()
-                    .where(c.scan_id == self.scan_id, c.shard_no.in_(rows.shards))
-                    .values(
-                        status=schema.ShardStatus.DONE.value,
-                        lease_owner=None,
-                        lease_expires=None,
-                        done_at=datetime.now(UTC),
+                if rows.shards:
+                    c = schema.shards.c
+                    conn.execute(
+                        schema.shards.update()
+                        .where(c.scan_id == self.scan_id, c.shard_no.in_(rows.shards))
+                        .values(
+                            status=schema.ShardStatus.DONE.value,
+                            lease_owner=None,
+                            lease_expires=None,
+                            done_at=datetime.now(UTC),
+                        )
                     )
-                )
         # Only now are these rows certainly in the database: remember them.
         self._hosts.add_all(rows.new_hosts)
         self._endpoints.add_all(rows.new_endpoints)
@@ -202,10 +203,64 @@ def _cols(cols: Sequence[str]) -> str:
     return ", ".join(cols)
 
 
-# --- PostgreSQL: COPY, straight into the per-line tables when the shard is new ----------------
+# --- PostgreSQL: look up, then COPY what is new -------------------------------------------
+#
+# Raw psycopg on the transaction's connection: COPY needs it, and SQLAlchemy's statement
+# compilation would cost the client more than the server spends on the small statements.
 
 
-def _lock_shards(conn: sa.Connection, scan_id: int, shard_nos: Sequence[int]) -> bool | None:
+def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: bool) -> bool:
+    """The batch's statements; False when there was nothing to write (all its shards done).
+
+    ``direct``: rows found missing by a look-up are COPYed in, and the per-line rows of shards
+    not yet done go straight in. A row that appears meanwhile (another writer) fails the
+    transaction with an IntegrityError; the caller then redoes it with ``direct`` False, where
+    every table is merged with ON CONFLICT DO NOTHING.
+    """
+    # Safe to relax: a commit lost in a server crash loses the shards' done marks with their
+    # rows (same transaction), and resume redoes exactly those shards.
+    cur.execute("SET LOCAL synchronous_commit = off")
+    # The look-ups below probe keys. Tables filling up during a scan have stale statistics
+    # (autovacuum analyses them later), and the planner then scans a whole scan's rows per
+    # batch; without those plans it probes the key index for each value.
+    cur.execute("SET LOCAL enable_seqscan = off")
+    cur.execute("SET LOCAL enable_bitmapscan = off")
+    fresh = _lock_shards(cur, scan_id, rows.shards)
+    if fresh is None:
+        return False
+    t = rows.tables
+    if direct:
+        stored = _stored(cur, scan_id, rows)
+        _copy(cur, "domains", DOMAIN_COLS, missing_domains(t["domains"], stored.domains))
+        hosts = [r for r in t["mx_hosts"] if r[1] not in stored.hosts]
+        new_hosts = {r[1] for r in hosts}
+        _copy(cur, "mx_hosts", MX_HOST_COLS, hosts)
+        _copy(cur, "tlsa_records", TLSA_COLS, [r for r in t["tlsa_records"] if r[1] in new_hosts])
+        eps = [r for r in t["endpoints"] if (r[1], r[2], r[3]) not in stored.endpoints]
+        _copy(cur, "endpoints", ENDPOINT_COLS, eps)
+        certs = [r for r in t["certificates"] if r[0] not in stored.certs]
+        _copy(cur, "certificates", CERT_COLS, certs)
+    else:
+        _merge(cur, "domains", DOMAIN_COLS, t["domains"])
+        ids = _int_array(r[0] for r in t["domains"])
+        missing_domains(t["domains"], cur.execute(_STORED_DOMAINS, (ids,)).fetchall())
+        for table, cols in SHARED_TABLES[1:]:
+            _merge(cur, table, cols, t[table])
+    for table, cols in LINE_TABLES:
+        if direct and fresh:
+            _copy(cur, table, cols, t[table])
+        else:
+            _merge(cur, table, cols, t[table])
+    if rows.shards:
+        cur.execute(
+            "UPDATE shards SET status = %s, lease_owner = NULL, lease_expires = NULL,"
+            " done_at = %s WHERE scan_id = %s::int4 AND shard_no = ANY(%s::int4[])",
+            (schema.ShardStatus.DONE.value, datetime.now(UTC), scan_id, _int_array(rows.shards)),
+        )
+    return True
+
+
+def _lock_shards(cur: psycopg.Cursor[Any], scan_id: int, shard_nos: Sequence[int]) -> bool | None:
     """Lock the batch's shard rows; True when none is done (its rows cannot exist yet, so they
     may be COPYed straight in), None when all are done (nothing to write), else False.
 
@@ -215,102 +270,131 @@ def _lock_shards(conn: sa.Connection, scan_id: int, shard_nos: Sequence[int]) ->
     """
     if not shard_nos:
         return False
-    c = schema.shards.c
-    found = conn.execute(
-        sa.select(c.status)
-        .where(c.scan_id == scan_id, c.shard_no.in_(shard_nos))
-        .order_by(c.shard_no)
-        .with_for_update()
-    ).scalars().all()
-    done = sum(1 for s in found if s == schema.ShardStatus.DONE.value)
+    found = cur.execute(
+        "SELECT status FROM shards WHERE scan_id = %s::int4 AND shard_no = ANY(%s::int4[])"
+        " ORDER BY shard_no FOR UPDATE",
+        (scan_id, _int_array(shard_nos)),
+    ).fetchall()
+    done = sum(1 for (status,) in found if status == schema.ShardStatus.DONE.value)
     if done == len(shard_nos):
         return None
     return done == 0 and len(found) == len(shard_nos)
 
 
-_STAGING_FLAG = "danescan_staging"
+@dataclass(slots=True)
+class _Stored:
+    domains: list[tuple[int, str]]
+    hosts: set[str]
+    endpoints: set[tuple[str, int, str]]
+    certs: set[str]
 
 
-def _ensure_staging(conn: sa.Connection, raw: psycopg.Connection[Any]) -> None:
-    info = conn.connection.info
-    if info.get(_STAGING_FLAG):
-        return
-    with raw.cursor() as cur:
-        for table, _ in TABLE_COLS:
-            # LIKE copies columns and NOT NULLs only: no keys, so COPY never conflicts here.
-            cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} (LIKE {table})"
-                " ON COMMIT DELETE ROWS"
-            )
-    info[_STAGING_FLAG] = True
+# One round trip for every look-up of a batch. Each key is probed on its own (LATERAL ...
+# LIMIT 1 keeps that plan whatever the statistics say: a filter over all of a scan's hosts
+# per batch would make the writer quadratic). Array parameters travel as literals: psycopg
+# adapts a Python list element by element in Python, which costs more than the query.
+_STORED = """
+SELECT 'd', name, id, NULL FROM domains WHERE id = ANY(%(ids)s::int8[])
+UNION ALL SELECT 'h', k.name, NULL, NULL FROM unnest(%(hosts)s::text[]) AS k(name),
+    LATERAL (SELECT 1 FROM mx_hosts h WHERE h.scan_id = %(scan)s::int4 AND h.name = k.name
+             LIMIT 1) AS found
+UNION ALL SELECT 'e', k.address, k.port, k.sni
+    FROM unnest(%(addresses)s::varchar[], %(ports)s::int4[], %(snis)s::text[])
+        AS k(address, port, sni),
+    LATERAL (SELECT 1 FROM endpoints e WHERE e.scan_id = %(scan)s::int4
+             AND e.address = k.address AND e.port = k.port AND e.sni = k.sni LIMIT 1) AS found
+UNION ALL SELECT 'c', sha256, NULL, NULL FROM certificates WHERE sha256 = ANY(%(certs)s::text[])
+"""
+_STORED_DOMAINS = "SELECT id, name FROM domains WHERE id = ANY(%s::int8[])"
+
+
+def _stored(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet) -> _Stored:
+    t = rows.tables
+    out = _Stored([], set(), set(), set())
+    if not any(t[name] for name, _ in SHARED_TABLES):
+        return out
+    params = {
+        "scan": scan_id,
+        "ids": _int_array(r[0] for r in t["domains"]),
+        "hosts": _text_array(r[1] for r in t["mx_hosts"]),
+        "addresses": _text_array(r[1] for r in t["endpoints"]),
+        "ports": _int_array(r[2] for r in t["endpoints"]),
+        "snis": _text_array(r[3] for r in t["endpoints"]),
+        "certs": _text_array(r[0] for r in t["certificates"]),
+    }
+    for kind, a, b, c in cur.execute(_STORED, params):
+        if kind == "d":
+            out.domains.append((b, a))
+        elif kind == "h":
+            out.hosts.add(a)
+        elif kind == "e":
+            out.endpoints.add((a, b, c))
+        else:
+            out.certs.add(a)
+    return out
+
+
+def _int_array(values: Iterable[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal: every element quoted, backslash and quote escaped."""
+    return "{" + ",".join(
+        '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
+    ) + "}"
 
 
 def _copy(cur: psycopg.Cursor[Any], table: str, cols: Sequence[str], data: Sequence[Row]) -> None:
     """COPY ``data`` into ``table``: binary where the columns hold no JSON (the server then
     parses no text: integers, booleans and timestamps arrive in their internal form), text
     otherwise (the rows carry JSON already serialised)."""
-    types = _binary_types(table.removeprefix("stage_"), tuple(cols))
-    fmt = " (FORMAT BINARY)" if types else ""
+    if not data:
+        return
+    types = _pg_types(table, tuple(cols))
+    binary = "jsonb" not in types
+    fmt = " (FORMAT BINARY)" if binary else ""
     with cur.copy(f"COPY {table} ({_cols(cols)}) FROM STDIN{fmt}") as copy:
-        if types:
-            copy.set_types(types)
+        if binary:
+            copy.set_types(list(types))
         for row in data:
             copy.write_row(row)
+
+
+def _merge(cur: psycopg.Cursor[Any], table: str, cols: Sequence[str], data: Sequence[Row]) -> None:
+    """INSERT rows that may be there already: one statement over column arrays (``unnest``),
+    ON CONFLICT DO NOTHING. No staging table, so nothing to truncate at commit."""
+    if not data:
+        return
+    types = _pg_types(table, tuple(cols))
+    arrays = ", ".join(f"%s::{'text' if t == 'jsonb' else t}[]" for t in types)
+    select = ", ".join(
+        f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}" for c, t in zip(cols, types, strict=True)
+    )
+    cur.execute(
+        f"INSERT INTO {table} ({_cols(cols)}) SELECT {select}"
+        f" FROM unnest({arrays}) AS u({_cols(cols)}) ON CONFLICT DO NOTHING",
+        [list(column) for column in zip(*data, strict=True)],
+    )
 
 
 _PG_DIALECT: sa.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 @functools.cache
-def _binary_types(table: str, cols: tuple[str, ...]) -> list[str] | None:
-    """psycopg type names of ``cols`` for a binary COPY; None when one of them is JSON."""
+def _pg_types(table: str, cols: tuple[str, ...]) -> tuple[str, ...]:
+    """PostgreSQL type names of ``cols`` as psycopg knows them (int4, varchar, jsonb, ...)."""
+    from psycopg.postgres import types  # only PostgreSQL writers need psycopg
+
     columns = schema.metadata.tables[table].c
-    names = [columns[c].type.compile(dialect=_PG_DIALECT).lower() for c in cols]
-    if "jsonb" in names:
-        return None
-    return [n.split("(")[0] for n in names]
-
-
-def _flush_pg(conn: sa.Connection, rows: RowSet, *, fresh: bool) -> None:
-    raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-    with raw.cursor() as cur:
-        _domains_pg(cur, rows.tables["domains"], direct=fresh)
-        for table, cols in TABLE_COLS:
-            data = rows.tables[table]
-            if not data or table == "domains":
-                continue
-            if fresh and table in LINE_TABLE_NAMES:
-                _copy(cur, table, cols, data)
-                continue
-            _ensure_staging(conn, raw)
-            _copy(cur, f"stage_{table}", cols, data)
-            cur.execute(
-                f"INSERT INTO {table} ({_cols(cols)}) SELECT {_cols(cols)}"
-                f" FROM stage_{table} ON CONFLICT DO NOTHING"
-            )
-
-
-_STORED_DOMAINS = "SELECT id, name FROM domains WHERE id = ANY(%s::int8[])"
-
-
-def _domains_pg(cur: psycopg.Cursor[Any], data: Sequence[Row], *, direct: bool) -> None:
-    """Insert the batch's domains that are new. Direct: look the ids up, COPY the missing
-    rows (a concurrent insert of one of them fails the transaction, which is then redone
-    the other way); else insert with ON CONFLICT and check the ids afterwards."""
-    if not data:
-        return
-    ids = [r[0] for r in data]
-    if direct:
-        new = missing_domains(data, cur.execute(_STORED_DOMAINS, (ids,)).fetchall())
-        if new:
-            _copy(cur, "domains", DOMAIN_COLS, new)
-        return
-    cur.execute(
-        "INSERT INTO domains (id, name) SELECT * FROM unnest(%s::int8[], %s::text[])"
-        " ON CONFLICT (id) DO NOTHING",
-        (ids, [r[1] for r in data]),
-    )
-    missing_domains(data, cur.execute(_STORED_DOMAINS, (ids,)).fetchall())
+    out = []
+    for c in cols:
+        compiled = columns[c].type.compile(dialect=_PG_DIALECT).lower().split("(")[0]
+        info = types.get(compiled)
+        if info is None:
+            raise RuntimeError(f"no psycopg type for {table}.{c} ({compiled})")
+        out.append(info.name)
+    return tuple(out)
 
 
 # --- SQLite: executemany in the transaction ----------------------------------------------------
