@@ -170,23 +170,20 @@ class Writer:
         with self.engine.begin() as conn:
             if self.pg:
                 raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-                with raw.cursor() as cur:
-                    if not _write_pg(cur, self.scan_id, rows, direct=direct):
-                        return  # every shard is done: its rows were committed with the mark
+                try:
+                    with raw.cursor() as cur:
+                        wrote = _write_pg(cur, self.scan_id, rows, direct=direct)
+                except self.engine.dialect.loaded_dbapi.Error as e:
+                    # Raw psycopg errors as SQLAlchemy's (IntegrityError, OperationalError...),
+                    # which the retry and merge logic above know.
+                    raise exc.DBAPIError.instance(
+                        None, None, e, self.engine.dialect.loaded_dbapi.Error,
+                        connection_invalidated=raw.closed, dialect=self.engine.dialect,
+                    ) from e  # fmt: skip
             else:
-                _flush_sqlite(conn, rows)
-                if rows.shards:
-                    c = schema.shards.c
-                    conn.execute(
-                        schema.shards.update()
-                        .where(c.scan_id == self.scan_id, c.shard_no.in_(rows.shards))
-                        .values(
-                            status=schema.ShardStatus.DONE.value,
-                            lease_owner=None,
-                            lease_expires=None,
-                            done_at=datetime.now(UTC),
-                        )
-                    )
+                wrote = _write_sqlite(conn, self.scan_id, rows)
+            if not wrote:
+                return  # every shard is done: its rows were committed with the mark
         # Only now are these rows certainly in the database: remember them.
         self._hosts.add_all(rows.new_hosts)
         self._endpoints.add_all(rows.new_endpoints)
@@ -400,7 +397,17 @@ def _pg_types(table: str, cols: tuple[str, ...]) -> tuple[str, ...]:
 # --- SQLite: executemany in the transaction ----------------------------------------------------
 
 
-def _flush_sqlite(conn: sa.Connection, rows: RowSet) -> None:
+def _write_sqlite(conn: sa.Connection, scan_id: int, rows: RowSet) -> bool:
+    """As :func:`_write_pg`, set-based throughout (SQLite has one writer at a time anyway)."""
+    c = schema.shards.c
+    if rows.shards:
+        statuses = conn.execute(
+            sa.select(c.status).where(c.scan_id == scan_id, c.shard_no.in_(rows.shards))
+        ).scalars().all()
+        if len(statuses) == len(rows.shards) and all(
+            st == schema.ShardStatus.DONE.value for st in statuses
+        ):
+            return False
     domains = rows.tables["domains"]
     for i in range(0, len(domains), _SQLITE_CHUNK):
         part = domains[i : i + _SQLITE_CHUNK]
@@ -420,6 +427,18 @@ def _flush_sqlite(conn: sa.Connection, rows: RowSet) -> None:
                 f"INSERT INTO {table} ({_cols(cols)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
                 data,
             )
+    if rows.shards:
+        conn.execute(
+            schema.shards.update()
+            .where(c.scan_id == scan_id, c.shard_no.in_(rows.shards))
+            .values(
+                status=schema.ShardStatus.DONE.value,
+                lease_owner=None,
+                lease_expires=None,
+                done_at=datetime.now(UTC),
+            )
+        )
+    return True
 
 
 _SQLITE_CHUNK = 500  # bound parameters per statement stay far below SQLite's limit

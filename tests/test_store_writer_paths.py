@@ -1,0 +1,120 @@
+"""Writer fast paths: shards written once, fallback when rows exist, domain id collisions,
+shared keys looked up with hostile text, several shards in one transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from scanner.model import Outcome
+from scanner.store import rows, scans, schema
+from scanner.store.read import iter_verdicts
+from scanner.store.writer import Writer
+from tests import verdict_factory as vf
+from tests.store_helpers import count, new_scan
+
+pytest_plugins = ["tests.conftest_store"]
+
+TABLES = ("domain_results", "domain_mx", "dane_results", "mx_hosts", "endpoints", "tlsa_records")
+
+
+def _counts(engine: Engine, scan_id: int) -> dict[str, int]:
+    return {t: count(engine, t, scan_id) for t in TABLES}
+
+
+def _sharded_scan(engine: Engine, lines: int, shard_size: int) -> int:
+    scan_id = new_scan(engine)
+    names = ((i, f"d{i}.example") for i in range(1, lines + 1))
+    scans.add_shards(engine, scan_id, names, shard_size=shard_size)
+    return scan_id
+
+
+async def test_done_shard_is_not_written_again(engine: Engine) -> None:
+    scan_id = _sharded_scan(engine, 6, 6)
+    batch = vf.sample(6)
+    first = Writer(engine, scan_id)
+    await first.write(batch, 0)
+    before = _counts(engine, scan_id)
+    # Two workers after a lease expired: the later one's (different) results are dropped.
+    other = [dataclasses.replace(v, outcome=Outcome.DNS_FAILURE, hosts=()) for v in batch]
+    late = Writer(engine, scan_id)
+    await late.write(other, 0)
+    assert late.written == 0 and first.written == 6
+    assert _counts(engine, scan_id) == before
+    assert list(iter_verdicts(engine, scan_id)) == batch
+    assert scans.remaining_shards(engine, scan_id) == 0
+
+
+async def test_lines_stored_outside_the_shard_protocol(engine: Engine) -> None:
+    """Rows already there although their shard is not done: the direct COPY fails and the
+    batch is merged instead, adding nothing twice."""
+    scan_id = _sharded_scan(engine, 12, 12)
+    batch = vf.sample(12)
+    await Writer(engine, scan_id).write(batch[2:9])
+    writer = Writer(engine, scan_id)
+    await writer.write(batch, 0)
+    assert writer.written == 12
+    assert count(engine, "domain_results", scan_id) == 12
+    assert list(iter_verdicts(engine, scan_id)) == batch
+    assert scans.remaining_shards(engine, scan_id) == 0
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+async def test_domain_id_collision_is_refused(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, same_batch: bool
+) -> None:
+    scan_id = _sharded_scan(engine, 2, 1)
+    monkeypatch.setattr(rows, "domain_id", lambda name: 4242)
+    a, b = vf.nxdomain(1, "a.example"), vf.nxdomain(2, "b.example")
+    writer = Writer(engine, scan_id)
+    with pytest.raises(rows.DomainIdCollision, match="share id 4242"):
+        if same_batch:
+            await writer.write([a, b])
+        else:
+            await writer.write([a], 0)
+            await writer.write([b], 1)
+    # The colliding result is not stored under the other name.
+    with engine.connect() as conn:
+        d = schema.domains
+        names = conn.execute(sa.select(d.c.name).where(d.c.id == 4242)).scalars().all()
+    assert names == ([] if same_batch else ["a.example"])
+    assert count(engine, "domain_results", scan_id) == (0 if same_batch else 1)
+
+
+def test_domain_id_is_stable_and_positive() -> None:
+    a = rows.domain_id("example.com")
+    assert a == rows.domain_id("example.com") != rows.domain_id("example.net")
+    assert 0 <= a < 2**63
+    assert rows.domain_id("\udcff.example") >= 0  # undecodable input bytes still hash
+
+
+@pytest.mark.parametrize("name", ['mx"1.example', "mx\\1.example", "mx,{1}.example", "m x"])
+async def test_shared_host_with_hostile_name_found_again(engine: Engine, name: str) -> None:
+    """Array literals of the look-up quote what they must: a fresh writer (empty cache)
+    finds the host and its endpoint and stores them once."""
+    scan_id = _sharded_scan(engine, 2, 1)
+    host = vf.plain_host(name, "192.0.2.77")
+    one, two = vf.plaintext(1, "one.example", host), vf.plaintext(2, "two.example", host)
+    await Writer(engine, scan_id).write([one], 0)
+    await Writer(engine, scan_id).write([two], 1)
+    assert count(engine, "mx_hosts", scan_id) == 1
+    assert count(engine, "endpoints", scan_id) == 1
+    assert list(iter_verdicts(engine, scan_id)) == [one, two]
+
+
+async def test_several_shards_in_one_transaction(engine: Engine) -> None:
+    scan_id = _sharded_scan(engine, 12, 4)
+    batch = vf.sample(12)
+    writer = Writer(engine, scan_id)
+    merged = writer._builder.build(batch[:4], 0)
+    merged.extend(writer._builder.build(batch[4:8], 1))
+    await writer.write(batch[8:], 2)  # done already: its part of a merge is skipped
+    merged.extend(writer._builder.build(batch[8:], 2))
+    writer._commit(merged)
+    assert writer.written == 4 + 12  # the merge counts the done shard's lines too
+    assert count(engine, "domain_results", scan_id) == 12
+    assert list(iter_verdicts(engine, scan_id)) == batch
+    assert scans.remaining_shards(engine, scan_id) == 0
