@@ -90,6 +90,9 @@ def main() -> int:
         print(f"  generator      {self_kib / 2**20:.2f} GiB")
         print(f"mx addresses     {endpoints}")
         print(f"resolver         {w.resolver}   dir {w.dir}")
+        timings = wdir / "dns" / "timings.json"
+        if timings.exists():
+            print(f"dns timings (s)  {timings.read_text().strip()}")
     finally:
         if not args.keep_up:
             t2 = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,10 +101,14 @@ def unit(*parts: object) -> float:
     return int.from_bytes(h, "big") / 2.0**64
 
 
+_SIXTEEN = struct.Struct(">16I")
+_INV32 = 1.0 / 2.0**32
+
+
 def units(*parts: object) -> list[float]:
     """Sixteen uniforms in [0, 1) from one hash of ``parts`` (cheaper than sixteen `unit` calls)."""
     h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=64).digest()
-    return [int.from_bytes(h[i : i + 4], "big") / 2.0**32 for i in range(0, 64, 4)]
+    return [x * _INV32 for x in _SIXTEEN.unpack(h)]
 
 
 def addr(block: int, index: int) -> str:
