@@ -4,6 +4,7 @@ shared keys looked up with hostile text, several shards in one transaction."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 import sqlalchemy as sa
@@ -48,14 +49,18 @@ async def test_done_shard_is_not_written_again(engine: Engine) -> None:
     assert scans.remaining_shards(engine, scan_id) == 0
 
 
-async def test_lines_stored_outside_the_shard_protocol(engine: Engine) -> None:
+async def test_lines_stored_outside_the_shard_protocol(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     """Rows already there although their shard is not done: the direct COPY fails and the
     batch is merged instead, adding nothing twice."""
     scan_id = _sharded_scan(engine, 12, 12)
     batch = vf.sample(12)
     await Writer(engine, scan_id).write(batch[2:9])
     writer = Writer(engine, scan_id)
-    await writer.write(batch, 0)
+    with caplog.at_level(logging.INFO, logger="scanner.store.writer"):
+        await writer.write(batch, 0)
+    assert "merging" in caplog.text or engine.dialect.name == "sqlite"
     assert writer.written == 12
     assert count(engine, "domain_results", scan_id) == 12
     assert list(iter_verdicts(engine, scan_id)) == batch
@@ -116,5 +121,32 @@ async def test_several_shards_in_one_transaction(engine: Engine) -> None:
     writer._commit(merged)
     assert writer.written == 4 + 12  # the merge counts the done shard's lines too
     assert count(engine, "domain_results", scan_id) == 12
+    assert list(iter_verdicts(engine, scan_id)) == batch
+    assert scans.remaining_shards(engine, scan_id) == 0
+
+
+async def test_merged_batches_share_new_hosts_and_domains(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two shards built before either committed both carry a new host (and here one domain
+    listed twice): the merged transaction stores each once, on the direct path."""
+    scan_id = _sharded_scan(engine, 8, 4)
+    shared = vf.dane_host("mx.shared.example", "192.0.2.201")
+    batch = [vf.dane_valid(i, f"m{i % 6}.example", shared) for i in range(1, 9)]
+    writer = Writer(engine, scan_id)
+    merged = writer._builder.build(batch[:4], 0)
+    merged.extend(writer._builder.build(batch[4:], 1))
+    with caplog.at_level(logging.INFO, logger="scanner.store.writer"):
+        writer._commit(merged)
+    assert "merging" not in caplog.text  # no key COPYed twice, no fallback
+    assert count(engine, "mx_hosts", scan_id) == 1
+    assert count(engine, "endpoints", scan_id) == 1
+    assert count(engine, "domain_results", scan_id) == 8
+    with engine.connect() as conn:
+        d, dr = schema.domains, schema.domain_results
+        names = conn.execute(
+            sa.select(d.c.name).join(dr, dr.c.domain_id == d.c.id).where(dr.c.scan_id == scan_id)
+        ).scalars().all()
+    assert sorted(set(names)) == [f"m{i}.example" for i in range(6)] and len(names) == 8
     assert list(iter_verdicts(engine, scan_id)) == batch
     assert scans.remaining_shards(engine, scan_id) == 0

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -266,14 +266,32 @@ class RowSet:
         return len(self.tables["domain_results"])
 
     def extend(self, other: RowSet) -> None:
-        """Append ``other``'s rows (one transaction for several shards)."""
+        """Append ``other``'s rows (one transaction for several shards). Rows of shared
+        tables both hold (a host new to both batches, a domain listed in both) are kept once:
+        the writer COPYs the ones it finds missing, and a key twice in one COPY would fail."""
         for name, rows in other.tables.items():
-            self.tables[name].extend(rows)
+            key = _SHARED_KEYS.get(name)
+            if key is None:
+                self.tables[name].extend(rows)
+                continue
+            mine = self.tables[name]
+            have = {key(r) for r in mine}
+            mine.extend(r for r in rows if key(r) not in have)
         self.tables["domains"].sort(key=lambda r: r[1])
         self.new_hosts.extend(other.new_hosts)
         self.new_endpoints.extend(other.new_endpoints)
         self.new_certs.extend(other.new_certs)
         self.shards.extend(other.shards)
+
+
+# The primary key of each shared table's rows, less scan_id (one RowSet is one scan).
+_SHARED_KEYS: dict[str, Callable[[Row], Hashable]] = {
+    "domains": lambda r: r[0],
+    "mx_hosts": lambda r: r[1],
+    "tlsa_records": lambda r: (r[1], r[2]),
+    "endpoints": lambda r: (r[1], r[2], r[3]),
+    "certificates": lambda r: r[0],
+}
 
 
 def _v(x: Any) -> Any:

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 # missing files. Integrity and programming errors are bugs and surface at once.
 RETRYABLE: tuple[type[BaseException], ...] = (exc.OperationalError, exc.InterfaceError)
 
+MERGE_AHEAD = 3  # built batches that may wait for the database (each one shard's rows)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +84,14 @@ class Writer:
         cache_size: int = 262_144,
         backoff_initial: float = 0.25,
         backoff_max: float = 15.0,
+        merge_results: int = 4000,
     ) -> None:
         self.engine = engine
         self.scan_id = scan_id
         self.db_retry_seconds = db_retry_seconds
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.merge_results = merge_results
         self.pg = is_postgres(engine)
         self._hosts = Lru(cache_size)
         self._endpoints = Lru(cache_size)
@@ -106,11 +110,13 @@ class Writer:
     async def run(self, receive_channel: trio.MemoryReceiveChannel[WriteBatch]) -> None:
         """Consume batches until the channel closes; StoreUnavailable ends the task (and scan).
 
-        Two stages: rows for the next batch are built (Python, one thread) while the previous
-        batch commits (mostly database time), so a 2-core machine keeps both cores busy. At
-        most one built batch waits, so backpressure still reaches the scan.
+        Two stages: rows are built (Python, one thread) while earlier rows commit (mostly
+        database time), so a 2-core machine keeps both cores busy. When the database falls
+        behind, the batches built meanwhile commit together (up to ``merge_results``
+        results): fewer, larger transactions cost the server much less per result. At most
+        ``MERGE_AHEAD`` built batches wait, so backpressure still reaches the scan.
         """
-        send_rows, receive_rows = trio.open_memory_channel[RowSet](0)
+        send_rows, receive_rows = trio.open_memory_channel[RowSet](MERGE_AHEAD)
 
         async def build() -> None:
             async with receive_channel, send_rows:
@@ -124,6 +130,11 @@ class Writer:
             nursery.start_soon(build)
             async with receive_rows:
                 async for rows in receive_rows:
+                    while rows.domain_count < self.merge_results:
+                        try:
+                            rows.extend(receive_rows.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
                     async with self._lock:
                         await self._commit_retrying(rows)
 
