@@ -244,6 +244,13 @@ def _nsd_conf(server: DnsServer, port: int, files: list[tuple[str, Path]], folde
         "    refuse-any: yes",
         "    server-count: 1",
         "    tcp-count: 512",
+        # Bursts from the resolver (or a latency front) overflow the default 208 kB buffer.
+        "    receive-buffer-size: 4194304",
+        "    send-buffer-size: 4194304",
+        # Response rate limiting (default 200/s per client /24) would throttle the resolver,
+        # which is every authoritative server's only client here.
+        "    rrl-ratelimit: 0",
+        "    rrl-whitelist-ratelimit: 0",
         "    verbosity: 1",
         "remote-control:",
         "    control-enable: no",
