@@ -63,7 +63,9 @@ def start(
     t0 = time.monotonic()
     texts = sign_zones(plan.zones, seed)
     timings["sign"] = time.monotonic() - t0
+    t0 = time.monotonic()
     zone_files = _write_zones(plan, base, texts)
+    timings["write"] = time.monotonic() - t0
     (workdir / "dns.pids").write_text("")
     pids: list[int] = []
     try:
@@ -133,12 +135,13 @@ def _write_zones(
     plan: WorldPlan, base: Path, texts: dict[str, str]
 ) -> dict[str, list[tuple[str, Path]]]:
     known = {s.name for s in plan.servers}
+    for name in known:
+        (base / "zones" / name).mkdir(parents=True, exist_ok=True)
     files: dict[str, list[tuple[str, Path]]] = {}
     for zone in plan.zones:
         if zone.server not in known:
             raise ValueError(f"zone {zone.origin} names unknown server {zone.server!r}")
         folder = base / "zones" / zone.server
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / _file_name(zone.origin)
         path.write_text(texts[zone.origin])
         files.setdefault(zone.server, []).append((zone.origin, path))
