@@ -15,6 +15,7 @@ work may have cost.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import secrets
 import sys
@@ -71,12 +72,8 @@ def verdicts(start: int, count: int, pool: list[HostVerdict]) -> list[DomainVerd
         make = vf.dane_valid if hosts[0].host.tlsa_records else vf.plaintext
         out.append(make(line, name, hosts[0]))
         if len(hosts) > 1:
-            out[-1] = DomainVerdict(**{**_fields(out[-1]), "hosts": hosts})
+            out[-1] = dataclasses.replace(out[-1], hosts=hosts)
     return out
-
-
-def _fields(v: DomainVerdict) -> dict[str, object]:
-    return {f: getattr(v, f) for f in DomainVerdict.__slots__}  # type: ignore[attr-defined]
 
 
 def server_cpu(engine: sa.Engine) -> float | None:
@@ -98,14 +95,14 @@ def server_cpu(engine: sa.Engine) -> float | None:
     return total
 
 
-async def run_one(url: str, n: int, batch: int) -> Figures:
+async def run_one(url: str, n: int, batch: int, merge: int) -> Figures:
     db.upgrade(url)
     engine = db.make_engine(url)
     scan_id = scans.create_scan(engine, "bench", None, None, None, {})
     # One shard per batch, as a scan has: the writer then takes its fast path (shard not done).
     lines = ((i, f"domain{i}.example") for i in range(1, n + 1))
     shard_count = scans.add_shards(engine, scan_id, lines, shard_size=batch)
-    writer = Writer(engine, scan_id)
+    writer = Writer(engine, scan_id, merge_results=merge)
     pool = providers()
     # Feed the writer's bounded channel as the scan does. Generating verdicts takes the trio
     # thread; its time is subtracted (the writer's threads keep running meanwhile, so the
@@ -159,6 +156,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--backend", choices=["pg", "sqlite", "both"], default="both")
+    ap.add_argument("--merge", type=int, default=4000,
+                    help="results per transaction at most when batches queue up (Writer)")
     args = ap.parse_args()
     if args.backend in ("pg", "both"):
         name = f"danescan_bench_{secrets.token_hex(4)}"
@@ -166,14 +165,16 @@ def main() -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
         try:
             url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-            print(trio.run(run_one, url, args.n, args.batch).line("postgresql"), flush=True)
+            figures = trio.run(run_one, url, args.n, args.batch, args.merge)
+            print(figures.line("postgresql"), flush=True)
         finally:
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if args.backend in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite:///{os.path.join(tmp, 'bench.sqlite')}"
-            print(trio.run(run_one, url, args.n, args.batch).line("sqlite"), flush=True)
+            figures = trio.run(run_one, url, args.n, args.batch, args.merge)
+            print(figures.line("sqlite"), flush=True)
 
 
 if __name__ == "__main__":
