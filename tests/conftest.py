@@ -13,6 +13,7 @@ Tests that use them are marked ``@pytest.mark.testbed``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,3 +73,14 @@ def make_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     finally:
         for wdir in made:
             control.down(wdir)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI nothing may quietly skip its subject: a missing nsd, Unbound, PostgreSQL or
+    scenario is a failure there, not a skip."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, which must test every subject: {report.longrepr}"
