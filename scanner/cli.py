@@ -504,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
         format="%(message)s", stream=sys.stderr)
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter
     try:
         result: Any = args.func(args)
         return int(result or 0)
