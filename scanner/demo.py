@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import trio
+from sqlalchemy.engine import Engine
 
 from scanner import batch
 from scanner.config import Config, ResolverAddress
@@ -90,5 +91,27 @@ def main(args: argparse.Namespace) -> int:
             print("\n".join(funnel_text(counts)))
     finally:
         control.down(world_dir)
+    print("\n" + "\n".join(progression_text(engine)))
+    from analysis import report
+
+    report.build(engine, wdir / "report")
     print(f"\nresults: {db_path}  (danescan export --db sqlite:///{db_path} --scan latest)")
+    print(f"report:  {wdir / 'report'}  (CSVs, data dictionary, charts)")
     return 0
+
+
+def progression_text(engine: Engine) -> list[str]:
+    """Share of ok domains (and of MX hosts) at or above each rung, night by night."""
+    from analysis import metrics
+
+    p = metrics.progression(engine)
+    lines = ["progression: share at or above each rung (domains | MX hosts)",
+             "  date        " + "  ".join(f"{s:>15}" for s in STAGES[1:])]
+    for date, night in p.groupby("logical_date", sort=True):
+        cells = []
+        for stage in STAGES[1:]:
+            row = night[night["stage"] == stage].set_index("unit")["reached_share"]
+            domains, hosts = 100 * row.get("domains", 0), 100 * row.get("mx_hosts", 0)
+            cells.append(f"{domains:5.1f}% | {hosts:5.1f}%")
+        lines.append(f"  {date}  " + "  ".join(f"{c:>15}" for c in cells))
+    return lines
