@@ -59,7 +59,7 @@ def _host(h: HostVerdict) -> list[str]:
            + (f" ({h.reason})" if h.reason else "")]
     for lk in (f.a, f.aaaa):
         if lk is not None:
-            records = ", ".join(lk.records) or lk.rcode
+            records = ", ".join(lk.records) or ("none" if lk.rcode == "NOERROR" else lk.rcode)
             out.append(f"    {lk.rdtype}: {records} [{lk.status}]")
     base = f" at _25._tcp.{f.tlsa_base}" if f.tlsa_base else ""
     out.append(f"    TLSA{base}: {f.tlsa_status}")
