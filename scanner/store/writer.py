@@ -227,18 +227,19 @@ def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: b
     """
     # Safe to relax: a commit lost in a server crash loses the shards' done marks with their
     # rows (same transaction), and resume redoes exactly those shards.
-    cur.execute("SET LOCAL synchronous_commit = off")
+    #
     # The look-ups below probe keys. Tables filling up during a scan have stale statistics
     # (autovacuum analyses them later), and the planner then scans a whole scan's rows per
-    # batch; without those plans it probes the key index for each value.
-    cur.execute("SET LOCAL enable_seqscan = off")
-    cur.execute("SET LOCAL enable_bitmapscan = off")
-    fresh = _lock_shards(cur, scan_id, rows.shards)
+    # batch; without those plans it probes the key index for each value. One round trip.
+    cur.execute(
+        "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off;"
+        " SET LOCAL enable_bitmapscan = off"
+    )
+    fresh, stored = _look_up(cur, scan_id, rows, probe=direct)
     if fresh is None:
         return False
     t = rows.tables
     if direct:
-        stored = _stored(cur, scan_id, rows)
         _copy(cur, "domains", DOMAIN_COLS, missing_domains(t["domains"], stored.domains))
         hosts = [r for r in t["mx_hosts"] if r[1] not in stored.hosts]
         new_hosts = {r[1] for r in hosts}
@@ -268,27 +269,6 @@ def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: b
     return True
 
 
-def _lock_shards(cur: psycopg.Cursor[Any], scan_id: int, shard_nos: Sequence[int]) -> bool | None:
-    """Lock the batch's shard rows; True when none is done (its rows cannot exist yet, so they
-    may be COPYed straight in), None when all are done (nothing to write), else False.
-
-    A shard is claimed only while not done, and its rows commit with its done mark; two
-    workers may still write one shard after a lease expired. The row lock orders them: the
-    second waits here, then sees ``done`` (READ COMMITTED re-reads the locked row).
-    """
-    if not shard_nos:
-        return False
-    found = cur.execute(
-        "SELECT status FROM shards WHERE scan_id = %s::int4 AND shard_no = ANY(%s::int4[])"
-        " ORDER BY shard_no FOR UPDATE",
-        (scan_id, _int_array(shard_nos)),
-    ).fetchall()
-    done = sum(1 for (status,) in found if status == schema.ShardStatus.DONE.value)
-    if done == len(shard_nos):
-        return None
-    return done == 0 and len(found) == len(shard_nos)
-
-
 @dataclass(slots=True)
 class _Stored:
     domains: list[tuple[int, str]]
@@ -297,12 +277,27 @@ class _Stored:
     certs: set[str]
 
 
-# One round trip for every look-up of a batch. Each key is probed on its own (LATERAL ...
-# LIMIT 1 keeps that plan whatever the statistics say: a filter over all of a scan's hosts
-# per batch would make the writer quadratic). Array parameters travel as literals: psycopg
-# adapts a Python list element by element in Python, which costs more than the query.
+# One round trip locks the batch's shards and looks up every shared key it carries.
+#
+# The shard rows first (the Append runs its branches in order): a shard is claimed only while
+# not done, and its rows commit with its done mark, yet two workers may write one shard after
+# a lease expired. The lock orders them: the second waits, then sees ``done`` (FOR UPDATE
+# re-reads the row) and writes nothing. (Its look-ups used the snapshot from before the wait;
+# a row they missed fails a COPY, and the batch is then merged.)
+#
+# Each key is probed on its own (LATERAL ... LIMIT 1 keeps that plan whatever the statistics
+# say: a filter over all of a scan's hosts per batch would make the writer quadratic). Array
+# parameters travel as literals: psycopg adapts a Python list element by element in Python,
+# which costs more than the query.
+_LOCK = """
+WITH locked AS (
+    SELECT shard_no, status FROM shards
+    WHERE scan_id = %(scan)s::int4 AND shard_no = ANY(%(shards)s::int4[])
+    ORDER BY shard_no FOR UPDATE)
+SELECT 's', status::text, shard_no::int8, NULL::text FROM locked
+"""
 _STORED = """
-SELECT 'd', name, id, NULL FROM domains WHERE id = ANY(%(ids)s::int8[])
+UNION ALL SELECT 'd', name, id, NULL FROM domains WHERE id = ANY(%(ids)s::int8[])
 UNION ALL SELECT 'h', k.name, NULL, NULL FROM unnest(%(hosts)s::text[]) AS k(name),
     LATERAL (SELECT 1 FROM mx_hosts h WHERE h.scan_id = %(scan)s::int4 AND h.name = k.name
              LIMIT 1) AS found
@@ -316,30 +311,47 @@ UNION ALL SELECT 'c', sha256, NULL, NULL FROM certificates WHERE sha256 = ANY(%(
 _STORED_DOMAINS = "SELECT id, name FROM domains WHERE id = ANY(%s::int8[])"
 
 
-def _stored(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet) -> _Stored:
+def _look_up(
+    cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, probe: bool
+) -> tuple[bool | None, _Stored]:
+    """Lock the batch's shards and (``probe``) find its shared rows already stored.
+
+    The first value: True when no shard is done (per-line rows cannot exist yet, so they may
+    be COPYed straight in), None when all are done (nothing to write), else False.
+    """
     t = rows.tables
-    out = _Stored([], set(), set(), set())
-    if not any(t[name] for name, _ in SHARED_TABLES):
-        return out
-    params = {
-        "scan": scan_id,
-        "ids": _int_array(r[0] for r in t["domains"]),
-        "hosts": _text_array(r[1] for r in t["mx_hosts"]),
-        "addresses": _text_array(r[1] for r in t["endpoints"]),
-        "ports": _int_array(r[2] for r in t["endpoints"]),
-        "snis": _text_array(r[3] for r in t["endpoints"]),
-        "certs": _text_array(r[0] for r in t["certificates"]),
-    }
-    for kind, a, b, c in cur.execute(_STORED, params):
-        if kind == "d":
-            out.domains.append((b, a))
+    stored = _Stored([], set(), set(), set())
+    params: dict[str, Any] = {"scan": scan_id, "shards": _int_array(rows.shards)}
+    query = _LOCK
+    if probe and any(t[name] for name, _ in SHARED_TABLES):
+        query += _STORED
+        params |= {
+            "ids": _int_array(r[0] for r in t["domains"]),
+            "hosts": _text_array(r[1] for r in t["mx_hosts"]),
+            "addresses": _text_array(r[1] for r in t["endpoints"]),
+            "ports": _int_array(r[2] for r in t["endpoints"]),
+            "snis": _text_array(r[3] for r in t["endpoints"]),
+            "certs": _text_array(r[0] for r in t["certificates"]),
+        }
+    elif not rows.shards:
+        return False, stored
+    done = locked = 0
+    for kind, a, b, c in cur.execute(query, params):
+        if kind == "s":
+            locked += 1
+            done += a == schema.ShardStatus.DONE.value
+        elif kind == "d":
+            stored.domains.append((b, a))
         elif kind == "h":
-            out.hosts.add(a)
+            stored.hosts.add(a)
         elif kind == "e":
-            out.endpoints.add((a, b, c))
+            stored.endpoints.add((a, b, c))
         else:
-            out.certs.add(a)
-    return out
+            stored.certs.add(a)
+    n = len(rows.shards)
+    if n and done == n:
+        return None, stored
+    return (n > 0 and done == 0 and locked == n), stored
 
 
 def _int_array(values: Iterable[int]) -> str:
