@@ -1,19 +1,21 @@
 """Writer fast paths: shards written once, fallback when rows exist, domain id collisions,
-shared keys looked up with hostile text, several shards in one transaction."""
+shared keys looked up with hostile text, several shards in one transaction, GIL switching."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 
 import pytest
 import sqlalchemy as sa
+import trio
 from sqlalchemy.engine import Engine
 
 from scanner.model import Outcome
 from scanner.store import rows, scans, schema
 from scanner.store.read import iter_verdicts
-from scanner.store.writer import Writer
+from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
 from tests.store_helpers import count, new_scan
 
@@ -150,3 +152,21 @@ async def test_merged_batches_share_new_hosts_and_domains(
     assert sorted(set(names)) == [f"m{i}.example" for i in range(6)] and len(names) == 8
     assert list(iter_verdicts(engine, scan_id)) == batch
     assert scans.remaining_shards(engine, scan_id) == 0
+
+
+async def test_run_lowers_the_switch_interval_while_it_runs(engine: Engine) -> None:
+    scan_id = _sharded_scan(engine, 6, 3)
+    batch = vf.sample(6)
+    before = sys.getswitchinterval()
+    writer = Writer(engine, scan_id, gil_switch_interval=before / 10)
+    send, receive = trio.open_memory_channel[WriteBatch](2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run, receive)
+        async with send:
+            await send.send(WriteBatch(batch[:3], 0))
+            await trio.sleep(0.01)
+            assert sys.getswitchinterval() == pytest.approx(before / 10)
+            await send.send(WriteBatch(batch[3:], 1))
+    assert sys.getswitchinterval() == before
+    assert writer.written == 6 and scans.remaining_shards(engine, scan_id) == 0
+    assert list(iter_verdicts(engine, scan_id)) == batch
