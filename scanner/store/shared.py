@@ -157,6 +157,13 @@ class SharedClaims:
         self._publish: dict[Key, Any] = {}
         self._release: set[Key] = set()
         self._wake = trio.Event()
+        self._busy = False
+
+    async def drain(self) -> None:
+        """Wait until every queued publication and release has reached the database."""
+        while self._publish or self._release or self._busy:
+            self._wake.set()
+            await trio.sleep(self.batch_window)
 
     # -- the pipeline's side -------------------------------------------------------------------
 
@@ -231,6 +238,7 @@ class SharedClaims:
                 continue
             if self._asks:
                 self._wake.set()
+            self._busy = True
             try:
                 out = await trio.to_thread.run_sync(
                     self._round, [s.key for s in asks], publish, release, polled, renewing)
@@ -244,6 +252,8 @@ class SharedClaims:
                 await trio.sleep(min(5.0, 0.1 * self.stats.round_errors))
                 self._wake.set()
                 continue
+            finally:
+                self._busy = False
             self.stats.rounds += 1
             self._dispatch(asks, out)
 
