@@ -196,6 +196,10 @@ class Scanner:
             # The common case (one MX host, or the implicit MX): no nursery, no task.
             preference, name = mx.hosts[0]
             return [await self._host_verdict(domain, preference, await self._host(name))]
+        if all(self.hosts.peek(name) is not None for _, name in mx.hosts):
+            # Known hosts: the verdicts wait only on endpoints, mostly cached too.
+            return [await self._host_verdict(domain, preference, await self._host(name))
+                    for preference, name in mx.hosts]
         results: list[HostVerdict | None] = [None] * len(mx.hosts)
 
         async def one(i: int, preference: int, name: str) -> None:
@@ -239,19 +243,22 @@ class Scanner:
         usable = facts.tlsa_status is TlsaStatus.USABLE
         sni = facts.tlsa_base if usable else None
         addresses = facts.addresses
-        eps: tuple[EndpointFacts, ...]
-        if len(addresses) <= 1:
-            eps = tuple([await self._endpoint(a, sni) for a in addresses])
-        else:
-            endpoints: list[EndpointFacts | None] = [None] * len(addresses)
+        # Most endpoints are known already (a provider's, probed for an earlier domain): take
+        # those from the cache and spawn tasks only when two or more must still be probed.
+        peek = self.endpoints.peek
+        endpoints = [peek((a, sni)) for a in addresses]
+        missing = [i for i, e in enumerate(endpoints) if e is None]
+        if len(missing) == 1:
+            endpoints[missing[0]] = await self._endpoint(addresses[missing[0]], sni)
+        elif missing:
 
-            async def one(i: int, address: str) -> None:
-                endpoints[i] = await self._endpoint(address, sni)
+            async def one(i: int) -> None:
+                endpoints[i] = await self._endpoint(addresses[i], sni)
 
             async with trio.open_nursery() as nursery:
-                for i, address in enumerate(addresses):
-                    nursery.start_soon(one, i, address)
-            eps = tuple(e for e in endpoints if e is not None)
+                for i in missing:
+                    nursery.start_soon(one, i)
+        eps = tuple(e for e in endpoints if e is not None)
         if not usable:
             return verdict.host_verdict(preference, facts, eps, [None] * len(eps))
         matches: list[DaneMatch | None] = []
