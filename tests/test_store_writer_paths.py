@@ -1,5 +1,5 @@
-"""Writer fast paths: shards written once, fallback when rows exist, domain id collisions,
-shared keys looked up with hostile text, several shards in one transaction, GIL switching."""
+"""Writer fast paths: shards written once, fallback when rows exist, domain ids, shared keys
+looked up with hostile text, several shards in one transaction, GIL switching."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import trio
 from sqlalchemy.engine import Engine
 
 from scanner.model import Outcome
-from scanner.store import rows, scans, schema
+from scanner.store import scans, schema
 from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
@@ -69,33 +69,32 @@ async def test_lines_stored_outside_the_shard_protocol(
     assert scans.remaining_shards(engine, scan_id) == 0
 
 
-@pytest.mark.parametrize("same_batch", [True, False])
-async def test_domain_id_collision_is_refused(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, same_batch: bool
-) -> None:
-    scan_id = _sharded_scan(engine, 2, 1)
-    monkeypatch.setattr(rows, "domain_id", lambda name: 4242)
-    a, b = vf.nxdomain(1, "a.example"), vf.nxdomain(2, "b.example")
-    writer = Writer(engine, scan_id)
-    with pytest.raises(rows.DomainIdCollision, match="share id 4242"):
-        if same_batch:
-            await writer.write([a, b])
-        else:
-            await writer.write([a], 0)
-            await writer.write([b], 1)
-    # The colliding result is not stored under the other name.
+async def test_new_domains_get_ids_in_name_order_and_keep_them(engine: Engine) -> None:
+    """Ids come from the sequence in the order names are first stored (ascending within a
+    batch), so a scan's results reference ids in input order; later scans reuse them."""
+    first = _sharded_scan(engine, 6, 3)
+    names = ["c.example", "a.example", "b.example", "f.example", "e.example", "d.example"]
+    batch = [vf.nxdomain(i + 1, n) for i, n in enumerate(names)]
+    await Writer(engine, first).write(batch[:3], 0)
+    await Writer(engine, first).write(batch[3:], 1)
+    d = schema.domains
     with engine.connect() as conn:
-        d = schema.domains
-        names = conn.execute(sa.select(d.c.name).where(d.c.id == 4242)).scalars().all()
-    assert names == ([] if same_batch else ["a.example"])
-    assert count(engine, "domain_results", scan_id) == (0 if same_batch else 1)
-
-
-def test_domain_id_is_stable_and_positive() -> None:
-    a = rows.domain_id("example.com")
-    assert a == rows.domain_id("example.com") != rows.domain_id("example.net")
-    assert 0 <= a < 2**63
-    assert rows.domain_id("\udcff.example") >= 0  # undecodable input bytes still hash
+        ids = dict(conn.execute(sa.select(d.c.name, d.c.id).where(d.c.name.in_(names))).all())
+    assert ids["a.example"] < ids["b.example"] < ids["c.example"]  # one batch: name order
+    assert ids["c.example"] < ids["d.example"] < ids["e.example"] < ids["f.example"]
+    second = _sharded_scan(engine, 6, 6)
+    await Writer(engine, second).write(list(reversed(batch)), 0)
+    dr = schema.domain_results
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(dr.c.scan_id, dr.c.input, dr.c.domain_id).where(
+                dr.c.scan_id.in_([first, second]))
+        ).all()
+    by_scan = {
+        s_id: {(r.input, r.domain_id) for r in rows if r.scan_id == s_id}
+        for s_id in (first, second)
+    }
+    assert by_scan[first] == by_scan[second] == {(n.upper() + ".", ids[n]) for n in names}
 
 
 @pytest.mark.parametrize("name", ['mx"1.example', "mx\\1.example", "mx,{1}.example", "m x"])

@@ -92,9 +92,10 @@ def upgrade() -> None:
 
     op.create_table(
         "domains",
-        sa.Column("id", BIG_ID, autoincrement=False, nullable=False),  # rows.domain_id
+        sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
         sa.Column("name", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_domains")),
+        sa.UniqueConstraint("name", name=op.f("uq_domains_name")),
     )
 
     op.create_table(

@@ -12,10 +12,10 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -25,10 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from scanner.model import DomainVerdict, EndpointFacts, HostFacts, Lookup
 from scanner.store import schema
 
-Row = tuple[Any, ...]
+Row = Sequence[Any]  # a tuple; a list for domain_results (domain_id set late)
 
 # Column orders of the rows built here; checked against the schema at import time.
-DOMAIN_COLS = ("id", "name")
 DOMAIN_RESULT_COLS = (
     "scan_id", "line", "domain_id", "shard_no", "input", "outcome", "starttls", "dnssec",
     "tlsa", "tlsa_unusable", "dane", "stage", "reason", "mx_status", "implicit_mx", "probed_at",
@@ -54,8 +53,8 @@ CERT_COLS = (
 
 # Tables shared across shards (a domain, host, endpoint or certificate may recur anywhere in a
 # scan, or in another scan): always inserted with ON CONFLICT DO NOTHING.
+# (``domains`` is handled apart: its ids come from the database, see RowSet.link_domains.)
 SHARED_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("domains", DOMAIN_COLS),
     ("mx_hosts", MX_HOST_COLS),
     ("tlsa_records", TLSA_COLS),
     ("endpoints", ENDPOINT_COLS),
@@ -148,38 +147,6 @@ def lookup_json(lk: Lookup | None) -> str | None:
     )
 
 
-def domain_id(name: str) -> int:
-    """A domain's id, computed client-side: the first 63 bits of BLAKE2b(name).
-
-    Stable across scans and machines, so the writer needs no lookup round trip to link a
-    result to its domain. Two names sharing an id is very unlikely (about 1e-3 for 1e8
-    distinct names); should it happen, :func:`missing_domains` raises instead of linking a
-    result to the wrong name.
-    """
-    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest) >> 1
-
-
-class DomainIdCollision(ValueError):
-    """Two names hash to one ``domains.id``; storing either result would mislabel it."""
-
-
-def missing_domains(rows: Sequence[Row], stored: Iterable[tuple[int, str]]) -> list[Row]:
-    """The ``(id, name)`` rows not yet in ``stored`` (the stored rows with those ids).
-
-    Raises :class:`DomainIdCollision` when a stored id belongs to another name.
-    """
-    have = dict(stored)
-    out = []
-    for row in rows:
-        name = have.get(row[0])
-        if name is None:
-            out.append(row)
-        elif name != row[1]:
-            raise DomainIdCollision(f"domains {name!r} and {row[1]!r} share id {row[0]}")
-    return out
-
-
 def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
@@ -257,9 +224,17 @@ class Lru:
 
 @dataclass(slots=True)
 class RowSet:
-    """The rows of one batch, plus the keys to remember once (and only once) it is committed."""
+    """The rows of one batch, plus the keys to remember once (and only once) it is committed.
+
+    ``domain_results`` rows are lists whose ``domain_id`` is set by :meth:`link_domains` once
+    the writer knows the ids of ``domain_names`` (ids come from the ``domains`` sequence, so
+    each scan's results reference ids in input order and the ``domain_id`` index grows at its
+    right edge instead of at random pages).
+    """
 
     tables: dict[str, list[Row]] = field(default_factory=lambda: {t: [] for t, _ in TABLE_COLS})
+    domain_names: list[str] = field(default_factory=list)  # distinct, sorted
+    result_names: list[str | None] = field(default_factory=list)  # per domain_results row
     new_hosts: list[Hashable] = field(default_factory=list)
     new_endpoints: list[Hashable] = field(default_factory=list)
     new_certs: list[Hashable] = field(default_factory=list)
@@ -268,6 +243,11 @@ class RowSet:
     @property
     def domain_count(self) -> int:
         return len(self.tables["domain_results"])
+
+    def link_domains(self, ids: Mapping[str, int]) -> None:
+        """Set each result's ``domain_id`` from ``ids`` (name -> id; every name needed)."""
+        for row, name in zip(self.tables["domain_results"], self.result_names, strict=True):
+            cast("list[Any]", row)[2] = None if name is None else ids[name]
 
     def extend(self, other: RowSet) -> None:
         """Append ``other``'s rows (one transaction for several shards). Rows of shared
@@ -281,7 +261,8 @@ class RowSet:
             mine = self.tables[name]
             have = {key(r) for r in mine}
             mine.extend(r for r in rows if key(r) not in have)
-        self.tables["domains"].sort(key=lambda r: r[1])
+        self.domain_names = sorted({*self.domain_names, *other.domain_names})
+        self.result_names.extend(other.result_names)
         self.new_hosts.extend(other.new_hosts)
         self.new_endpoints.extend(other.new_endpoints)
         self.new_certs.extend(other.new_certs)
@@ -290,7 +271,6 @@ class RowSet:
 
 # The primary key of each shared table's rows, less scan_id (one RowSet is one scan).
 _SHARED_KEYS: dict[str, Callable[[Row], Hashable]] = {
-    "domains": lambda r: r[0],
     "mx_hosts": lambda r: r[1],
     "tlsa_records": lambda r: (r[1], r[2]),
     "endpoints": lambda r: (r[1], r[2], r[3]),
@@ -321,7 +301,8 @@ class RowBuilder:
             rs.shards.append(shard_no)
         now = datetime.now(UTC)
         t = rs.tables
-        names: dict[str, int] = {}
+        names: set[str] = set()
+        result_names = rs.result_names
         batch_hosts: set[str] = set()
         batch_eps: set[tuple[str, int, str]] = set()
         batch_certs: set[str] = set()
@@ -384,20 +365,19 @@ class RowBuilder:
                                 m.depth, _v(m.reason), clean(m.detail, schema.DETAIL_MAX),
                             )
                         )  # fmt: skip
-            did = None
             if v.domain is not None:
-                did = names.get(v.domain)
-                if did is None:
-                    did = names[v.domain] = domain_id(v.domain)
+                names.add(v.domain)
+            result_names.append(v.domain)
             domain_results.append(
-                (
-                    scan_id, line, did, shard_no, clean_input(v.input), v.outcome._value_,
+                [
+                    scan_id, line, None, shard_no, clean_input(v.input), v.outcome._value_,
                     v.starttls, v.dnssec, _v(v.tlsa), v.tlsa_unusable, _v(v.dane), _v(v.stage),
                     _v(v.reason), _v(v.mx_status), v.implicit_mx, self.ts(latest or now),
-                )
+                ]
             )  # fmt: skip
-        # Sorted: concurrent writers then take index locks in one order (no deadlock).
-        t["domains"] = [(names[n], n) for n in sorted(names)]
+        # Sorted: concurrent writers then take index locks in one order (no deadlock), and new
+        # names get ascending ids.
+        rs.domain_names = sorted(names)
         rs.new_hosts = [(scan_id, n) for n in batch_hosts]
         rs.new_endpoints = [(scan_id, *k) for k in batch_eps]
         rs.new_certs = list(batch_certs)

@@ -11,10 +11,10 @@ Layout, for analysis and for exact resume:
 
 Foreign keys only where rows are few (``shards`` -> ``scans``). The result tables carry
 ``scan_id`` and ``domain_id`` without foreign keys: the writer stores all rows of a verdict in
-one transaction, ``domain_id`` is a hash of the name computed by the writer (no lookup), and
-per-row FK triggers cost about 40 % of the bulk-insert time (bench/writer.py). Indexes on the
-per-line tables are kept to the keys plus one for cross-scan domain lookups, for the same
-reason. ``scans.delete_scan`` removes a scan.
+one transaction and takes ``domain_id`` from ``domains`` itself, and per-row FK triggers cost
+about 40 % of the bulk-insert time (bench/writer.py). Indexes on the per-line tables are kept
+to the keys plus one for cross-scan domain lookups, for the same reason.
+``scans.delete_scan`` removes a scan.
 
 Closed vocabularies are plain strings checked against the enums of :mod:`scanner.model`, so
 adding a value never needs a database type migration. Keys make every write idempotent: the
@@ -64,7 +64,7 @@ class ShardStatus(StrEnum):
 
 # JSONB on PostgreSQL (indexable, compact); plain JSON text elsewhere.
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
-# SQLite keys its rows by an INTEGER PRIMARY KEY (no separate index): 64-bit there too.
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 
@@ -128,11 +128,12 @@ shards = sa.Table(
 domains = sa.Table(
     "domains",
     metadata,
-    # A hash of the name computed by the writer (rows.domain_id), not drawn from a sequence:
-    # one name has one id, so the key alone keeps names unique (no second index to maintain);
-    # the writer refuses a name whose id another name already holds.
-    sa.Column("id", BigId, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.Text, nullable=False),
+    # From the sequence, in the order names are first stored (the writer reserves ids in the
+    # look-up it makes anyway): results of a scan then reference ids in input order, and the
+    # domain_id index of domain_results grows at its right edge (random ids, e.g. hashes of
+    # names, cost the writer an index page at random per result).
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
 )
 
 domain_results = sa.Table(

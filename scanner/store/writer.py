@@ -1,14 +1,15 @@
 """The one writer task: verdict batches in, idempotent set-based inserts out.
 
-PostgreSQL: a batch that completes shards not yet ``done`` COPYs (psycopg 3 ``cursor.copy``)
-its per-line rows (``domain_results``, ``domain_mx``, ``dane_results``) straight into their
-tables: those rows belong to that shard alone and commit with its ``done`` mark, so none can
-exist yet (the shard rows are locked first, see :func:`_lock_shards`). Rows that may recur —
-domains (ids are hashes of names, so no lookup), hosts, endpoints, certificates — and batches
-outside the shard protocol go through TEMP staging tables and ``INSERT … SELECT … ON CONFLICT
-DO NOTHING``. SQLite: ``executemany`` with ON CONFLICT DO NOTHING in one transaction. Either
-way a resumed scan re-does exactly the shards that were not stored, and a shard stored twice
-adds nothing.
+PostgreSQL, per transaction: one statement locks the batch's shards and looks up its domains,
+hosts, endpoints and certificates (reserving ids for new domain names); only rows found
+missing are then COPYed (psycopg 3 ``cursor.copy``, binary where no JSON). The per-line rows
+(``domain_results``, ``domain_mx``, ``dane_results``) of shards not yet ``done`` are COPYed
+straight in: they belong to that shard alone and commit with its ``done`` mark, so none can
+exist yet. A row that appeared meanwhile (another writer) fails the COPY; the transaction is
+then redone with ``INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING`` throughout, as are
+batches outside the shard protocol. SQLite: ``executemany`` with ON CONFLICT DO NOTHING in
+one transaction. Either way a resumed scan re-does exactly the shards that were not stored,
+and a shard stored twice adds nothing.
 
 Database calls leave the trio loop through ``trio.to_thread.run_sync``. When the database goes
 away the writer retries with exponential backoff for ``db_retry_seconds``, holding the one batch
@@ -39,7 +40,6 @@ from scanner.store import schema
 from scanner.store.db import StoreUnavailable, is_postgres
 from scanner.store.rows import (
     CERT_COLS,
-    DOMAIN_COLS,
     ENDPOINT_COLS,
     LINE_TABLES,
     MX_HOST_COLS,
@@ -50,7 +50,6 @@ from scanner.store.rows import (
     Row,
     RowBuilder,
     RowSet,
-    missing_domains,
 )
 
 if TYPE_CHECKING:
@@ -269,7 +268,12 @@ def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: b
         return False
     t = rows.tables
     if direct:
-        _copy(cur, "domains", DOMAIN_COLS, missing_domains(t["domains"], stored.domains))
+        # Names not found take the ids reserved by the look-up, in name order.
+        ids = dict(stored.domains)
+        new = [n for n in rows.domain_names if n not in ids]
+        ids.update(zip(new, stored.reserved, strict=False))
+        _copy(cur, "domains", ("id", "name"), [(ids[n], n) for n in new])
+        rows.link_domains(ids)
         hosts = [r for r in t["mx_hosts"] if r[1] not in stored.hosts]
         new_hosts = {r[1] for r in hosts}
         _copy(cur, "mx_hosts", MX_HOST_COLS, hosts)
@@ -279,10 +283,18 @@ def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: b
         certs = [r for r in t["certificates"] if r[0] not in stored.certs]
         _copy(cur, "certificates", CERT_COLS, certs)
     else:
-        _merge(cur, "domains", DOMAIN_COLS, t["domains"])
-        ids = _int_array(r[0] for r in t["domains"])
-        missing_domains(t["domains"], cur.execute(_STORED_DOMAINS, (ids,)).fetchall())
-        for table, cols in SHARED_TABLES[1:]:
+        if rows.domain_names:
+            names = _text_array(rows.domain_names)
+            cur.execute(
+                "INSERT INTO domains (name) SELECT unnest(%s::text[])"
+                " ON CONFLICT (name) DO NOTHING",
+                (names,),
+            )
+            found = cur.execute(_STORED_DOMAINS, (names,)).fetchall()
+            rows.link_domains({name: i for i, name in found})
+        else:
+            rows.link_domains({})
+        for table, cols in SHARED_TABLES:
             _merge(cur, table, cols, t[table])
     for table, cols in LINE_TABLES:
         if direct and fresh:
@@ -300,7 +312,8 @@ def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: b
 
 @dataclass(slots=True)
 class _Stored:
-    domains: list[tuple[int, str]]
+    domains: list[tuple[str, int]]
+    reserved: list[int]  # fresh ids from the domains sequence
     hosts: set[str]
     endpoints: set[tuple[str, int, str]]
     certs: set[str]
@@ -326,7 +339,9 @@ WITH locked AS (
 SELECT 's', status::text, shard_no::int8, NULL::text FROM locked
 """
 _STORED = """
-UNION ALL SELECT 'd', name, id, NULL FROM domains WHERE id = ANY(%(ids)s::int8[])
+UNION ALL SELECT 'd', name, id, NULL FROM domains WHERE name = ANY(%(names)s::text[])
+UNION ALL SELECT 'n', NULL, nextval('domains_id_seq'), NULL
+    FROM generate_series(1, %(new)s::int4)
 UNION ALL SELECT 'h', k.name, NULL, NULL FROM unnest(%(hosts)s::text[]) AS k(name),
     LATERAL (SELECT 1 FROM mx_hosts h WHERE h.scan_id = %(scan)s::int4 AND h.name = k.name
              LIMIT 1) AS found
@@ -337,7 +352,7 @@ UNION ALL SELECT 'e', k.address, k.port, k.sni
              AND e.address = k.address AND e.port = k.port AND e.sni = k.sni LIMIT 1) AS found
 UNION ALL SELECT 'c', sha256, NULL, NULL FROM certificates WHERE sha256 = ANY(%(certs)s::text[])
 """
-_STORED_DOMAINS = "SELECT id, name FROM domains WHERE id = ANY(%s::int8[])"
+_STORED_DOMAINS = "SELECT id, name FROM domains WHERE name = ANY(%s::text[])"
 
 
 def _look_up(
@@ -349,13 +364,16 @@ def _look_up(
     be COPYed straight in), None when all are done (nothing to write), else False.
     """
     t = rows.tables
-    stored = _Stored([], set(), set(), set())
+    stored = _Stored([], [], set(), set(), set())
     params: dict[str, Any] = {"scan": scan_id, "shards": _int_array(rows.shards)}
     query = _LOCK
-    if probe and any(t[name] for name, _ in SHARED_TABLES):
+    if probe and (rows.domain_names or any(t[name] for name, _ in SHARED_TABLES)):
         query += _STORED
         params |= {
-            "ids": _int_array(r[0] for r in t["domains"]),
+            # Ids for every name, though most may exist: the sequence has room to spare,
+            # and one round trip fewer matters more than the gaps.
+            "names": _text_array(rows.domain_names),
+            "new": len(rows.domain_names),
             "hosts": _text_array(r[1] for r in t["mx_hosts"]),
             "addresses": _text_array(r[1] for r in t["endpoints"]),
             "ports": _int_array(r[2] for r in t["endpoints"]),
@@ -370,7 +388,9 @@ def _look_up(
             locked += 1
             done += a == schema.ShardStatus.DONE.value
         elif kind == "d":
-            stored.domains.append((b, a))
+            stored.domains.append((a, b))
+        elif kind == "n":
+            stored.reserved.append(b)
         elif kind == "h":
             stored.hosts.add(a)
         elif kind == "e":
@@ -460,24 +480,27 @@ def _write_sqlite(conn: sa.Connection, scan_id: int, rows: RowSet) -> bool:
             st == schema.ShardStatus.DONE.value for st in statuses
         ):
             return False
-    domains = rows.tables["domains"]
-    for i in range(0, len(domains), _SQLITE_CHUNK):
-        part = domains[i : i + _SQLITE_CHUNK]
+    names = rows.domain_names
+    ids: dict[str, int] = {}
+    for i in range(0, len(names), _SQLITE_CHUNK):
+        part = names[i : i + _SQLITE_CHUNK]
         conn.exec_driver_sql(
-            "INSERT INTO domains (id, name) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", part
+            "INSERT INTO domains (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+            [(n,) for n in part],
         )
         marks = ", ".join("?" for _ in part)
         stored = conn.exec_driver_sql(
-            f"SELECT id, name FROM domains WHERE id IN ({marks})", tuple(r[0] for r in part)
+            f"SELECT id, name FROM domains WHERE name IN ({marks})", tuple(part)
         )
-        missing_domains(part, [(r[0], r[1]) for r in stored])
+        ids.update((r[1], r[0]) for r in stored)
+    rows.link_domains(ids)
     for table, cols in TABLE_COLS:
         data = rows.tables[table]
-        if data and table != "domains":
+        if data:
             marks = ", ".join("?" for _ in cols)
             conn.exec_driver_sql(
                 f"INSERT INTO {table} ({_cols(cols)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-                data,
+                [tuple(r) for r in data],
             )
     if rows.shards:
         conn.execute(
