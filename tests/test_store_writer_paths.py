@@ -4,6 +4,7 @@ looked up with hostile text, several shards in one transaction, GIL switching.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 
@@ -13,7 +14,7 @@ import trio
 from sqlalchemy.engine import Engine
 
 from scanner.model import Outcome
-from scanner.store import scans, schema
+from scanner.store import rows, scans, schema
 from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
@@ -169,3 +170,9 @@ async def test_run_lowers_the_switch_interval_while_it_runs(engine: Engine) -> N
     assert sys.getswitchinterval() == before
     assert writer.written == 6 and scans.remaining_shards(engine, scan_id) == 0
     assert list(iter_verdicts(engine, scan_id)) == batch
+
+
+def test_json_encoder_matches_json_dumps() -> None:
+    value = {"records": ['a"b', "c\\d", "é", "\u2028"], "n": 1, "x": None, "f": 1.5, "e": []}
+    assert json.loads(rows.to_json(value)) == value
+    assert rows.to_json(value) == json.dumps(value, ensure_ascii=False)

@@ -125,9 +125,21 @@ def sqlite_ts(value: datetime | None) -> str | None:
     return None if v is None else v.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-# One encoder for every JSON column: json.dumps with arguments builds a new encoder per call,
-# a third of the cost for the small lists and objects stored here.
-to_json = json.JSONEncoder(ensure_ascii=False).encode
+def _json_encoder() -> Callable[[Any], str]:
+    """One encoder for every JSON column. json.dumps builds a new encoder per call, more than
+    half the cost for the small lists and objects stored here; CPython's C encoder, built
+    once, is reused (no circular-reference markers: rows hold plain lists and dicts)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    plain = json.JSONEncoder(ensure_ascii=False)
+    if make is None:
+        return plain.encode
+    chunks = make(
+        None, plain.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, True
+    )
+    return lambda obj: "".join(chunks(obj, 0))
+
+
+to_json = _json_encoder()
 
 
 def lookup_json(lk: Lookup | None) -> str | None:
