@@ -139,3 +139,14 @@ def test_check_diagnoses_and_exits_by_verdict(world: control.World, scenario: st
         assert "DANE: authenticated" in text
     if scenario == "tlsa-stale":
         assert "DANE: NOT authenticated — tlsa-no-match" in text
+
+
+@pytest.mark.parametrize(("seed", "delay"), [(2, (0.0, 0.0)), (3, (0.02, 0.08))],
+                         ids=["seed2", "seed3-latency"])
+def test_other_worlds_match_their_manifests(make_world: Any, tmp_path: Path, seed: int,
+                                            delay: tuple[float, float]) -> None:
+    """More seeds, one with latency added to every SMTP reply and authoritative answer."""
+    world = make_world(domains=120, seed=seed, delay=delay)
+    got = scan(world, tmp_path / "out.jsonl", "--db", f"sqlite:///{tmp_path}/s.sqlite")
+    assert len(got) == len(world.manifest)
+    assert mismatches(world, got, world.manifest) == []
