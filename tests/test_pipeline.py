@@ -149,3 +149,27 @@ async def test_invalid_lines_never_touch_the_network(line: str) -> None:
     verdicts, sessions, scanner = await scan_lines([line], lambda fake: None)
     assert [v.outcome for v in verdicts] == [Outcome.INVALID]
     assert sessions == [] and scanner.stats.probes == 0
+
+
+async def test_non_validating_resolver_is_refused_unless_asked() -> None:
+    from scanner.cli import UsageError, open_scanner
+    from scanner.pipeline import ScanStats
+
+    async with running() as fake, trio.open_nursery() as nursery:
+        await nursery.start(plain_smtp, [])
+        # The root DNSKEY answers without AD: this resolver does not validate.
+        fake.add(".", "DNSKEY", Reply(answer=[(".", "DNSKEY", "257 3 13 " + "A" * 88)]))
+        shared_provider(fake)
+        cfg = fake.config()
+        async with DnsClient.open(cfg) as client:
+            with pytest.raises(UsageError, match="does not validate"):
+                await open_scanner(cfg, client, ScanStats())
+        cfg = fake.config(insecure_resolver_ok=True, allow_private=True, smtp_port=SMTP_PORT)
+        async with DnsClient.open(cfg) as client:
+            scanner = await open_scanner(cfg, client, ScanStats())
+            assert scanner.validating is False
+            v = await scanner.scan_domain(1, "d1.example")
+        nursery.cancel_scope.cancel()
+    # STARTTLS-only survey: DNSSEC facts are unknown, never false.
+    assert v.outcome is Outcome.OK and v.starttls is False and v.stage is Stage.PLAINTEXT
+    assert (v.dnssec, v.tlsa, v.tlsa_unusable, v.dane) == (None, None, None, None)
