@@ -11,17 +11,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import trio
+from sqlalchemy.exc import SQLAlchemyError
 
 from scanner import diagnosis, verdict
 from scanner.config import Config, ResolverAddress
 from scanner.dns import DnsClient, system_resolvers
 from scanner.model import DaneStatus, DomainVerdict, Outcome
 from scanner.pipeline import Scanner, ScanStats, eta_text, run, summary_lines
+from scanner.store.db import StoreUnavailable
 from scanner.targets import TargetsError, read_targets
 from scanner.targets_net import ipv6_reachable
 
@@ -133,7 +135,8 @@ async def open_scanner(config: Config, client: DnsClient, stats: ScanStats) -> S
     if not validating and not config.insecure_resolver_ok:
         raise UsageError(
             f"resolver {', '.join(map(str, config.resolvers))} does not validate DNSSEC "
-            "(no AD bit on the root DNSKEY); use a validating resolver, or "
+            "(no answer with the AD bit for the root DNSKEY: not validating, or not "
+            "answering); use a validating resolver, or "
             "--insecure-resolver-ok for a STARTTLS-only survey")
     ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
     return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats)
@@ -507,13 +510,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter
     try:
-        result: Any = args.func(args)
+        result: Any = _unwrap_groups(args.func, args)
         return int(result or 0)
     except UsageError as exc:
         print(f"danescan: {exc}", file=sys.stderr)
         return EXIT_UNJUDGED
     except TargetsError as exc:
         print(f"danescan: input problem: {exc}", file=sys.stderr)
+        return EXIT_UNJUDGED
+    except (StoreUnavailable, SQLAlchemyError) as exc:
+        print(f"danescan: database unavailable: {_first_line(exc)}", file=sys.stderr)
         return EXIT_UNJUDGED
     except KeyboardInterrupt:
         print("danescan: interrupted", file=sys.stderr)
@@ -522,6 +528,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"danescan: {exc}", file=sys.stderr)
         return EXIT_UNJUDGED
 
+
+_EXPECTED = (UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
+             KeyboardInterrupt)
+
+
+def _unwrap_groups(func: Any, args: argparse.Namespace) -> Any:
+    """Trio nurseries wrap errors in exception groups; a group made only of errors the user
+    should see as one clear message is unwrapped to its first member (bugs stay grouped)."""
+    try:
+        return func(args)
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if leaves and all(isinstance(e, _EXPECTED) for e in leaves):
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 if __name__ == "__main__":
     sys.exit(main())
