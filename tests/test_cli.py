@@ -1,0 +1,59 @@
+"""The command line's failure paths: one clear line and a classified exit code, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from scanner.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text
+    return rc, text
+
+
+def test_missing_input_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc, text = run(capsys, "scan", str(tmp_path / "nope.txt"), "--db",
+                   f"sqlite:///{tmp_path}/x.sqlite", "--resolver", "127.0.0.1")
+    assert rc == 2 and "cannot open" in text
+
+
+def test_database_unreachable(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("example.com\n")
+    rc, text = run(capsys, "scan", str(tmp_path / "list.txt"), "--resolver", "127.0.0.1",
+                   "--db", "postgresql://nobody@127.0.0.1:1/none")
+    assert rc == 2 and "database unavailable" in text
+
+
+def test_resolver_that_does_not_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing answers DNS on 127.83.0.1: no AD bit can come back, so nothing can be judged.
+    rc, text = run(capsys, "check", "example.com", "--resolver", "127.83.0.1",
+                   "--dns-timeout", "0.1")
+    assert rc == 2 and "does not validate DNSSEC" in text
+
+
+@pytest.mark.parametrize("name", ["exa mple..com", "localhost", "192.0.2.1", "a" * 64 + ".com"])
+def test_check_invalid_input(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    rc, text = run(capsys, "check", name, "--resolver", "127.83.0.1", "--dns-timeout", "0.1",
+                   "--insecure-resolver-ok")
+    assert rc == 2 and "outcome invalid" in text
+
+
+def test_truncated_gzip_without_database(capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    # Varied lines so that half the compressed stream still holds many whole lines.
+    data = gzip.compress(b"".join(b"bad name %d %x\n" % (i, i * 7919 % 65521)
+                                  for i in range(20000)))
+    (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.jsonl"
+    rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--no-db", "--jsonl", str(out),
+                   "--resolver", "127.83.0.1", "--dns-timeout", "0.1", "--insecure-resolver-ok")
+    assert rc == 2 and "input incomplete" in text
+    # What was readable was judged and kept.
+    assert len(out.read_text().splitlines()) > 0
