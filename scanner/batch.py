@@ -133,7 +133,7 @@ def _others_unfinished(engine: Engine, scan_id: int, owner: str) -> bool:
 
 
 async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | None = None,
-               lease_seconds: float = 600.0, max_open_shards: int = 8,
+               lease_seconds: float = 600.0, max_open_shards: int = 32,
                db_retry_seconds: float = 300.0, stats: pipeline.ScanStats | None = None,
                handle_signals: bool = True, shared: bool = False,
                dns_log: str | None = None) -> BatchResult:
@@ -146,7 +146,9 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
     ``dns_log`` appends every question asked ("name TYPE", dnsperf's input format).
 
     At most ``max_open_shards`` shards are open: their verdicts wait in memory until the shard
-    is whole, so this (not the list's length) bounds the verdicts held.
+    is whole, so this (not the list's length) bounds the verdicts held. It must also cover
+    rate x slowest domain (timeouts and the retry pass): a shard waiting for one tarpit holds
+    its slot, and with too few slots the pipeline idles behind stragglers.
     """
     owner = owner or worker_name()
     stats = stats or pipeline.ScanStats()

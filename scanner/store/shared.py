@@ -22,7 +22,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,15 @@ def endpoint_from_json(d: dict[str, Any]) -> EndpointFacts:
         error=d["error"],
         probed_at=None if d["at"] is None else dt.datetime.fromisoformat(d["at"]),
         attempts=d["attempts"])
+
+
+@contextmanager
+def _tx(conn: sa.Connection) -> Iterator[None]:
+    """A transaction without waiting for the WAL flush: the claims are a cache, and a claim
+    lost in a database crash only means one more lookup or probe."""
+    with conn.begin():
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
+        yield
 
 
 def endpoint_key(address: str, sni: str | None) -> str:
@@ -298,45 +308,56 @@ class SharedClaims:
         c = t.c
         mine = sa.and_(c.scan_id == self.scan_id, c.owner == self.owner)
         out = _Outcome()
-        with self.engine.begin() as conn:
+        # One connection, a short transaction per statement: no worker ever holds one row's
+        # lock while waiting for another's, so rounds of different workers cannot deadlock.
+        with self.engine.connect() as conn:
             if publish:
-                conn.execute(
-                    t.update()
-                    .where(mine, c.kind == sa.bindparam("b_kind"), c.key == sa.bindparam("b_key"))
-                    .values(facts=sa.bindparam("b_facts"), lease_expires=None),
-                    [{"b_kind": k, "b_key": y, "b_facts": f}
-                     for (k, y), f in sorted(publish.items())])
+                with _tx(conn):
+                    conn.execute(
+                        t.update()
+                        .where(mine, c.kind == sa.bindparam("b_kind"),
+                               c.key == sa.bindparam("b_key"))
+                        .values(facts=sa.bindparam("b_facts"), lease_expires=None),
+                        [{"b_kind": k, "b_key": y, "b_facts": f}
+                         for (k, y), f in sorted(publish.items())])
             if release:
-                conn.execute(t.delete().where(mine, c.facts.is_(None),
-                                              sa.tuple_(c.kind, c.key).in_(sorted(release))))
+                with _tx(conn):
+                    conn.execute(t.delete().where(mine, c.facts.is_(None),
+                                                  sa.tuple_(c.kind, c.key).in_(sorted(release))))
             if renewing:
-                conn.execute(t.update()
-                             .where(mine, c.facts.is_(None),
-                                    sa.tuple_(c.kind, c.key).in_(sorted(renewing)))
-                             .values(lease_expires=expires))
-            out.won = self._insert(conn, asks, expires)
+                with _tx(conn):
+                    conn.execute(t.update()
+                                 .where(mine, c.facts.is_(None),
+                                        sa.tuple_(c.kind, c.key).in_(sorted(renewing)))
+                                 .values(lease_expires=expires))
+            with _tx(conn):
+                out.won = self._insert(conn, asks, expires)
             look = sorted((set(asks) - out.won) | set(polled))
             if not look:
                 return out
             found: set[Key] = set()
             expired: list[Key] = []
-            for kind, key, facts, lease in conn.execute(
+            with _tx(conn):
+                rows = conn.execute(
                     sa.select(c.kind, c.key, c.facts, c.lease_expires)
-                    .where(c.scan_id == self.scan_id, sa.tuple_(c.kind, c.key).in_(look))):
+                    .where(c.scan_id == self.scan_id, sa.tuple_(c.kind, c.key).in_(look))).all()
+            for kind, key, facts, lease in rows:
                 found.add((kind, key))
                 if facts is not None:
                     out.facts[(kind, key)] = facts
                 elif lease is None or lease < now:
                     expired.append((kind, key))
             # Rows deleted since (their claimer gave them back): claim them afresh.
-            out.taken |= self._insert(conn, sorted(set(look) - found), expires)
-            if expired:
-                out.taken |= {(r.kind, r.key) for r in conn.execute(
-                    t.update()
-                    .where(c.scan_id == self.scan_id, c.facts.is_(None), c.lease_expires < now,
-                           sa.tuple_(c.kind, c.key).in_(sorted(expired)))
-                    .values(owner=self.owner, lease_expires=expires)
-                    .returning(c.kind, c.key))}
+            with _tx(conn):
+                out.taken |= self._insert(conn, sorted(set(look) - found), expires)
+            for key in expired:  # rare (a worker died): one row per statement, no lock order
+                with _tx(conn):
+                    out.taken |= {(r.kind, r.key) for r in conn.execute(
+                        t.update()
+                        .where(c.scan_id == self.scan_id, c.facts.is_(None),
+                               c.lease_expires < now, c.kind == key[0], c.key == key[1])
+                        .values(owner=self.owner, lease_expires=expires)
+                        .returning(c.kind, c.key))}
         out.won -= out.taken
         return out
 
