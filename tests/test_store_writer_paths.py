@@ -176,3 +176,32 @@ def test_json_encoder_matches_json_dumps() -> None:
     value = {"records": ['a"b', "c\\d", "é", "\u2028"], "n": 1, "x": None, "f": 1.5, "e": []}
     assert json.loads(rows.to_json(value)) == value
     assert rows.to_json(value) == json.dumps(value, ensure_ascii=False)
+
+
+async def test_concurrent_writers_share_new_hosts_and_domains(engine: Engine) -> None:
+    """Two workers' writers store shards that carry the same new host and domain names at
+    the same time: each key is stored once, every result is there, every shard done."""
+    rounds, size = 6, 4
+    scan_id = _sharded_scan(engine, 2 * rounds * size, size)
+    batches = []
+    for r in range(rounds):
+        shared = vf.plain_host(f"mx.round{r}.example", f"192.0.2.{r + 1}")
+        for half in range(2):
+            first = (2 * r + half) * size + 1
+            batches.append([
+                vf.plaintext(line, f"d{r}-{line % size}.example", shared)
+                for line in range(first, first + size)
+            ])
+    a, b = Writer(engine, scan_id, backoff_initial=0.01), Writer(engine, scan_id)
+    for r in range(rounds):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.write, batches[2 * r], 2 * r)
+            nursery.start_soon(b.write, batches[2 * r + 1], 2 * r + 1)
+    assert a.written + b.written == 2 * rounds * size
+    assert count(engine, "mx_hosts", scan_id) == rounds
+    assert count(engine, "endpoints", scan_id) == rounds
+    assert list(iter_verdicts(engine, scan_id)) == [v for batch in batches for v in batch]
+    assert scans.remaining_shards(engine, scan_id) == 0
+    with engine.connect() as conn:
+        names = conn.execute(sa.select(schema.domains.c.name)).scalars().all()
+    assert len(names) == len(set(names))

@@ -274,13 +274,19 @@ def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: b
         ids.update(zip(new, stored.reserved, strict=False))
         _copy(cur, "domains", ("id", "name"), [(ids[n], n) for n in new])
         rows.link_domains(ids)
-        hosts = [r for r in t["mx_hosts"] if r[1] not in stored.hosts]
+        # In key order, as the domain names: two writers storing the same new rows then wait
+        # for each other in one order (the later one's COPY fails and it merges) instead of
+        # deadlocking.
+        hosts = sorted((r for r in t["mx_hosts"] if r[1] not in stored.hosts), key=_key1)
         new_hosts = {r[1] for r in hosts}
         _copy(cur, "mx_hosts", MX_HOST_COLS, hosts)
         _copy(cur, "tlsa_records", TLSA_COLS, [r for r in t["tlsa_records"] if r[1] in new_hosts])
-        eps = [r for r in t["endpoints"] if (r[1], r[2], r[3]) not in stored.endpoints]
+        eps = sorted(
+            (r for r in t["endpoints"] if (r[1], r[2], r[3]) not in stored.endpoints),
+            key=_key123,
+        )
         _copy(cur, "endpoints", ENDPOINT_COLS, eps)
-        certs = [r for r in t["certificates"] if r[0] not in stored.certs]
+        certs = sorted((r for r in t["certificates"] if r[0] not in stored.certs), key=_key0)
         _copy(cur, "certificates", CERT_COLS, certs)
     else:
         if rows.domain_names:
@@ -353,6 +359,18 @@ UNION ALL SELECT 'e', k.address, k.port, k.sni
 UNION ALL SELECT 'c', sha256, NULL, NULL FROM certificates WHERE sha256 = ANY(%(certs)s::text[])
 """
 _STORED_DOMAINS = "SELECT id, name FROM domains WHERE name = ANY(%s::text[])"
+
+
+def _key0(r: Row) -> Any:
+    return r[0]
+
+
+def _key1(r: Row) -> Any:
+    return r[1]
+
+
+def _key123(r: Row) -> Any:
+    return (r[1], r[2], r[3])
 
 
 def _look_up(
