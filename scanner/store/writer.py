@@ -185,14 +185,18 @@ class Writer:
         self._commit(self._builder.build(batch, shard_id))
 
     def _commit(self, rows: RowSet) -> None:
-        try:
-            self._transaction(rows, direct=True)
-        except exc.IntegrityError as e:
-            # A row COPYed as new was there after all: another writer stored the same domain
-            # (or host, ...) since we looked, or a write outside the shard protocol (write()
-            # without a shard) stored these lines. Redo the batch set-based.
-            log.info("store: %s; merging the batch instead", _short(e))
-            self._transaction(rows, direct=False)
+        # A row COPYed as new may be there after all. Usually another writer stored the same
+        # domain (or host, ...) after we looked: looking again finds it, so the batch is
+        # retried as it was once. Rows still in the way (a write outside the shard protocol,
+        # write() without a shard, stored these lines) make it merge set-based.
+        for attempt in range(2):
+            try:
+                self._transaction(rows, direct=True)
+                return
+            except exc.IntegrityError as e:
+                then = "looking again" if attempt == 0 else "merging the batch"
+                log.info("store: %s; %s", _short(e), then)
+        self._transaction(rows, direct=False)
 
     def _transaction(self, rows: RowSet, *, direct: bool) -> None:
         with self.engine.begin() as conn:
