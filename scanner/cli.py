@@ -310,7 +310,8 @@ def spawn_workers(engine: Any, scan_id: int, args: argparse.Namespace, workers: 
     env = {**os.environ,
            "DATABASE_URL": engine.url.render_as_string(hide_password=False)}
     base = [sys.executable, "-m", "scanner.cli"] + (["-q"] if args.quiet else []) + [
-        "worker", "--scan", str(scan_id), "--lease-seconds", str(args.lease_seconds)]
+        "worker", "--scan", str(scan_id), "--lease-seconds", str(args.lease_seconds),
+        "--parent-pid", str(os.getpid())]
     for r in args.resolver:
         base += ["--resolver", r]
     procs = []
@@ -340,12 +341,28 @@ def spawn_workers(engine: Any, scan_id: int, args: argparse.Namespace, workers: 
     return batch.BatchResult(scan_id, status, stats, message)
 
 
+def die_with_parent(parent: int) -> None:
+    """A worker of `scan --workers N` dies with its parent (Linux PR_SET_PDEATHSIG): killing
+    the scan stops the whole scan, exactly as with one process, and `--resume` starts clean."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(EXIT_INTERRUPTED)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Work on a scan started elsewhere: its Config comes from the scan row."""
     from scanner import batch
     from scanner.store import db, scans
     from scanner.store.schema import ScanStatus
 
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
     engine = db.make_engine(args.db)
     scan_id = args.scan if args.scan is not None else scans.latest_unfinished(engine)
     if scan_id is None:
@@ -461,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this machine's validating resolver (default: the scan's)")
     p.add_argument("--no-shared", action="store_true",
                    help="do not share host/endpoint results with other workers")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     add_worker_options(p)
     p.set_defaults(func=cmd_worker)
 
