@@ -225,13 +225,71 @@ async def _open_scanner(config: Config, client: DnsClient,
 def start_scan(engine: Engine, source: str, *, label: str | None, logical_date: dt.date,
                config: Config, shard_size: int = 1000) -> int:
     """Create a scan and stream its input into shards; returns the scan id."""
-    from scanner.targets import read_targets
+    from scanner.targets import TargetsError, read_targets
 
+    if source != "-":
+        try:
+            with open(source, "rb"):
+                pass
+        except OSError as exc:  # before any scan exists: nothing to resume, nothing half-made
+            raise TargetsError(f"cannot open {source}: {exc.strerror or exc}") from exc
     scan_id = scans.create_scan(
         engine, label, source, logical_date, ",".join(map(str, config.resolvers)),
         options=config_options(config))
-    scans.add_shards(engine, scan_id, read_targets(source), shard_size=shard_size)
+    problem: list[str] = []
+
+    def lines() -> Iterator[tuple[int, str]]:
+        # A truncated or unreadable list: every line read is still stored and scanned; the
+        # problem is recorded with the scan (and makes the command's exit status say so).
+        try:
+            yield from read_targets(source)
+        except TargetsError as exc:
+            problem.append(str(exc))
+
+    scans.add_shards(engine, scan_id, lines(), shard_size=shard_size)
+    if problem:
+        log.error("input stopped early: %s", problem[0])
+        _set_input_error(engine, scan_id, problem[0])
     return scan_id
+
+
+def _set_input_error(engine: Engine, scan_id: int, message: str) -> None:
+    import sqlalchemy as sa
+
+    from scanner.store import schema
+
+    with engine.begin() as conn:
+        options = conn.execute(sa.select(schema.scans.c.options)
+                               .where(schema.scans.c.id == scan_id)).scalar_one()
+        conn.execute(schema.scans.update().where(schema.scans.c.id == scan_id)
+                     .values(options={**(options or {}), "input_error": message}))
+
+
+def input_error(engine: Engine, scan_id: int) -> str | None:
+    """Why the scan's input list ended early, if it did."""
+    import sqlalchemy as sa
+
+    from scanner.store import schema
+
+    with engine.connect() as conn:
+        options = conn.execute(sa.select(schema.scans.c.options)
+                               .where(schema.scans.c.id == scan_id)).scalar_one_or_none()
+    value = (options or {}).get("input_error")
+    return None if value is None else str(value)
+
+
+def lines_to_do(engine: Engine, scan_id: int) -> int:
+    """Input lines in shards not yet done (the progress display's total)."""
+    import sqlalchemy as sa
+
+    from scanner.store import schema
+
+    c = schema.shards.c
+    with engine.connect() as conn:
+        return int(conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(c.line_count), 0))
+            .where(c.scan_id == scan_id, c.status != schema.ShardStatus.DONE.value)
+        ).scalar_one())
 
 
 def input_complete(engine: Engine, scan_id: int) -> bool:

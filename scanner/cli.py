@@ -282,6 +282,11 @@ def scan_once(config: Config, engine: Any, args: argparse.Namespace, workers: in
         with open_out(args.jsonl) as out:
             export(engine, scan_id, "jsonl", "domain", out)
     log.info("scan %s complete", scan_id)
+    problem = batch.input_error(engine, scan_id)
+    if problem:
+        print(f"danescan: input incomplete: {problem} (every line read was scanned)",
+              file=sys.stderr)
+        return EXIT_UNJUDGED
     return EXIT_OK
 
 
@@ -292,9 +297,23 @@ def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namesp
     from scanner import batch
 
     if workers <= 1:
-        return trio.run(functools.partial(
-            batch.work, config, engine, scan_id, lease_seconds=args.lease_seconds,
-            dns_log=args.dns_log))
+        show = sys.stderr.isatty() and not args.quiet
+        total = batch.lines_to_do(engine, scan_id) if show else None
+
+        async def one_worker() -> Any:
+            stats = ScanStats()
+            async with trio.open_nursery() as nursery:
+                bar = Progress(stats, total, sys.stderr) if show else None
+                if bar is not None:
+                    nursery.start_soon(bar.run)
+                result = await batch.work(config, engine, scan_id, stats=stats,
+                                          lease_seconds=args.lease_seconds, dns_log=args.dns_log)
+                nursery.cancel_scope.cancel()
+            if bar is not None:
+                bar.draw("\n")
+            return result
+
+        return trio.run(one_worker)
     return spawn_workers(engine, scan_id, args, workers)
 
 

@@ -57,3 +57,25 @@ def test_truncated_gzip_without_database(capsys: pytest.CaptureFixture[str],
     assert rc == 2 and "input incomplete" in text
     # What was readable was judged and kept.
     assert len(out.read_text().splitlines()) > 0
+
+
+def test_truncated_gzip_into_the_database(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from scanner.store import db, schema
+
+    data = gzip.compress(b"".join(b"bad name %d %x\n" % (i, i * 7919 % 65521)
+                                  for i in range(20000)))
+    (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
+    url = f"sqlite:///{tmp_path}/cut.sqlite"
+    rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--db", url, "--workers", "1",
+                   "--resolver", "127.83.0.1", "--dns-timeout", "0.1", "--insecure-resolver-ok")
+    assert rc == 2 and "input incomplete" in text
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        status, lines = conn.execute(sa.select(schema.scans.c.status,
+                                               schema.scans.c.input_lines)).one()
+        stored = conn.execute(sa.select(sa.func.count()).select_from(
+            schema.domain_results)).scalar_one()
+    assert status == "complete" and lines > 1000 and stored == lines
