@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis import load, report
 from scanner.store import db
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -37,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    # pandas and matplotlib load only for this command, not for every `danescan` start.
+    from analysis import load, report
+
     engine = db.make_engine(db.resolve_url(args.db))
     try:
         counts = report.build(engine, args.out, args.scan)
