@@ -22,6 +22,10 @@ import idna
 from scanner.model import Reason
 
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# Characters an IP literal can consist of: IPv4 is digits and dots only; anything else that
+# ipaddress accepts has a colon (IPv6, scoped IPv6). Names fail this test without the cost of
+# ipaddress's exception (the check runs twice per input line).
+_IPV4_CHARS = frozenset("0123456789.")
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -78,6 +82,8 @@ def _normalise(line: str) -> tuple[str | None, Reason | None]:
 
 def _is_ip_literal(text: str) -> bool:
     candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if ":" not in candidate and not _IPV4_CHARS.issuperset(candidate):
+        return False
     try:
         ipaddress.ip_address(candidate)
     except ValueError:
