@@ -64,6 +64,7 @@ _OPT_RR = b"\x00" + struct.pack("!HHIH", 41, _EDNS_PAYLOAD, 0x00008000, 0)
 # "Network Error" say the resolver never got an answer to validate.
 _EDE_DNSSEC = frozenset(range(6, 13))
 _EDE_UNREACHABLE = frozenset({22, 23})
+_TIMER_GRID = 0.01  # s: attempt timeouts fire up to this much late
 
 
 @dataclass(slots=True)
@@ -241,7 +242,10 @@ class DnsClient:
         heap = self._timeouts
         assert heap is not None
         while True:
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+            # Wake-ups rounded up to a 10 ms grid: most entries belong to answered queries
+            # (stale), and one wake-up per query would cost what the cancel scopes did.
+            deadline = math.ceil(heap[0][0] / _TIMER_GRID) * _TIMER_GRID if heap else math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             now = trio.current_time()
@@ -264,7 +268,8 @@ class DnsClient:
         # The generation the coming wait() will have.
         heapq.heappush(heap, (until, self._timeout_seq, waiter, waiter.generation + 1))
         if until < scope.deadline:
-            scope.deadline = until  # rare: attempt deadlines mostly arrive in order
+            # Rare: attempt deadlines mostly arrive in order.
+            scope.deadline = math.ceil(until / _TIMER_GRID) * _TIMER_GRID
         await waiter.wait()
 
     def _dispatch(self, chan: _Channel, data: bytes) -> None:
