@@ -57,7 +57,10 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
                    help="opt-out list: domains and address prefixes (CIDR), one per line")
     p.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency)
     p.add_argument("--smtp-concurrency", type=int, default=DEFAULTS.smtp_concurrency)
-    p.add_argument("--per-address", type=int, default=DEFAULTS.per_address_connections)
+    p.add_argument("--per-address", type=int, default=DEFAULTS.per_address_connections,
+                   help="concurrent SMTP connections per address (politeness)")
+    p.add_argument("--per-prefix", type=int, default=DEFAULTS.per_prefix_connections,
+                   help="concurrent SMTP connections per IPv4 /24 or IPv6 /48 (politeness)")
     p.add_argument("--dns-rate", type=float, default=0.0, help="DNS queries/s cap (0: none)")
     p.add_argument("--dns-timeout", type=float, default=DEFAULTS.dns_timeout)
     p.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout)
@@ -117,6 +120,7 @@ def config_from(args: argparse.Namespace) -> Config:
         concurrency=args.concurrency,
         smtp_concurrency=args.smtp_concurrency,
         per_address_connections=args.per_address,
+        per_prefix_connections=args.per_prefix,
         dns_rate=args.dns_rate,
         dns_timeout=args.dns_timeout,
         connect_timeout=args.connect_timeout,
@@ -260,6 +264,10 @@ def scan_once(config: Config, engine: Any, args: argparse.Namespace, workers: in
         if not batch.input_complete(engine, scan_id):
             raise UsageError(f"scan {scan_id} never finished loading its input; start a new scan")
         left = scans.resume_scan(engine, scan_id)
+        # The crashed scan's workers are gone: their unpublished host/endpoint claims too.
+        from scanner.store.shared import release_unpublished
+
+        release_unpublished(engine, scan_id)
         log.info("resuming scan %s: %s shards to do", scan_id, left)
     else:
         if args.domains is None:

@@ -369,3 +369,11 @@ class SharedClaims:
         res = conn.execute(pg_insert(t).values(rows).on_conflict_do_nothing()
                            .returning(t.c.kind, t.c.key))
         return {(r.kind, r.key) for r in res}
+
+
+def release_unpublished(engine: Engine, scan_id: int) -> int:
+    """Drop the claims no worker published (their workers are gone): for a scan resumed after
+    a crash, like ``scans.resume_scan`` releasing shard leases. Returns how many."""
+    with engine.begin() as conn:
+        res = conn.execute(t.delete().where(t.c.scan_id == scan_id, t.c.facts.is_(None)))
+    return int(res.rowcount)
