@@ -188,6 +188,9 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
                     service.cancel_scope.cancel()
             except StoreUnavailable as exc:
                 return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, str(exc))
+            finally:
+                if claims is not None:
+                    claims.close()
     if interrupted:
         return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, "interrupted by signal")
     return BatchResult(scan_id, ScanStatus.COMPLETE, stats)

@@ -22,15 +22,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
+import psycopg
 import trio
+from psycopg.types.json import Jsonb
 from sqlalchemy import exc
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
 from scanner.model import (
@@ -110,15 +109,6 @@ def endpoint_from_json(d: dict[str, Any]) -> EndpointFacts:
         attempts=d["attempts"])
 
 
-@contextmanager
-def _tx(conn: sa.Connection) -> Iterator[None]:
-    """A transaction without waiting for the WAL flush: the claims are a cache, and a claim
-    lost in a database crash only means one more lookup or probe."""
-    with conn.begin():
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
-        yield
-
-
 def endpoint_key(address: str, sni: str | None) -> str:
     return f"{address}|{sni or ''}"
 
@@ -168,6 +158,8 @@ class SharedClaims:
         self._release: set[Key] = set()
         self._wake = trio.Event()
         self._busy = False
+        self._raw: Any = None
+        self._conn: Any = None
 
     async def drain(self) -> None:
         """Wait until every queued publication and release has reached the database."""
@@ -252,7 +244,7 @@ class SharedClaims:
             try:
                 out = await trio.to_thread.run_sync(
                     self._round, [s.key for s in asks], publish, release, polled, renewing)
-            except (exc.OperationalError, exc.InterfaceError) as e:
+            except (psycopg.Error, exc.OperationalError, exc.InterfaceError) as e:
                 # A deadlock victim or a lost connection: put everything back, try again.
                 self.stats.round_errors += 1
                 log.warning("shared claims round failed (%s); retrying", str(e).splitlines()[0])
@@ -301,74 +293,124 @@ class SharedClaims:
         slot.won = True
         slot.event.set()
 
+    # One statement per round (one round trip, its own transaction): publications, releases
+    # and lease renewals of this worker's rows, the new claims (keys sorted, so concurrent
+    # rounds of different workers take row locks in one order and cannot deadlock), and the
+    # rows of the keys this round did not win. All CTEs share one snapshot: a key another
+    # worker inserted concurrently is neither won nor seen here, and simply stays waiting
+    # until the next poll finds it.
+    _ROUND_SQL = """
+WITH pub AS (
+  UPDATE shared_claims s SET facts = p.facts, lease_expires = NULL
+  FROM unnest(%(pk)s::text[], %(py)s::text[], %(pf)s::jsonb[]) AS p(kind, key, facts)
+  WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.kind = p.kind AND s.key = p.key
+  RETURNING 1),
+rel AS (
+  DELETE FROM shared_claims s USING unnest(%(rk)s::text[], %(ry)s::text[]) AS r(kind, key)
+  WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.facts IS NULL
+    AND s.kind = r.kind AND s.key = r.key
+  RETURNING 1),
+ren AS (
+  UPDATE shared_claims s SET lease_expires = %(expires)s
+  FROM unnest(%(nk)s::text[], %(ny)s::text[]) AS n(kind, key)
+  WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.facts IS NULL
+    AND s.kind = n.kind AND s.key = n.key
+  RETURNING 1),
+ins AS (
+  INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires)
+  SELECT %(scan)s, a.kind, a.key, %(owner)s, %(expires)s
+  FROM unnest(%(ak)s::text[], %(ay)s::text[]) AS a(kind, key)
+  ORDER BY a.kind, a.key
+  ON CONFLICT DO NOTHING
+  RETURNING kind, key)
+SELECT true, kind, key, NULL::jsonb, NULL::timestamptz FROM ins
+UNION ALL
+SELECT false, s.kind, s.key, s.facts, s.lease_expires
+FROM shared_claims s JOIN unnest(%(lk)s::text[], %(ly)s::text[]) AS l(kind, key)
+  ON s.kind = l.kind AND s.key = l.key
+WHERE s.scan_id = %(scan)s
+"""
+
+    def _connection(self) -> Any:
+        """This worker's own connection for the rounds (autocommit, no WAL flush wait: the
+        claims are a cache, and a claim lost in a database crash costs one more probe)."""
+        if self._conn is None or self._conn.closed:
+            raw = self.engine.raw_connection()
+            conn: Any = raw.driver_connection
+            conn.autocommit = True
+            conn.execute("SET synchronous_commit TO off")
+            self._raw, self._conn = raw, conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.invalidate()  # ours alone: never handed back to the pool in autocommit
+            self._raw = self._conn = None
+
     def _round(self, asks: list[Key], publish: dict[Key, Any], release: set[Key],
                polled: list[Key], renewing: list[Key]) -> _Outcome:
+        try:
+            return self._round_once(asks, publish, release, polled, renewing)
+        except psycopg.Error:
+            # Deadlock victim (a takeover racing a round), lost connection: the caller puts
+            # everything back and retries; a fresh connection is opened next time.
+            self.close()
+            raise
+
+    def _round_once(self, asks: list[Key], publish: dict[Key, Any], release: set[Key],
+                    polled: list[Key], renewing: list[Key]) -> _Outcome:
         now = dt.datetime.now(dt.UTC)
         expires = now + dt.timedelta(seconds=self.lease_seconds)
-        c = t.c
-        mine = sa.and_(c.scan_id == self.scan_id, c.owner == self.owner)
+        conn = self._connection()
+        ask_keys = sorted(set(asks))
+        look = sorted((set(asks)) | set(polled))
+        pub = sorted(publish.items())
+        rel, ren = sorted(release), sorted(renewing)
+        params = {
+            "scan": self.scan_id, "owner": self.owner, "expires": expires,
+            "pk": [k for (k, _), _ in pub], "py": [y for (_, y), _ in pub],
+            "pf": [Jsonb(f) for _, f in pub],
+            "rk": [k for k, _ in rel], "ry": [y for _, y in rel],
+            "nk": [k for k, _ in ren], "ny": [y for _, y in ren],
+            "ak": [k for k, _ in ask_keys], "ay": [y for _, y in ask_keys],
+            "lk": [k for k, _ in look], "ly": [y for _, y in look],
+        }
         out = _Outcome()
-        # One connection, a short transaction per statement: no worker ever holds one row's
-        # lock while waiting for another's, so rounds of different workers cannot deadlock.
-        with self.engine.connect() as conn:
-            if publish:
-                with _tx(conn):
-                    conn.execute(
-                        t.update()
-                        .where(mine, c.kind == sa.bindparam("b_kind"),
-                               c.key == sa.bindparam("b_key"))
-                        .values(facts=sa.bindparam("b_facts"), lease_expires=None),
-                        [{"b_kind": k, "b_key": y, "b_facts": f}
-                         for (k, y), f in sorted(publish.items())])
-            if release:
-                with _tx(conn):
-                    conn.execute(t.delete().where(mine, c.facts.is_(None),
-                                                  sa.tuple_(c.kind, c.key).in_(sorted(release))))
-            if renewing:
-                with _tx(conn):
-                    conn.execute(t.update()
-                                 .where(mine, c.facts.is_(None),
-                                        sa.tuple_(c.kind, c.key).in_(sorted(renewing)))
-                                 .values(lease_expires=expires))
-            with _tx(conn):
-                out.won = self._insert(conn, asks, expires)
-            look = sorted((set(asks) - out.won) | set(polled))
-            if not look:
-                return out
-            found: set[Key] = set()
-            expired: list[Key] = []
-            with _tx(conn):
-                rows = conn.execute(
-                    sa.select(c.kind, c.key, c.facts, c.lease_expires)
-                    .where(c.scan_id == self.scan_id, sa.tuple_(c.kind, c.key).in_(look))).all()
-            for kind, key, facts, lease in rows:
-                found.add((kind, key))
-                if facts is not None:
-                    out.facts[(kind, key)] = facts
-                elif lease is None or lease < now:
-                    expired.append((kind, key))
-            # Rows deleted since (their claimer gave them back): claim them afresh.
-            with _tx(conn):
-                out.taken |= self._insert(conn, sorted(set(look) - found), expires)
-            for key in expired:  # rare (a worker died): one row per statement, no lock order
-                with _tx(conn):
-                    out.taken |= {(r.kind, r.key) for r in conn.execute(
-                        t.update()
-                        .where(c.scan_id == self.scan_id, c.facts.is_(None),
-                               c.lease_expires < now, c.kind == key[0], c.key == key[1])
-                        .values(owner=self.owner, lease_expires=expires)
-                        .returning(c.kind, c.key))}
+        expired: list[Key] = []
+        seen: dict[Key, tuple[Any, Any]] = {}
+        for won, kind, key, facts, lease in conn.execute(self._ROUND_SQL, params):
+            if won:
+                out.won.add((kind, key))
+            else:
+                seen[(kind, key)] = (facts, lease)
+        for k, (facts, lease) in seen.items():
+            if k in out.won:
+                continue
+            if facts is not None:
+                out.facts[k] = facts
+            elif lease is None or lease < now:
+                expired.append(k)
+        # Rows deleted since their claimer gave them back: claim afresh (in the next round,
+        # which the pipeline's waiting slot joins through the poll).
+        gone = [k for k in look if k not in seen and k not in out.won]
+        if gone:
+            out.taken |= self._claim_gone(conn, gone, expires)
+        for kind, key in expired:  # rare (a worker died): one row per statement, no lock order
+            out.taken |= {(k, y) for k, y in conn.execute(
+                "UPDATE shared_claims SET owner = %s, lease_expires = %s "
+                "WHERE scan_id = %s AND kind = %s AND key = %s AND facts IS NULL "
+                "AND lease_expires < %s RETURNING kind, key",
+                (self.owner, expires, self.scan_id, kind, key, now))}
         out.won -= out.taken
         return out
 
-    def _insert(self, conn: sa.Connection, keys: Iterable[Key], expires: dt.datetime) -> set[Key]:
-        rows = [{"scan_id": self.scan_id, "kind": k, "key": y, "owner": self.owner,
-                 "lease_expires": expires} for k, y in sorted(set(keys))]
-        if not rows:
-            return set()
-        res = conn.execute(pg_insert(t).values(rows).on_conflict_do_nothing()
-                           .returning(t.c.kind, t.c.key))
-        return {(r.kind, r.key) for r in res}
+    def _claim_gone(self, conn: Any, keys: list[Key], expires: dt.datetime) -> set[Key]:
+        rows = conn.execute(
+            "INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires) "
+            "SELECT %s, a.kind, a.key, %s, %s FROM unnest(%s::text[], %s::text[]) AS a(kind, key) "
+            "ORDER BY a.kind, a.key ON CONFLICT DO NOTHING RETURNING kind, key",
+            (self.scan_id, self.owner, expires, [k for k, _ in keys], [y for _, y in keys]))
+        return {(k, y) for k, y in rows}
 
 
 def release_unpublished(engine: Engine, scan_id: int) -> int:

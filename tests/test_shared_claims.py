@@ -1,0 +1,133 @@
+"""Shared claims across workers (scanner.store.shared) on a real PostgreSQL: each key is
+computed by exactly one worker; the others receive its facts; a key given back or whose
+lease expired is taken over."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+import trio
+from sqlalchemy.engine import Engine
+
+from scanner.model import EndpointFacts, EndpointStatus, HostFacts, TlsaStatus
+from scanner.store import schema
+from scanner.store.shared import SharedClaims
+from tests.store_helpers import new_scan
+
+pytest_plugins = ["tests.conftest_store"]
+
+
+def _host(name: str) -> HostFacts:
+    return HostFacts(name, None, None, None, None, TlsaStatus.NOT_QUERIED)
+
+
+def _endpoint(address: str) -> EndpointFacts:
+    return EndpointFacts(address=address, port=25, sni=None, status=EndpointStatus.SUCCESS,
+                         banner="hi", chain=(b"\x30\x03\x02\x01\x01",), attempts=1,
+                         probed_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+
+
+async def _run_workers(engine: Engine, scan_id: int, names: list[str],
+                       addresses: list[str]) -> tuple[list[list[str]], dict[str, object]]:
+    """Two workers ask for every key at once; returns who computed what and what each got."""
+    workers = [SharedClaims(engine, scan_id, f"w{i}", poll_interval=0.05) for i in range(2)]
+    computed: list[list[str]] = [[], []]
+    got: dict[str, object] = {}
+
+    async def ask(i: int, kind: str, key: str) -> None:
+        w = workers[i]
+        if kind == "host":
+
+            async def host() -> HostFacts:
+                computed[i].append(key)
+                await trio.sleep(0.02)
+                return _host(key)
+
+            got[f"{i}:{key}"] = await w.host(key, host)
+        else:
+
+            async def probe() -> EndpointFacts:
+                computed[i].append(key)
+                await trio.sleep(0.02)
+                return _endpoint(key)
+
+            got[f"{i}:{key}"] = await w.endpoint((key, None), probe)
+
+    try:
+        async with trio.open_nursery() as outer:
+            for w in workers:
+                outer.start_soon(w.run)
+            async with trio.open_nursery() as nursery:
+                for i in range(2):
+                    for n in names:
+                        nursery.start_soon(ask, i, "host", n)
+                    for a in addresses:
+                        nursery.start_soon(ask, i, "endpoint", a)
+            for w in workers:
+                await w.drain()
+            outer.cancel_scope.cancel()
+    finally:
+        for w in workers:
+            w.close()
+    return computed, got
+
+
+async def test_each_key_computed_once_and_shared(pg_engine: Engine) -> None:
+    scan_id = new_scan(pg_engine, "claims")
+    names = [f"mx{i}.example" for i in range(40)]
+    addresses = [f"192.0.2.{i}" for i in range(1, 31)]
+    computed, got = await _run_workers(pg_engine, scan_id, names, addresses)
+    everything = computed[0] + computed[1]
+    assert sorted(everything) == sorted(names + addresses)  # each exactly once, by someone
+    for i in range(2):
+        for n in names:
+            assert got[f"{i}:{n}"] == _host(n)
+        for a in addresses:
+            assert got[f"{i}:{a}"] == _endpoint(a)  # the loser decoded the winner's JSON
+    c = schema.shared_claims.c
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa.select(c.kind, c.facts.is_(None), c.lease_expires)
+                            .where(c.scan_id == scan_id)).all()
+    assert len(rows) == len(names) + len(addresses)
+    assert all(not missing and lease is None for _, missing, lease in rows)
+
+
+async def test_given_back_and_expired_claims_are_taken_over(pg_engine: Engine) -> None:
+    scan_id = new_scan(pg_engine, "takeover")
+    c = schema.shared_claims.c
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    with pg_engine.begin() as conn:
+        # A dead worker's claim (lease over, no facts) and one still leased far ahead.
+        conn.execute(schema.shared_claims.insert(), [
+            {"scan_id": scan_id, "kind": "host", "key": "dead.example", "owner": "gone",
+             "lease_expires": past},
+        ])
+    w = SharedClaims(pg_engine, scan_id, "alive", poll_interval=0.05)
+    calls: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(w.run)
+
+            async def compute() -> HostFacts:
+                calls.append("dead.example")
+                return _host("dead.example")
+
+            with trio.fail_after(10):
+                assert await w.host("dead.example", compute) == _host("dead.example")
+
+            async def fails() -> HostFacts:
+                raise RuntimeError("lookup crashed")
+
+            with pytest.raises(RuntimeError):
+                await w.host("flaky.example", fails)
+            await w.drain()
+            nursery.cancel_scope.cancel()
+    finally:
+        w.close()
+    assert calls == ["dead.example"]
+    with pg_engine.connect() as conn:
+        rows = dict(conn.execute(sa.select(c.key, c.owner).where(c.scan_id == scan_id)).all())
+    assert rows == {"dead.example": "alive"}  # taken over and published; flaky given back
+    assert w.stats.taken_over == 1
