@@ -61,8 +61,19 @@ log = logging.getLogger(__name__)
 # missing files. Integrity and programming errors are bugs and surface at once.
 RETRYABLE: tuple[type[BaseException], ...] = (exc.OperationalError, exc.InterfaceError)
 
-MERGE_AHEAD = 3  # built batches that may wait for the database (each one shard's rows)
+MERGE_AHEAD = 8  # built batches that may wait for the database (each one shard's rows)
 
+# Session settings of the writer's own PostgreSQL connection (see Writer.run). The look-ups
+# probe keys: tables filling up during a scan have stale statistics (autovacuum analyses them
+# later), and the planner then scans a whole scan's rows per batch; without those plans it
+# probes the key index for each value. Relaxed commits are safe: a commit lost in a server
+# crash loses the shards' done marks with their rows (same transaction), and resume redoes
+# exactly those shards.
+_PG_SETTINGS = (
+    "synchronous_commit = off",
+    "enable_seqscan = off",
+    "enable_bitmapscan = off",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +96,7 @@ class Writer:
         cache_size: int = 262_144,
         backoff_initial: float = 0.25,
         backoff_max: float = 15.0,
-        merge_results: int = 4000,
+        merge_results: int = 8000,
         gil_switch_interval: float | None = 0.0005,
     ) -> None:
         self.engine = engine
@@ -107,6 +118,8 @@ class Writer:
             certs=self._certs,
         )
         self._lock = trio.Lock()
+        self._own_connection = False  # run(): one connection of our own, settings made once
+        self._conn: sa.Connection | None = None
         self.written = 0  # domain results committed by this writer (skipped done shards not)
         self.retries = 0
 
@@ -126,8 +139,16 @@ class Writer:
         bench/writer.py measured as a third of the writer's throughput.
         """
         send_rows, receive_rows = trio.open_memory_channel[RowSet](MERGE_AHEAD)
-        with _switch_interval(self.gil_switch_interval):
-            await self._run(receive_channel, send_rows, receive_rows)
+        # PostgreSQL: the transactions run on one connection of the writer's own (detached
+        # from the pool), its settings made once: no pool check-out, pre-ping and SET LOCAL
+        # round trips per transaction. A connection that failed is dropped and replaced.
+        self._own_connection = self.pg
+        try:
+            with _switch_interval(self.gil_switch_interval):
+                await self._run(receive_channel, send_rows, receive_rows)
+        finally:
+            self._own_connection = False
+            self._drop_connection()
 
     async def _run(
         self,
@@ -198,13 +219,51 @@ class Writer:
                 log.info("store: %s; %s", _short(e), then)
         self._transaction(rows, direct=False)
 
+    def _connection(self) -> sa.Connection:
+        """The writer's own PostgreSQL connection, opened (and set up) when first needed."""
+        if self._conn is None:
+            conn = self.engine.connect()
+            try:
+                conn.detach()  # closed, not pooled, when dropped: its settings die with it
+                with conn.begin():
+                    raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+                    raw.execute("; ".join(f"SET {s}" for s in _PG_SETTINGS))
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[tuple[sa.Connection, bool]]:
+        """A transaction, and whether its connection has the session settings already."""
+        if not self._own_connection:
+            with self.engine.begin() as conn:
+                yield conn, False
+            return
+        conn = self._connection()
+        try:
+            with conn.begin():
+                yield conn, True
+        except exc.IntegrityError:
+            raise  # rolled back; the connection is fine
+        except BaseException:
+            self._drop_connection()  # broken or in doubt: the next attempt opens another
+            raise
+
     def _transaction(self, rows: RowSet, *, direct: bool) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as (conn, set_up):
             if self.pg:
                 raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
                 try:
                     with raw.cursor() as cur:
-                        wrote = _write_pg(cur, self.scan_id, rows, direct=direct)
+                        wrote = _write_pg(cur, self.scan_id, rows, direct=direct, set_up=set_up)
                 except self.engine.dialect.loaded_dbapi.Error as e:
                     # Raw psycopg errors as SQLAlchemy's (IntegrityError, OperationalError...),
                     # which the retry and merge logic above know.
@@ -249,24 +308,19 @@ def _cols(cols: Sequence[str]) -> str:
 # compilation would cost the client more than the server spends on the small statements.
 
 
-def _write_pg(cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: bool) -> bool:
+def _write_pg(
+    cur: psycopg.Cursor[Any], scan_id: int, rows: RowSet, *, direct: bool, set_up: bool = False
+) -> bool:
     """The batch's statements; False when there was nothing to write (all its shards done).
 
     ``direct``: rows found missing by a look-up are COPYed in, and the per-line rows of shards
     not yet done go straight in. A row that appears meanwhile (another writer) fails the
     transaction with an IntegrityError; the caller then redoes it with ``direct`` False, where
-    every table is merged with ON CONFLICT DO NOTHING.
+    every table is merged with ON CONFLICT DO NOTHING. ``set_up``: the connection has the
+    settings of ``_PG_SETTINGS`` already (else they are SET LOCAL here, one round trip).
     """
-    # Safe to relax: a commit lost in a server crash loses the shards' done marks with their
-    # rows (same transaction), and resume redoes exactly those shards.
-    #
-    # The look-ups below probe keys. Tables filling up during a scan have stale statistics
-    # (autovacuum analyses them later), and the planner then scans a whole scan's rows per
-    # batch; without those plans it probes the key index for each value. One round trip.
-    cur.execute(
-        "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off;"
-        " SET LOCAL enable_bitmapscan = off"
-    )
+    if not set_up:
+        cur.execute("; ".join(f"SET LOCAL {s}" for s in _PG_SETTINGS))
     fresh, stored = _look_up(cur, scan_id, rows, probe=direct)
     if fresh is None:
         return False
@@ -350,8 +404,8 @@ SELECT 's', status::text, shard_no::int8, NULL::text FROM locked
 """
 _STORED = """
 UNION ALL SELECT 'd', name, id, NULL FROM domains WHERE name = ANY(%(names)s::text[])
-UNION ALL SELECT 'n', NULL, nextval('domains_id_seq'), NULL
-    FROM generate_series(1, %(new)s::int4)
+UNION ALL SELECT 'n', NULL, NULL, (SELECT array_agg(id ORDER BY id)::text
+    FROM (SELECT nextval('domains_id_seq') FROM generate_series(1, %(new)s::int4)) AS s(id))
 UNION ALL SELECT 'h', k.name, NULL, NULL FROM unnest(%(hosts)s::text[]) AS k(name),
     LATERAL (SELECT 1 FROM mx_hosts h WHERE h.scan_id = %(scan)s::int4 AND h.name = k.name
              LIMIT 1) AS found
@@ -412,7 +466,8 @@ def _look_up(
         elif kind == "d":
             stored.domains.append((a, b))
         elif kind == "n":
-            stored.reserved.append(b)
+            if c:  # one array literal, '{1,2,3}', instead of a row per id
+                stored.reserved = list(map(int, c[1:-1].split(",")))
         elif kind == "h":
             stored.hosts.add(a)
         elif kind == "e":
