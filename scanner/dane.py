@@ -211,6 +211,11 @@ class ChainMatch:
     reason: Reason | None = None
     detail: str | None = None
 
+    @property
+    def names_matter(self) -> bool:
+        """Whether :func:`authenticate` depends on the reference names (only DANE-TA does)."""
+        return self.ee_record is None and self.ta_record is not None
+
 
 def match_chain(records: Iterable[TlsaRecord], chain: Sequence[bytes],
                 now: datetime) -> ChainMatch:

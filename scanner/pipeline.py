@@ -165,6 +165,7 @@ class Scanner:
         self.endpoints: SingleFlight[EndpointKey, EndpointFacts] = SingleFlight(
             ENDPOINT_CACHE_LIMIT)
         self.chain_matches: dict[tuple[EndpointKey, tuple[object, ...]], dane.ChainMatch] = {}
+        self.host_verdicts: dict[tuple[str, int], HostVerdict] = {}
         self.smtp_slots = trio.CapacityLimiter(config.smtp_concurrency)
         self.politeness = Politeness(config.per_address_connections,
                                      config.per_prefix_connections)
@@ -239,6 +240,22 @@ class Scanner:
         return await self.shared.endpoint(key, compute)
 
     async def _host_verdict(self, domain: str, preference: int, facts: HostFacts) -> HostVerdict:
+        # A provider's host looks the same to every domain it serves, unless a DANE-TA name
+        # check involves the domain (§3.2.2): such verdicts are kept and handed out again.
+        key = (facts.name, preference)
+        known = self.host_verdicts.get(key)
+        if known is not None and known.host is facts:
+            return known
+        hv, per_domain = await self._compute_host_verdict(domain, preference, facts)
+        if not per_domain:
+            if len(self.host_verdicts) >= HOST_CACHE_LIMIT:
+                self.host_verdicts.clear()  # rebuilt on demand; bounds memory
+            self.host_verdicts[key] = hv
+        return hv
+
+    async def _compute_host_verdict(self, domain: str, preference: int,
+                                    facts: HostFacts) -> tuple[HostVerdict, bool]:
+        """The host verdict, and whether it depends on the domain (a DANE-TA name check)."""
         # §8.1: SNI is the TLSA base domain, sent only when DANE applies (usable TLSA).
         usable = facts.tlsa_status is TlsaStatus.USABLE
         sni = facts.tlsa_base if usable else None
@@ -260,16 +277,18 @@ class Scanner:
                     nursery.start_soon(one, i)
         eps = tuple(e for e in endpoints if e is not None)
         if not usable:
-            return verdict.host_verdict(preference, facts, eps, [None] * len(eps))
+            return verdict.host_verdict(preference, facts, eps, [None] * len(eps)), False
         matches: list[DaneMatch | None] = []
         names = verdict.reference_names(domain, facts.name, facts.tlsa_base)
+        per_domain = False
         for ep in eps:
             if ep.status is EndpointStatus.SUCCESS:
                 cm = self._chain_match(ep, facts)
+                per_domain = per_domain or cm.names_matter
                 matches.append(dane.authenticate(cm, names))
             else:
                 matches.append(None)
-        return verdict.host_verdict(preference, facts, eps, matches)
+        return verdict.host_verdict(preference, facts, eps, matches), per_domain
 
     def _chain_match(self, ep: EndpointFacts, facts: HostFacts) -> dane.ChainMatch:
         # The chain work (parsing, digests, signature checks) is done once per endpoint and
