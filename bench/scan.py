@@ -67,6 +67,7 @@ class ScanRun:
     queries: int
     sessions: int
     p99_wall: float
+    parts: dict[str, float]  # CPU seconds of the other parts of the machine during the scan
 
     @property
     def rate(self) -> float:
@@ -75,6 +76,40 @@ class ScanRun:
     @property
     def cpu_us(self) -> float:
         return 1e6 * self.cpu / self.domains
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def component_cpu(world: control.World) -> dict[str, float]:
+    """CPU seconds used so far by the machine's parts in a scan: the world's resolver (Unbound),
+    its authoritative servers (NSD and the fault servers), its SMTP servers, and PostgreSQL
+    (every backend: the machine has one server). Read from /proc, children included, so the
+    share each part takes of the two cores during a scan can be shown beside the scanner's."""
+    wdir = str(world.dir.resolve())
+    out = {"unbound": 0.0, "authoritative": 0.0, "smtpd": 0.0, "postgres": 0.0}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+        if cmd.startswith(("postgres:", "/usr/lib/postgresql/")):
+            out["postgres"] += cpu
+        elif wdir not in cmd:
+            continue
+        elif "unbound" in cmd:
+            out["unbound"] += cpu
+        elif "nsd" in cmd or "faultdns" in cmd:
+            out["authoritative"] += cpu
+        elif "testbed.smtpd" in cmd:
+            out["smtpd"] += cpu
+    return out
 
 
 def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -110,6 +145,7 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
         f.unlink()
     dnsnet.flush_resolver(world.dir)
     t0 = time.time()
+    before = component_cpu(world)
     start = time.monotonic()
     proc = subprocess.Popen(
         [PY, "-m", "scanner.cli", "-q", "scan", str(world.domains_file), "--db", url,
@@ -117,6 +153,8 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
          "--dns-log", str(log), *SCAN_FLAGS], cwd=REPO, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
+    after = component_cpu(world)
+    parts = {k: after[k] - before[k] for k in after}
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"scan exited {proc.returncode}")
@@ -134,18 +172,25 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
             out.write(f.read_text())
     queries = sum(1 for _ in open(merged))
     run = ScanRun(label, workers, int(domains), wall, usage.ru_utime + usage.ru_stime,
-                  usage.ru_maxrss / 1024, queries, count_sessions(world, t0), p99)
+                  usage.ru_maxrss / 1024, queries, count_sessions(world, t0), p99, parts)
     drop_db(db)
     return run, str(merged)
 
 
-def dnsperf(world: control.World, data: str) -> tuple[float, str]:
+def dnsperf(world: control.World, data: str) -> tuple[float, str, float]:
+    """dnsperf's queries/s replaying ``data`` on the flushed resolver, queries lost, and the
+    cores the resolver and the authoritative servers used meanwhile."""
     dnsnet.flush_resolver(world.dir)
+    before = component_cpu(world)
+    start = time.monotonic()
     out = sh(["dnsperf", "-s", world.resolver, "-d", data, "-n", "1", "-c", "8", "-q", "200",
               "-t", "5"]).stdout
+    wall = time.monotonic() - start
+    after = component_cpu(world)
+    cores = sum(after[k] - before[k] for k in ("unbound", "authoritative")) / wall
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lost = re.search(r"Queries lost:\s+(\d+)", out)
-    return qps, lost.group(1) if lost else "?"
+    return qps, lost.group(1) if lost else "?", cores
 
 
 SMTP_LOOP = r"""
@@ -262,12 +307,12 @@ def main() -> int:
         if slow is not None:
             runs.append(run_scan(slow, 1, "delay", work)[0])
             runs.append(run_scan(slow, args.workers, "delay", work)[0])
-        qps, lost = dnsperf(world, log1)
+        qps, lost, dns_cores = dnsperf(world, log1)
         per_domain = one.queries / one.domains
         dns_limit = qps / per_domain
         smtp = smtp_capacity(world, work, args.smtp_seconds)
         peer_rate = peer(world, work, args.peer_sample, args.peer_parallel)
-        report = render(args, world, runs, qps, lost, dns_limit, smtp, peer_rate)
+        report = render(args, world, runs, qps, lost, dns_limit, smtp, peer_rate, dns_cores)
         print(report)
         with open(args.results, "a") as f:
             f.write(report + "\n")
@@ -280,7 +325,7 @@ def main() -> int:
 
 
 def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], qps: float,
-           lost: str, dns_limit: float, smtp: float, peer_rate: float) -> str:
+           lost: str, dns_limit: float, smtp: float, peer_rate: float, dns_cores: float) -> str:
     load = os.getloadavg()
     out = [f"## {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
            f"{world.domains} domains (seed {world.seed}), {os.cpu_count()} cores, "
@@ -297,11 +342,21 @@ def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], 
         out.append(f"| {r.label} | {r.workers} | {r.rate:.0f} | {r.domains / r.p99_wall:.0f} | "
                    f"{r.cpu_us:.0f} | {r.queries / r.wall:.0f} | {r.sessions / r.wall:.1f} | "
                    f"{r.rss_mib:.0f} | {r.wall:.1f} |")
+    out += ["", "Where the two cores went during each scan (CPU seconds per wall second; "
+            "PostgreSQL counts every backend on the machine):", "",
+            "| world | workers | scanner | unbound | authoritative | smtpd | postgres | total |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        shares = [r.cpu / r.wall] + [r.parts[k] / r.wall for k in
+                                     ("unbound", "authoritative", "smtpd", "postgres")]
+        out.append(f"| {r.label} | {r.workers} | "
+                   + " | ".join(f"{x:.2f}" for x in shares) + f" | {sum(shares):.2f} |")
     best = max(runs[:2], key=lambda r: r.rate)
     out += ["",
             f"- dnsperf, the scan's {runs[0].queries} questions on a flushed Unbound: "
             f"{qps:.0f} q/s ({lost} lost) = {dns_limit:.0f} domains/s at "
-            f"{runs[0].queries / runs[0].domains:.2f} questions/domain",
+            f"{runs[0].queries / runs[0].domains:.2f} questions/domain; Unbound + NSD used "
+            f"{dns_cores:.2f} cores meanwhile",
             f"- SMTP capacity (plain probe loop, {os.cpu_count()} processes x 64): "
             f"{smtp:.0f} STARTTLS sessions/s",
             f"- peer: posttls-finger, {args.peer_sample} domains, xargs -P "
