@@ -4,6 +4,7 @@ looked up with hostile text, several shards in one transaction, GIL switching.""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import sys
@@ -155,11 +156,14 @@ async def test_merged_batches_share_new_hosts_and_domains(
     assert scans.remaining_shards(engine, scan_id) == 0
 
 
-async def test_run_lowers_the_switch_interval_while_it_runs(engine: Engine) -> None:
+async def test_run_lowers_the_switch_interval_and_raises_the_gc_threshold(engine: Engine) -> None:
     scan_id = _sharded_scan(engine, 6, 3)
     batch = vf.sample(6)
     before = sys.getswitchinterval()
-    writer = Writer(engine, scan_id, gil_switch_interval=before / 10)
+    threshold = gc.get_threshold()
+    writer = Writer(
+        engine, scan_id, gil_switch_interval=before / 10, gc_threshold=threshold[0] * 10
+    )
     send, receive = trio.open_memory_channel[WriteBatch](2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run, receive)
@@ -167,8 +171,10 @@ async def test_run_lowers_the_switch_interval_while_it_runs(engine: Engine) -> N
             await send.send(WriteBatch(batch[:3], 0))
             await trio.sleep(0.01)
             assert sys.getswitchinterval() == pytest.approx(before / 10)
+            assert gc.get_threshold() == (threshold[0] * 10, *threshold[1:])
             await send.send(WriteBatch(batch[3:], 1))
     assert sys.getswitchinterval() == before
+    assert gc.get_threshold() == threshold
     assert writer.written == 6 and scans.remaining_shards(engine, scan_id) == 0
     assert list(iter_verdicts(engine, scan_id)) == batch
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import sys
 import time
@@ -98,6 +99,7 @@ class Writer:
         backoff_max: float = 15.0,
         merge_results: int = 8000,
         gil_switch_interval: float | None = 0.0005,
+        gc_threshold: int | None = 50_000,
     ) -> None:
         self.engine = engine
         self.scan_id = scan_id
@@ -106,6 +108,7 @@ class Writer:
         self.backoff_max = backoff_max
         self.merge_results = merge_results
         self.gil_switch_interval = gil_switch_interval
+        self.gc_threshold = gc_threshold
         self.pg = is_postgres(engine)
         self._hosts = Lru(cache_size)
         self._endpoints = Lru(cache_size)
@@ -137,6 +140,12 @@ class Writer:
         dozen times per transaction and must then win the GIL back from the row builder (and
         the scan): at the default 5 ms each such wait can cost a full interval, which
         bench/writer.py measured as a third of the writer's throughput.
+
+        Likewise the cyclic garbage collector's first threshold is at least ``gc_threshold``
+        (process-wide; restored afterwards). Verdicts and rows are many small tracked objects,
+        so at the default (2000) the collector ran ~2400 times per million results, ~20 of them
+        full collections over every object of the process: 5 s of a 30 s benchmark run. The
+        rows hold no cycles; what the scan leaves for the collector waits a little longer.
         """
         send_rows, receive_rows = trio.open_memory_channel[RowSet](MERGE_AHEAD)
         # PostgreSQL: the transactions run on one connection of the writer's own (detached
@@ -144,7 +153,7 @@ class Writer:
         # round trips per transaction. A connection that failed is dropped and replaced.
         self._own_connection = self.pg
         try:
-            with _switch_interval(self.gil_switch_interval):
+            with _switch_interval(self.gil_switch_interval), _gc_threshold(self.gc_threshold):
                 await self._run(receive_channel, send_rows, receive_rows)
         finally:
             self._own_connection = False
@@ -291,6 +300,17 @@ def _switch_interval(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
+
+
+@contextlib.contextmanager
+def _gc_threshold(first: int | None) -> Iterator[None]:
+    before = gc.get_threshold()
+    if first is not None and first > before[0]:
+        gc.set_threshold(first, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def _short(e: BaseException) -> str:
