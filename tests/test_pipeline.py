@@ -84,6 +84,21 @@ async def test_single_flight_does_not_cache_a_cancelled_computation() -> None:
     assert await flight.get("k", fast) == 2
 
 
+async def test_single_flight_evicts_least_recently_used() -> None:
+    flight: SingleFlight[str, int] = SingleFlight(limit=10)
+
+    async def value(n: int) -> int:
+        return n
+
+    await flight.get("hot", lambda: value(-1))
+    for i in range(30):
+        await flight.get(f"tail{i}", lambda i=i: value(i))  # type: ignore[misc]
+        assert flight.peek("hot") == -1  # used all along: never the one evicted
+    assert len(flight) <= 10
+    assert flight.peek("tail0") is None  # the long-unused tail went first
+    assert flight.peek("tail29") == 29
+
+
 async def scan_lines(lines: list[str], configure: Callable[..., object],
                      **config: object) -> tuple[list[DomainVerdict], list[str], Scanner]:
     sessions: list[str] = []
