@@ -45,7 +45,8 @@ def add_db_option(p: argparse.ArgumentParser) -> None:
 
 def add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
-                   help="validating resolver(s); default: the system's (/etc/resolv.conf)")
+                   help="validating resolver(s), repeatable; 'system' for /etc/resolv.conf's "
+                        "(default: $DANESCAN_RESOLVER; there is no implicit fallback)")
     p.add_argument("--insecure-resolver-ok", action="store_true",
                    help="scan with a non-validating resolver (STARTTLS-only survey)")
     p.add_argument("--smtp-port", type=int, default=25)
@@ -90,12 +91,33 @@ def _is_network(text: str) -> bool:
     return True
 
 
+def _resolvers(given: Sequence[str]) -> tuple[ResolverAddress, ...]:
+    """The resolvers asked for: addresses, or ``system`` for /etc/resolv.conf's. Never an
+    implicit fallback: a scanner's DNSSEC verdicts are only as good as the resolver it was
+    told to trust, and a test machine's resolv.conf may point somewhere it must not reach."""
+    out: list[ResolverAddress] = []
+    for item in given:
+        if item == "system":
+            found = system_resolvers()
+            if not found:
+                raise UsageError("--resolver system: no nameserver in /etc/resolv.conf")
+            out.extend(found)
+        else:
+            try:
+                address = ResolverAddress.parse(item)
+                ipaddress.ip_address(address.host)  # a name would need a lookup to reach it
+                out.append(address)
+            except ValueError as exc:
+                raise UsageError(f"--resolver {item!r}: {exc}") from exc
+    if not out:
+        raise UsageError("no resolver given: pass --resolver IP[@PORT] (a validating resolver "
+                         "such as Unbound), --resolver system for /etc/resolv.conf's, or set "
+                         "DANESCAN_RESOLVER")
+    return tuple(out)
+
+
 def config_from(args: argparse.Namespace) -> Config:
-    resolvers = tuple(ResolverAddress.parse(r) for r in args.resolver)
-    if not resolvers:
-        resolvers = tuple(system_resolvers())
-        if not resolvers:
-            raise UsageError("no resolver given and none found in /etc/resolv.conf")
+    resolvers = _resolvers(args.resolver or os.environ.get("DANESCAN_RESOLVER", "").split())
     domains: set[str] = set()
     prefixes: list[str] = []
     if args.exclude:

@@ -24,6 +24,26 @@ def test_missing_input_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert rc == 2 and "cannot open" in text
 
 
+def test_no_resolver_is_refused_never_guessed(capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # This machine's /etc/resolv.conf points off-machine: nothing may fall back to it.
+    monkeypatch.delenv("DANESCAN_RESOLVER", raising=False)
+    (tmp_path / "list.txt").write_text("example.com\n")
+    rc, text = run(capsys, "scan", str(tmp_path / "list.txt"), "--no-db")
+    assert rc == 2 and "no resolver given" in text
+    rc, text = run(capsys, "check", "example.com", "--resolver", "resolver.example")
+    assert rc == 2 and "'resolver.example'" in text  # a name would need a lookup
+
+
+def test_resolver_from_environment(capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # 127.83.0.1: nothing answers there; the environment's resolver is the one asked.
+    monkeypatch.setenv("DANESCAN_RESOLVER", "127.83.0.1")
+    rc, text = run(capsys, "check", "example.com", "--dns-timeout", "0.1")
+    assert rc == 2 and "127.83.0.1" in text
+
+
 def test_database_unreachable(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_text("example.com\n")
     rc, text = run(capsys, "scan", str(tmp_path / "list.txt"), "--resolver", "127.0.0.1",
