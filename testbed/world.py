@@ -4,7 +4,7 @@ except writing the PEM files of the certificates the plan points at.
 Addresses inside the world's 127.<block>.0.0/16:
   .0.1 resolver, .0.2 root, .0.3 TLDs, .0.4 domains, .0.5 zones below domains,
   .0.10 / .0.11 / .0.12 fault servers (drop, servfail, truncate), .0.100-.0.250 addresses where
-  nothing listens (SMTP connect refused), .1.1 upwards SMTP endpoints.
+  nothing listens (SMTP connect refused), .1.1-.254.254 SMTP endpoints (spread over /24s).
 Certificates are per MX host (providers) or per shared address (the self-hosted tail shares
 addresses the way shared hosting does, ~6 hosts per address, one multi-SAN leaf), never per domain.
 """
@@ -112,11 +112,16 @@ def units(*parts: object) -> list[float]:
 
 
 def addr(block: int, index: int) -> str:
-    """The index-th SMTP address of the block: 127.B.1.1 upwards, skipping .0 and .255."""
-    hi, lo = divmod(index, 254)
-    if hi + 1 > 255:
+    """The index-th SMTP address of the block, in 127.B.1.1-127.B.254.254 (no .0 or .255).
+
+    Consecutive addresses fall in different /24s (127.B.1.1, 127.B.2.1, ...): on the internet
+    the self-hosted tail is spread over as many networks as it has servers, so a scanner's
+    per-/24 politeness limit binds here the way it binds there, not on four crowded /24s.
+    """
+    host, net = divmod(index, 254)
+    if host + 1 > 254:
         raise ValueError("world too large for its /16")
-    return f"127.{block}.{hi + 1}.{lo + 1}"
+    return f"127.{block}.{net + 1}.{host + 1}"
 
 
 def infra(block: int) -> dict[str, str]:
