@@ -188,3 +188,20 @@ async def test_non_validating_resolver_is_refused_unless_asked() -> None:
     # STARTTLS-only survey: DNSSEC facts are unknown, never false.
     assert v.outcome is Outcome.OK and v.starttls is False and v.stage is Stage.PLAINTEXT
     assert (v.dnssec, v.tlsa, v.tlsa_unusable, v.dane) == (None, None, None, None)
+
+
+def test_interner_shares_equal_certificates_and_ehlo() -> None:
+    from scanner.model import EndpointFacts, EndpointStatus
+    from scanner.pipeline import _Interner
+
+    def facts(sni: str) -> EndpointFacts:
+        # Fresh bytes and tuples each time, as two probes of one shared-hosting address give.
+        return EndpointFacts(address="192.0.2.1", port=25, sni=sni, status=EndpointStatus.SUCCESS,
+                             ehlo=tuple(["STARTTLS", "SIZE 10240000"]),
+                             chain=(bytes(bytearray(b"leaf-der")), bytes(bytearray(b"ca-der"))))
+
+    interner = _Interner()
+    a, b = interner.endpoint(facts("a.example")), interner.endpoint(facts("b.example"))
+    assert a == facts("a.example") and b == facts("b.example")  # values unchanged
+    assert a.chain is b.chain and a.ehlo is b.ehlo
+    assert all(x is y for x, y in zip(a.chain, b.chain, strict=True))
