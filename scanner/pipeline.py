@@ -9,14 +9,12 @@ distinct hosts and endpoints, never with the length of the list.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -39,6 +37,7 @@ from scanner.model import (
     TlsaStatus,
 )
 from scanner.probe import probe
+from scanner.runtime import gc_threshold
 from scanner.targets import TargetsError, is_excluded, normalise
 from scanner.targets_net import Politeness, is_excluded_address, is_special_purpose
 
@@ -396,29 +395,10 @@ def _transient(facts: EndpointFacts) -> bool:
     return any(c is not None and 400 <= c < 500 for c in codes)
 
 
-# The collector's first generation fills every 2,000 allocations by default: a scan allocates
-# millions of short-lived containers (answers, facts, verdicts, rows), and each collection also
-# walks the caches' long-lived objects (~3-5 % of a scan's CPU). A scan collects less often and
-# leaves what existed before it (modules, config) out of every collection.
-_SCAN_GC_THRESHOLD = (50_000, 20, 20)
-
-
-@contextlib.contextmanager
-def _scan_gc() -> Iterator[None]:
-    saved = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(*_SCAN_GC_THRESHOLD)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*saved)
-        gc.unfreeze()
-
-
 async def run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterator[tuple[int, str]],
               emit: Emit) -> ScanStats:
     """Scan every (line number, raw text) item and hand each verdict to ``emit``."""
-    with _scan_gc():
+    with gc_threshold(freeze=True):
         return await _run(scanner, items, emit)
 
 

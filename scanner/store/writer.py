@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import logging
 import sys
 import time
@@ -37,6 +36,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from scanner.model import DomainVerdict
+from scanner.runtime import gc_threshold
 from scanner.store import schema
 from scanner.store.db import StoreUnavailable, is_postgres
 from scanner.store.rows import (
@@ -153,7 +153,7 @@ class Writer:
         # round trips per transaction. A connection that failed is dropped and replaced.
         self._own_connection = self.pg
         try:
-            with _switch_interval(self.gil_switch_interval), _gc_threshold(self.gc_threshold):
+            with _switch_interval(self.gil_switch_interval), gc_threshold(self.gc_threshold):
                 await self._run(receive_channel, send_rows, receive_rows)
         finally:
             self._own_connection = False
@@ -300,17 +300,6 @@ def _switch_interval(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
-
-
-@contextlib.contextmanager
-def _gc_threshold(first: int | None) -> Iterator[None]:
-    before = gc.get_threshold()
-    if first is not None and first > before[0]:
-        gc.set_threshold(first, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 def _short(e: BaseException) -> str:
