@@ -48,7 +48,7 @@ class Config:
     retry_delay: float = 60.0
 
     # Concurrency and politeness.
-    concurrency: int = 500  # domains in flight
+    concurrency: int = 2000  # domains in flight: rate x latency (Little), with stragglers
     smtp_concurrency: int = 200  # SMTP sessions in flight
     per_address_connections: int = 2
     per_prefix_connections: int = 8  # per IPv4 /24 or IPv6 /48
