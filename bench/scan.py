@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from procstat import descendants, hwm_kib  # noqa: E402
 
 from testbed import control, dnsnet  # noqa: E402
 
@@ -63,7 +64,7 @@ class ScanRun:
     domains: int
     wall: float
     cpu: float
-    rss_mib: float
+    rss_mib: float  # the largest single process of the scan (VmHWM)
     queries: int
     sessions: int
     p99_wall: float
@@ -151,7 +152,13 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
         [PY, "-m", "scanner.cli", "-q", "scan", str(world.domains_file), "--db", url,
          "--resolver", world.resolver, "--allow-private", "--workers", str(workers),
          "--dns-log", str(log), *SCAN_FLAGS], cwd=REPO, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak_kib = 0
+    while True:  # the peak RSS of the scan's processes (workers included), sampled
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_kib = max([peak_kib, *map(hwm_kib, descendants([proc.pid]))])
+        time.sleep(0.5)
     wall = time.monotonic() - start
     after = component_cpu(world)
     parts = {k: after[k] - before[k] for k in after}
@@ -172,7 +179,7 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
             out.write(f.read_text())
     queries = sum(1 for _ in open(merged))
     run = ScanRun(label, workers, int(domains), wall, usage.ru_utime + usage.ru_stime,
-                  usage.ru_maxrss / 1024, queries, count_sessions(world, t0), p99, parts)
+                  peak_kib / 1024, queries, count_sessions(world, t0), p99, parts)
     drop_db(db)
     return run, str(merged)
 

@@ -12,7 +12,6 @@ own peak during generation.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import sys
@@ -22,40 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from procstat import descendants, hwm_kib
+
 from testbed import control, world
-
-
-def _hwm_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _descendants(roots: list[int]) -> set[int]:
-    """The given pids and their children (NSD forks workers; Unbound may too)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out: set[int] = set()
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid in out:
-            continue
-        out.add(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def main() -> int:
@@ -78,8 +46,8 @@ def main() -> int:
     try:
         state = control.status(wdir)
         pids = [p for p in [state.get("smtpd_pid"), *state.get("dns_pids", [])] if p]
-        procs = _descendants([int(p) for p in pids])
-        servers_kib = sum(_hwm_kib(p) for p in procs)
+        procs = descendants([int(p) for p in pids])
+        servers_kib = sum(hwm_kib(p) for p in procs)
         self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         endpoints = len({h for m in w.manifest for x in m["mx_hosts"] for h in x["addresses"]})
         print(f"domains          {args.domains}")

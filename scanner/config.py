@@ -36,7 +36,7 @@ class Config:
     dns_timeout: float = 2.0  # one attempt
     dns_attempts: int = 3
     dns_deadline: float = 10.0  # whole lookup, CD retry included
-    dns_sockets: int = 4  # Unbound spreads work over threads by client socket
+    dns_sockets: int = 16  # Unbound spreads work over its threads by client socket
     dns_rate: float = 0.0  # queries/s cap, 0 = none
 
     # SMTP: greeting delays of 15-20 s are deliberate anti-spam measures.

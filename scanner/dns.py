@@ -157,6 +157,23 @@ class _Channel:
                 return qid
 
 
+def _least_busy(group: list[_Channel]) -> _Channel:
+    """The less loaded of two sockets picked at random (the "power of two choices").
+
+    Unbound hands each client socket to one of its threads (SO_REUSEPORT hashes the source
+    port), so with a handful of sockets the split is lumpy: 4 sockets gave one thread 3/4 of
+    the queries while the other idled, and queries queued ~0.3 s behind the busy one. A
+    socket on a busy thread accumulates unanswered queries; choosing by that count steers
+    work to the idle thread without knowing which socket landed where.
+    """
+    n = len(group)
+    if n == 1:
+        return group[0]
+    a = group[random.randrange(n)]
+    b = group[random.randrange(n)]
+    return a if len(a.pending) <= len(b.pending) else b
+
+
 def _sockaddr(address: ResolverAddress) -> tuple[str, int]:
     return (address.host, address.port)
 
@@ -179,7 +196,6 @@ class DnsClient:
         except BaseException:
             self._close()
             raise
-        self._rr = 0
         # Every question asked (not retransmits or CD re-queries) as "name TYPE" lines, the
         # input format of dnsperf: the benchmark replays a scan's exact mix.
         self.query_log: TextIO | None = None
@@ -313,9 +329,7 @@ class DnsClient:
                     break
                 if attempt:
                     self.stats.retries += 1
-                group = self._channels[attempt % len(self._channels)]
-                self._rr += 1
-                chan = group[self._rr % len(group)]
+                chan = _least_busy(self._channels[attempt % len(self._channels)])
                 qid = chan.new_id()
                 # The earlier attempts stay registered: a late answer to one of them is
                 # as good as the answer to this one.
