@@ -82,13 +82,16 @@ class ScanRun:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def component_cpu(world: control.World) -> dict[str, float]:
-    """CPU seconds used so far by the machine's parts in a scan: the world's resolver (Unbound),
-    its authoritative servers (NSD and the fault servers), its SMTP servers, and PostgreSQL
-    (every backend: the machine has one server). Read from /proc, children included, so the
-    share each part takes of the two cores during a scan can be shown beside the scanner's."""
+PARTS = ("unbound", "authoritative", "smtpd", "postgres")
+
+
+def part_cpu(world: control.World) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far per process of the machine's parts in a scan: the world's
+    resolver (Unbound), its authoritative servers (NSD and the fault servers), its SMTP servers,
+    and PostgreSQL (every backend: the machine has one server). Per pid, so that a backend
+    which exits with the scan's connections still counts (see :class:`CpuWatch`)."""
     wdir = str(world.dir.resolve())
-    out = {"unbound": 0.0, "authoritative": 0.0, "smtpd": 0.0, "postgres": 0.0}
+    out: dict[int, tuple[str, float]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -101,16 +104,38 @@ def component_cpu(world: control.World) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         cpu = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
         if cmd.startswith(("postgres:", "/usr/lib/postgresql/")):
-            out["postgres"] += cpu
+            part = "postgres"
         elif wdir not in cmd:
             continue
         elif "unbound" in cmd:
-            out["unbound"] += cpu
+            part = "unbound"
         elif "nsd" in cmd or "faultdns" in cmd:
-            out["authoritative"] += cpu
+            part = "authoritative"
         elif "testbed.smtpd" in cmd:
-            out["smtpd"] += cpu
+            part = "smtpd"
+        else:
+            continue
+        out[int(entry.name)] = (part, cpu)
     return out
+
+
+class CpuWatch:
+    """CPU of each part between start and the last :meth:`sample` (call it every so often)."""
+
+    def __init__(self, world: control.World) -> None:
+        self.world = world
+        self.start = part_cpu(world)
+        self.last = dict(self.start)
+
+    def sample(self) -> None:
+        self.last.update(part_cpu(self.world))
+
+    def used(self) -> dict[str, float]:
+        self.sample()
+        out = dict.fromkeys(PARTS, 0.0)
+        for pid, (part, cpu) in self.last.items():
+            out[part] += cpu - self.start.get(pid, (part, 0.0))[1]
+        return out
 
 
 def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -146,7 +171,7 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
         f.unlink()
     dnsnet.flush_resolver(world.dir)
     t0 = time.time()
-    before = component_cpu(world)
+    watch = CpuWatch(world)
     start = time.monotonic()
     proc = subprocess.Popen(
         [PY, "-m", "scanner.cli", "-q", "scan", str(world.domains_file), "--db", url,
@@ -158,10 +183,10 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
         if pid:
             break
         peak_kib = max([peak_kib, *map(hwm_kib, descendants([proc.pid]))])
+        watch.sample()
         time.sleep(0.5)
     wall = time.monotonic() - start
-    after = component_cpu(world)
-    parts = {k: after[k] - before[k] for k in after}
+    parts = watch.used()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"scan exited {proc.returncode}")
@@ -188,13 +213,13 @@ def dnsperf(world: control.World, data: str) -> tuple[float, str, float]:
     """dnsperf's queries/s replaying ``data`` on the flushed resolver, queries lost, and the
     cores the resolver and the authoritative servers used meanwhile."""
     dnsnet.flush_resolver(world.dir)
-    before = component_cpu(world)
+    watch = CpuWatch(world)
     start = time.monotonic()
     out = sh(["dnsperf", "-s", world.resolver, "-d", data, "-n", "1", "-c", "8", "-q", "200",
               "-t", "5"]).stdout
     wall = time.monotonic() - start
-    after = component_cpu(world)
-    cores = sum(after[k] - before[k] for k in ("unbound", "authoritative")) / wall
+    used = watch.used()
+    cores = (used["unbound"] + used["authoritative"]) / wall
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     return qps, lost.group(1) if lost else "?", cores
@@ -354,8 +379,7 @@ def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], 
             "| world | workers | scanner | unbound | authoritative | smtpd | postgres | total |",
             "|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        shares = [r.cpu / r.wall] + [r.parts[k] / r.wall for k in
-                                     ("unbound", "authoritative", "smtpd", "postgres")]
+        shares = [r.cpu / r.wall] + [r.parts[k] / r.wall for k in PARTS]
         out.append(f"| {r.label} | {r.workers} | "
                    + " | ".join(f"{x:.2f}" for x in shares) + f" | {sum(shares):.2f} |")
     best = max(runs[:2], key=lambda r: r.rate)
