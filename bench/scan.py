@@ -1,7 +1,8 @@
 """End-to-end scan benchmark on a testbed world, with its limits and a peer measured alongside.
 
     .venv/bin/python bench/scan.py [--domains 100000] [--seed 1] [--workers N]
-                                   [--world DIR] [--delay-world DIR] [--no-delay] [--keep-up]
+                                   [--world DIR] [--delay-world DIR] [--no-delay]
+                                   [--memory-check] [--keep-up]
 
 Issue targets: scanner CPU <= 250 us/domain; end-to-end rate >= 60 % of what dnsperf reaches
 replaying the scan's own DNS question mix against the same (flushed) Unbound; >= 10x the
@@ -312,6 +313,9 @@ def main() -> int:
     ap.add_argument("--peer-sample", type=int, default=300)
     ap.add_argument("--peer-parallel", type=int, default=100)
     ap.add_argument("--smtp-seconds", type=float, default=10.0)
+    ap.add_argument("--memory-check", action="store_true",
+                    help="also scan a world 3x as large, same shape and seed, with 1 worker, "
+                         "and compare peak RSS (the issue: within 15 %%)")
     ap.add_argument("--keep-up", action="store_true")
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = ap.parse_args()
@@ -344,7 +348,12 @@ def main() -> int:
         dns_limit = qps / per_domain
         smtp = smtp_capacity(world, work, args.smtp_seconds)
         peer_rate = peer(world, work, args.peer_sample, args.peer_parallel)
-        report = render(args, world, runs, qps, lost, dns_limit, smtp, peer_rate, dns_cores)
+        big = None
+        if args.memory_check:
+            big_world = control.up(work / "big", world.domains * 3, world.seed)
+            made.append(work / "big")
+            big = run_scan(big_world, 1, "zero x3", work)[0]
+        report = render(args, world, runs, qps, lost, dns_limit, smtp, peer_rate, dns_cores, big)
         print(report)
         with open(args.results, "a") as f:
             f.write(report + "\n")
@@ -357,7 +366,8 @@ def main() -> int:
 
 
 def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], qps: float,
-           lost: str, dns_limit: float, smtp: float, peer_rate: float, dns_cores: float) -> str:
+           lost: str, dns_limit: float, smtp: float, peer_rate: float, dns_cores: float,
+           big: ScanRun | None = None) -> str:
     load = os.getloadavg()
     out = [f"## {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
            f"{world.domains} domains (seed {world.seed}), {os.cpu_count()} cores, "
@@ -398,6 +408,12 @@ def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], 
     if len(runs) == 4:
         for a, b in ((runs[0], runs[2]), (runs[1], runs[3])):
             out.append(f"- delay/zero throughput, {a.workers} worker(s): {b.rate / a.rate:.2f}")
+    if big is not None:
+        one = runs[0]
+        out.append(f"- memory, 1 worker: peak RSS {big.rss_mib:.0f} MiB for {big.domains} domains "
+                   f"vs {one.rss_mib:.0f} MiB for {one.domains} of the same shape: "
+                   f"{100 * (big.rss_mib / one.rss_mib - 1):+.0f} % ({big.rate:.0f} domains/s, "
+                   f"{big.cpu_us:.0f} µs/domain)")
     return "\n".join(out) + "\n"
 
 
