@@ -409,12 +409,12 @@ WHERE s.scan_id = %(scan)s
         return out
 
     def _claim_gone(self, conn: Any, keys: list[Key], expires: dt.datetime) -> set[Key]:
-        rows = conn.execute(
-            "INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires) "
-            "SELECT %s, a.kind, a.key, %s, %s FROM unnest(%s::text[], %s::text[]) AS a(kind, key) "
-            "ORDER BY a.kind, a.key ON CONFLICT DO NOTHING RETURNING kind, key",
-            (self.scan_id, self.owner, expires, [k for k, _ in keys], [y for _, y in keys]))
-        return {(k, y) for k, y in rows}
+        """Claim keys whose rows are gone: the round statement with nothing but new claims."""
+        params: dict[str, Any] = {name: [] for name in
+                                  ("pk", "py", "pf", "rk", "ry", "nk", "ny", "lk", "ly")}
+        params.update(scan=self.scan_id, owner=self.owner, expires=expires,
+                      ak=[k for k, _ in keys], ay=[y for _, y in keys])
+        return {(k, y) for won, k, y, _, _ in conn.execute(self._ROUND_SQL, params) if won}
 
 
 def release_unpublished(engine: Engine, scan_id: int) -> int:
