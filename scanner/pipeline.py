@@ -412,12 +412,10 @@ async def _run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterato
             try:
                 if isinstance(items, AsyncIterator):
                     async for item in items:
-                        await send.send(item)
+                        await _put(send, item)
                 else:
-                    for n, item in enumerate(items):
-                        await send.send(item)
-                        if n % 256 == 0:
-                            await trio.lowlevel.checkpoint()
+                    for item in items:
+                        await _put(send, item)
             except TargetsError as exc:
                 # A truncated or unreadable list: what was read is still scanned and kept.
                 scanner.stats.input_error = str(exc)
@@ -442,6 +440,21 @@ async def _run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterato
             nursery.start_soon(worker, receive.clone())
         await receive.aclose()
     return scanner.stats
+
+
+async def _put(send: trio.MemorySendChannel[tuple[int, str]], item: tuple[int, str]) -> None:
+    """Queue ``item`` without yielding while the buffer has room.
+
+    ``send()`` passes through the scheduler after every item, so the feeder moved one line
+    per scheduling round: while thousands of tasks were runnable (a wave of answers or
+    handshakes), new domains trickled in at tens per second, the resolver's queue ran dry
+    and the loop and the resolver took turns instead of working side by side. Filling the
+    buffer in one go keeps ``concurrency`` domains in flight; a full buffer still waits.
+    """
+    try:
+        send.send_nowait(item)
+    except trio.WouldBlock:
+        await send.send(item)
 
 
 def eta_text(done: int, total: int | None, rate: float) -> str:

@@ -205,3 +205,47 @@ def test_interner_shares_equal_certificates_and_ehlo() -> None:
     assert a == facts("a.example") and b == facts("b.example")  # values unchanged
     assert a.chain is b.chain and a.ehlo is b.ehlo
     assert all(x is y for x, y in zip(a.chain, b.chain, strict=True))
+
+
+async def test_feeder_fills_the_pipeline_while_the_loop_is_busy() -> None:
+    """New domains enter up to ``concurrency`` at once, not one per scheduling round: while
+    other tasks keep the loop busy (a wave of answers or handshakes), a feeder that yields
+    after every line starved the resolver of work."""
+    from typing import cast
+
+    from scanner.config import Config
+    from scanner.model import Reason
+    from scanner.pipeline import ScanStats
+    from scanner.verdict import early_verdict
+
+    started = 0
+    release = trio.Event()
+
+    class Blocking:
+        config = Config(concurrency=200)
+        stats = ScanStats()
+
+        async def scan_domain(self, line: int | None, raw: str) -> DomainVerdict:
+            nonlocal started
+            started += 1
+            await release.wait()
+            return early_verdict(raw, None, Outcome.INVALID, Reason.INVALID_INPUT, line=line)
+
+    seen: list[int] = []
+    emitted: list[DomainVerdict] = []
+
+    async def busy() -> None:
+        for _ in range(20):  # twenty scheduling rounds
+            await trio.lowlevel.checkpoint()
+        seen.append(started)
+        release.set()
+
+    async def emit(v: DomainVerdict) -> None:
+        emitted.append(v)
+
+    items = [(i, f"d{i}.example") for i in range(1, 501)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        await run(cast(Scanner, Blocking()), items, emit)
+    assert seen == [200]
+    assert sorted(v.line or 0 for v in emitted) == list(range(1, 501))
