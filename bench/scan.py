@@ -13,7 +13,11 @@ What each figure is:
 - scan rows: ``danescan scan --db <fresh PostgreSQL database> --workers W`` as a child process
   on a freshly flushed resolver. CPU is the child's rusage with its workers (user + system),
   including start-up and loading the list into shards; RSS is the largest single process.
-  "p99 rate" is domains / time until 99 % of shards were done (the tail of timeouts excluded).
+  "p99 rate" is domains / time until 99 % of shards were done. "active s" is the time until
+  99 % of the scan's DNS questions had been asked; after it only stragglers wait on timeouts
+  and the retry pass. "busy cores" is the whole machine's (/proc/stat) during that time.
+- the ceiling: when the machine is saturated, no scan can beat cores / (CPU per domain of
+  all its parts: scanner, Unbound, NSD, SMTP servers, PostgreSQL).
 - dnsperf: the questions the scan asked (its --dns-log), replayed once on a flushed resolver;
   the domain limit is dnsperf's queries/s divided by the scan's questions per domain.
 - smtp loop: `scanner.probe.probe` in a plain loop over the scan's successful endpoints,
@@ -70,6 +74,8 @@ class ScanRun:
     sessions: int
     p99_wall: float
     parts: dict[str, float]  # CPU seconds of the other parts of the machine during the scan
+    active_wall: float  # until 99 % of the scan's DNS questions had been asked
+    busy_active: float  # cores of the machine busy (any process) during the active phase
 
     @property
     def rate(self) -> float:
@@ -81,6 +87,27 @@ class ScanRun:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot (/proc/stat: idle and iowait are idle)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - fields[3] - fields[4], total
+
+
+def active_phase(samples: list[tuple[float, int, int, int]]) -> tuple[float, float]:
+    """From (seconds, DNS log bytes, busy, total jiffies) samples: the seconds until 99 % of
+    the scan's DNS questions had been asked (after that only stragglers, waiting on timeouts
+    and the retry pass, are left), and the machine's busy cores over that time."""
+    final = samples[-1][1]
+    t0, _, b0, j0 = samples[0]
+    for t, size, busy, total in samples:
+        if size >= 0.99 * final:
+            cores = os.cpu_count() or 1
+            return t - t0, cores * (busy - b0) / max(1, total - j0)
+    return samples[-1][0] - t0, 0.0
 
 
 PARTS = ("unbound", "authoritative", "smtpd", "postgres")
@@ -179,15 +206,21 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
          "--resolver", world.resolver, "--allow-private", "--workers", str(workers),
          "--dns-log", str(log), *SCAN_FLAGS], cwd=REPO, stdout=subprocess.DEVNULL)
     peak_kib = 0
+    samples = [(0.0, 0, *machine_jiffies())]
     while True:  # the peak RSS of the scan's processes (workers included), sampled
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         peak_kib = max([peak_kib, *map(hwm_kib, descendants([proc.pid]))])
         watch.sample()
+        logged = sum(f.stat().st_size for f in work.glob(log.name + "*"))
+        samples.append((time.monotonic() - start, logged, *machine_jiffies()))
         time.sleep(0.5)
     wall = time.monotonic() - start
     parts = watch.used()
+    samples.append((wall, sum(f.stat().st_size for f in work.glob(log.name + "*")),
+                    *machine_jiffies()))
+    active, busy = active_phase(samples)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"scan exited {proc.returncode}")
@@ -205,7 +238,7 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
             out.write(f.read_text())
     queries = sum(1 for _ in open(merged))
     run = ScanRun(label, workers, int(domains), wall, usage.ru_utime + usage.ru_stime,
-                  peak_kib / 1024, queries, count_sessions(world, t0), p99, parts)
+                  peak_kib / 1024, queries, count_sessions(world, t0), p99, parts, active, busy)
     drop_db(db)
     return run, str(merged)
 
@@ -378,12 +411,13 @@ def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], 
            " MiB",
            "",
            "| world | workers | domains/s | p99 rate | CPU µs/domain | DNS q/s | STARTTLS "
-           "sessions/s | peak RSS MiB | wall s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "sessions/s | peak RSS MiB | wall s | active s | busy cores (active) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         out.append(f"| {r.label} | {r.workers} | {r.rate:.0f} | {r.domains / r.p99_wall:.0f} | "
                    f"{r.cpu_us:.0f} | {r.queries / r.wall:.0f} | {r.sessions / r.wall:.1f} | "
-                   f"{r.rss_mib:.0f} | {r.wall:.1f} |")
+                   f"{r.rss_mib:.0f} | {r.wall:.1f} | {r.active_wall:.1f} | "
+                   f"{r.busy_active:.2f} |")
     out += ["", "Where the two cores went during each scan (CPU seconds per wall second; "
             "PostgreSQL counts every backend on the machine):", "",
             "| world | workers | scanner | unbound | authoritative | smtpd | postgres | total |",
@@ -393,6 +427,9 @@ def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], 
         out.append(f"| {r.label} | {r.workers} | "
                    + " | ".join(f"{x:.2f}" for x in shares) + f" | {sum(shares):.2f} |")
     best = max(runs[:2], key=lambda r: r.rate)
+    cores = os.cpu_count() or 1
+    used = best.cpu + sum(best.parts.values())  # CPU seconds of every part in the best run
+    ceiling = cores / used * best.domains
     out += ["",
             f"- dnsperf, the scan's {runs[0].queries} questions on a flushed Unbound: "
             f"{qps:.0f} q/s ({lost} lost) = {dns_limit:.0f} domains/s at "
@@ -404,6 +441,10 @@ def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], 
             f"{args.peer_parallel}: {peer_rate:.1f} domains/s",
             f"- scanner/limit (best zero-delay run / dnsperf domain limit): "
             f"{best.rate / dns_limit:.2f}",
+            f"- ceiling of scanner/limit while the scan shares these {cores} cores with the "
+            f"resolver: the scan's parts used {1e6 * used / best.domains:.0f} µs of CPU per "
+            f"domain in all (scanner {best.cpu_us:.0f}), so at best {ceiling:.0f} domains/s = "
+            f"{ceiling / dns_limit:.2f} of the limit",
             f"- scanner/peer: {best.rate / peer_rate:.1f}x"]
     if len(runs) == 4:
         for a, b in ((runs[0], runs[2]), (runs[1], runs[3])):
