@@ -239,12 +239,18 @@ class DnsClient:
 
     async def _reader(self, chan: _Channel) -> None:
         sock = chan.sock
+        # Datagrams are read into one reused buffer and copied out at their size: recv(65535)
+        # allocated 64 KiB per answer and shrank it in place, and the split-off remainders,
+        # interleaved with longer-lived allocations, made the C heap grow for the whole scan.
+        buffer = bytearray(65535)
+        view = memoryview(buffer)
         while True:
             await trio.lowlevel.wait_readable(sock)
             # Drain everything queued: one wake-up per burst, not per datagram.
             while True:
                 try:
-                    data = sock.recv(65535)
+                    size = sock.recv_into(buffer)
+                    data = bytes(view[:size])
                 except BlockingIOError:
                     break
                 except OSError:
