@@ -217,6 +217,9 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
         [PY, "-m", "scanner.cli", "-q", "scan", str(world.domains_file), "--db", url,
          "--resolver", world.resolver, "--allow-private", "--workers", str(workers),
          "--dns-log", str(log), *SCAN_FLAGS], cwd=REPO, stdout=subprocess.DEVNULL)
+    def logged() -> int:  # bytes of DNS questions written so far (all workers' logs)
+        return sum(f.stat().st_size for f in work.glob(log.name + "*"))
+
     peak_kib = 0
     samples = [(0.0, 0, *machine_jiffies())]
     while True:  # the peak RSS of the scan's processes (workers included), sampled
@@ -225,13 +228,11 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
             break
         peak_kib = max([peak_kib, *map(hwm_kib, descendants([proc.pid]))])
         watch.sample()
-        logged = sum(f.stat().st_size for f in work.glob(log.name + "*"))
-        samples.append((time.monotonic() - start, logged, *machine_jiffies()))
+        samples.append((time.monotonic() - start, logged(), *machine_jiffies()))
         time.sleep(0.5)
     wall = time.monotonic() - start
     parts = watch.used()
-    samples.append((wall, sum(f.stat().st_size for f in work.glob(log.name + "*")),
-                    *machine_jiffies()))
+    samples.append((wall, logged(), *machine_jiffies()))
     active, busy = active_phase(samples)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
