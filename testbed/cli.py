@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     n.add_argument("--night", type=int, required=True)
     n.set_defaults(func=_advance)
 
+    lat = sub.add_parser(
+        "delay", help="change the latency of a world built with --delay (0,0 keeps its fronts)"
+    )
+    lat.add_argument("--dir", type=Path, required=True)
+    lat.add_argument("delay", type=_delay, metavar="MIN,MAX")
+    lat.set_defaults(func=_set_delay)
+
 
 def _summary(w: control.World, seconds: float) -> None:
     print(f"resolver {w.resolver}")
@@ -110,6 +117,15 @@ def _status(args: argparse.Namespace) -> int:
     json.dump(state, sys.stdout, indent=1)
     print()
     return 0 if state["smtpd_alive"] else 1
+
+
+def _set_delay(args: argparse.Namespace) -> int:
+    try:
+        control.set_delay(args.dir, args.delay)
+    except (OSError, RuntimeError) as exc:
+        print(f"danescan testbed delay: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _advance(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ BLOCKS_DIR = Path("/tmp/danescan-blocks")
 AUTO_BLOCKS = range(100, 251)
 RESERVED_BLOCKS = frozenset({77, 78})
 SMTPD_READY_TIMEOUT = 120.0
+SIGHUP_SETTLE = 0.5  # seconds for the signalled servers to read the new delay
 STATE = "world.json"
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -158,7 +159,14 @@ def _spawn_smtpd(wdir: Path, smtp: spec.SmtpSpec) -> subprocess.Popen[bytes]:
     with open(wdir / "smtpd.out", "wb") as out, open(wdir / "smtpd.err", "wb") as err:
         # Detached (own session) so the world outlives the `up` command that started it.
         return subprocess.Popen(
-            [sys.executable, "-m", "testbed.smtpd", str(spec_path)],
+            [
+                sys.executable,
+                "-m",
+                "testbed.smtpd",
+                str(spec_path),
+                "--delay-file",
+                str(wdir / spec.DELAY_FILE),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -255,7 +263,9 @@ def _world(wdir: Path, state: dict[str, Any], manifest: list[dict[str, Any]]) ->
         session_log=wdir / "smtp-sessions.jsonl",
         domains=state["domains"],
         ipv6=state["ipv6"],
-        delay=(float(state["delay"][0]), float(state["delay"][1])),
+        delay=spec.read_delay(
+            str(wdir / spec.DELAY_FILE), (float(state["delay"][0]), float(state["delay"][1]))
+        ),
         weights=state["weights"],
         greeting_delay=state["greeting_delay"],
         climb=state.get("climb", world.Params.climb),
@@ -287,6 +297,7 @@ def up(
     if (wdir / STATE).exists():
         raise RuntimeError(f"a world is already up in {wdir}; `down` it first")
     wdir.mkdir(parents=True, exist_ok=True)
+    (wdir / spec.DELAY_FILE).unlink(missing_ok=True)  # a kept folder's last `set_delay`
     blk = allocate_block(wdir, block)
     state: dict[str, Any] = {
         "seed": seed,
@@ -368,6 +379,29 @@ def down(dir: Path, keep: bool = False) -> None:
             (wdir / STATE).unlink()
     else:
         shutil.rmtree(wdir, ignore_errors=True)
+
+
+def set_delay(dir: Path, delay: tuple[float, float]) -> None:
+    """Change the latency a running world adds to authoritative answers and SMTP replies.
+
+    Only a world built with a delay has latency fronts; they and the SMTP servers read the new
+    value on SIGHUP, so one world (same processes, same CPU spent forwarding) is measured with
+    and without latency. Raises RuntimeError for a world built without fronts."""
+    wdir = Path(dir).resolve()
+    state = _state(wdir)
+    if tuple(state["delay"]) == (0.0, 0.0):
+        raise RuntimeError(f"the world in {wdir} was built without --delay: it has no fronts")
+    low, high = delay
+    if not 0 <= low <= high:
+        raise ValueError("delay: 0 <= low <= high seconds")
+    tmp = wdir / (spec.DELAY_FILE + ".tmp")
+    tmp.write_text(json.dumps([low, high]))
+    os.replace(tmp, wdir / spec.DELAY_FILE)
+    fronts = (wdir / _dnsnet().FRONTS_FILE).read_text().split()
+    for pid in [*map(int, fronts), state.get("smtpd_pid")]:
+        if pid and _pid_alive(int(pid)):
+            os.kill(int(pid), signal.SIGHUP)
+    time.sleep(SIGHUP_SETTLE)
 
 
 def status(dir: Path) -> dict[str, Any]:

@@ -10,6 +10,8 @@ Layout under ``workdir``::
     dns/timings.json                   seconds spent signing, starting the servers, Unbound
     unbound.ctl                        Unbound's control socket (unix, no certificates)
     dns.pids                           every PID started, one a line
+    fronts.pids                        the latency fronts among them
+    delay.json                         the fronts' current delay, if changed (`control.set_delay`)
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ import dns.rcode
 
 from testbed import procs
 from testbed.signing import sign_zones, trust_anchor
-from testbed.spec import DnsServer, WorldPlan, Zone
+from testbed.spec import DELAY_FILE, DnsServer, WorldPlan, Zone
 
 NSD = "/usr/sbin/nsd"
 UNBOUND = "/usr/sbin/unbound"
 UNBOUND_CONTROL = "/usr/sbin/unbound-control"
 UNBOUND_CHECKCONF = "/usr/sbin/unbound-checkconf"
 BACKEND_PORT = 10053  # where a server behind a latency front really listens (same address)
+FRONTS_FILE = "fronts.pids"  # the latency fronts among dns.pids
 
 # Names Unbound answers itself unless told not to (unbound.conf(5), "local-zone" defaults;
 # RFC 6761 special-use names).
@@ -67,6 +70,7 @@ def start(
     zone_files = _write_zones(plan, base, texts)
     timings["write"] = time.monotonic() - t0
     (workdir / "dns.pids").write_text("")
+    (workdir / FRONTS_FILE).write_text("")
     pids: list[int] = []
     try:
         t0 = time.monotonic()
@@ -96,6 +100,7 @@ def stop(workdir: Path) -> None:
     pids = [int(line) for line in pid_file.read_text().split()]
     procs.terminate(pids, str(workdir))
     pid_file.unlink()
+    (workdir / FRONTS_FILE).unlink(missing_ok=True)
     (workdir / "unbound.ctl").unlink(missing_ok=True)
 
 
@@ -204,8 +209,11 @@ def _start_server(
             "ready": str(ready),
             "backend": [server.address, port],
             "delay": list(server.delay),
+            "delay_file": str(workdir / DELAY_FILE),
         }
         pid, log = _start_faultdns(f"front-{server.name}", config, base, workdir, pids)
+        with (workdir / FRONTS_FILE).open("a") as out:
+            out.write(f"{pid}\n")  # `control.set_delay` signals these
         checks.append((ready.exists, pid, f"latency front {server.name}", log, 30.0))
     return checks
 

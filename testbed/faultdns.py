@@ -16,10 +16,16 @@ After binding, the server writes the ``ready`` file so the caller knows the sock
 from __future__ import annotations
 
 import bisect
+import contextlib
+import heapq
 import json
 import random
+import select
+import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,8 @@ import dns.rdatatype
 import dns.rrset
 import dns.zone
 import trio
+
+from testbed import spec
 
 _MAX_UDP = 65535
 
@@ -221,48 +229,71 @@ def _tcp_handler(handle: Handler) -> Callable[[trio.SocketStream], Awaitable[Non
 
 
 class _Front:
-    """Forward to ``backend`` and hold every answer for uniform(low, high) seconds."""
+    """Forward to ``backend`` and hold every answer for uniform(low, high) seconds.
+
+    UDP is pumped by one plain thread (epoll, a heap of held answers): a task and a timer per
+    answer cost ~120 us of CPU, and a benchmark's latency world would measure the fronts
+    rather than the scanner. TCP, rare, stays on trio. ``delay`` may change while serving
+    (`reload_delay`); a tuple is replaced whole, so the thread reads old or new, never half.
+    """
 
     def __init__(self, backend: tuple[str, int], delay: tuple[float, float]) -> None:
         self.backend = backend
         self.delay = delay
-        self.pending: dict[int, tuple[Any, bytes]] = {}  # our query id -> (client, their id)
-        self.next_id = random.randrange(65536)
 
     def _pause(self) -> float:
-        return random.uniform(*self.delay)
+        low, high = self.delay
+        return random.uniform(low, high) if high > 0 else 0.0
 
-    async def serve_udp(self, down: trio.socket.SocketType) -> None:
-        up = await _udp_socket(self.backend[0], 0)
-        await up.connect(self.backend)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._from_backend, up, down, nursery)
-            while True:
-                wire, peer = await down.recvfrom(_MAX_UDP)
-                if len(wire) < 12:
-                    continue
-                # Queries from many clients share one upstream socket: rewrite the id so the
-                # answer can find its way back (a colliding id only reuses a stale slot).
-                ours = self.next_id = (self.next_id + 1) & 0xFFFF
-                self.pending[ours] = (peer, wire[:2])
-                await up.send(ours.to_bytes(2, "big") + wire[2:])
-
-    async def _from_backend(
-        self, up: trio.socket.SocketType, down: trio.socket.SocketType, nursery: trio.Nursery
-    ) -> None:
+    def pump_udp(self, down: socket.socket) -> None:
+        """Runs forever in its own thread: queries down -> backend, answers back, held."""
+        family = socket.AF_INET6 if ":" in self.backend[0] else socket.AF_INET
+        up = socket.socket(family, socket.SOCK_DGRAM)
+        up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        up.bind((self.backend[0], 0))
+        up.connect(self.backend)
+        for s in (up, down):
+            s.setblocking(False)
+        poller = select.epoll()
+        poller.register(down.fileno(), select.EPOLLIN)
+        poller.register(up.fileno(), select.EPOLLIN)
+        # Queries from many clients share one upstream socket: rewrite the id so the answer
+        # finds its way back (a colliding id only reuses a stale slot).
+        pending: dict[int, tuple[Any, bytes]] = {}
+        held: list[tuple[float, int, bytes, Any]] = []  # (due, seq, answer, client): a heap
+        next_id = random.randrange(65536)
+        seq = 0
         while True:
-            try:
-                wire = await up.recv(_MAX_UDP)
-            except ConnectionRefusedError:
-                continue  # backend not up yet; the client will retry
-            entry = self.pending.pop(int.from_bytes(wire[:2], "big"), None)
-            if entry is not None:
-                peer, their_id = entry
-                nursery.start_soon(self._deliver_udp, down, their_id + wire[2:], peer)
-
-    async def _deliver_udp(self, down: trio.socket.SocketType, wire: bytes, peer: Any) -> None:
-        await trio.sleep(self._pause())
-        await down.sendto(wire, peer)
+            timeout = max(0.0, held[0][0] - time.monotonic()) if held else -1.0
+            for fd, _ in poller.poll(timeout):
+                for _ in range(256):  # drain, but let the other socket and the heap have a turn
+                    try:
+                        if fd == down.fileno():
+                            wire, peer = down.recvfrom(_MAX_UDP)
+                        else:
+                            wire, peer = up.recv(_MAX_UDP), None
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except ConnectionRefusedError:
+                        continue  # backend not up yet; the client will retry
+                    if len(wire) < 12:
+                        continue
+                    if peer is not None:
+                        next_id = (next_id + 1) & 0xFFFF
+                        pending[next_id] = (peer, wire[:2])
+                        with contextlib.suppress(OSError):
+                            up.send(next_id.to_bytes(2, "big") + wire[2:])
+                        continue
+                    entry = pending.pop(int.from_bytes(wire[:2], "big"), None)
+                    if entry is not None:
+                        seq += 1
+                        due = time.monotonic() + self._pause()
+                        heapq.heappush(held, (due, seq, entry[1] + wire[2:], entry[0]))
+            now = time.monotonic()
+            while held and held[0][0] <= now:
+                _, _, answer, client = heapq.heappop(held)
+                with contextlib.suppress(OSError):  # a full buffer drops it, as a network would
+                    down.sendto(answer, client)
 
     async def serve_tcp(self, client: trio.SocketStream) -> None:
         family = socket.AF_INET6 if ":" in self.backend[0] else socket.AF_INET
@@ -294,24 +325,41 @@ class _Front:
 async def serve(config: dict[str, Any], authority: Authority | None) -> None:
     address, port = config["address"], int(config.get("port", 53))
     mode = config["mode"]
-    udp = await _udp_socket(address, port)
     listener = await _tcp_listener(address, port)
     tcp_handler: Callable[[trio.SocketStream], Awaitable[None]]
     async with trio.open_nursery() as nursery:
         if mode == "front":
+            delay_file = config.get("delay_file")
             front = _Front(
                 (config["backend"][0], int(config["backend"][1])),
-                (float(config["delay"][0]), float(config["delay"][1])),
+                spec.read_delay(delay_file, (float(config["delay"][0]), float(config["delay"][1]))),
             )
-            nursery.start_soon(front.serve_udp, udp)
+            down = _plain_udp_socket(address, port)
+            threading.Thread(target=front.pump_udp, args=(down,), daemon=True).start()
+            nursery.start_soon(_reload_on_hangup, front, delay_file)
             tcp_handler = front.serve_tcp
         else:
+            udp = await _udp_socket(address, port)
             handle = _reply_for(mode, authority)
             nursery.start_soon(_serve_udp, udp, handle)
             tcp_handler = _tcp_handler(handle)
         nursery.start_soon(trio.serve_listeners, _quiet(tcp_handler), [listener])
         if config.get("ready"):
             await trio.Path(config["ready"]).write_text("ready\n")
+
+
+def _plain_udp_socket(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((address, port))
+    return sock
+
+
+async def _reload_on_hangup(front: _Front, delay_file: str | None) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            front.delay = spec.read_delay(delay_file, front.delay)
 
 
 def _quiet(

@@ -59,12 +59,12 @@ _GARBAGE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settings:
     idle_timeout: float = 60.0  # per read, RFC 5321 §4.5.3.2.7 suggests 5 min; we are stricter
     handshake_timeout: float = 30.0
     session_lifetime: float = 600.0
-    reply_delay: tuple[float, float] = (0.0, 0.0)
+    reply_delay: tuple[float, float] = (0.0, 0.0)  # replaced whole on SIGHUP (smtpd)
 
 
 @dataclass(slots=True)

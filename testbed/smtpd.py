@@ -24,7 +24,7 @@ from functools import partial
 import trio
 
 from testbed.smtpbehaviours import Endpoint, Record, Session, Settings, close, note_sni
-from testbed.spec import Chain, SmtpEndpoint, SmtpSpec, smtp_spec_from_json
+from testbed.spec import Chain, SmtpEndpoint, SmtpSpec, read_delay, smtp_spec_from_json
 
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 FLUSH_INTERVAL = 0.5
@@ -242,6 +242,7 @@ async def serve(
     idle_timeout: float = 60.0,
     handshake_timeout: float = 30.0,
     session_lifetime: float = 600.0,
+    delay_file: str | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serves every endpoint of ``spec`` until cancelled; ``started()`` once all are bound.
@@ -251,7 +252,8 @@ async def serve(
     cancellation every open session is logged with ``end`` = "shutdown" and the log flushed.
     """
     raise_nofile_limit()
-    settings = Settings(idle_timeout, handshake_timeout, session_lifetime, spec.reply_delay)
+    reply_delay = read_delay(delay_file, spec.reply_delay)
+    settings = Settings(idle_timeout, handshake_timeout, session_lifetime, reply_delay)
     contexts = TlsContexts()
     endpoints = [
         Endpoint(e, contexts.front(e.chains), contexts.failing, settings) for e in spec.endpoints
@@ -261,6 +263,8 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(log.run)
+            if delay_file:
+                nursery.start_soon(_reload_on_hangup, settings, delay_file)
             for listener, ep in zip(listeners, endpoints, strict=True):
                 nursery.start_soon(_accept_loop, listener, ep, log, nursery)
             task_status.started()
@@ -270,10 +274,19 @@ async def serve(
         log.close()
 
 
-async def _run(spec: SmtpSpec, idle_timeout: float) -> None:
+async def _reload_on_hangup(settings: Settings, delay_file: str) -> None:
+    """SIGHUP: take the reply delay from ``delay_file`` again (`testbed.control.set_delay`)."""
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            settings.reply_delay = read_delay(delay_file, settings.reply_delay)
+
+
+async def _run(spec: SmtpSpec, idle_timeout: float, delay_file: str | None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve, spec, idle_timeout=idle_timeout))
+            await nursery.start(
+                partial(serve, spec, idle_timeout=idle_timeout, delay_file=delay_file)
+            )
             print("ready", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
@@ -284,12 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.smtpd", description=__doc__)
     parser.add_argument("spec", help="SmtpSpec as JSON (testbed.spec.to_json)")
     parser.add_argument("--idle-timeout", type=float, default=60.0)
+    parser.add_argument("--delay-file", help="reply delay [low, high], read at start and on SIGHUP")
     args = parser.parse_args(argv)
     with open(args.spec, encoding="utf-8") as fh:
         spec = smtp_spec_from_json(json.load(fh))
     failed: list[BaseException] = []
     try:
-        trio.run(_run, spec, args.idle_timeout)
+        trio.run(_run, spec, args.idle_timeout, args.delay_file)
     except* (BindError, ChainError) as group:
         failed.extend(group.exceptions)
     for exc in failed:

@@ -7,6 +7,7 @@ mail endpoints. Everything is JSON-serialisable so servers can run as separate p
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -137,3 +138,21 @@ class WorldPlan:
     servers: list[DnsServer] = field(default_factory=list)
     zones: list[Zone] = field(default_factory=list)
     smtp: SmtpSpec | None = None
+
+
+# The latency fronts and the SMTP servers of a world built with a delay read their current delay
+# from this file in the world's folder, at start and again on SIGHUP (`control.set_delay`): the
+# same world, same processes, measured with and without latency.
+DELAY_FILE = "delay.json"
+
+
+def read_delay(path: str | None, default: tuple[float, float]) -> tuple[float, float]:
+    """``[low, high]`` seconds from ``path``; ``default`` when there is none or it is unreadable."""
+    if not path:
+        return default
+    try:
+        with open(path, encoding="utf-8") as fh:
+            low, high = json.load(fh)
+        return float(low), float(high)
+    except (OSError, ValueError, TypeError):
+        return default

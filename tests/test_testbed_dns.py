@@ -3,8 +3,10 @@ and a validating Unbound on 127.77.0.0/16, asked through Unbound like the scanne
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,16 @@ import pytest
 
 from testbed import dnsnet, procs
 from testbed.signing import sign_zones, trust_anchor
-from testbed.spec import DnsFault, DnsServer, Record, Signing, SigningFault, WorldPlan, Zone
+from testbed.spec import (
+    DELAY_FILE,
+    DnsFault,
+    DnsServer,
+    Record,
+    Signing,
+    SigningFault,
+    WorldPlan,
+    Zone,
+)
 
 RESOLVER = "127.77.0.53"
 SEED = 4242
@@ -252,6 +263,36 @@ def test_servfail_and_dead_servers_fail(world: tuple[Path, list[int]]) -> None:
     elapsed = time.monotonic() - started
     assert rcode in (dns.rcode.SERVFAIL, None)
     assert elapsed < 20.0
+
+
+def _front_time(name: str) -> float:
+    """Seconds the latency front takes to answer one question straight (no resolver)."""
+    query = dns.message.make_query(name, "MX")
+    start = time.monotonic()
+    reply = dns.query.udp(query, ADDRESS["slow"], timeout=2.0)
+    assert reply.answer
+    return time.monotonic() - start
+
+
+@pytest.mark.testbed
+def test_latency_front_delay_changes_on_hangup(world: tuple[Path, list[int]]) -> None:
+    workdir = world[0]
+    fronts = [int(p) for p in (workdir / dnsnet.FRONTS_FILE).read_text().split()]
+    assert len(fronts) == 1
+
+    def set_delay(low: float, high: float) -> None:
+        (workdir / DELAY_FILE).write_text(json.dumps([low, high]))
+        os.kill(fronts[0], signal.SIGHUP)
+        time.sleep(0.3)
+
+    assert min(_front_time("slow.tb1.") for _ in range(3)) >= 0.05
+    try:
+        set_delay(0.0, 0.0)
+        assert max(_front_time("slow.tb1.") for _ in range(3)) < 0.04
+        set_delay(0.2, 0.2)
+        assert _front_time("slow.tb1.") >= 0.2
+    finally:
+        set_delay(0.05, 0.1)
 
 
 @pytest.mark.testbed

@@ -371,3 +371,38 @@ def test_advance_and_down(make_world: Any) -> None:
     assert not wdir.exists()
     assert not control._is_smtpd(int(state["smtpd_pid"]))
     assert not (control.BLOCKS_DIR / f"{w2.block}.lock").exists()
+
+
+def _greeting_seconds(address: str) -> float:
+    start = time.monotonic()
+    with socket.create_connection((address, 25), timeout=5) as s:
+        assert s.makefile("rb").readline().startswith(b"220")
+    return time.monotonic() - start
+
+
+def _mx_seconds(w: control.World, domain: str) -> float:
+    """One MX question on a flushed resolver: its time includes the fronts' delays."""
+    from testbed import dnsnet
+
+    dnsnet.flush_resolver(w.dir)
+    start = time.monotonic()
+    reply = dns.query.udp(dns.message.make_query(domain, "MX"), w.resolver, timeout=5)
+    assert reply.rcode() == dns.rcode.NOERROR
+    return time.monotonic() - start
+
+
+def test_set_delay_changes_a_running_world(make_world: Any, world: control.World) -> None:
+    with pytest.raises(RuntimeError, match="without --delay"):
+        control.set_delay(world.dir, (0.1, 0.1))
+    w = make_world(domains=20, seed=5, delay=(0.2, 0.2), weights={"starttls-unsigned": 1.0})
+    m = w.manifest[0]
+    address = m["mx_hosts"][0]["addresses"][0]
+    # Cold: root, TLD and the domain's server each answer once, 0.2 s later.
+    assert _greeting_seconds(address) >= 0.2
+    assert _mx_seconds(w, m["domain"]) >= 0.4
+    control.set_delay(w.dir, (0.0, 0.0))
+    assert control.load(w.dir).delay == (0.0, 0.0)
+    assert _greeting_seconds(address) < 0.1
+    assert _mx_seconds(w, m["domain"]) < 0.3
+    control.set_delay(w.dir, (0.2, 0.2))
+    assert _greeting_seconds(address) >= 0.2

@@ -445,6 +445,24 @@ async def test_reply_delay(world: SmtpSpec) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_reply_delay_changes_on_hangup(world: SmtpSpec, tmp_path: Path) -> None:
+    delay_file = tmp_path / "delay.json"
+    delay_file.write_text("[0.2, 0.25]")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(smtpd.serve, world, delay_file=str(delay_file)))
+        c = await connect("127.78.0.3")
+        start = trio.current_time()
+        assert (await c.reply())[0] == 220
+        assert trio.current_time() - start >= 0.15  # the file's delay, not the spec's zero
+        delay_file.write_text("[0, 0]")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(0.1)
+        start = trio.current_time()
+        assert (await c.cmd("NOOP"))[0] == 250
+        assert trio.current_time() - start < 0.15
+        nursery.cancel_scope.cancel()
+
+
 async def test_startup_errors_name_the_culprit(
     world: SmtpSpec, certs: Certs, tmp_path: Path
 ) -> None:
