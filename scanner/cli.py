@@ -625,4 +625,9 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m scanner.cli` runs this file as __main__, a second copy of the module: modules
+    # that import scanner.cli (batch.py) raise *its* UsageError, which this copy's handlers
+    # would not catch. Run the imported module's main instead.
+    from scanner.cli import main as _main
+
+    sys.exit(_main())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,19 @@ def test_resolver_that_does_not_validate(capsys: pytest.CaptureFixture[str]) -> 
     rc, text = run(capsys, "check", "example.com", "--resolver", "127.83.0.1",
                    "--dns-timeout", "0.1")
     assert rc == 2 and "does not validate DNSSEC" in text
+
+
+def test_usage_errors_from_a_worker_under_python_m(tmp_path: Path) -> None:
+    # `python -m scanner.cli` runs cli.py as __main__; the worker (batch.py) raises the
+    # UsageError of the imported scanner.cli. It must still end as one line, not a traceback.
+    (tmp_path / "list.txt").write_text("example.com\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "scanner.cli", "-q", "scan", str(tmp_path / "list.txt"),
+         "--db", str(tmp_path / "s.sqlite"), "--resolver", "127.83.0.1", "--dns-timeout", "0.1"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "does not validate DNSSEC" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("name", ["exa mple..com", "localhost", "192.0.2.1", "a" * 64 + ".com"])
