@@ -423,7 +423,19 @@ async def _run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterato
 
     async def worker(receive: trio.MemoryReceiveChannel[tuple[int, str]]) -> None:
         async with receive:
-            async for line, raw in receive:
+            while True:
+                # ``async for`` passes through the scheduler for every item even when one is
+                # waiting; a domain's own lookups are its checkpoints, so take the next line
+                # directly and wait only when the channel is empty.
+                try:
+                    line, raw = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        line, raw = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
                 try:
                     v = await scanner.scan_domain(line, raw)
                 except Exception as exc:  # one bad domain must never lose the others

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,6 +19,7 @@ import trio
 
 from scanner.config import Config
 from scanner.model import EndpointFacts, EndpointStatus
+from scanner.rawstream import RawStream, open_tcp
 from scanner.smtp import (
     PeerClosedError,
     Reply,
@@ -143,7 +146,14 @@ async def probe(address: str, port: int, sni: str | None, config: Config) -> End
     probed_at = datetime.now(UTC)
     progress = _Progress()
     try:
-        await _dialogue(str(ip), ip.version, port, sni, config, progress)
+        # One cancel scope for the whole dialogue; each phase moves its deadline (a scope per
+        # phase cost more CPU than the SMTP dialogue's own Python).
+        with trio.CancelScope() as scope:
+            await _dialogue(str(ip), ip.version, port, sni, config, progress, scope)
+        if scope.cancelled_caught and progress.status is None:
+            # The phase's time ran out. Once the outcome is decided, only the courtesy QUIT
+            # and close could be cut short, and that changes nothing.
+            raise trio.TooSlowError
     except NETWORK_ERRORS as exc:
         cause = _os_error(exc)
         if cause is not None and cause.errno in LOCAL_ERRNOS:
@@ -168,65 +178,70 @@ async def probe(address: str, port: int, sni: str | None, config: Config) -> End
     )
 
 
-async def connect(address: str, version: int, port: int) -> trio.SocketStream:
-    """TCP connect to an IP literal (trio resolves literals numerically, never via DNS)."""
-    family = trio.socket.AF_INET6 if version == 6 else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    try:
-        await sock.connect((address, port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
+async def connect(address: str, version: int, port: int) -> RawStream:
+    """TCP connect to an IP literal (never resolved: the probe does no DNS)."""
+    return await open_tcp(address, port, socket.AF_INET6 if version == 6 else socket.AF_INET)
 
 
 async def _dialogue(
-    address: str, version: int, port: int, sni: str | None, config: Config, p: _Progress
+    address: str,
+    version: int,
+    port: int,
+    sni: str | None,
+    config: Config,
+    p: _Progress,
+    scope: trio.CancelScope,
 ) -> None:
-    with trio.fail_after(config.connect_timeout):
-        stream = await connect(address, version, port)
+    def phase(phase: Phase, seconds: float) -> None:
+        if scope.cancel_called:
+            # The last step completed just as its deadline passed: the cancellation is still
+            # pending and would land in the next phase. It belongs to this one.
+            raise trio.TooSlowError
+        p.phase = phase
+        scope.deadline = trio.current_time() + seconds
+
+    phase(Phase.CONNECT, config.connect_timeout)
+    stream = await connect(address, version, port)
     async with stream:
         conn = SmtpConnection(stream)
 
         # RFC 5321 §4.3.2 / §3.1: 220 greets; 554 (or any 4xx/5xx) turns us away.
-        p.phase = Phase.GREETING
-        with trio.fail_after(config.greeting_timeout):
-            greeting = await conn.read_reply()
+        phase(Phase.GREETING, config.greeting_timeout)
+        greeting = await conn.read_reply()
         p.greeting_code, p.banner = greeting.code, greeting.text
         if greeting.code != 220:
             if greeting.code >= 400:
                 p.end(EndpointStatus.GREETING_REJECTED, f"greeting {greeting.code}")
-                await _quit(conn, config)
+                await _quit(conn, config, scope)
             else:
                 p.end(EndpointStatus.PROTOCOL_ERROR, f"unexpected greeting {greeting.code}")
             return
 
-        p.phase = Phase.EHLO
-        with trio.fail_after(config.command_timeout):
-            ehlo = await conn.command(f"EHLO {config.ehlo_name}")
+        phase(Phase.EHLO, config.command_timeout)
+        ehlo = await conn.command(f"EHLO {config.ehlo_name}")
         if ehlo.code != 250:
             # RFC 5321 §3.2: a server that rejects EHLO may still take HELO; either way
             # there is no extension, hence no STARTTLS.
             p.starttls_offered = False
+            scope.deadline = math.inf  # the HELO has its own timeout, and cannot fail the probe
             p.end(EndpointStatus.NO_STARTTLS, await _helo_fallback(conn, ehlo, config))
-            await _quit(conn, config)
+            await _quit(conn, config, scope)
             return
         p.ehlo = ehlo_keywords(ehlo)
         p.starttls_offered = offers(p.ehlo, "STARTTLS")
         if not p.starttls_offered:
             p.end(EndpointStatus.NO_STARTTLS)
-            await _quit(conn, config)
+            await _quit(conn, config, scope)
             return
 
         # RFC 3207 §4: 220 to go ahead; 454 (temporary) or 501 otherwise.
-        p.phase = Phase.STARTTLS
-        with trio.fail_after(config.command_timeout):
-            reply = await conn.command("STARTTLS")
+        phase(Phase.STARTTLS, config.command_timeout)
+        reply = await conn.command("STARTTLS")
         p.starttls_code = reply.code
         if reply.code != 220:
             if reply.code >= 400:
                 p.end(EndpointStatus.STARTTLS_REFUSED, f"starttls {reply.code}: {reply.text}")
-                await _quit(conn, config)
+                await _quit(conn, config, scope)
             else:
                 p.end(EndpointStatus.PROTOCOL_ERROR, f"unexpected starttls reply {reply.code}")
             return
@@ -236,14 +251,13 @@ async def _dialogue(
             p.end(EndpointStatus.PROTOCOL_ERROR, "starttls: data after the 220 reply")
             return
 
-        p.phase = Phase.TLS
+        phase(Phase.TLS, config.tls_timeout)
         tls = TlsStream(stream, sni)
-        with trio.fail_after(config.tls_timeout):
-            facts = await tls.handshake()
+        facts = await tls.handshake()
         p.tls_version, p.cipher, p.chain = facts.version, facts.cipher, facts.chain
         p.end(EndpointStatus.SUCCESS)
-        await _quit(SmtpConnection(tls), config)
-        await _close_quietly(tls, config)
+        await _quit(SmtpConnection(tls), config, scope)
+        await _close_quietly(tls)
 
 
 async def _helo_fallback(conn: SmtpConnection, ehlo: Reply, config: Config) -> str:
@@ -257,14 +271,15 @@ async def _helo_fallback(conn: SmtpConnection, ehlo: Reply, config: Config) -> s
     return f"{detail}; helo {helo.code}"
 
 
-async def _quit(conn: SmtpConnection, config: Config) -> None:
-    """Say goodbye and read the 221, best effort: the probe's outcome is already decided."""
-    with trio.move_on_after(min(config.command_timeout, QUIT_TIMEOUT)):
-        with contextlib.suppress(*NETWORK_ERRORS):
-            await conn.command("QUIT")
+async def _quit(conn: SmtpConnection, config: Config, scope: trio.CancelScope) -> None:
+    """Say goodbye and read the 221, best effort: the probe's outcome is already decided (if
+    the time runs out, the dialogue's scope ends it quietly, see :func:`probe`)."""
+    scope.deadline = trio.current_time() + min(config.command_timeout, QUIT_TIMEOUT)
+    with contextlib.suppress(*NETWORK_ERRORS):
+        await conn.command("QUIT")
 
 
-async def _close_quietly(stream: trio.abc.Stream, config: Config) -> None:
-    with trio.move_on_after(min(config.command_timeout, QUIT_TIMEOUT)):
-        with contextlib.suppress(*NETWORK_ERRORS):
-            await stream.aclose()
+async def _close_quietly(stream: trio.abc.Stream) -> None:
+    """close_notify, under the QUIT's deadline."""
+    with contextlib.suppress(*NETWORK_ERRORS):
+        await stream.aclose()

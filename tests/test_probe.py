@@ -19,9 +19,10 @@ import pytest
 import trio
 import trio.testing
 
+from scanner import rawstream
 from scanner.config import Config
 from scanner.model import EndpointStatus
-from scanner.probe import Phase, classify, probe
+from scanner.probe import QUIT_TIMEOUT, Phase, classify, probe
 from scanner.smtp import SmtpProtocolError
 from scanner.tls import TlsHandshakeError
 from tests.test_tls import ServedChain, SniLog, served_chain, server_context
@@ -44,10 +45,11 @@ class FakeSmtp:
     chain: ServedChain = field(default_factory=lambda: served_chain(False))
     greeting: bytes | None = b"220 mx.example.net ESMTP fake\r\n"  # None: never greet
     greeting_delay: float = 0.0
-    ehlo: bytes | None = EHLO_TLS  # None: never answer EHLO
+    ehlo: bytes | None = EHLO_TLS
+    ehlo_delay: float = 0.0  # None: never answer EHLO
     starttls: bytes = b"220 2.0.0 Ready to start TLS\r\n"
     after_starttls: bytes = b""
-    tls_mode: str = "handshake"  # or "garbage", "silent"
+    tls_mode: str = "handshake"  # or "garbage", "silent", "mute" (handshake, then silence)
     tls_version: ssl.TLSVersion | None = None
     reset_on: str | None = None  # verb on which to reset the connection (RST)
     close_on: str | None = None  # verb on which to close it (FIN)
@@ -80,8 +82,10 @@ class FakeSmtp:
             if verb == "EHLO":
                 if self.ehlo is None:
                     await trio.sleep_forever()
+                await trio.sleep(self.ehlo_delay)
                 await stream.send_all(self.ehlo)
             elif verb == "HELO":
+                await trio.sleep(self.ehlo_delay)
                 await stream.send_all(b"250 mx.example.net\r\n")
             elif verb == "QUIT":
                 await stream.send_all(b"221 2.0.0 Bye\r\n")
@@ -105,6 +109,8 @@ class FakeSmtp:
         ctx = server_context(self.chain, self.sni, self.tls_version)
         tls = trio.SSLStream(stream, ctx, server_side=True)
         await tls.do_handshake()
+        if self.tls_mode == "mute":
+            await trio.sleep_forever()
         lines = _Lines(tls)
         while (line := await lines.next()) is not None:
             self.commands.append(f"TLS {line}")
@@ -337,6 +343,29 @@ async def test_silent_tls_handshake_is_io_timeout(
     assert facts.error == "tls: timed out"
 
 
+async def test_unanswered_quit_keeps_the_outcome(
+    nursery: trio.Nursery, slow_autojump_clock: trio.testing.MockClock
+) -> None:
+    # The 221 is a courtesy: waiting for it is bounded, and its absence decides nothing.
+    port = await serve(nursery, FakeSmtp(tls_mode="mute"))
+    start = trio.current_time()
+    facts = await probe(HOST, port, None, CONFIG)
+    assert facts.status is EndpointStatus.SUCCESS and facts.error is None
+    assert facts.chain
+    assert trio.current_time() - start < QUIT_TIMEOUT + 1
+
+
+async def test_helo_fallback_has_its_own_time(
+    nursery: trio.Nursery, slow_autojump_clock: trio.testing.MockClock
+) -> None:
+    # EHLO rejected after most of its timeout: HELO still gets a whole command timeout.
+    fake = FakeSmtp(ehlo=b"502 5.5.2 EHLO not implemented\r\n", ehlo_delay=25.0)
+    port = await serve(nursery, fake)
+    facts = await probe(HOST, port, None, CONFIG)
+    assert facts.status is EndpointStatus.NO_STARTTLS
+    assert facts.error == "ehlo 502; helo 250"
+
+
 async def test_names_are_refused_not_resolved() -> None:
     with pytest.raises(ValueError):
         await probe("mx.example.net", 25, None, CONFIG)
@@ -348,7 +377,7 @@ async def test_local_exhaustion_is_not_blamed_on_the_peer(
     def no_descriptors(*_args: object) -> None:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(trio.socket, "socket", no_descriptors)
+    monkeypatch.setattr(rawstream.socket, "socket", no_descriptors)
     with pytest.raises(OSError, match="Too many open files"):
         await probe(HOST, 25, None, CONFIG)
 
