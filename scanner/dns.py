@@ -169,8 +169,9 @@ def _least_busy(group: list[_Channel]) -> _Channel:
     n = len(group)
     if n == 1:
         return group[0]
-    a = group[random.randrange(n)]
-    b = group[random.randrange(n)]
+    pick = random.random  # randrange costs four times as much (two picks per query)
+    a = group[int(pick() * n)]
+    b = group[int(pick() * n)]
     return a if len(a.pending) <= len(b.pending) else b
 
 
@@ -271,9 +272,11 @@ class DnsClient:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             now = trio.current_time()
+            pop = heapq.heappop
             while heap and heap[0][0] <= now:
-                _, _, waiter, generation = heapq.heappop(heap)
-                waiter.expire(generation)
+                _, _, waiter, generation = pop(heap)
+                if waiter.task is not None:  # most entries belong to answered queries
+                    waiter.expire(generation)
 
     async def _wait(self, waiter: _Waiter, until: float) -> None:
         """Park until the answer arrives or ``until`` passes (then ``waiter.wire`` is None)."""
