@@ -207,6 +207,20 @@ def test_interner_shares_equal_certificates_and_ehlo() -> None:
     assert all(x is y for x, y in zip(a.chain, b.chain, strict=True))
 
 
+def test_interner_starts_afresh_at_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past the bound it must not pin the certificates of every endpoint ever seen.
+    from scanner import pipeline
+
+    monkeypatch.setattr(pipeline, "INTERN_LIMIT", 3)
+    interner = pipeline._Interner()
+    values = [bytes(bytearray(f"cert-{i}".encode())) for i in range(5)]
+    for v in values:
+        assert interner.one(v) is v
+    assert len(interner._seen) == 2  # cleared when the fourth arrived
+    assert interner.one(bytes(bytearray(b"cert-4"))) is values[4]
+    assert interner.one(bytes(bytearray(b"cert-0"))) is not values[0]  # forgotten
+
+
 async def test_feeder_fills_the_pipeline_while_the_loop_is_busy() -> None:
     """New domains enter up to ``concurrency`` at once, not one per scheduling round: while
     other tasks keep the loop busy (a wave of answers or handshakes), a feeder that yields
