@@ -1,11 +1,11 @@
 """A TCP client stream over a plain non-blocking socket that yields only when it has to wait.
 
 ``trio.SocketStream`` passes through the scheduler after every send and receive, even one the
-kernel completed at once, and wraps each call in conflict detectors and a checkpoint helper.
-A STARTTLS probe makes a dozen such calls; at the scanner's rate that machinery cost more CPU
-than the SMTP dialogue itself. Here a call that can complete does so without a task switch, and
-waits (``wait_readable`` / ``wait_writable``, cancellable like any trio checkpoint) only when
-the kernel says it would block. One task owns a stream: no concurrent sends or receives.
+kernel completed at once, and wraps each call in conflict detectors and a checkpoint helper: a
+dozen scheduler rounds per STARTTLS probe that wait for nothing. Here a call that can complete
+does so without a task switch, and waits (``wait_readable`` / ``wait_writable``, cancellable
+like any trio checkpoint) only when the kernel says it would block. One task owns a stream: no
+concurrent sends or receives.
 
 Errors are the socket's own ``OSError``s (``ConnectionResetError``, ``BrokenPipeError``, ...),
 which :func:`scanner.probe.classify` maps like trio's wrapped ones.
