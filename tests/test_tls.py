@@ -6,8 +6,10 @@ intermediate signed by a root, made with cryptography).
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import functools
+import shutil
 import ssl
 import tempfile
 from dataclasses import dataclass, field
@@ -79,7 +81,9 @@ def served_chain(with_intermediate: bool) -> ServedChain:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path = Path(tempfile.mkdtemp(prefix="danescan-tls-")) / "chain.pem"
+    folder = tempfile.mkdtemp(prefix="danescan-tls-")
+    atexit.register(shutil.rmtree, folder, True)  # it holds a private key: leave nothing behind
+    path = Path(folder) / "chain.pem"
     path.write_bytes(pem)
     return ServedChain(path, tuple(c.public_bytes(serialization.Encoding.DER) for c in certs))
 
