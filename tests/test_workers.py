@@ -122,16 +122,20 @@ def test_three_workers_one_killed(pg_url: str, pg_engine: Engine,
         tls_began = status in ("success", "handshake-error") or starttls_code == 220
         expected[(address, (sni or None) if tls_began else None)] += 1
     extra = {k: n - expected[k] for k, n in per_key.items() if n > expected[k]}
-    orphaned_addresses = {key.split("|", 1)[0] for kind, key in orphaned if kind == "endpoint"}
+    orphaned_at = Counter(key.split("|", 1)[0] for kind, key in orphaned if kind == "endpoint")
     # Only endpoints the dead worker held a claim on may have been probed again, once, and
     # only by a worker that took the claim over after the kill. (A null-SNI log line may stand
     # for a key with an SNI whose probe never reached TLS: match those by address.)
     for (address, sni), n in extra.items():
-        assert n == 1, (address, sni, n)
         if sni is None:
-            assert address in orphaned_addresses, (address, orphaned)
+            # An extra null-SNI line may be the dead worker's own probe of any key it held at
+            # this address, killed before the server read its SNI (the takeover then logs the
+            # SNI): at most one per such key, and the address was probed again after the kill.
+            assert 1 <= n <= orphaned_at[address], (address, n, orphaned)
+            later = [s for s in sessions if s["address"] == address and s["t"] >= killed_at]
         else:
+            assert n == 1, (address, sni, n)
             assert ("endpoint", f"{address}|{sni}") in orphaned, (address, sni, orphaned)
-        later = [s for s in sessions if (s["address"], s["sni"]) == (address, sni)
-                 and s["t"] >= killed_at]
-        assert later, f"{address}/{sni} probed again before the kill"
+            later = [s for s in sessions if (s["address"], s["sni"]) == (address, sni)
+                     and s["t"] >= killed_at]
+        assert later, f"{address}/{sni}: no probe after the kill took the claim over"
