@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import functools
 import ipaddress
-import json
 import logging
 import os
 import sys
@@ -206,8 +205,10 @@ async def scan_to_jsonl(config: Config, source: str, out: TextIO, progress: bool
     async with DnsClient.open(config) as client:
         scanner = await open_scanner(config, client, stats)
 
+        lines = verdict.JsonLines()
+
         async def emit(v: DomainVerdict) -> None:
-            out.write(json.dumps(verdict.to_json(v), ensure_ascii=False) + "\n")
+            out.write(lines.line(v) + "\n")
 
         async with trio.open_nursery() as nursery:
             bar = None

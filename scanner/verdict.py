@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scanner.jsontext import dumps
 from scanner.model import (
     DaneMatch,
     DaneStatus,
@@ -286,6 +287,13 @@ def reference_names(domain: str, host: str, tlsa_base: str | None) -> tuple[str,
 
 def to_json(v: DomainVerdict) -> dict[str, Any]:
     """The contract's JSON object: every field present, null where it does not apply."""
+    obj = _domain_json(v)
+    obj["mx_hosts"] = [_host_json(h) for h in v.hosts]
+    return obj
+
+
+def _domain_json(v: DomainVerdict) -> dict[str, Any]:
+    """:func:`to_json` up to its last key, ``mx_hosts``."""
     return {
         "input": v.input,
         "domain": v.domain,
@@ -300,8 +308,37 @@ def to_json(v: DomainVerdict) -> dict[str, Any]:
         "mx_status": _enum(v.mx_status),
         "implicit_mx": v.implicit_mx,
         "line": v.line,
-        "mx_hosts": [_host_json(h) for h in v.hosts],
     }
+
+
+class JsonLines:
+    """Verdicts as lines of JSON text: ``json.dumps(to_json(v), ensure_ascii=False)``, cheaper.
+
+    The scanner hands one host verdict object to every domain a provider's host serves, and a
+    host's text (addresses, endpoints, chain digests) is most of a line: it is encoded once
+    per object and spliced into each line. Keyed by ``id()``; the entry holds the object, so
+    the id cannot be reused while it is cached. ``limit`` bounds the entries (hosts seen once,
+    a self-hosted domain's, would otherwise pile up).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._hosts: dict[int, tuple[HostVerdict, str]] = {}
+        self._limit = limit
+
+    def line(self, v: DomainVerdict) -> str:
+        head = dumps(_domain_json(v))
+        hosts = ", ".join(self._host(h) for h in v.hosts)
+        return f"{head[:-1]}, \"mx_hosts\": [{hosts}]}}"
+
+    def _host(self, h: HostVerdict) -> str:
+        known = self._hosts.get(id(h))
+        if known is not None and known[0] is h:
+            return known[1]
+        text = dumps(_host_json(h))
+        if len(self._hosts) >= self._limit:
+            self._hosts.clear()
+        self._hosts[id(h)] = (h, text)
+        return text
 
 
 def _enum(value: Any) -> str | None:

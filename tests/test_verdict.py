@@ -25,6 +25,7 @@ from scanner.model import (
     TlsaStatus,
 )
 from scanner.verdict import (
+    JsonLines,
     domain_verdict,
     early_verdict,
     endpoint_reason,
@@ -333,3 +334,23 @@ def test_to_json_early_and_stable_keys() -> None:
     assert obj["domain"] is None and obj["reason"] == "invalid-input"
     assert obj["stage"] is None and obj["mx_hosts"] == []
     assert list(obj) == list(to_json(verdict(host(U, (OK, AUTH)))))
+
+
+def test_json_lines_match_to_json_with_shared_hosts() -> None:
+    """The streamed line is json.dumps(to_json(v)), also when one host verdict object is spliced
+    into many lines, after the cache is emptied, and for hostile text (quotes, non-ASCII)."""
+    shared = host(U, (OK, AUTH), (EndpointStatus.CONNECT_TIMEOUT, None))
+    other = host(AB, (OK, None), name='mx2.exämple.net"\\')
+    verdicts = [verdict(shared, other), verdict(shared),
+                early_verdict('"bad\u2028', None, Outcome.INVALID, Reason.INVALID_INPUT, line=7),
+                verdict(other, shared)]
+    lines = JsonLines(limit=2)
+    for _ in range(3):
+        for v in verdicts:
+            line = lines.line(v)
+            assert line == json.dumps(to_json(v), ensure_ascii=False)
+            assert json.loads(line) == to_json(v)
+    # A host verdict built afresh (a per-domain DANE-TA verdict) is encoded afresh, not taken
+    # from an earlier object's entry.
+    changed = host(AB, (OK, None), name="mx3.example.net")
+    assert json.loads(lines.line(verdict(changed)))["mx_hosts"][0]["host"] == "mx3.example.net"

@@ -9,7 +9,6 @@ banner must not let one server bloat the store.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
+from scanner.jsontext import dumps
 from scanner.model import DomainVerdict, EndpointFacts, HostFacts, Lookup
 from scanner.store import schema
 
@@ -125,21 +125,7 @@ def sqlite_ts(value: datetime | None) -> str | None:
     return None if v is None else v.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """One encoder for every JSON column. json.dumps builds a new encoder per call, more than
-    half the cost for the small lists and objects stored here; CPython's C encoder, built
-    once, is reused (no circular-reference markers: rows hold plain lists and dicts)."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    plain = json.JSONEncoder(ensure_ascii=False)
-    if make is None:
-        return plain.encode
-    chunks = make(
-        None, plain.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, True
-    )
-    return lambda obj: "".join(chunks(obj, 0))
-
-
-to_json = _json_encoder()
+to_json = dumps  # rows store JSON text: scanner.jsontext
 
 
 def lookup_json(lk: Lookup | None) -> str | None:
