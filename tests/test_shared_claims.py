@@ -12,7 +12,7 @@ import trio
 from sqlalchemy.engine import Engine
 
 from scanner.model import EndpointFacts, EndpointStatus, HostFacts, TlsaStatus
-from scanner.store import schema
+from scanner.store import schema, shared
 from scanner.store.shared import SharedClaims
 from tests.store_helpers import new_scan
 
@@ -131,3 +131,31 @@ async def test_given_back_and_expired_claims_are_taken_over(pg_engine: Engine) -
         rows = dict(conn.execute(sa.select(c.key, c.owner).where(c.scan_id == scan_id)).all())
     assert rows == {"dead.example": "alive"}  # taken over and published; flaky given back
     assert w.stats.taken_over == 1
+
+
+def test_rounds_keep_the_claims_statistics_current(pg_engine: Engine,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the scan's claims grow, the planner's estimate of them keeps up.
+
+    With statistics from before the scan (a new table, or earlier scans' rows only) the
+    planner expected a couple of this scan's rows and read them all for every key of a round
+    (a Materialize under a nested loop): rounds grew with the table. The worker refreshes the
+    statistics each time its rows have grown fourfold, so the estimate stays within 4x."""
+    monkeypatch.setattr(shared, "ANALYZE_FIRST", 200)
+    scan_id = new_scan(pg_engine, "claims-stats")
+    w = SharedClaims(pg_engine, scan_id, "w0")
+    rows = 0
+    try:
+        for r in range(6):
+            keys = [("host", f"mx{r}-{i}.example") for i in range(500)]
+            assert w._round(keys, {}, set(), [], []).won == set(keys)
+            w._round([], {k: {"name": k[1]} for k in keys}, set(), [], [])
+            rows += len(keys)
+            with pg_engine.connect() as conn:
+                plan = conn.exec_driver_sql(
+                    "EXPLAIN SELECT * FROM shared_claims WHERE scan_id = %(s)s AND owner = 'w0'",
+                    {"s": scan_id}).scalars().first() or ""
+            estimate = int(plan.split(" rows=")[1].split()[0])
+            assert rows / 4 <= estimate <= rows * 4, (rows, plan)
+    finally:
+        w.close()
