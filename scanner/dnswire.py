@@ -240,7 +240,10 @@ def parse_answer(wire: bytes, qtype: int, qname: str) -> Answer:
         target = cnames[target]
     if chain:
         chain.append(target)
-    records = tuple(text for owner, _t, text in rrs if owner == target)
+    # RFC 2181 §5: an RRset's order means nothing, and resolvers rotate it (Unbound does): in
+    # one canonical order, the same RRset reads the same every night (record and endpoint
+    # indexes in the store, addresses and TLSA records in exports).
+    records = tuple(sorted(text for owner, _t, text in rrs if owner == target))
     return Answer(rcode, flags, records, tuple(chain), tuple(ede_codes), tuple(ede_texts))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -299,6 +300,23 @@ def test_wire_reader_matches_dnspython_text(rdtype: str, text: str) -> None:
     )
     answer = parse_answer(r.to_wire(), t, "q.example")
     assert answer.records == (r.answer[0][0].to_text(),)
+
+
+def test_wire_reader_gives_an_rrset_in_one_order_however_it_was_rotated() -> None:
+    """RFC 2181 §5: RR order within an RRset means nothing, and resolvers rotate it; the
+    records come out in one canonical order, so one RRset reads the same every scan."""
+    texts = ["2 0 1 " + "0f" * 32, "3 1 1 " + "aa" * 32, "3 1 1 " + "01" * 32]
+    question = encode_name("q.example") + struct.pack("!HH", 52, 1)
+    seen = set()
+    for shift in range(len(texts)):
+        rotated = texts[shift:] + texts[:shift]
+        wire = struct.pack("!HHHHHH", 0, 0x8180, 1, len(texts), 0, 0) + question
+        for text in rotated:  # owner: a pointer to the question name
+            u, sel, m, data = text.split()
+            rdata = bytes([int(u), int(sel), int(m)]) + bytes.fromhex(data)
+            wire += b"\xc0\x0c" + struct.pack("!HHIH", 52, 1, 60, len(rdata)) + rdata
+        seen.add(parse_answer(wire, 52, "q.example").records)
+    assert seen == {tuple(sorted(texts))}
 
 
 def test_encode_name() -> None:
