@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 import trio
@@ -157,5 +158,33 @@ def test_rounds_keep_the_claims_statistics_current(pg_engine: Engine,
                     {"s": scan_id}).scalars().first() or ""
             estimate = int(plan.split(" rows=")[1].split()[0])
             assert rows / 4 <= estimate <= rows * 4, (rows, plan)
+    finally:
+        w.close()
+
+
+def test_a_failed_analyze_keeps_the_rounds_outcome(pg_engine: Engine,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statistics are refreshed after the round has committed: if that fails, the claims
+    the round won are still reported won (lost, they would wait for their own lease)."""
+    monkeypatch.setattr(shared, "ANALYZE_FIRST", 1)
+    scan_id = new_scan(pg_engine, "claims-analyze-fails")
+    w = SharedClaims(pg_engine, scan_id, "w0")
+    real = w._connection()
+
+    class NoAnalyze:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def execute(self, query: str, *args: object, **kw: object) -> object:
+            if query.startswith("ANALYZE"):
+                raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+            return real.execute(query, *args, **kw)
+
+    w._conn = NoAnalyze()
+    keys = [("host", f"mx{i}.example") for i in range(5)]
+    try:
+        assert w._round(keys, {}, set(), [], []).won == set(keys)
+        w._round([], {k: {"name": k[1]} for k in keys}, set(), [], [])
+        assert w._round([], {}, set(), keys, []).facts == {k: {"name": k[1]} for k in keys}
     finally:
         w.close()

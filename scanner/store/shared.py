@@ -415,7 +415,12 @@ WHERE s.scan_id = %(scan)s
         if self._inserted < self._analyze_at:
             return
         self._analyze_at = 4 * self._inserted
-        conn.execute("ANALYZE shared_claims (scan_id, kind, key, owner)")
+        try:
+            conn.execute("ANALYZE shared_claims (scan_id, kind, key, owner)")
+        except psycopg.Error as e:
+            # The round has committed: its outcome must reach the pipeline (a claim won but
+            # reported lost would wait for its own lease). Statistics can wait for the next.
+            log.warning("claims statistics not refreshed (%s)", str(e).splitlines()[0])
 
     def _round_params(self, asks: list[Key], publish: dict[Key, Any], release: set[Key],
                       look: list[Key], renewing: list[Key], expires: dt.datetime) -> dict[str, Any]:
