@@ -188,3 +188,33 @@ def test_a_failed_analyze_keeps_the_rounds_outcome(pg_engine: Engine,
         assert w._round([], {}, set(), keys, []).facts == {k: {"name": k[1]} for k in keys}
     finally:
         w.close()
+
+
+def test_claims_of_a_round_whose_answer_was_lost_are_still_won(pg_engine: Engine) -> None:
+    """The connection breaks after a round committed its claims: the pipeline asks again, and
+    the keys, already this worker's, are won at once (not left waiting for their own lease)."""
+    scan_id = new_scan(pg_engine, "claims-lost-answer")
+    w = SharedClaims(pg_engine, scan_id, "w0")
+    real = w._connection()
+
+    class LosesTheAnswer:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def execute(self, query: str, *args: object, **kw: object) -> object:
+            real.execute(query, *args, **kw)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    keys = [("endpoint", f"192.0.2.{i}|") for i in range(1, 6)]
+    other = SharedClaims(pg_engine, scan_id, "w1")
+    try:
+        w._conn = LosesTheAnswer()
+        with pytest.raises(psycopg.OperationalError):
+            w._round(keys, {}, set(), [], [])
+        assert w._round(keys, {}, set(), [], []).won == set(keys)  # a fresh connection
+        # Another worker asking for the same keys still waits for this one's facts.
+        out = other._round(keys, {}, set(), [], [])
+        assert not out.won and not out.facts and not out.taken
+    finally:
+        w.close()
+        other.close()

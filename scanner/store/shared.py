@@ -326,9 +326,9 @@ ins AS (
   ORDER BY a.kind, a.key
   ON CONFLICT DO NOTHING
   RETURNING kind, key)
-SELECT true, kind, key, NULL::jsonb, NULL::timestamptz FROM ins
+SELECT true, kind, key, NULL::jsonb, NULL::timestamptz, NULL::text FROM ins
 UNION ALL
-SELECT false, s.kind, s.key, s.facts, s.lease_expires
+SELECT false, s.kind, s.key, s.facts, s.lease_expires, s.owner
 FROM shared_claims s JOIN unnest(%(lk)s::text[], %(ly)s::text[]) AS l(kind, key)
   ON s.kind = l.kind AND s.key = l.key
 WHERE s.scan_id = %(scan)s
@@ -373,17 +373,22 @@ WHERE s.scan_id = %(scan)s
         params = self._round_params(asks, publish, release, look, renewing, expires)
         out = _Outcome()
         expired: list[Key] = []
-        seen: dict[Key, tuple[Any, Any]] = {}
-        for won, kind, key, facts, lease in conn.execute(self._ROUND_SQL, params):
+        seen: dict[Key, tuple[Any, Any, str]] = {}
+        for won, kind, key, facts, lease, owner in conn.execute(self._ROUND_SQL, params):
             if won:
                 out.won.add((kind, key))
             else:
-                seen[(kind, key)] = (facts, lease)
-        for k, (facts, lease) in seen.items():
+                seen[(kind, key)] = (facts, lease, owner)
+        asked = set(asks) - release
+        for k, (facts, lease, owner) in seen.items():
             if k in out.won:
                 continue
             if facts is not None:
                 out.facts[k] = facts
+            elif owner == self.owner and k in asked:
+                # Claimed by an earlier round of ours whose answer was lost (the connection
+                # broke after the commit): the key is ours, and nobody else will compute it.
+                out.won.add(k)
             elif lease is None or lease < now:
                 expired.append(k)
         # Rows deleted since their claimer gave them back: claim afresh (in the next round,
@@ -440,7 +445,7 @@ WHERE s.scan_id = %(scan)s
     def _claim_gone(self, conn: Any, keys: list[Key], expires: dt.datetime) -> set[Key]:
         """Claim keys whose rows are gone: the round statement with nothing but new claims."""
         params = self._round_params(keys, {}, set(), [], [], expires)
-        return {(k, y) for won, k, y, _, _ in conn.execute(self._ROUND_SQL, params) if won}
+        return {(k, y) for won, k, y, *_ in conn.execute(self._ROUND_SQL, params) if won}
 
 
 def release_unpublished(engine: Engine, scan_id: int) -> int:
