@@ -5,6 +5,7 @@ lease expired is taken over."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -162,6 +163,17 @@ def test_rounds_keep_the_claims_statistics_current(pg_engine: Engine,
         w.close()
 
 
+class _Faulty:
+    """A worker's claims connection whose execute() is replaced (to inject faults)."""
+
+    def __init__(self, real: object, execute: Callable[..., object]) -> None:
+        self._real = real
+        self.execute = execute
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
 def test_a_failed_analyze_keeps_the_rounds_outcome(pg_engine: Engine,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The statistics are refreshed after the round has committed: if that fails, the claims
@@ -171,16 +183,12 @@ def test_a_failed_analyze_keeps_the_rounds_outcome(pg_engine: Engine,
     w = SharedClaims(pg_engine, scan_id, "w0")
     real = w._connection()
 
-    class NoAnalyze:
-        def __getattr__(self, name: str) -> object:
-            return getattr(real, name)
+    def no_analyze(query: str, *args: object, **kw: object) -> object:
+        if query.startswith("ANALYZE"):
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+        return real.execute(query, *args, **kw)
 
-        def execute(self, query: str, *args: object, **kw: object) -> object:
-            if query.startswith("ANALYZE"):
-                raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
-            return real.execute(query, *args, **kw)
-
-    w._conn = NoAnalyze()
+    w._conn = _Faulty(real, no_analyze)
     keys = [("host", f"mx{i}.example") for i in range(5)]
     try:
         assert w._round(keys, {}, set(), [], []).won == set(keys)
@@ -197,18 +205,14 @@ def test_claims_of_a_round_whose_answer_was_lost_are_still_won(pg_engine: Engine
     w = SharedClaims(pg_engine, scan_id, "w0")
     real = w._connection()
 
-    class LosesTheAnswer:
-        def __getattr__(self, name: str) -> object:
-            return getattr(real, name)
-
-        def execute(self, query: str, *args: object, **kw: object) -> object:
-            real.execute(query, *args, **kw)
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
+    def loses_the_answer(query: str, *args: object, **kw: object) -> object:
+        real.execute(query, *args, **kw)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
 
     keys = [("endpoint", f"192.0.2.{i}|") for i in range(1, 6)]
     other = SharedClaims(pg_engine, scan_id, "w1")
     try:
-        w._conn = LosesTheAnswer()
+        w._conn = _Faulty(real, loses_the_answer)
         with pytest.raises(psycopg.OperationalError):
             w._round(keys, {}, set(), [], [])
         assert w._round(keys, {}, set(), [], []).won == set(keys)  # a fresh connection
