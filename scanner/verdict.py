@@ -318,10 +318,11 @@ class JsonLines:
     host's text (addresses, endpoints, chain digests) is most of a line: it is encoded once
     per object and spliced into each line. Keyed by ``id()``; the entry holds the object, so
     the id cannot be reused while it is cached. ``limit`` bounds the entries (hosts seen once,
-    a self-hosted domain's, would otherwise pile up).
+    a self-hosted domain's, would otherwise pile up, ~1.5 KB each); past it the table starts
+    afresh, and a provider's few hosts are encoded again once.
     """
 
-    def __init__(self, limit: int = 10_000) -> None:
+    def __init__(self, limit: int = 2_000) -> None:
         self._hosts: dict[int, tuple[HostVerdict, str]] = {}
         self._limit = limit
 
