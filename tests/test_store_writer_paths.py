@@ -14,8 +14,9 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy.engine import Engine
 
+from scanner import jsontext
 from scanner.model import Outcome
-from scanner.store import rows, scans, schema
+from scanner.store import scans, schema
 from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
@@ -181,8 +182,8 @@ async def test_run_lowers_the_switch_interval_and_raises_the_gc_threshold(engine
 
 def test_json_encoder_matches_json_dumps() -> None:
     value = {"records": ['a"b', "c\\d", "é", "\u2028"], "n": 1, "x": None, "f": 1.5, "e": []}
-    assert json.loads(rows.to_json(value)) == value
-    assert rows.to_json(value) == json.dumps(value, ensure_ascii=False)
+    assert json.loads(jsontext.dumps(value)) == value
+    assert jsontext.dumps(value) == json.dumps(value, ensure_ascii=False)
 
 
 async def test_concurrent_writers_share_new_hosts_and_domains(engine: Engine) -> None:

@@ -125,13 +125,10 @@ def sqlite_ts(value: datetime | None) -> str | None:
     return None if v is None else v.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-to_json = dumps  # rows store JSON text: scanner.jsontext
-
-
 def lookup_json(lk: Lookup | None) -> str | None:
     if lk is None:
         return None
-    return to_json(
+    return dumps(
         {
             "qname": clean(lk.qname, 1024),
             "rdtype": lk.rdtype,
@@ -385,7 +382,7 @@ class RowBuilder:
         rs.tables["mx_hosts"].append(
             (
                 self.scan_id, name, _v(host.address_status),
-                to_json(list(host.addresses)),
+                dumps(list(host.addresses)),
                 lookup_json(host.a), lookup_json(host.aaaa),
                 clean(host.tlsa_base, 1024), host.tlsa_status.value, len(host.tlsa_records),
                 lookup_json(host.tlsa_lookup), reachable, _v(host.reason),
@@ -411,8 +408,8 @@ class RowBuilder:
             (
                 self.scan_id, ep.address, ep.port, sni, ep.family, ep.status.value,
                 clean(ep.banner, schema.BANNER_MAX), ep.greeting_code,
-                to_json(ehlo), ep.starttls_offered, ep.starttls_code,
-                clean(ep.tls_version, 16), clean(ep.cipher, 128), to_json(chain),
+                dumps(ehlo), ep.starttls_offered, ep.starttls_code,
+                clean(ep.tls_version, 16), clean(ep.cipher, 128), dumps(chain),
                 clean(ep.error, schema.ERROR_MAX), self.ts(ep.probed_at), ep.attempts,
             )
         )  # fmt: skip
