@@ -15,8 +15,9 @@ What each figure is:
   on a freshly flushed resolver. CPU is the child's rusage with its workers (user + system),
   including start-up and loading the list into shards; RSS is the largest single process.
   "p99 rate" is domains / time until 99 % of shards were done. "active s" is the time until
-  99 % of the scan's DNS questions had been asked; after it only stragglers wait on timeouts
-  and the retry pass. "busy cores" is the whole machine's (/proc/stat) during that time.
+  99 % of the scan's DNS questions had reached the resolver (Unbound's own count); after it
+  only stragglers wait on timeouts and the retry pass. "busy cores" is the whole machine's
+  (/proc/stat) during that time.
   "verdicts = world" is the share of outcomes equal to the world's manifest (its ground truth);
   a run below VALID_AGREEMENT measured a testbed that gave way and enters no ratio.
 - the latency world: the same shape and seed with a latency front before every authoritative
@@ -115,9 +116,10 @@ def machine_jiffies() -> tuple[int, int]:
 
 
 def active_phase(samples: list[tuple[float, int, int, int]]) -> tuple[float, float]:
-    """From (seconds, DNS log bytes, busy, total jiffies) samples: the seconds until 99 % of
-    the scan's DNS questions had been asked (after that only stragglers, waiting on timeouts
-    and the retry pass, are left), and the machine's busy cores over that time."""
+    """From (seconds, questions the resolver received, busy, total jiffies) samples: the
+    seconds until 99 % of the scan's DNS questions had been asked (after that only
+    stragglers, waiting on timeouts and the retry pass, are left), and the machine's busy
+    cores over that time."""
     final = samples[-1][1]
     t0, _, b0, j0 = samples[0]
     for t, size, busy, total in samples:
@@ -217,13 +219,18 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
     dnsnet.flush_resolver(world.dir)
     t0 = time.time()
     watch = CpuWatch(world)
+    asked_before = dnsnet.resolver_queries(world.dir)
     start = time.monotonic()
     proc = subprocess.Popen(
         [PY, "-m", "scanner.cli", "-q", "scan", str(world.domains_file), "--db", url,
          "--resolver", world.resolver, "--allow-private", "--workers", str(workers),
          "--dns-log", str(log), *SCAN_FLAGS], cwd=REPO, stdout=subprocess.DEVNULL)
-    def logged() -> int:  # bytes of DNS questions written so far (all workers' logs)
-        return sum(f.stat().st_size for f in work.glob(log.name + "*"))
+
+    def asked() -> int:
+        # Questions the resolver has received so far. Not the scan's --dns-log: each worker
+        # buffers 64 KiB of it, and with two workers the last 1 % reached the files only at
+        # exit, which put the end of the "active" phase at the end of the tail.
+        return dnsnet.resolver_queries(world.dir) - asked_before
 
     peak_kib = 0
     samples = [(0.0, 0, *machine_jiffies())]
@@ -233,11 +240,11 @@ def run_scan(world: control.World, workers: int, label: str, work: Path) -> tupl
             break
         peak_kib = max([peak_kib, *map(hwm_kib, descendants([proc.pid]))])
         watch.sample()
-        samples.append((time.monotonic() - start, logged(), *machine_jiffies()))
+        samples.append((time.monotonic() - start, asked(), *machine_jiffies()))
         time.sleep(0.5)
     wall = time.monotonic() - start
     parts = watch.used()
-    samples.append((wall, logged(), *machine_jiffies()))
+    samples.append((wall, asked(), *machine_jiffies()))
     active, busy = active_phase(samples)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:

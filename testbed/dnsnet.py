@@ -17,6 +17,7 @@ Layout under ``workdir``::
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -127,6 +128,23 @@ def flush_resolver(workdir: Path) -> None:
         )
         if done.returncode != 0:
             raise RuntimeError(f"unbound-control {' '.join(command)}: {done.stdout}{done.stderr}")
+
+
+def resolver_queries(workdir: Path) -> int:
+    """Questions Unbound has received since it started or last reset its statistics
+    (``total.num.queries``), read straight from its control socket: cheap enough to sample
+    twice a second during a scan (unbound-control would fork a process per sample)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(workdir.resolve() / "unbound.ctl"))
+        sock.sendall(b"UBCT1 stats_noreset\n")
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    for line in b"".join(chunks).decode("ascii", "replace").splitlines():
+        if line.startswith("total.num.queries="):
+            return int(line.partition("=")[2])
+    raise RuntimeError("unbound: no total.num.queries in its statistics")
 
 
 # --- zones ----------------------------------------------------------------------------------
