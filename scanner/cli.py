@@ -64,7 +64,11 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
                    help="concurrent SMTP connections per IPv4 /24 or IPv6 /48, per worker "
                         "process (politeness)")
     p.add_argument("--dns-rate", type=float, default=0.0, help="DNS queries/s cap (0: none)")
-    p.add_argument("--dns-timeout", type=float, default=DEFAULTS.dns_timeout)
+    p.add_argument("--dns-timeout", type=float, default=DEFAULTS.dns_timeout,
+                   help="seconds a DNS attempt waits before asking again (default "
+                        "%(default)s); grows with the resolver's measured round-trip time "
+                        "when it answers slower (RFC 6298 estimator), up to half the "
+                        "lookup's deadline")
     p.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout)
     p.add_argument("--greeting-timeout", type=float, default=DEFAULTS.greeting_timeout,
                    help="seconds to wait for the 220 greeting (default %(default)s: greeting "

@@ -4,9 +4,10 @@ One :class:`DnsClient` per scan keeps a few long-lived, connected UDP sockets to
 (Unbound spreads load over its threads by client socket) and one reader task per socket. A query
 parks its task in a per-socket table keyed by query ID; the reader checks the echoed question
 and wakes the task with the raw answer, so a query costs no task spawn. Timeouts, retransmits
-and the overall deadline are trio cancel scopes (dnspython's own timeouts are wall-clock, which
-trio's test clocks cannot drive). A truncated answer (TC) is re-asked over a new TCP connection
-(RFC 7766 §5).
+and the overall deadline run on trio's clock (dnspython's own timeouts are wall-clock, which
+trio's test clocks cannot drive); an attempt's timeout follows the resolver's measured
+round-trip time (:mod:`scanner.rto`), so a resolver that queues is not sent every question
+twice. A truncated answer (TC) is re-asked over a new TCP connection (RFC 7766 §5).
 
 :meth:`DnsClient.lookup` parses answers with the small wire reader of :mod:`scanner.dnswire`
 rather than :func:`dns.message.from_wire`: it is several times cheaper, and it reports a TLSA
@@ -50,6 +51,7 @@ from scanner.dnswire import (
     rdtype_code,
 )
 from scanner.model import DnssecStatus, Lookup
+from scanner.rto import RetransmitTimeout
 
 __all__ = ["DnsClient", "DnsStats", "message_from_wire", "system_resolvers"]
 
@@ -73,10 +75,18 @@ class DnsStats:
 
     queries: int = 0  # UDP datagrams sent, retransmits included
     retries: int = 0  # retransmits after a per-attempt timeout
+    late: int = 0  # answers to an attempt already sent again (the retransmit was not needed)
     timeouts: int = 0  # queries that got no answer within attempts/deadline
     tcp_fallbacks: int = 0  # truncated UDP answers re-asked over TCP
     cd_requeries: int = 0  # SERVFAIL answers re-asked with CD (§2.1.1)
     ignored: int = 0  # datagrams matching no pending query (late, spoofed, malformed)
+
+    def text(self, attempt_timeout: float) -> str:
+        """One line for the scan's log."""
+        return (f"{self.queries} queries sent, {self.retries} sent again ({self.late} of them "
+                f"needlessly: the first answer came late), {self.timeouts} unanswered, "
+                f"{self.tcp_fallbacks} over TCP, {self.cd_requeries} CD re-queries, "
+                f"{self.ignored} datagrams ignored; attempt timeout now {attempt_timeout:.2f} s")
 
 
 class _Waiter:
@@ -197,6 +207,10 @@ class DnsClient:
         except BaseException:
             self._close()
             raise
+        # Each resolver's attempt timeout follows its measured round-trip time (scanner.rto);
+        # the ceiling leaves room for a second attempt within the lookup's deadline.
+        ceiling = max(config.dns_timeout, config.dns_deadline / 2)
+        self._rto = [RetransmitTimeout(config.dns_timeout, ceiling) for _ in config.resolvers]
         # Every question asked (not retransmits or CD re-queries) as "name TYPE" lines, the
         # input format of dnsperf: the benchmark replays a scan's exact mix.
         self.query_log: TextIO | None = None
@@ -297,6 +311,10 @@ class DnsClient:
             scope.deadline = math.ceil(until / _TIMER_GRID) * _TIMER_GRID
         await waiter.wait()
 
+    def attempt_timeout(self, resolver: int = 0) -> float:
+        """Seconds the next attempt to the ``resolver``-th resolver waits for its answer."""
+        return self._rto[resolver].timeout
+
     def _dispatch(self, chan: _Channel, data: bytes) -> None:
         # Accept only a response (QR) to a pending ID that echoes our exact question
         # (RFC 5452 §4.2); anything else is late, spoofed or garbage.
@@ -330,7 +348,9 @@ class DnsClient:
         flags = _FLAG_RD | (FLAG_CD if cd else 0)
         waiter = _Waiter()
         pending = _Pending(waiter, name.lower(), tail)
-        registered: list[tuple[_Channel, int]] = []
+        # (socket, query ID, resolver index, send time) of every attempt.
+        sent: list[tuple[_Channel, int, int, float]] = []
+        resolvers = len(self._channels)
         try:
             for attempt in range(max(1, cfg.dns_attempts)):
                 now = trio.current_time()
@@ -338,28 +358,41 @@ class DnsClient:
                     break
                 if attempt:
                     self.stats.retries += 1
-                chan = _least_busy(self._channels[attempt % len(self._channels)])
+                resolver = attempt % resolvers
+                chan = _least_busy(self._channels[resolver])
                 qid = chan.new_id()
                 # The earlier attempts stay registered: a late answer to one of them is
                 # as good as the answer to this one.
                 chan.pending[qid] = pending
-                registered.append((chan, qid))
+                sent.append((chan, qid, resolver, now))
                 wire = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1) + question + _OPT_RR
                 if self._rate_interval:
                     await self._rate_wait()
                     now = trio.current_time()
-                until = min(deadline, now + cfg.dns_timeout)
+                    sent[-1] = (chan, qid, resolver, now)
+                timeout = self._rto[resolver].timeout
+                until = min(deadline, now + timeout)
                 if not await _send(chan.sock, wire):
                     await trio.sleep_until(until)
                     continue
                 self.stats.queries += 1
                 await self._wait(waiter, until)
+                while waiter.wire is None:
+                    # Answers that came meanwhile may have raised the timeout: a burst of
+                    # questions sent before any was answered waits as long as the resolver
+                    # now takes, instead of all going out twice.
+                    later = min(deadline, now + self._rto[resolver].timeout)
+                    if later <= trio.current_time():
+                        break
+                    await self._wait(waiter, later)
                 answer = waiter.wire
                 if answer is None:
                     continue
+                self._observe(answer, sent)
                 if answer[2] & (FLAG_TC >> 8):
                     self.stats.tcp_fallbacks += 1
-                    answer = await self._tcp(chan, wire, pending, deadline)
+                    tcp_until = min(deadline, trio.current_time() + timeout)
+                    answer = await self._tcp(chan, wire, pending, tcp_until)
                     if answer is None:
                         waiter.wire = None  # let the next attempt wait afresh
                         continue
@@ -367,14 +400,26 @@ class DnsClient:
             self.stats.timeouts += 1
             return None
         finally:
-            for chan, qid in registered:
+            for chan, qid, _, _ in sent:
                 chan.pending.pop(qid, None)
 
+    def _observe(self, answer: bytes, sent: list[tuple[_Channel, int, int, float]]) -> None:
+        """Time the attempt ``answer`` belongs to (its query ID says which) for its resolver."""
+        qid = (answer[0] << 8) | answer[1]
+        now = trio.current_time()
+        match = [(resolver, at) for _, q, resolver, at in sent if q == qid]
+        if len(match) != 1:
+            return  # two attempts drew the same ID on different sockets: no clean sample
+        resolver, at = match[0]
+        self._rto[resolver].observe(now - at)
+        if sent[-1][3] > at:
+            self.stats.late += 1
+
     async def _tcp(
-        self, chan: _Channel, query: bytes, pending: _Pending, deadline: float
+        self, chan: _Channel, query: bytes, pending: _Pending, until: float
     ) -> bytes | None:
         """RFC 7766 §5: a truncated UDP answer is re-asked over TCP (one connection each)."""
-        with trio.move_on_at(min(deadline, trio.current_time() + self._config.dns_timeout)):
+        with trio.move_on_at(until):
             sock = trio.socket.socket(chan.family, socket.SOCK_STREAM)
             with sock:
                 try:

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from scanner.config import ResolverAddress
-from scanner.dns import DnsClient, message_from_wire, system_resolvers
+from scanner.dns import DnsClient, DnsStats, message_from_wire, system_resolvers
 from scanner.dnswire import encode_name, parse_answer
 from scanner.model import DnssecStatus
 from tests.fakedns import FakeResolver, Reply, running
@@ -147,6 +147,58 @@ async def test_late_answer_to_first_attempt_is_accepted(fake: FakeResolver) -> N
     lk, stats = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=2)
     assert lk.records == ("192.0.2.8",)
     assert stats.retries == 1
+
+
+async def test_slow_resolver_raises_the_attempt_timeout(fake: FakeResolver) -> None:
+    # Every answer takes 0.15 s; attempts start at 0.09 s. The first lookup asks twice and
+    # takes the late answer to its first attempt, whose ID times the round trip (scanner.rto):
+    # the next lookups wait long enough to be asked once each.
+    names = [f"h{i}.example" for i in range(4)]
+    for n in names:
+        fake.add(n, "A", Reply(delay=0.15, answer=[(n, "A", "192.0.2.9")]))
+    async with DnsClient.open(fake.config(dns_timeout=0.09, dns_attempts=2)) as client:
+        assert client.attempt_timeout() == 0.09
+        first = await client.lookup(names[0], "A")
+        assert first.records == ("192.0.2.9",)
+        assert len(fake.queries(names[0], "A")) == 2
+        assert client.stats.late == 1
+        assert client.attempt_timeout() > 0.15
+        for n in names[1:]:
+            assert (await client.lookup(n, "A")).records == ("192.0.2.9",)
+            assert len(fake.queries(n, "A")) == 1
+        assert client.stats.retries == 1
+
+
+async def test_attempts_already_waiting_take_a_raised_timeout(fake: FakeResolver) -> None:
+    # Both questions go out at once with a 0.2 s timeout. The quick one's answer (0.1 s)
+    # raises the timeout to 0.3 s before the slow one's attempt expires, so the slow one
+    # (0.25 s) waits for its answer instead of being asked twice.
+    fake.add("quick.example", "A", Reply(delay=0.1, answer=[("quick.example", "A", "192.0.2.1")]))
+    fake.add("slow.example", "A", Reply(delay=0.25, answer=[("slow.example", "A", "192.0.2.2")]))
+    async with DnsClient.open(fake.config(dns_timeout=0.2, dns_attempts=2)) as client:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.lookup, "slow.example", "A")
+            nursery.start_soon(client.lookup, "quick.example", "A")
+        assert client.stats.retries == 0
+    assert len(fake.queries("slow.example", "A")) == 1
+
+
+def test_stats_line_names_every_counter() -> None:
+    stats = DnsStats(queries=10, retries=3, late=2, timeouts=1, tcp_fallbacks=4, cd_requeries=5,
+                     ignored=6)
+    assert stats.text(2.5) == (
+        "10 queries sent, 3 sent again (2 of them needlessly: the first answer came late), "
+        "1 unanswered, 4 over TCP, 5 CD re-queries, 6 datagrams ignored; "
+        "attempt timeout now 2.50 s")
+
+
+async def test_fast_resolver_keeps_the_configured_attempt_timeout(fake: FakeResolver) -> None:
+    fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.10")]))
+    async with DnsClient.open(fake.config(dns_timeout=0.2)) as client:
+        for _ in range(5):
+            await client.lookup(H, "A")
+        assert client.attempt_timeout() == 0.2
+        assert client.stats.late == 0
 
 
 # -- transport ------------------------------------------------------------------------------
