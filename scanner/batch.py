@@ -191,6 +191,7 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
             finally:
                 if claims is not None:
                     claims.close()
+                log.info("DNS: %s", client.stats.text(client.attempt_timeout()))
     if interrupted:
         return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, "interrupted by signal")
     return BatchResult(scan_id, ScanStatus.COMPLETE, stats)
