@@ -142,7 +142,9 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
     SIGINT/SIGTERM stop claiming and cancel domains in flight; every shard already judged is
     still written, and the scan is left resumable (status ``interrupted``). ``shared`` (one of
     several workers, PostgreSQL) looks up each MX host and probes each endpoint once per scan
-    across all workers (:mod:`scanner.store.shared`), with claim leases of ``lease_seconds``.
+    across all workers (:mod:`scanner.store.shared`), with claim leases of ``lease_seconds``,
+    and holds the per-address and per-prefix connection limits across all workers too
+    (:mod:`scanner.store.politeness`).
     ``dns_log`` appends every question asked ("name TYPE", dnsperf's input format).
 
     At most ``max_open_shards`` shards are open: their verdicts wait in memory until the shard
@@ -155,21 +157,27 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
     writer = Writer(engine, scan_id, db_retry_seconds=db_retry_seconds)
     send, receive = trio.open_memory_channel[WriteBatch](4)
     interrupted = False
-    claims = None
+    claims = politeness = None
     if shared:
+        from scanner.store.politeness import SharedPoliteness
         from scanner.store.shared import SharedClaims
 
         claims = SharedClaims(engine, scan_id, owner, lease_seconds=lease_seconds)
+        politeness = SharedPoliteness(engine, config.per_address_connections,
+                                      config.per_prefix_connections)
     async with DnsClient.open(config) as client:
         with _query_log(client, dns_log):
             scanner = await _open_scanner(config, client, stats)
             scanner.shared = claims
+            scanner.shared_politeness = politeness
             feeder = ShardFeeder(engine, scan_id, owner, send, lease_seconds=lease_seconds,
                                  max_open=max_open_shards)
             try:
                 async with trio.open_nursery() as service:
                     if claims is not None:
                         service.start_soon(claims.run)
+                    if politeness is not None:
+                        service.start_soon(politeness.run)
                     async with trio.open_nursery() as outer:
                         outer.start_soon(writer.run, receive)
                         async with send:
@@ -192,6 +200,8 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
                 if claims is not None:
                     claims.close()
                 log.info("DNS: %s", client.stats.text(client.attempt_timeout()))
+                if politeness is not None:
+                    log.info("shared politeness: %s", politeness.stats)
     if interrupted:
         return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, "interrupted by signal")
     return BatchResult(scan_id, ScanStatus.COMPLETE, stats)

@@ -58,11 +58,12 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency)
     p.add_argument("--smtp-concurrency", type=int, default=DEFAULTS.smtp_concurrency)
     p.add_argument("--per-address", type=int, default=DEFAULTS.per_address_connections,
-                   help="concurrent SMTP connections per address, per worker process "
-                        "(politeness: N workers may open N times as many)")
+                   help="concurrent SMTP connections per address (politeness): across "
+                        "all workers sharing a PostgreSQL database, per process on SQLite "
+                        "or --no-db")
     p.add_argument("--per-prefix", type=int, default=DEFAULTS.per_prefix_connections,
-                   help="concurrent SMTP connections per IPv4 /24 or IPv6 /48, per worker "
-                        "process (politeness)")
+                   help="concurrent SMTP connections per IPv4 /24 or IPv6 /48 (politeness), "
+                        "shared like --per-address")
     p.add_argument("--dns-rate", type=float, default=0.0, help="DNS queries/s cap (0: none)")
     p.add_argument("--dns-timeout", type=float, default=DEFAULTS.dns_timeout,
                    help="seconds a DNS attempt waits before asking again (default "

@@ -9,12 +9,14 @@ distinct hosts and endpoints, never with the length of the list.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -198,6 +200,12 @@ class SharedCache(Protocol):
                        compute: Callable[[], Awaitable[EndpointFacts]]) -> EndpointFacts: ...
 
 
+class SharedLimits(Protocol):
+    """Connection limits shared by every worker of a scan (scanner.store.politeness)."""
+
+    def slot(self, address: str) -> AbstractAsyncContextManager[None]: ...
+
+
 class Scanner:
     """Shared machinery of one scan: DNS client, caches, limits. Call :meth:`scan_domain`."""
 
@@ -219,6 +227,7 @@ class Scanner:
         self.smtp_slots = trio.CapacityLimiter(config.smtp_concurrency)
         self.politeness = Politeness(config.per_address_connections,
                                      config.per_prefix_connections)
+        self.shared_politeness: SharedLimits | None = None
 
     # -- stages -------------------------------------------------------------------------
 
@@ -371,7 +380,11 @@ class Scanner:
         return facts
 
     async def _probe_once(self, address: str, sni: str | None) -> EndpointFacts:
-        async with self.smtp_slots, self.politeness.slot(address):
+        # This process's limits first, then the scan's across workers: a probe queued here
+        # holds no shared slot another worker could use.
+        shared = self.shared_politeness
+        async with (self.smtp_slots, self.politeness.slot(address),
+                    shared.slot(address) if shared is not None else contextlib.nullcontext()):
             self.stats.probes += 1
             return await probe(address, self.config.smtp_port, sni, self.config)
 

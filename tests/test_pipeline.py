@@ -3,14 +3,15 @@ line, address policy. (The real world is exercised in test_scan_testbed.py.)"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 from scanner.dns import DnsClient
 from scanner.model import DomainVerdict, EndpointStatus, Outcome, Stage
-from scanner.pipeline import Scanner, SingleFlight, run
+from scanner.pipeline import Scanner, SharedLimits, SingleFlight, run
 from tests.fakedns import Reply, running
 
 SMTP_HOST = "127.81.0.25"
@@ -100,6 +101,7 @@ async def test_single_flight_evicts_least_recently_used() -> None:
 
 
 async def scan_lines(lines: list[str], configure: Callable[..., object],
+                     limits: SharedLimits | None = None,
                      **config: object) -> tuple[list[DomainVerdict], list[str], Scanner]:
     sessions: list[str] = []
     out: list[DomainVerdict] = []
@@ -110,6 +112,7 @@ async def scan_lines(lines: list[str], configure: Callable[..., object],
                           command_timeout=2.0, **config)
         async with DnsClient.open(cfg) as client:
             scanner = Scanner(cfg, client, validating=True, ipv6=False)
+            scanner.shared_politeness = limits
             emit: Callable[[DomainVerdict], Awaitable[None]]
 
             async def emit(v: DomainVerdict) -> None:
@@ -148,6 +151,33 @@ async def test_shared_host_is_looked_up_and_probed_once() -> None:
     assert len(fake.queries("mx.provider.example", "A")) == 1  # type: ignore[attr-defined]
     assert len(sessions) == 1
     assert scanner.stats.probes == 1
+
+
+class RecordingLimits:
+    """Stands in for scanner.store.politeness: the addresses that took a shared slot."""
+
+    def __init__(self) -> None:
+        self.entered: list[str] = []
+        self.open = 0
+
+    @asynccontextmanager
+    async def slot(self, address: str) -> AsyncIterator[None]:
+        self.entered.append(address)
+        self.open += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+
+
+async def test_probes_take_the_scans_shared_connection_slots() -> None:
+    limits = RecordingLimits()
+    lines = [f"d{i}.example" for i in range(5)]
+    verdicts, sessions, _ = await scan_lines(lines, shared_provider, limits, allow_private=True)
+    assert len(verdicts) == 5
+    assert len(sessions) == 1
+    assert limits.entered == [SMTP_HOST]  # the one probe, inside one shared slot
+    assert limits.open == 0
 
 
 async def test_private_addresses_are_not_probed_by_default() -> None:
