@@ -87,6 +87,11 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dns-log", metavar="PATH", default=None,
                    help="append every DNS question asked ('name TYPE', dnsperf's input format; "
                         "with several workers PATH.0, PATH.1, ...)")
+    p.add_argument("--no-shared", action="store_true",
+                   help="do not share host/endpoint results and connection limits with other "
+                        "workers (shared by default on PostgreSQL, even by a one-process scan, "
+                        "so that a worker started later on another machine probes nothing "
+                        "twice; not sharing saves ~7 %% of CPU when no other worker will come)")
 
 
 def _is_network(text: str) -> bool:
@@ -335,6 +340,11 @@ def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namesp
     from scanner import batch
 
     if workers <= 1:
+        from scanner.store import db
+
+        # Shared even alone: `danescan worker`s may join this scan from other machines at any
+        # time, and must find what this process looked up and probed (and its connections).
+        shared = db.is_postgres(engine) and not args.no_shared
         show = sys.stderr.isatty() and not args.quiet
         total = batch.lines_to_do(engine, scan_id) if show else None
 
@@ -345,7 +355,8 @@ def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namesp
                 if bar is not None:
                     nursery.start_soon(bar.run)
                 result = await batch.work(config, engine, scan_id, stats=stats,
-                                          lease_seconds=args.lease_seconds, dns_log=args.dns_log)
+                                          lease_seconds=args.lease_seconds, shared=shared,
+                                          dns_log=args.dns_log)
                 nursery.cancel_scope.cancel()
             if bar is not None:
                 bar.draw("\n")
@@ -371,6 +382,8 @@ def spawn_workers(engine: Any, scan_id: int, args: argparse.Namespace, workers: 
         "--parent-pid", str(os.getpid())]
     for r in args.resolver:
         base += ["--resolver", r]
+    if args.no_shared:
+        base.append("--no-shared")
     procs = []
     stats = ScanStats()
     for i in range(workers):
@@ -533,8 +546,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scan id (default: the latest unfinished scan)")
     p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
                    help="this machine's validating resolver (default: the scan's)")
-    p.add_argument("--no-shared", action="store_true",
-                   help="do not share host/endpoint results with other workers")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     add_worker_options(p)
     p.set_defaults(func=cmd_worker)

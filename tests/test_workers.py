@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -60,6 +61,24 @@ def _open_claims(engine: Engine, scan_id: int, owner: str) -> set[tuple[str, str
     with engine.connect() as conn:
         return {(k, y) for k, y in conn.execute(sa.select(c.kind, c.key).where(
             c.scan_id == scan_id, c.owner == owner, c.facts.is_(None)))}
+
+
+def _extra_sessions(engine: Engine, scan_id: int, sessions: list[dict[str, Any]]
+                    ) -> dict[tuple[str, str | None], int]:
+    """Sessions the world's servers logged beyond one per probed (address, SNI) of the scan."""
+    per_key = Counter((s["address"], s["sni"]) for s in sessions)
+    assert per_key, "the world's servers saw no session"
+    # The server logs the SNI only when a TLS handshake began: probes of one address under
+    # different SNI keys that never reached TLS (no STARTTLS, 454, silent...) all log SNI null.
+    ep = schema.endpoints.c
+    with engine.connect() as conn:
+        probed = conn.execute(sa.select(ep.address, ep.sni, ep.status, ep.starttls_code).where(
+            ep.scan_id == scan_id, ep.attempts > 0)).all()
+    expected: Counter[tuple[str, str | None]] = Counter()
+    for address, sni, status, starttls_code in probed:
+        tls_began = status in ("success", "handshake-error") or starttls_code == 220
+        expected[(address, (sni or None) if tls_began else None)] += 1
+    return {k: n - expected[k] for k, n in per_key.items() if n > expected[k]}
 
 
 def test_three_workers_one_killed(pg_url: str, pg_engine: Engine,
@@ -109,19 +128,7 @@ def test_three_workers_one_killed(pg_url: str, pg_engine: Engine,
     assert status == "complete"
 
     sessions = [s for s in world.sessions() if s["t"] >= started]
-    per_key = Counter((s["address"], s["sni"]) for s in sessions)
-    assert per_key, "the world's servers saw no session"
-    # The server logs the SNI only when a TLS handshake began: probes of one address under
-    # different SNI keys that never reached TLS (no STARTTLS, 454, silent...) all log SNI null.
-    ep = schema.endpoints.c
-    with pg_engine.connect() as conn:
-        probed = conn.execute(sa.select(ep.address, ep.sni, ep.status, ep.starttls_code).where(
-            ep.scan_id == scan_id, ep.attempts > 0)).all()
-    expected: Counter[tuple[str, str | None]] = Counter()
-    for address, sni, status, starttls_code in probed:
-        tls_began = status in ("success", "handshake-error") or starttls_code == 220
-        expected[(address, (sni or None) if tls_began else None)] += 1
-    extra = {k: n - expected[k] for k, n in per_key.items() if n > expected[k]}
+    extra = _extra_sessions(pg_engine, scan_id, sessions)
     orphaned_at = Counter(key.split("|", 1)[0] for kind, key in orphaned if kind == "endpoint")
     # Only endpoints the dead worker held a claim on may have been probed again, once, and
     # only by a worker that took the claim over after the kill. (A null-SNI log line may stand
@@ -139,3 +146,54 @@ def test_three_workers_one_killed(pg_url: str, pg_engine: Engine,
             later = [s for s in sessions if (s["address"], s["sni"]) == (address, sni)
                      and s["t"] >= killed_at]
         assert later, f"{address}/{sni}: no probe after the kill took the claim over"
+
+
+def test_one_process_scan_joined_by_a_worker(pg_url: str, pg_engine: Engine,
+                                             make_world: Callable[..., control.World]) -> None:
+    """`danescan scan --workers 1` on PostgreSQL shares what it looks up and probes: a
+    `danescan worker` started later on the same scan (another machine) probes nothing twice."""
+    world = make_world(domains=160, seed=11)
+    lines = len(world.domains_file.read_text().splitlines())
+    started = time.time()
+    label = f"joined-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "DATABASE_URL": pg_url}
+    scan = subprocess.Popen(
+        [sys.executable, "-m", "scanner.cli", "-q", "scan", str(world.domains_file),
+         "--label", label, "--resolver", world.resolver, "--allow-private", "--no-retry",
+         "--concurrency", "2", "--smtp-concurrency", "2", "--greeting-timeout", "3",
+         "--connect-timeout", "2", "--command-timeout", "3", "--shard-size", "5",
+         "--lease-seconds", str(LEASE), "--workers", "1"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    s = schema.scans.c
+    deadline = time.monotonic() + 30
+    scan_id = None
+    while scan_id is None or not _leased_by(pg_engine, scan_id, f"{os.uname().nodename}:"
+                                                                 f"{scan.pid}"):
+        assert time.monotonic() < deadline and scan.poll() is None, "the scan never started"
+        time.sleep(0.02)
+        with pg_engine.connect() as conn:
+            scan_id = conn.execute(sa.select(s.id).where(s.label == label)).scalar()
+    worker = _spawn(pg_url, scan_id)
+    owners: set[str] = set()
+    c = schema.shards.c
+    while scan.poll() is None or worker.poll() is None:
+        assert time.monotonic() < deadline + 60, "the scan did not finish"
+        with pg_engine.connect() as conn:
+            owners.update(conn.execute(sa.select(c.lease_owner).where(
+                c.scan_id == scan_id, c.lease_owner.is_not(None))).scalars())
+        time.sleep(0.02)
+    assert len(owners) == 2, owners  # both took shards
+    for proc in (scan, worker):
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("a process did not finish")
+        assert proc.returncode == 0, err.decode()[-2000:]
+
+    dr = schema.domain_results.c
+    with pg_engine.connect() as conn:
+        got = conn.execute(sa.select(dr.line).where(dr.scan_id == scan_id)).scalars().all()
+    assert sorted(got) == list(range(1, lines + 1))  # one result per line, none twice
+    sessions = [x for x in world.sessions() if x["t"] >= started]
+    assert _extra_sessions(pg_engine, scan_id, sessions) == {}
