@@ -63,6 +63,16 @@ def _open_claims(engine: Engine, scan_id: int, owner: str) -> set[tuple[str, str
             c.scan_id == scan_id, c.owner == owner, c.facts.is_(None)))}
 
 
+def _finish(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a worker (or scan) process, which must exit 0."""
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("a worker did not finish")
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
 def _extra_sessions(engine: Engine, scan_id: int, sessions: list[dict[str, Any]]
                     ) -> dict[tuple[str, str | None], int]:
     """Sessions the world's servers logged beyond one per probed (address, SNI) of the scan."""
@@ -111,12 +121,7 @@ def test_three_workers_one_killed(pg_url: str, pg_engine: Engine,
     for proc in procs:
         if proc is victim:
             continue
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("a surviving worker did not finish")
-        assert proc.returncode == 0, err.decode()[-2000:]
+        _finish(proc)
 
     assert scans.remaining_shards(pg_engine, scan_id) == 0
     dr = schema.domain_results.c
@@ -184,12 +189,7 @@ def test_one_process_scan_joined_by_a_worker(pg_url: str, pg_engine: Engine,
         time.sleep(0.02)
     assert len(owners) == 2, owners  # both took shards
     for proc in (scan, worker):
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("a process did not finish")
-        assert proc.returncode == 0, err.decode()[-2000:]
+        _finish(proc)
 
     dr = schema.domain_results.c
     with pg_engine.connect() as conn:
