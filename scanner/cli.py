@@ -333,6 +333,14 @@ def scan_once(config: Config, engine: Any, args: argparse.Namespace, workers: in
     return EXIT_OK
 
 
+def shares_work(engine: Any, args: argparse.Namespace) -> bool:
+    """Whether this process shares host/endpoint claims and connection limits with the scan's
+    other workers: on PostgreSQL unless --no-shared (SQLite has one worker anyway)."""
+    from scanner.store import db
+
+    return db.is_postgres(engine) and not args.no_shared
+
+
 def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namespace,
                 workers: int = 1) -> Any:
     """One worker: in this process. Several: ``danescan worker`` child processes sharing the
@@ -340,11 +348,9 @@ def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namesp
     from scanner import batch
 
     if workers <= 1:
-        from scanner.store import db
-
         # Shared even alone: `danescan worker`s may join this scan from other machines at any
         # time, and must find what this process looked up and probed (and its connections).
-        shared = db.is_postgres(engine) and not args.no_shared
+        shared = shares_work(engine, args)
         show = sys.stderr.isatty() and not args.quiet
         total = batch.lines_to_do(engine, scan_id) if show else None
 
@@ -445,8 +451,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     if not config.resolvers:
         raise UsageError(f"scan {scan_id} records no resolver; give --resolver IP")
-    # The shared claims need concurrent writers: PostgreSQL (SQLite has one worker anyway).
-    shared = db.is_postgres(engine) and not args.no_shared
+    shared = shares_work(engine, args)
     result = trio.run(functools.partial(
         batch.work, config, engine, scan_id, lease_seconds=args.lease_seconds, shared=shared,
         dns_log=args.dns_log))
