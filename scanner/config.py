@@ -38,6 +38,9 @@ class Config:
     dns_deadline: float = 10.0  # whole lookup, CD retry included
     dns_sockets: int = 16  # Unbound spreads work over its threads by client socket
     dns_rate: float = 0.0  # queries/s cap, 0 = none
+    # Our own resolver silent this long (health query unanswered): stop, resumable. Silence
+    # from our resolver is never judged as a fact about a domain.
+    resolver_outage_limit: float = 600.0
 
     # SMTP: greeting delays of 15-20 s are deliberate anti-spam measures.
     connect_timeout: float = 10.0
@@ -52,5 +55,11 @@ class Config:
     smtp_concurrency: int = 200  # SMTP sessions in flight
     per_address_connections: int = 2
     per_prefix_connections: int = 8  # per IPv4 /24 or IPv6 /48
+    connect_rate: float = 100.0  # new SMTP connections per second, whole scan; 0 = no cap
+    # Cost caps (RFC 7672 sets none; a scanner must, or one domain makes it an amplifier).
+    # Postfix tries 5 addresses by default (smtp_mx_address_limit); posttls-finger reads 100 MX.
+    max_mx_hosts: int = 10  # per domain, in preference order
+    max_host_addresses: int = 10  # per MX host, A then AAAA
+    max_address_sessions: int = 1000  # SMTP sessions per address per scan, whatever the SNI
     exclude_domains: frozenset[str] = field(default_factory=frozenset)
     exclude_prefixes: tuple[str, ...] = ()

@@ -34,6 +34,8 @@ class Outcome(StrEnum):
     DNS_FAILURE = "dns_failure"
     BOGUS = "bogus"
     UNREACHABLE = "unreachable"
+    # A bug in danescan, not a fact about the domain: never counted as a DNS or SMTP result.
+    INTERNAL_ERROR = "internal_error"
 
 
 class TlsaStatus(StrEnum):
@@ -95,6 +97,7 @@ class EndpointStatus(StrEnum):
     NOT_PROBED_PRIVATE = "not-probed-private"  # special-purpose address, no --allow-private
     NOT_PROBED_IPV6 = "not-probed-ipv6"  # machine has no IPv6 reachability
     NOT_PROBED_EXCLUDED = "not-probed-excluded"  # address on the exclusion list
+    NOT_PROBED_CAP = "not-probed-cap"  # beyond a per-domain, per-host or per-address cost cap
 
     @property
     def greeted(self) -> bool:
@@ -157,7 +160,9 @@ class Reason(StrEnum):
     CONNECTION_RESET = "connection-reset"
     PROTOCOL_ERROR = "protocol-error"
     NOT_PROBED = "not-probed"
+    NOT_PROBED_CAP = "not-probed-cap"  # left out by a cost cap (RFC 7672 sets none; we must)
     UNREACHABLE = "unreachable"
+    INTERNAL_ERROR = "internal-error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,3 +294,8 @@ class DomainVerdict:
     implicit_mx: bool = False
     hosts: tuple[HostVerdict, ...] = field(default=())
     line: int | None = None  # input line number (1-based), for ordering and resume
+    # The MX lookup's own answer (also for the early outcomes it decided: bogus, dns_failure).
+    mx_rcode: str | None = None
+    mx_ede_code: int | None = None
+    mx_ede_text: str | None = None
+    error: str | None = None  # internal_error only: "ExceptionType: message"

@@ -54,6 +54,7 @@ class ScanStatus(StrEnum):
     COMPLETE = "complete"
     INTERRUPTED = "interrupted"
     FAILED = "failed"
+    INCOMPLETE = "incomplete"  # finished, but its input list could not be read to its end
 
 
 class ShardStatus(StrEnum):
@@ -155,6 +156,11 @@ domain_results = sa.Table(
     sa.Column("mx_status", sa.String(16)),
     sa.Column("implicit_mx", sa.Boolean, nullable=False),
     sa.Column("probed_at", Timestamp),
+    # The MX lookup's own answer, kept for every outcome it decided (bogus, dns_failure, ...).
+    sa.Column("mx_rcode", sa.String(16)),
+    sa.Column("mx_ede_code", sa.SmallInteger),
+    sa.Column("mx_ede_text", sa.Text),
+    sa.Column("error", sa.Text),  # internal_error: the exception's type and message
     _in("outcome", Outcome, "outcome"),
     _in("tlsa", TlsaCoverage, "tlsa"),
     _in("dane", DaneStatus, "dane"),
