@@ -39,6 +39,6 @@ if [ -z "$py" ]; then
     exit 1
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,lint,notebooks]" 2>&1 | grep -v "is ignored: it is neither" || true
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[report,test,lint,notebooks]" 2>&1 | grep -v "is ignored: it is neither" || true
 "$venv/bin/python" -c 'import scanner, trio, dns, sqlalchemy, psycopg, pandas' 
 echo "danescan set-up: ready ($venv)"
