@@ -7,8 +7,6 @@ is yielded line by line, with line numbers kept for ordering and resume.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import ipaddress
 import os
 import re
@@ -111,49 +109,120 @@ def read_targets(source: str | os.PathLike[str] | BinaryIO) -> Iterator[tuple[in
 
     One domain per line, or Tranco-style CSV ``rank,domain`` (a line with a comma: the cell
     after a numeric first cell, else the first cell); a CSV header on the first data line is
-    skipped. ``#`` comments and blank lines are skipped, line numbers still counted. gzip is
-    recognised by its magic bytes, not the file name. Undecodable bytes become U+FFFD, so
-    :func:`normalise` marks such lines invalid instead of the reader failing.
+    skipped. A row whose domain cell is empty (``23,``, ``,``, ``,b.example``) yields the line
+    as given, which :func:`normalise` judges invalid: every non-blank, non-comment line gets a
+    result. ``#`` comments and blank lines are skipped, line numbers still counted. gzip is
+    recognised by its magic bytes, not the file name. Undecodable bytes become U+FFFD, so such
+    lines are judged invalid instead of the reader failing.
+
+    A list that cannot be read to its end (truncated or corrupt gzip, an I/O error) raises
+    :class:`TargetsError` naming the source and the last line read, after every line decoded
+    before the damage was yielded.
     """
     if isinstance(source, str | os.PathLike):
-        if str(source) == "-":
-            yield from _read_stream(sys.stdin.buffer)
+        name = str(source)
+        if name == "-":
+            yield from _read_stream(sys.stdin.buffer, "standard input")
             return
         try:
             stream = open(source, "rb")
         except OSError as exc:
-            raise TargetsError(f"cannot open {source}: {exc.strerror or exc}") from exc
+            raise TargetsError(f"cannot open {name}: {exc.strerror or exc}") from exc
         with stream:
-            yield from _read_stream(stream)
+            yield from _read_stream(stream, name)
     else:
-        yield from _read_stream(source)
+        yield from _read_stream(source, getattr(source, "name", None) or "input")
 
 
-def _read_stream(raw: BinaryIO) -> Iterator[tuple[int, str]]:
-    try:
-        head = _read_exactly(raw, 2)
-    except OSError as exc:
-        raise TargetsError(f"read error: {exc}") from exc
-    stream: BinaryIO = io.BufferedReader(_Prefixed(head, raw))
-    compressed = head == _GZIP_MAGIC
-    if compressed:
-        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
-    yield from _lines(stream, compressed)
+_CHUNK = 1 << 16
 
 
-def _lines(stream: BinaryIO, compressed: bool) -> Iterator[tuple[int, str]]:
+def _read_stream(raw: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
+    chunks = _Chunks(raw, name)
+    yield from _lines(chunks, name)
+
+
+class _Chunks:
+    """The decoded bytes of a plain or gzip stream, chunk by chunk.
+
+    gzip is decompressed incrementally (``zlib.decompressobj``) rather than through
+    ``gzip.GzipFile``, whose ``read`` discards the data it decoded when the stream then turns
+    out truncated: a damaged list still yields every line before the damage. Concatenated gzip
+    members (RFC 1952 §2.2) are read one after the other.
+    """
+
+    def __init__(self, raw: BinaryIO, name: str) -> None:
+        self.raw, self.name = raw, name
+        self.compressed = False
+        self.problem: str | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            head = _read_exactly(self.raw, 2)
+        except OSError as exc:
+            self.problem = f"read error: {exc}"
+            return
+        if head != _GZIP_MAGIC:
+            yield head
+            yield from self._plain()
+            return
+        self.compressed = True
+        yield from self._gunzip(head)
+
+    def _plain(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = self.raw.read(_CHUNK)
+            except OSError as exc:
+                self.problem = f"read error: {exc}"
+                return
+            if not chunk:
+                return
+            yield chunk
+
+    def _gunzip(self, head: bytes) -> Iterator[bytes]:
+        inflate = zlib.decompressobj(wbits=31)  # 16 + 15: gzip header and trailer
+        pending = head
+        while True:
+            if not pending:
+                try:
+                    pending = self.raw.read(_CHUNK)
+                except OSError as exc:
+                    self.problem = f"read error: {exc}"
+                    return
+                if not pending:
+                    if not inflate.eof:
+                        self.problem = "compressed input is truncated"
+                    return
+            try:
+                out = inflate.decompress(pending)
+            except zlib.error as exc:
+                self.problem = f"compressed input is corrupt ({exc})"
+                return
+            pending = b""
+            if out:
+                yield out
+            if inflate.eof:
+                rest = inflate.unused_data
+                if not rest.strip(b"\x00"):  # trailing zero padding ends the stream
+                    rest = b""
+                    try:
+                        more = self.raw.read(_CHUNK)
+                    except OSError as exc:
+                        self.problem = f"read error: {exc}"
+                        return
+                    if not more:
+                        return
+                    rest = more
+                inflate = zlib.decompressobj(wbits=31)
+                pending = rest
+
+
+def _lines(chunks: _Chunks, name: str) -> Iterator[tuple[int, str]]:
     number = 0
     pending = b""
     first_data = True
-    while True:
-        try:
-            chunk = stream.read(1 << 16)
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-            kind = "compressed input" if compressed else "input"
-            dropped = " (its last, incomplete line dropped)" if pending else ""
-            raise TargetsError(f"{kind} ended early after line {number}{dropped}: {exc}") from exc
-        if not chunk:
-            break
+    for chunk in chunks:
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         for raw_line in lines:
@@ -163,6 +232,10 @@ def _lines(stream: BinaryIO, compressed: bool) -> Iterator[tuple[int, str]]:
                 first_data = False
                 if item:
                     yield number, item
+    if chunks.problem is not None:
+        dropped = " (its last, incomplete line dropped)" if pending.strip() else ""
+        raise TargetsError(f"{name}: {chunks.problem}; reading stopped after line "
+                           f"{number}{dropped}")
     if pending:
         number += 1
         item = _parse_line(pending, first_data)
@@ -183,10 +256,13 @@ def _parse_line(raw_line: bytes, first_data: bool) -> str | None:
         cells = text.split(",")
     cells = [c.strip() for c in cells] or [""]
     if cells[0].isdigit() and len(cells) > 1:
-        return cells[1]
-    if first_data and not any("." in c for c in cells):
+        cell = cells[1]
+    elif first_data and all(c.replace("_", "").isalpha() for c in cells):
         return ""  # a header such as "rank,domain"
-    return cells[0]
+    else:
+        cell = cells[0]
+    # An empty domain cell names no domain: the line as given, judged invalid.
+    return cell or text
 
 
 def _read_exactly(raw: BinaryIO, n: int) -> bytes:
@@ -198,25 +274,3 @@ def _read_exactly(raw: BinaryIO, n: int) -> bytes:
             break
         out += chunk
     return out
-
-
-class _Prefixed(io.RawIOBase):
-    """A raw stream that first returns bytes already read (for magic-byte sniffing on pipes)."""
-
-    def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
-        self._prefix = prefix
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._rest.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n

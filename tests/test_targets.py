@@ -238,3 +238,38 @@ def test_read_targets_text_lines_plain_and_gzip(lines: list[str], compress: bool
             assert items[n] == text  # every plain line comes back, stripped, at its number
         elif n in items:
             assert items[n] and items[n].strip() == items[n]
+
+
+def test_csv_rows_without_a_domain_are_kept_as_given() -> None:
+    # Every non-blank, non-comment line gets a result: a row naming no domain is judged
+    # invalid with the line as given, never dropped.
+    data = b"1,a.example\n23,\n,\n,b.example\n5, \n"
+    items = read_bytes(data)
+    assert items == [(1, "a.example"), (2, "23,"), (3, ","), (4, ",b.example"), (5, "5,")]
+    assert all(normalise(raw) == INVALID for _, raw in items[1:])
+
+
+def test_a_comma_first_line_is_not_taken_for_a_header() -> None:
+    assert read_bytes(b",\n1,a.example\n") == [(1, ","), (2, "a.example")]
+    assert read_bytes(b"rank,domain\n1,a.example\n") == [(2, "a.example")]
+
+
+def test_small_truncated_gzip_yields_its_decodable_lines(tmp_path: Path) -> None:
+    # A list small enough to fit one read: its decodable lines must still come out.
+    lines = b"".join(b"d%d.example\n" % i for i in range(1, 301))
+    blob = gzip.compress(lines)
+    path = tmp_path / "list.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    got: list[tuple[int, str]] = []
+    with pytest.raises(TargetsError) as info:
+        for item in read_targets(path):
+            got.append(item)
+    assert 50 < len(got) < 300
+    assert got == [(n, f"d{n}.example") for n in range(1, len(got) + 1)]
+    message = str(info.value)
+    assert str(path) in message and f"after line {len(got)}" in message
+
+
+def test_concatenated_gzip_members() -> None:
+    blob = gzip.compress(b"a.example\n") + gzip.compress(b"b.example\n")
+    assert read_bytes(blob) == [(1, "a.example"), (2, "b.example")]
