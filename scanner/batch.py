@@ -9,25 +9,23 @@ mark commit in one transaction, so a crash at any point loses nothing and duplic
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 from sqlalchemy.engine import Engine
 
 from scanner import pipeline
-from scanner.config import Config, ResolverAddress
+from scanner.config import Config
 from scanner.dns import DnsClient
 from scanner.model import DomainVerdict
 from scanner.store import scans
 from scanner.store.db import StoreUnavailable
-from scanner.store.schema import ScanStatus, ShardStatus
+from scanner.store.schema import ScanStatus
 from scanner.store.writer import WriteBatch, Writer
 
 log = logging.getLogger(__name__)
@@ -89,8 +87,8 @@ class ShardFeeder:
                 yield item
 
     async def _others_leased(self) -> bool:
-        return await trio.to_thread.run_sync(_others_unfinished, self.engine, self.scan_id,
-                                             self.owner)
+        return await trio.to_thread.run_sync(scans.others_unfinished, self.engine,
+                                             self.scan_id, self.owner)
 
     async def emit(self, v: DomainVerdict) -> None:
         assert v.line is not None
@@ -115,21 +113,6 @@ class ShardFeeder:
                 await trio.to_thread.run_sync(
                     scans.renew_lease, self.engine, self.scan_id, shard_no, self.owner,
                     self.lease_seconds)
-
-
-def _others_unfinished(engine: Engine, scan_id: int, owner: str) -> bool:
-    """Shards not done and not this worker's (pending ones were just found unclaimable)."""
-    import sqlalchemy as sa
-
-    from scanner.store import schema
-
-    c = schema.shards.c
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.select(c.shard_no).where(
-                c.scan_id == scan_id, c.status != ShardStatus.DONE.value,
-                sa.or_(c.lease_owner.is_(None), c.lease_owner != owner)).limit(1)
-        ).first() is not None
 
 
 async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | None = None,
@@ -167,9 +150,8 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
                                       config.per_prefix_connections)
     async with DnsClient.open(config) as client:
         with _query_log(client, dns_log):
-            scanner = await _open_scanner(config, client, stats)
-            scanner.shared = claims
-            scanner.shared_politeness = politeness
+            scanner = await pipeline.open_scanner(config, client, stats, shared=claims,
+                                                  shared_politeness=politeness)
             feeder = ShardFeeder(engine, scan_id, owner, send, lease_seconds=lease_seconds,
                                  max_open=max_open_shards)
             try:
@@ -227,169 +209,3 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
                         signal.Signals(signum).name)
             scope.cancel()
             return
-
-
-async def _open_scanner(config: Config, client: DnsClient,
-                        stats: pipeline.ScanStats) -> pipeline.Scanner:
-    from scanner.cli import open_scanner  # one place checks the resolver and IPv6
-
-    return await open_scanner(config, client, stats)
-
-
-def start_scan(engine: Engine, source: str, *, label: str | None, logical_date: dt.date,
-               config: Config, shard_size: int = 1000) -> int:
-    """Create a scan and stream its input into shards; returns the scan id."""
-    from scanner.targets import TargetsError, read_targets
-
-    if source != "-":
-        try:
-            with open(source, "rb"):
-                pass
-        except OSError as exc:  # before any scan exists: nothing to resume, nothing half-made
-            raise TargetsError(f"cannot open {source}: {exc.strerror or exc}") from exc
-    scan_id = scans.create_scan(
-        engine, label, source, logical_date, ",".join(map(str, config.resolvers)),
-        options=config_options(config))
-    problem: list[str] = []
-
-    def lines() -> Iterator[tuple[int, str]]:
-        # A truncated or unreadable list: every line read is still stored and scanned; the
-        # problem is recorded with the scan (and makes the command's exit status say so).
-        try:
-            yield from read_targets(source)
-        except TargetsError as exc:
-            problem.append(str(exc))
-
-    scans.add_shards(engine, scan_id, lines(), shard_size=shard_size)
-    if problem:
-        log.error("input stopped early: %s", problem[0])
-        _set_input_error(engine, scan_id, problem[0])
-    return scan_id
-
-
-def _set_input_error(engine: Engine, scan_id: int, message: str) -> None:
-    import sqlalchemy as sa
-
-    from scanner.store import schema
-
-    with engine.begin() as conn:
-        options = conn.execute(sa.select(schema.scans.c.options)
-                               .where(schema.scans.c.id == scan_id)).scalar_one()
-        conn.execute(schema.scans.update().where(schema.scans.c.id == scan_id)
-                     .values(options={**(options or {}), "input_error": message}))
-
-
-def input_error(engine: Engine, scan_id: int) -> str | None:
-    """Why the scan's input list ended early, if it did."""
-    import sqlalchemy as sa
-
-    from scanner.store import schema
-
-    with engine.connect() as conn:
-        options = conn.execute(sa.select(schema.scans.c.options)
-                               .where(schema.scans.c.id == scan_id)).scalar_one_or_none()
-    value = (options or {}).get("input_error")
-    return None if value is None else str(value)
-
-
-def lines_to_do(engine: Engine, scan_id: int) -> int:
-    """Input lines in shards not yet done (the progress display's total)."""
-    import sqlalchemy as sa
-
-    from scanner.store import schema
-
-    c = schema.shards.c
-    with engine.connect() as conn:
-        return int(conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(c.line_count), 0))
-            .where(c.scan_id == scan_id, c.status != schema.ShardStatus.DONE.value)
-        ).scalar_one())
-
-
-def input_complete(engine: Engine, scan_id: int) -> bool:
-    """The scan's whole input reached the database (add_shards records the counts last)."""
-    import sqlalchemy as sa
-
-    from scanner.store import schema
-
-    with engine.connect() as conn:
-        count = conn.execute(sa.select(schema.scans.c.shard_count)
-                             .where(schema.scans.c.id == scan_id)).scalar_one_or_none()
-    return count is not None
-
-
-def config_options(config: Config) -> dict[str, object]:
-    """The knobs that shape results, stored with the scan: provenance, and what a
-    ``danescan worker`` rebuilds its Config from (:func:`config_from_options`)."""
-    return {
-        "smtp_port": config.smtp_port, "ehlo_name": config.ehlo_name,
-        "allow_private": config.allow_private, "insecure_resolver_ok": config.insecure_resolver_ok,
-        "probe_ipv6": config.probe_ipv6,
-        "greeting_timeout": config.greeting_timeout, "connect_timeout": config.connect_timeout,
-        "command_timeout": config.command_timeout, "tls_timeout": config.tls_timeout,
-        "retry_transient": config.retry_transient,
-        "retry_delay": config.retry_delay, "dns_timeout": config.dns_timeout,
-        "dns_attempts": config.dns_attempts, "dns_deadline": config.dns_deadline,
-        "dns_sockets": config.dns_sockets, "dns_rate": config.dns_rate,
-        "concurrency": config.concurrency, "smtp_concurrency": config.smtp_concurrency,
-        "per_address_connections": config.per_address_connections,
-        "per_prefix_connections": config.per_prefix_connections,
-        "resolvers": [str(r) for r in config.resolvers],
-        "exclude_domains": len(config.exclude_domains),
-        "exclude_domain_list": sorted(config.exclude_domains),
-        "exclude_prefixes": list(config.exclude_prefixes),
-        "host": os.uname().nodename,
-    }
-
-
-# Options copied verbatim into Config fields of the same name.
-_PLAIN_OPTIONS = (
-    "smtp_port", "ehlo_name", "allow_private", "insecure_resolver_ok", "probe_ipv6",
-    "greeting_timeout", "connect_timeout", "command_timeout", "tls_timeout", "retry_transient",
-    "retry_delay", "dns_timeout", "dns_attempts", "dns_deadline", "dns_sockets", "dns_rate",
-    "concurrency", "smtp_concurrency", "per_address_connections", "per_prefix_connections",
-)
-
-
-def config_from_options(options: dict[str, Any],
-                        resolvers: tuple[ResolverAddress, ...] = ()) -> Config:
-    """The Config a scan was started with; ``resolvers`` overrides the stored ones (a worker on
-    another machine uses its own resolver). Options a scan predates keep their defaults."""
-    kwargs: dict[str, Any] = {k: options[k] for k in _PLAIN_OPTIONS if k in options}
-    stored = tuple(ResolverAddress.parse(r) for r in options.get("resolvers", ()))
-    kwargs["resolvers"] = resolvers or stored
-    kwargs["exclude_domains"] = frozenset(options.get("exclude_domain_list", ()))
-    kwargs["exclude_prefixes"] = tuple(options.get("exclude_prefixes", ()))
-    return Config(**kwargs)
-
-
-def scan_config(engine: Engine, scan_id: int,
-                resolvers: tuple[ResolverAddress, ...] = ()) -> Config:
-    """Rebuild the Config of ``scan_id`` from its row (see :func:`config_from_options`)."""
-    import sqlalchemy as sa
-
-    from scanner.store import schema
-
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(schema.scans.c.options, schema.scans.c.resolver)
-                           .where(schema.scans.c.id == scan_id)).first()
-    if row is None:
-        raise LookupError(f"no scan {scan_id}")
-    options = dict(row.options or {})
-    if "resolvers" not in options and row.resolver:
-        options["resolvers"] = [r for r in str(row.resolver).split(",") if r]
-    return config_from_options(options, resolvers)
-
-
-def finish(engine: Engine, result: BatchResult, *, sole_worker: bool = True
-           ) -> dict[str, dict[str, int]] | None:
-    """Record how the scan ended: complete when every shard is done; interrupted when this was
-    the only worker and it stopped early. With other workers still running, leave it to them."""
-    try:
-        if not scans.remaining_shards(engine, result.scan_id):
-            return scans.finish_scan(engine, result.scan_id)
-        if sole_worker or result.status is ScanStatus.INTERRUPTED:
-            scans.mark_interrupted(engine, result.scan_id)
-    except Exception as exc:  # the database may be the reason we stopped
-        log.error("could not record the scan's end (%s); it stays resumable", exc)
-    return None

@@ -1,89 +1,74 @@
-"""`danescan` subcommands: parse arguments, build one Config, run trio. No scanning logic here."""
+"""`danescan` subcommands: arguments -> one frozen Config (and RunOptions) -> :mod:`scanner.run`.
+
+Nothing here scans. Every knob's option comes from its Config field
+(:func:`scanner.config.add_options`); this module reads the few inputs that are not plain
+values (resolvers, the opt-out list, the EHLO name's environment variable), and turns the
+errors a user can fix into one line and an exit status (:class:`scanner.errors.ExitCode`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
-import functools
 import ipaddress
 import logging
 import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn
 
-import trio
-from sqlalchemy.exc import SQLAlchemyError
-
-from scanner import diagnosis, verdict
+from scanner import config as knobs
 from scanner.config import Config, ResolverAddress
-from scanner.dns import DnsClient, system_resolvers
-from scanner.model import DaneStatus, DomainVerdict, Outcome
-from scanner.pipeline import Scanner, ScanStats, eta_text, run, summary_lines
-from scanner.store.db import StoreUnavailable
-from scanner.targets import TargetsError, read_targets
-from scanner.targets_net import ipv6_reachable
+from scanner.errors import ExitCode, UsageError
 
 log = logging.getLogger("danescan")
 
-EXIT_OK, EXIT_JUDGED, EXIT_UNJUDGED, EXIT_INTERRUPTED = 0, 1, 2, 3
-DEFAULTS = Config()
+# `check` is interactive: a short policy (no 60 s retry pass; a greeting wait that still
+# outlasts the deliberate 15-20 s delays of postscreen and greet_pause).
+CHECK_DEFAULTS = Config(connect_timeout=5.0, greeting_timeout=20.0, command_timeout=10.0,
+                        tls_timeout=10.0, retry_transient=False)
 
 
-class UsageError(Exception):
-    """A problem the user can fix; printed without a traceback."""
+def _version() -> str:
+    try:
+        return version("danescan")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line for a bad argument (the full usage is one ``--help`` away), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def add_db_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=None, metavar="URL",
-                   help="database URL or SQLite path (default: $DATABASE_URL, else "
-                        "./danescan.sqlite)")
+                   help="database URL (postgresql://... or sqlite:///PATH) or SQLite path "
+                        "(default: $DATABASE_URL, else ./danescan.sqlite)")
 
 
 def add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
                    help="validating resolver(s), repeatable; 'system' for /etc/resolv.conf's "
                         "(default: $DANESCAN_RESOLVER; there is no implicit fallback)")
-    p.add_argument("--insecure-resolver-ok", action="store_true",
-                   help="scan with a non-validating resolver (STARTTLS-only survey)")
-    p.add_argument("--smtp-port", type=int, default=25)
-    p.add_argument("--ehlo-name", default=DEFAULTS.ehlo_name,
-                   help="name sent in EHLO (never looked up from the system)")
-    p.add_argument("--allow-private", action="store_true",
-                   help="also connect to loopback/RFC 1918/... addresses (testbeds)")
     p.add_argument("--exclude", type=Path, metavar="FILE",
                    help="opt-out list: domains and address prefixes (CIDR), one per line")
-    p.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency)
-    p.add_argument("--smtp-concurrency", type=int, default=DEFAULTS.smtp_concurrency)
-    p.add_argument("--per-address", type=int, default=DEFAULTS.per_address_connections,
-                   help="concurrent SMTP connections per address (politeness): across "
-                        "all workers sharing a PostgreSQL database, per process on SQLite "
-                        "or --no-db")
-    p.add_argument("--per-prefix", type=int, default=DEFAULTS.per_prefix_connections,
-                   help="concurrent SMTP connections per IPv4 /24 or IPv6 /48 (politeness), "
-                        "shared like --per-address")
-    p.add_argument("--dns-rate", type=float, default=0.0, help="DNS queries/s cap (0: none)")
-    p.add_argument("--dns-timeout", type=float, default=DEFAULTS.dns_timeout,
-                   help="seconds a DNS attempt waits before asking again (default "
-                        "%(default)s); grows with the resolver's measured round-trip time "
-                        "when it answers slower (RFC 6298 estimator), up to half the "
-                        "lookup's deadline")
-    p.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout)
-    p.add_argument("--greeting-timeout", type=float, default=DEFAULTS.greeting_timeout,
-                   help="seconds to wait for the 220 greeting (default %(default)s: greeting "
-                        "delays of 15-20 s are deliberate anti-spam measures)")
-    p.add_argument("--command-timeout", type=float, default=DEFAULTS.command_timeout)
-    p.add_argument("--retry-delay", type=float, default=DEFAULTS.retry_delay,
-                   help="seconds before the one retry of a transient SMTP failure")
-    p.add_argument("--no-retry", action="store_true", help="no second pass for transient failures")
+    knobs.add_options(p)
 
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lease-seconds", type=float, default=600.0,
+    p.add_argument("--lease-seconds", type=knobs.argparse_type(knobs.positive_float),
+                   default=600.0,
                    help="shard and claim lease: how long a dead worker's work waits before "
-                        "another takes it over")
+                        "another takes it over (default %(default)s)")
     p.add_argument("--dns-log", metavar="PATH", default=None,
                    help="append every DNS question asked ('name TYPE', dnsperf's input format; "
                         "with several workers PATH.0, PATH.1, ...)")
@@ -94,18 +79,12 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
                         "twice; not sharing saves ~7 %% of CPU when no other worker will come)")
 
 
-def _is_network(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return True
-
-
 def _resolvers(given: Sequence[str]) -> tuple[ResolverAddress, ...]:
     """The resolvers asked for: addresses, or ``system`` for /etc/resolv.conf's. Never an
     implicit fallback: a scanner's DNSSEC verdicts are only as good as the resolver it was
     told to trust, and a test machine's resolv.conf may point somewhere it must not reach."""
+    from scanner.dns import system_resolvers
+
     out: list[ResolverAddress] = []
     for item in given:
         if item == "system":
@@ -115,125 +94,76 @@ def _resolvers(given: Sequence[str]) -> tuple[ResolverAddress, ...]:
             out.extend(found)
         else:
             try:
-                address = ResolverAddress.parse(item)
-                ipaddress.ip_address(address.host)  # a name would need a lookup to reach it
-                out.append(address)
+                out.append(ResolverAddress.parse(item))
             except ValueError as exc:
-                raise UsageError(f"--resolver {item!r}: {exc}") from exc
-    if not out:
-        raise UsageError("no resolver given: pass --resolver IP[@PORT] (a validating resolver "
-                         "such as Unbound), --resolver system for /etc/resolv.conf's, or set "
-                         "DANESCAN_RESOLVER")
+                raise UsageError(f"--resolver {item!r}: {exc} (an IP address, optionally "
+                                 "@PORT: a name would need a lookup to reach it)") from exc
     return tuple(out)
 
 
-def config_from(args: argparse.Namespace) -> Config:
-    resolvers = _resolvers(args.resolver or os.environ.get("DANESCAN_RESOLVER", "").split())
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _exclusions(path: Path | None) -> dict[str, Any]:
+    """The opt-out list as Config fields (empty when no list is given)."""
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"cannot read exclusion list {path}: {exc.strerror or exc}") from exc
     domains: set[str] = set()
     prefixes: list[str] = []
-    if args.exclude:
-        try:
-            text = args.exclude.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise UsageError(f"cannot read exclusion list: {exc}") from exc
-        for line in text.splitlines():
-            item = line.split("#", 1)[0].strip().lower().rstrip(".")
-            if not item:
-                continue
-            if _is_network(item):
-                prefixes.append(item)
-            else:
-                domains.add(item)
-    return Config(
-        resolvers=resolvers,
-        smtp_port=args.smtp_port,
-        ehlo_name=args.ehlo_name,
-        allow_private=args.allow_private,
-        insecure_resolver_ok=args.insecure_resolver_ok,
-        concurrency=args.concurrency,
-        smtp_concurrency=args.smtp_concurrency,
-        per_address_connections=args.per_address,
-        per_prefix_connections=args.per_prefix,
-        dns_rate=args.dns_rate,
-        dns_timeout=args.dns_timeout,
-        connect_timeout=args.connect_timeout,
-        greeting_timeout=args.greeting_timeout,
-        command_timeout=args.command_timeout,
-        retry_delay=args.retry_delay,
-        retry_transient=not args.no_retry,
-        exclude_domains=frozenset(domains),
-        exclude_prefixes=tuple(prefixes),
-    )
+    for line in text.splitlines():
+        item = line.split("#", 1)[0].strip().lower().rstrip(".")
+        if not item:
+            continue
+        if _is_network(item):
+            prefixes.append(item)
+        else:
+            domains.add(item)
+    return {"exclude_domains": frozenset(domains), "exclude_prefixes": tuple(prefixes)}
 
 
-async def open_scanner(config: Config, client: DnsClient, stats: ScanStats) -> Scanner:
-    """Check the resolver validates (§2.1.1 needs it) and probe IPv6 reachability."""
-    validating = await client.validates()
-    if not validating and not config.insecure_resolver_ok:
-        raise UsageError(
-            f"resolver {', '.join(map(str, config.resolvers))} does not validate DNSSEC "
-            "(no answer with the AD bit for the root DNSKEY: not validating, or not "
-            "answering); use a validating resolver, or "
-            "--insecure-resolver-ok for a STARTTLS-only survey")
-    ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
-    return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats)
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields this command line sets (the opt-out list included)."""
+    flags = knobs.given(args)
+    flags.update(_exclusions(getattr(args, "exclude", None)))
+    if "ehlo_name" not in flags and os.environ.get("DANESCAN_EHLO_NAME"):
+        flags["ehlo_name"] = os.environ["DANESCAN_EHLO_NAME"]
+    return flags
 
 
-class Progress:
-    """A one-line progress display on a terminal: count, rate, ETA."""
-
-    def __init__(self, stats: ScanStats, total: int | None, stream: TextIO) -> None:
-        self.stats, self.total, self.stream = stats, total, stream
-
-    async def run(self) -> None:
-        while True:
-            await trio.sleep(0.5)
-            self.draw()
-
-    def draw(self, end: str = "") -> None:
-        s = self.stats
-        total = f"/{self.total}" if self.total else ""
-        self.stream.write(f"\r{s.domains}{total} domains  {s.rate:.0f}/s"
-                          f"{eta_text(s.domains, self.total, s.rate)}   {end}")
-        self.stream.flush()
+def config_from(args: argparse.Namespace, base: Config = knobs.DEFAULTS) -> Config:
+    """A new scan's (or check's) Config: ``base`` with this command line's values."""
+    flags = _flags(args)
+    resolvers = _resolvers(args.resolver or os.environ.get("DANESCAN_RESOLVER", "").split())
+    if not resolvers:
+        raise UsageError("no resolver given: pass --resolver IP[@PORT] (a validating resolver "
+                         "such as Unbound), --resolver system for /etc/resolv.conf's, or set "
+                         "DANESCAN_RESOLVER")
+    config = dataclasses.replace(base, resolvers=resolvers, **flags)
+    if not config.allow_private and "ehlo_name" not in flags:
+        raise UsageError("probing public addresses needs --ehlo-name NAME (or "
+                         "DANESCAN_EHLO_NAME): identify your scanner to the servers it probes")
+    return config
 
 
-def count_lines(path: str) -> int | None:
-    """Total for the ETA, only for plain files (cheap); None for stdin or compressed input."""
-    if path == "-":
-        return None
-    try:
-        with open(path, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":
-                return None
-            f.seek(0)
-            return sum(1 for line in f if line.strip() and not line.lstrip().startswith(b"#"))
-    except OSError:
-        return None
+def run_options(args: argparse.Namespace) -> Any:
+    from scanner.run import RunOptions
 
-
-async def scan_to_jsonl(config: Config, source: str, out: TextIO, progress: bool) -> ScanStats:
-    stats = ScanStats()
-    async with DnsClient.open(config) as client:
-        scanner = await open_scanner(config, client, stats)
-
-        lines = verdict.JsonLines()
-
-        async def emit(v: DomainVerdict) -> None:
-            out.write(lines.line(v) + "\n")
-
-        async with trio.open_nursery() as nursery:
-            bar = None
-            if progress:
-                bar = Progress(stats, count_lines(source), sys.stderr)
-                nursery.start_soon(bar.run)
-            await run(scanner, read_targets(source), emit)
-            nursery.cancel_scope.cancel()
-        if bar is not None:
-            bar.draw("\n")
-        for line in summary_lines(stats, scanner.ipv6):
-            log.info("%s", line)
-    return stats
+    return RunOptions(
+        db=args.db, jsonl=getattr(args, "jsonl", None), label=getattr(args, "label", None),
+        date=getattr(args, "date", None), workers=getattr(args, "workers", None),
+        shard_size=getattr(args, "shard_size", 1000), every=getattr(args, "every", None),
+        lease_seconds=args.lease_seconds, dns_log=args.dns_log, shared=not args.no_shared,
+        quiet=args.quiet, progress_interval=getattr(args, "progress_interval", 60.0),
+        resolvers=tuple(args.resolver))
 
 
 def parse_interval(text: str) -> float:
@@ -246,237 +176,64 @@ def parse_interval(text: str) -> float:
             seconds = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an interval: {text!r} (e.g. 24h)") from exc
-    if seconds <= 0:
+    if not seconds > 0:
         raise argparse.ArgumentTypeError("the interval must be positive")
     return seconds
 
 
-def default_workers(postgres: bool) -> int:
-    """One process per core on PostgreSQL (each worker is one trio thread); SQLite: one."""
-    return max(1, os.cpu_count() or 1) if postgres else 1
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a date (YYYY-MM-DD)") from exc
+
+
+# -- commands --------------------------------------------------------------------------------
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from scanner import run
+
+    opts = run_options(args)
+    if args.every is not None and (args.resume is not None or args.domains is None):
+        raise UsageError("--every needs DOMAINS (each run scans the list afresh), not --resume")
+    if args.resume is not None:
+        if args.domains is not None:
+            raise UsageError("give DOMAINS or --resume, not both")
+        if args.no_db:
+            raise UsageError("--resume needs the database (--no-db scans cannot be resumed)")
+        return run.resume(opts, args.resume, _flags(args), _resolvers(args.resolver))
+    if args.domains is None:
+        raise UsageError("give DOMAINS (a file or -), or --resume")
     config = config_from(args)
     if args.no_db:
         if args.jsonl is None:
             raise UsageError("--no-db needs --jsonl PATH")
-        return scan_jsonl_only(config, args)
-    from scanner.store import db
-
-    engine = db.make_engine(args.db)
-    db.ensure_schema(engine)
-    postgres = db.is_postgres(engine)
-    workers = args.workers if args.workers is not None else default_workers(postgres)
-    if workers > 1 and not postgres:
-        raise UsageError(f"--workers {workers} needs PostgreSQL (--db postgresql://... or "
-                         "DATABASE_URL): the embedded SQLite database takes one writer, so "
-                         "scan with one worker (--workers 1)")
-    if args.every is not None and (args.resume is not None or args.domains is None):
-        raise UsageError("--every needs DOMAINS (each run scans the list afresh), not --resume")
-    while True:
-        started = time.monotonic()
-        code = scan_once(config, engine, args, max(1, workers))
-        if args.every is None or code != EXIT_OK:
-            return code
-        # The next scan starts `every` after this one started, or at once if it overran.
-        wait = args.every - (time.monotonic() - started)
-        log.info("next scan in %.0f s", max(0.0, wait))
-        time.sleep(max(0.0, wait))
-        args.date = dt.date.today()
-
-
-def scan_once(config: Config, engine: Any, args: argparse.Namespace, workers: int) -> int:
-    from scanner import batch
-    from scanner.store import scans
-
-    if args.resume is not None:
-        scan_id = (scans.latest_unfinished(engine) if args.resume == "latest"
-                   else int(args.resume))
-        if scan_id is None:
-            log.info("no unfinished scan to resume")
-            return EXIT_OK
-        if not batch.input_complete(engine, scan_id):
-            raise UsageError(f"scan {scan_id} never finished loading its input; start a new scan")
-        left = scans.resume_scan(engine, scan_id)
-        # The crashed scan's workers are gone: their unpublished host/endpoint claims too.
-        from scanner.store.shared import release_unpublished
-
-        release_unpublished(engine, scan_id)
-        log.info("resuming scan %s: %s shards to do", scan_id, left)
-    else:
-        if args.domains is None:
-            raise UsageError("give DOMAINS (a file or -), or --resume")
-        scan_id = batch.start_scan(engine, args.domains, label=args.label,
-                                   logical_date=args.date, config=config,
-                                   shard_size=args.shard_size)
-        log.info("scan %s: input stored as shards", scan_id)
-    result = run_workers(config, engine, scan_id, args, workers)
-    counts = batch.finish(engine, result)
-    for line in summary_lines(result.stats, True):
-        log.info("%s", line)
-    if counts is None:
-        print(f"danescan: scan {scan_id} stopped ({result.message}); "
-              f"resume with: danescan scan --resume {scan_id}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if args.jsonl:
-        from scanner.store.export import export
-
-        with open_out(args.jsonl) as out:
-            export(engine, scan_id, "jsonl", "domain", out)
-    log.info("scan %s complete", scan_id)
-    problem = batch.input_error(engine, scan_id)
-    if problem:
-        print(f"danescan: input incomplete: {problem} (every line read was scanned)",
-              file=sys.stderr)
-        return EXIT_UNJUDGED
-    return EXIT_OK
-
-
-def shares_work(engine: Any, args: argparse.Namespace) -> bool:
-    """Whether this process shares host/endpoint claims and connection limits with the scan's
-    other workers: on PostgreSQL unless --no-shared (SQLite has one worker anyway)."""
-    from scanner.store import db
-
-    return db.is_postgres(engine) and not args.no_shared
-
-
-def run_workers(config: Config, engine: Any, scan_id: int, args: argparse.Namespace,
-                workers: int = 1) -> Any:
-    """One worker: in this process. Several: ``danescan worker`` child processes sharing the
-    scan through the database (shards, leases, shared host/endpoint claims)."""
-    from scanner import batch
-
-    if workers <= 1:
-        # Shared even alone: `danescan worker`s may join this scan from other machines at any
-        # time, and must find what this process looked up and probed (and its connections).
-        shared = shares_work(engine, args)
-        show = sys.stderr.isatty() and not args.quiet
-        total = batch.lines_to_do(engine, scan_id) if show else None
-
-        async def one_worker() -> Any:
-            stats = ScanStats()
-            async with trio.open_nursery() as nursery:
-                bar = Progress(stats, total, sys.stderr) if show else None
-                if bar is not None:
-                    nursery.start_soon(bar.run)
-                result = await batch.work(config, engine, scan_id, stats=stats,
-                                          lease_seconds=args.lease_seconds, shared=shared,
-                                          dns_log=args.dns_log)
-                nursery.cancel_scope.cancel()
-            if bar is not None:
-                bar.draw("\n")
-            return result
-
-        return trio.run(one_worker)
-    return spawn_workers(engine, scan_id, args, workers)
-
-
-def spawn_workers(engine: Any, scan_id: int, args: argparse.Namespace, workers: int) -> Any:
-    import signal
-    import subprocess
-
-    from scanner import batch
-    from scanner.store import scans
-    from scanner.store.schema import ScanStatus
-
-    # The URL goes through the environment: a password never shows in the process list.
-    env = {**os.environ,
-           "DATABASE_URL": engine.url.render_as_string(hide_password=False)}
-    base = [sys.executable, "-m", "scanner.cli"] + (["-q"] if args.quiet else []) + [
-        "worker", "--scan", str(scan_id), "--lease-seconds", str(args.lease_seconds),
-        "--parent-pid", str(os.getpid())]
-    for r in args.resolver:
-        base += ["--resolver", r]
-    if args.no_shared:
-        base.append("--no-shared")
-    procs = []
-    stats = ScanStats()
-    for i in range(workers):
-        cmd = list(base)
-        if args.dns_log:
-            cmd += ["--dns-log", f"{args.dns_log}.{i}"]
-        procs.append(subprocess.Popen(cmd, env=env))
-    log.info("scan %s: %d worker processes", scan_id, workers)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        codes = [proc.wait() for proc in procs]
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    stats.domains = sum(scans.scan_counts(engine, scan_id)["outcome"].values())
-    left = scans.remaining_shards(engine, scan_id)
-    status = ScanStatus.COMPLETE if left == 0 else ScanStatus.INTERRUPTED
-    message = "" if left == 0 else f"workers exited {codes} with {left} shards left"
-    return batch.BatchResult(scan_id, status, stats, message)
-
-
-def die_with_parent(parent: int) -> None:
-    """A worker of `scan --workers N` dies with its parent (Linux PR_SET_PDEATHSIG): killing
-    the scan stops the whole scan, exactly as with one process, and `--resume` starts clean."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(EXIT_INTERRUPTED)
+        return run.scan_to_jsonl(config, opts, args.domains)
+    return run.scan(config, opts, args.domains)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Work on a scan started elsewhere: its Config comes from the scan row."""
-    from scanner import batch
-    from scanner.store import db, scans
-    from scanner.store.schema import ScanStatus
+    from scanner import run
 
     if args.parent_pid is not None:
-        die_with_parent(args.parent_pid)
-    engine = db.make_engine(args.db)
-    scan_id = args.scan if args.scan is not None else scans.latest_unfinished(engine)
-    if scan_id is None:
-        log.info("no unfinished scan to work on")
-        return EXIT_OK
-    resolvers = tuple(ResolverAddress.parse(r) for r in args.resolver)
-    try:
-        config = batch.scan_config(engine, scan_id, resolvers)
-    except LookupError as exc:
-        raise UsageError(str(exc)) from exc
-    if not config.resolvers:
-        raise UsageError(f"scan {scan_id} records no resolver; give --resolver IP")
-    shared = shares_work(engine, args)
-    result = trio.run(functools.partial(
-        batch.work, config, engine, scan_id, lease_seconds=args.lease_seconds, shared=shared,
-        dns_log=args.dns_log))
-    if not args.quiet:
-        for line in summary_lines(result.stats, True):
-            log.info("worker %s: %s", batch.worker_name(), line)
-    batch.finish(engine, result, sole_worker=False)
-    return EXIT_OK if result.status is ScanStatus.COMPLETE else EXIT_INTERRUPTED
+        run.die_with_parent(args.parent_pid)
+    return run.worker(run_options(args), args.scan, _resolvers(args.resolver))
 
 
-def open_out(path: str) -> TextIO:
-    if path == "-":
-        return open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False)
-    return open(path, "w", encoding="utf-8")
+def cmd_check(args: argparse.Namespace) -> int:
+    import trio
 
+    from scanner import diagnosis, run
+    from scanner.model import DaneStatus, Outcome
 
-def scan_jsonl_only(config: Config, args: argparse.Namespace) -> int:
-    """Without a database: stream verdicts straight to JSON lines (no resume)."""
-    with open_out(args.jsonl) as out:
-        stats = trio.run(scan_to_jsonl, config, args.domains, out,
-                         sys.stderr.isatty() and not args.quiet)
-    if stats.input_error:
-        print(f"danescan: input incomplete: {stats.input_error}", file=sys.stderr)
-        return EXIT_UNJUDGED
-    return EXIT_OK
+    config = config_from(args, CHECK_DEFAULTS)
+    v, scanner = trio.run(run.check, config, args.domain)
+    print(diagnosis.render(v, validating=scanner.validating))
+    if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE, Outcome.INTERNAL_ERROR):
+        return ExitCode.INCOMPLETE
+    return ExitCode.OK if v.dane is DaneStatus.VALID else ExitCode.NOT_DANE
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -484,10 +241,11 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     db.upgrade(db.resolve_url(args.db))
     print("database at head")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from scanner.run import open_out
     from scanner.store import db
     from scanner.store.export import export
 
@@ -496,29 +254,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     with open_out(args.out) as out:
         n = export(engine, scan, args.format, args.level, out)
     log.info("%d rows", n)
-    return EXIT_OK
+    return ExitCode.OK
 
 
-async def check_one(config: Config, raw: str) -> tuple[DomainVerdict, Scanner]:
-    async with DnsClient.open(config) as client:
-        scanner = await open_scanner(config, client, ScanStats())
-        return await scanner.scan_domain(1, raw), scanner
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    config = config_from(args)
-    v, scanner = trio.run(check_one, config, args.domain)
-    print(diagnosis.render(v, validating=scanner.validating))
-    if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE):
-        return EXIT_UNJUDGED
-    return EXIT_OK if v.dane is DaneStatus.VALID else EXIT_JUDGED
+def _scan_ref(text: str) -> str:
+    if text != "latest" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: a scan id or 'latest'")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="danescan",
-        description="Measure how mail domains climb STARTTLS -> DNSSEC -> DANE (RFC 7672).")
-    parser.add_argument("-q", "--quiet", action="store_true")
+        description="Measure how mail domains climb STARTTLS -> DNSSEC -> DANE (RFC 7672).",
+        epilog="Exit status: 0 done (check: DANE-valid), 1 check: not DANE-valid, 2 usage "
+               "error, 3 interrupted (resumable), 4 incomplete (list ended early; check: not "
+               "judged), 5 internal errors.")
+    parser.add_argument("--version", action="version", version=f"danescan {_version()}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -526,28 +279,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domains", metavar="DOMAINS", nargs="?",
                    help="file (text, rank,domain CSV, optionally gzip) or - for stdin")
     p.add_argument("--jsonl", metavar="PATH", help="write one JSON object per input line")
-    p.add_argument("--label", default=None)
+    p.add_argument("--label", default=None, help="a name stored with the scan")
     add_db_option(p)
     p.add_argument("--no-db", action="store_true",
                    help="no database: stream --jsonl only (no shards, no resume)")
-    p.add_argument("--resume", nargs="?", const="latest", metavar="SCAN_ID",
-                   help="continue the given scan, or the latest unfinished one")
-    p.add_argument("--date", type=dt.date.fromisoformat, default=dt.date.today(),
-                   metavar="YYYY-MM-DD", help="logical date of the scan (default: today)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--resume", nargs="?", const="latest", metavar="SCAN_ID", type=_scan_ref,
+                   help="continue the given scan, or the latest unfinished one, with its own "
+                        "stored options")
+    p.add_argument("--date", type=_date, default=None, metavar="YYYY-MM-DD",
+                   help="logical date of the scan (default: today)")
+    p.add_argument("--workers", type=knobs.argparse_type(knobs.positive_int), default=None,
                    help="scanner processes sharing the scan (default: one per core on "
                         "PostgreSQL, one on SQLite; more than one needs PostgreSQL)")
-    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--shard-size", type=knobs.argparse_type(knobs.positive_int), default=1000,
+                   help="input lines per shard, the unit of resume (default %(default)s)")
     p.add_argument("--every", type=parse_interval, default=None, metavar="INTERVAL",
                    help="continuous operation: scan DOMAINS again every INTERVAL (e.g. 24h), "
                         "each run starting when the previous one has finished")
+    p.add_argument("--progress-interval", type=knobs.argparse_type(knobs.positive_float),
+                   default=60.0, metavar="SECONDS",
+                   help="when stderr is not a terminal: a progress line every SECONDS "
+                        "(default %(default)s)")
     add_worker_options(p)
     add_scan_options(p)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("worker", help="help scan a database scan (any number, any machine)")
     add_db_option(p)
-    p.add_argument("--scan", type=int, default=None,
+    p.add_argument("--scan", type=knobs.argparse_type(knobs.positive_int), default=None,
                    help="scan id (default: the latest unfinished scan)")
     p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
                    help="this machine's validating resolver (default: the scan's)")
@@ -555,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_options(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("check", help="diagnose one domain")
+    p = sub.add_parser("check", help="diagnose one domain, showing each step")
     p.add_argument("domain")
     add_scan_options(p)
-    p.set_defaults(func=cmd_check, greeting_timeout=DEFAULTS.greeting_timeout)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("db", help="database maintenance")
     p.add_argument("action", choices=["upgrade"])
@@ -567,29 +326,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a scan's results from the database")
     add_db_option(p)
-    p.add_argument("--scan", default="latest", help="scan id or 'latest' (default)")
+    p.add_argument("--scan", default="latest", type=_scan_ref,
+                   help="scan id or 'latest' (default: the newest complete scan)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("--level", choices=["domain", "host", "endpoint"], default="domain")
     p.add_argument("--out", default="-", help="file (default: standard output)")
     p.set_defaults(func=cmd_export)
 
+    _register_extras(sub)
+    return parser
+
+
+def _register_extras(sub: Any) -> None:
+    """Commands of the report stack and of the source tree's testbed, registered by the
+    packages that implement them; only this dispatcher names all three."""
     from analysis import cli as analysis_cli
 
     analysis_cli.register(sub)
-
     try:
         from testbed import cli as testbed_cli
     except ImportError:  # the testbed ships with the source tree, not every install
-        pass
-    else:
-        testbed_cli.register(sub)
+        return
+    testbed_cli.register(sub)
 
-    from scanner import demo
 
-    p = sub.add_parser("demo", help="scan a simulated mail internet and print the funnel")
-    demo.add_arguments(p)
-    p.set_defaults(func=demo.main)
-    return parser
+# -- the dispatcher --------------------------------------------------------------------------
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    """Errors a user should see as one clear line (bugs keep their traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scanner.store.db import StoreUnavailable
+    from scanner.targets import TargetsError
+
+    return (UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
+            KeyboardInterrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -601,37 +373,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter
     try:
-        result: Any = _unwrap_groups(args.func, args)
-        return int(result or 0)
-    except UsageError as exc:
+        return int(_unwrap_groups(args.func, args) or 0)
+    except BaseException as exc:
+        return _report(exc)
+
+
+def _report(exc: BaseException) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scanner.store.db import StoreUnavailable
+    from scanner.targets import TargetsError
+
+    if isinstance(exc, UsageError):
         print(f"danescan: {exc}", file=sys.stderr)
-        return EXIT_UNJUDGED
-    except TargetsError as exc:
+        return ExitCode.USAGE
+    if isinstance(exc, TargetsError):
         print(f"danescan: input problem: {exc}", file=sys.stderr)
-        return EXIT_UNJUDGED
-    except (StoreUnavailable, SQLAlchemyError) as exc:
+        return ExitCode.USAGE
+    if isinstance(exc, StoreUnavailable | SQLAlchemyError):
         print(f"danescan: database unavailable: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_UNJUDGED
-    except KeyboardInterrupt:
+        return ExitCode.USAGE
+    if isinstance(exc, KeyboardInterrupt):
         print("danescan: interrupted", file=sys.stderr)
-        return 130
-    except OSError as exc:
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        return _quiet_broken_pipe()
+    if isinstance(exc, OSError):
         print(f"danescan: {exc}", file=sys.stderr)
-        return EXIT_UNJUDGED
+        return ExitCode.USAGE
+    raise exc
 
 
-_EXPECTED = (UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
-             KeyboardInterrupt)
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``danescan export | head``): end quietly, as the Python docs'
+    SIGPIPE note advises (stdout pointed at devnull so the interpreter's flush cannot fail)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return ExitCode.OK
 
 
-def _unwrap_groups(func: Any, args: argparse.Namespace) -> Any:
+def _unwrap_groups(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Trio nurseries wrap errors in exception groups; a group made only of errors the user
     should see as one clear message is unwrapped to its first member (bugs stay grouped)."""
     try:
         return func(args)
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
-        if leaves and all(isinstance(e, _EXPECTED) for e in leaves):
+        if leaves and all(isinstance(e, _expected()) for e in leaves):
             raise leaves[0] from group
         raise
 
@@ -648,10 +436,6 @@ def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
-if __name__ == "__main__":
-    # `python -m scanner.cli` runs this file as __main__, a second copy of the module: modules
-    # that import scanner.cli (batch.py) raise *its* UsageError, which this copy's handlers
-    # would not catch. Run the imported module's main instead.
-    from scanner.cli import main as _main
 
-    sys.exit(_main())
+if __name__ == "__main__":
+    sys.exit(main())

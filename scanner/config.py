@@ -1,8 +1,21 @@
-"""One frozen dataclass of every knob the scanner has; the CLI builds it, everything reads it."""
+"""One frozen dataclass of every knob that shapes a scan's results.
+
+Each knob is written once, here: its default, its command-line option and help, the check its
+value must pass, and whether it is stored with the scan. The CLI's options
+(:func:`add_options`), the options stored with a scan (:func:`to_options`) and the Config a
+resumed scan or a ``danescan worker`` rebuilds (:func:`from_options`) all derive from the
+fields, so a knob cannot be forgotten in one of those places.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import ipaddress
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,54 +25,253 @@ class ResolverAddress:
 
     @classmethod
     def parse(cls, text: str) -> ResolverAddress:
-        """``IP``, ``IP@PORT`` or ``[IPv6]:PORT``-free form ``IPv6@PORT``."""
-        host, sep, port = text.rpartition("@")
+        """``IP`` or ``IP@PORT`` (IPv4 or IPv6); a name is refused: reaching it needs a lookup."""
+        host, sep, port_text = text.rpartition("@")
         if not sep:
-            return cls(text)
-        return cls(host, int(port))
+            host, port_text = text, "53"
+        ipaddress.ip_address(host)  # ValueError for a name or garbage
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"not a port: {port_text!r}")
+        return cls(host, int(port_text))
 
     def __str__(self) -> str:
         return self.host if self.port == 53 else f"{self.host}@{self.port}"
 
 
+# -- value checks: each parses command-line text and raises ValueError with a short reason ------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a number above 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number of at least 0")
+    return value
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number, 1-65535")
+    return value
+
+
+def argparse_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``check`` as an argparse ``type``: a bad value becomes a usage error (exit 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            kind = check.__name__.replace("_", " ")
+            reason = str(exc) if "must" in str(exc) else f"must be a {kind}"
+            raise argparse.ArgumentTypeError(f"{text!r}: {reason}") from exc
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How a Config field appears on the command line. ``flag`` options are booleans set by
+    their presence (``invert``: the option turns the field off)."""
+
+    name: str
+    help: str
+    check: Callable[[str], Any] | None = None
+    flag: bool = False
+    invert: bool = False
+    metavar: str | None = None
+
+
+def _knob(default: Any, option: Option | None = None) -> Any:
+    return field(default=default, metadata={"option": option})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    resolvers: tuple[ResolverAddress, ...] = ()
-    smtp_port: int = 25
-    ehlo_name: str = "danescan.invalid"
-    allow_private: bool = False
-    insecure_resolver_ok: bool = False
-    probe_ipv6: bool | None = None  # None: detect at start
+    resolvers: tuple[ResolverAddress, ...] = _knob(())
+    smtp_port: int = _knob(25, Option("--smtp-port", "SMTP port to probe (default %(default)s)",
+                                      port))
+    ehlo_name: str = _knob("danescan.invalid", Option(
+        "--ehlo-name", "name sent in EHLO, identifying the scanner to the servers it probes; "
+        "required when public addresses are probed (or $DANESCAN_EHLO_NAME); never looked up "
+        "from the system"))
+    allow_private: bool = _knob(False, Option(
+        "--allow-private", "also connect to loopback/RFC 1918/... addresses (testbeds)",
+        flag=True))
+    insecure_resolver_ok: bool = _knob(False, Option(
+        "--insecure-resolver-ok",
+        "scan with a resolver that does not validate DNSSEC (a STARTTLS-only survey)", flag=True))
+    probe_ipv6: bool | None = _knob(None)  # None: detect at start
 
     # DNS: the scanner's own deadline and retry budget per lookup (§2.1.1: a timeout is
-    # indeterminate, never "no record").
-    dns_timeout: float = 2.0  # one attempt
-    dns_attempts: int = 3
-    dns_deadline: float = 10.0  # whole lookup, CD retry included
-    dns_sockets: int = 16  # Unbound spreads work over its threads by client socket
-    dns_rate: float = 0.0  # queries/s cap, 0 = none
+    # indeterminate, never "no record"). Deadlines start when the query is sent.
+    dns_timeout: float = _knob(2.0, Option(
+        "--dns-timeout", "seconds a DNS attempt waits before asking again (default "
+        "%(default)s); grows with the resolver's measured round-trip time (RFC 6298 "
+        "estimator), up to half the lookup's deadline", positive_float))
+    dns_attempts: int = _knob(3, Option(
+        "--dns-attempts", "sends of one question before the lookup gives up (default "
+        "%(default)s)", positive_int))
+    dns_deadline: float = _knob(10.0, Option(
+        "--dns-deadline", "seconds one lookup may take from its first send, CD re-query "
+        "included (default %(default)s)", positive_float))
+    dns_sockets: int = _knob(16, Option(
+        "--dns-sockets", "UDP sockets to each resolver; Unbound spreads work over its threads "
+        "by client socket (default %(default)s)", positive_int))
+    dns_rate: float = _knob(0.0, Option(
+        "--dns-rate", "DNS queries per second, at most (0: no cap); pacing never changes a "
+        "verdict, only the duration", non_negative_float))
     # Our own resolver silent this long (health query unanswered): stop, resumable. Silence
     # from our resolver is never judged as a fact about a domain.
-    resolver_outage_limit: float = 600.0
+    resolver_outage_limit: float = _knob(600.0, Option(
+        "--resolver-outage-limit", "seconds to wait for a resolver that stopped answering "
+        "before the scan stops, resumable (default %(default)s)", positive_float))
 
     # SMTP: greeting delays of 15-20 s are deliberate anti-spam measures.
-    connect_timeout: float = 10.0
-    greeting_timeout: float = 30.0
-    command_timeout: float = 30.0
-    tls_timeout: float = 20.0
-    retry_transient: bool = True  # second pass for timeouts and 4xx, later in the scan
-    retry_delay: float = 60.0
+    connect_timeout: float = _knob(10.0, Option(
+        "--connect-timeout", "seconds for the TCP connection (default %(default)s)",
+        positive_float))
+    greeting_timeout: float = _knob(30.0, Option(
+        "--greeting-timeout", "seconds to wait for the 220 greeting (default %(default)s: "
+        "greeting delays of 15-20 s are deliberate anti-spam measures)", positive_float))
+    command_timeout: float = _knob(30.0, Option(
+        "--command-timeout", "seconds to wait for the reply to EHLO, STARTTLS or QUIT "
+        "(default %(default)s)", positive_float))
+    tls_timeout: float = _knob(20.0, Option(
+        "--tls-timeout", "seconds for the TLS handshake (default %(default)s)", positive_float))
+    retry_transient: bool = _knob(True, Option(
+        "--no-retry", "no second pass for transient SMTP failures (timeouts, 4xx)", flag=True,
+        invert=True))
+    retry_delay: float = _knob(60.0, Option(
+        "--retry-delay", "seconds before the one retry of a transient SMTP failure (default "
+        "%(default)s)", non_negative_float))
 
     # Concurrency and politeness.
-    concurrency: int = 2000  # domains in flight: rate x latency (Little), with stragglers
-    smtp_concurrency: int = 200  # SMTP sessions in flight
-    per_address_connections: int = 2
-    per_prefix_connections: int = 8  # per IPv4 /24 or IPv6 /48
-    connect_rate: float = 100.0  # new SMTP connections per second, whole scan; 0 = no cap
+    concurrency: int = _knob(2000, Option(
+        "--concurrency", "domains in flight at once (default %(default)s): rate x latency, "
+        "with room for slow servers", positive_int))
+    smtp_concurrency: int = _knob(200, Option(
+        "--smtp-concurrency", "SMTP sessions in flight at once (default %(default)s)",
+        positive_int))
+    per_address_connections: int = _knob(2, Option(
+        "--per-address", "concurrent SMTP connections per address (politeness, default "
+        "%(default)s): across all workers sharing a PostgreSQL database, per process on "
+        "SQLite or --no-db", positive_int))
+    per_prefix_connections: int = _knob(8, Option(
+        "--per-prefix", "concurrent SMTP connections per IPv4 /24 or IPv6 /48 (politeness, "
+        "default %(default)s), shared like --per-address", positive_int))
+    connect_rate: float = _knob(100.0, Option(
+        "--connect-rate", "new SMTP connections per second, whole process (politeness, "
+        "default %(default)s; 0: no cap)", non_negative_float))
     # Cost caps (RFC 7672 sets none; a scanner must, or one domain makes it an amplifier).
     # Postfix tries 5 addresses by default (smtp_mx_address_limit); posttls-finger reads 100 MX.
-    max_mx_hosts: int = 10  # per domain, in preference order
-    max_host_addresses: int = 10  # per MX host, A then AAAA
-    max_address_sessions: int = 1000  # SMTP sessions per address per scan, whatever the SNI
-    exclude_domains: frozenset[str] = field(default_factory=frozenset)
-    exclude_prefixes: tuple[str, ...] = ()
+    max_mx_hosts: int = _knob(10, Option(
+        "--max-mx-hosts", "MX hosts looked at per domain, in preference order (default "
+        "%(default)s); a domain judged on fewer than all its hosts is never DANE-valid",
+        positive_int))
+    max_host_addresses: int = _knob(10, Option(
+        "--max-host-addresses", "addresses probed per MX host (default %(default)s)",
+        positive_int))
+    max_address_sessions: int = _knob(1000, Option(
+        "--max-address-sessions", "SMTP sessions one address receives in one scan, whatever "
+        "the SNI (default %(default)s)", positive_int))
+    exclude_domains: frozenset[str] = _knob(frozenset())
+    exclude_prefixes: tuple[str, ...] = _knob(())
+
+
+DEFAULTS = Config()
+
+
+def _fields() -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(Config)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Every Config field with an Option, as a command-line option defaulting to None (so a
+    resumed scan can tell a flag given from a default: see :func:`given`)."""
+    for f in _fields():
+        opt: Option | None = f.metadata["option"]
+        if opt is None:
+            continue
+        if opt.flag:
+            parser.add_argument(opt.name, dest=f.name, action="store_const",
+                                const=not opt.invert, default=None, help=opt.help)
+        else:
+            help_text = opt.help.replace("%(default)s", str(f.default))
+            parser.add_argument(opt.name, dest=f.name, default=None, metavar=opt.metavar,
+                                type=argparse_type(opt.check) if opt.check else str,
+                                help=help_text)
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields set on this command line (options left out are absent)."""
+    out = {}
+    for f in _fields():
+        if f.metadata["option"] is not None and getattr(args, f.name, None) is not None:
+            out[f.name] = getattr(args, f.name)
+    return out
+
+
+def to_options(config: Config) -> dict[str, Any]:
+    """The knobs stored with a scan (JSON): its provenance, and what resume and
+    ``danescan worker`` rebuild its Config from."""
+    out: dict[str, Any] = {}
+    for f in _fields():
+        value = getattr(config, f.name)
+        if f.name == "resolvers":
+            value = [str(r) for r in value]
+        elif isinstance(value, frozenset):
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def from_options(options: Mapping[str, Any], **overrides: Any) -> Config:
+    """The Config stored by :func:`to_options`; fields a scan predates keep their defaults.
+
+    Scans stored before the options were derived from the fields used other names for a few
+    (``exclude_domain_list``); those are read too.
+    """
+    kwargs: dict[str, Any] = {}
+    names = {f.name for f in _fields()}
+    for name, value in options.items():
+        if name not in names:
+            continue
+        if name == "resolvers":
+            value = tuple(ResolverAddress.parse(r) for r in value)
+        elif name == "exclude_domains":
+            value = frozenset(value) if isinstance(value, list | tuple) else frozenset()
+        elif name == "exclude_prefixes":
+            value = tuple(value)
+        kwargs[name] = value
+    if "exclude_domain_list" in options:
+        kwargs["exclude_domains"] = frozenset(options["exclude_domain_list"])
+    kwargs.update(overrides)
+    return Config(**kwargs)
+
+
+def conflicts(stored: Config, flags: Mapping[str, Any]) -> list[str]:
+    """Options given on a resume that differ from the scan's own (option names)."""
+    out = []
+    for f in _fields():
+        opt: Option | None = f.metadata["option"]
+        if opt is not None and f.name in flags and flags[f.name] != getattr(stored, f.name):
+            out.append(opt.name)
+    return out

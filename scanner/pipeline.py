@@ -25,8 +25,8 @@ import trio
 
 from scanner import dane, verdict
 from scanner.config import Config
-from scanner.dns import DnsClient
-from scanner.lookups import MxResult, host_stage, mx_stage
+from scanner.errors import UsageError
+from scanner.lookups import DnsLookups, MxResult, host_stage, mx_stage
 from scanner.model import (
     DaneMatch,
     DomainVerdict,
@@ -38,10 +38,16 @@ from scanner.model import (
     Reason,
     TlsaStatus,
 )
+from scanner.pacing import Pacer
 from scanner.probe import probe
 from scanner.runtime import gc_threshold
 from scanner.targets import TargetsError, is_excluded, normalise
-from scanner.targets_net import Politeness, is_excluded_address, is_special_purpose
+from scanner.targets_net import (
+    Politeness,
+    ipv6_reachable,
+    is_excluded_address,
+    is_special_purpose,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,7 @@ class ScanStats:
     retries: int = 0
     ipv6_skipped: int = 0
     private_skipped: int = 0
-    errors: int = 0
+    errors: int = 0  # internal errors: lines whose scan hit a bug in danescan
     input_error: str | None = None
 
     def record(self, v: DomainVerdict) -> None:
@@ -209,9 +215,10 @@ class SharedLimits(Protocol):
 class Scanner:
     """Shared machinery of one scan: DNS client, caches, limits. Call :meth:`scan_domain`."""
 
-    def __init__(self, config: Config, client: DnsClient, *, validating: bool = True,
+    def __init__(self, config: Config, client: DnsLookups, *, validating: bool = True,
                  ipv6: bool = True, stats: ScanStats | None = None,
-                 shared: SharedCache | None = None) -> None:
+                 shared: SharedCache | None = None,
+                 shared_politeness: SharedLimits | None = None) -> None:
         self.config = config
         self.client = client
         self.validating = validating
@@ -227,7 +234,8 @@ class Scanner:
         self.smtp_slots = trio.CapacityLimiter(config.smtp_concurrency)
         self.politeness = Politeness(config.per_address_connections,
                                      config.per_prefix_connections)
-        self.shared_politeness: SharedLimits | None = None
+        self.shared_politeness = shared_politeness
+        self.connect_pacer = Pacer(config.connect_rate)
 
     # -- stages -------------------------------------------------------------------------
 
@@ -363,12 +371,6 @@ class Scanner:
             self.chain_matches[key] = cm
         return cm
 
-    async def _probe(self, address: str, sni: str | None) -> EndpointFacts:
-        skipped = self._not_probed(address, sni)
-        if skipped is not None:
-            return skipped
-        return await self._probe_with_retry(address, sni)
-
     async def _probe_with_retry(self, address: str, sni: str | None) -> EndpointFacts:
         facts = await self._probe_once(address, sni)
         if self.config.retry_transient and _transient(facts):
@@ -385,6 +387,8 @@ class Scanner:
         shared = self.shared_politeness
         async with (self.smtp_slots, self.politeness.slot(address),
                     shared.slot(address) if shared is not None else contextlib.nullcontext()):
+            # The global connection-rate cap: a local wait, before the probe's own deadlines.
+            await self.connect_pacer.wait()
             self.stats.probes += 1
             return await probe(address, self.config.smtp_port, sni, self.config)
 
@@ -405,6 +409,34 @@ class Scanner:
             return None
         return EndpointFacts(address=address, port=self.config.smtp_port, sni=sni,
                              status=status, attempts=0)
+
+
+class ResolverRefused(UsageError):
+    """The resolver cannot serve a scan: it does not answer, or it does not validate."""
+
+
+class ResolverCheck(Protocol):
+    """What :func:`open_scanner` asks of the DNS client before a scan starts."""
+
+    async def validates(self) -> bool: ...
+
+
+async def open_scanner(config: Config, client: DnsLookups, stats: ScanStats | None = None, *,
+                       shared: SharedCache | None = None,
+                       shared_politeness: SharedLimits | None = None) -> Scanner:
+    """A Scanner, complete: the resolver checked (§2.1.1 needs a validating one) and IPv6
+    reachability known. Raises :class:`ResolverRefused`."""
+    check: ResolverCheck = client  # type: ignore[assignment]
+    validating = await check.validates()
+    if not validating and not config.insecure_resolver_ok:
+        raise ResolverRefused(
+            f"resolver {', '.join(map(str, config.resolvers))} does not validate DNSSEC "
+            "(no answer with the AD bit for the root DNSKEY: not validating, or not "
+            "answering); use a validating resolver, or "
+            "--insecure-resolver-ok for a STARTTLS-only survey")
+    ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
+    return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats,
+                   shared=shared, shared_politeness=shared_politeness)
 
 
 def _transient(facts: EndpointFacts) -> bool:
@@ -486,29 +518,3 @@ async def _put(send: trio.MemorySendChannel[tuple[int, str]], item: tuple[int, s
         send.send_nowait(item)
     except trio.WouldBlock:
         await send.send(item)
-
-
-def eta_text(done: int, total: int | None, rate: float) -> str:
-    if not total or rate <= 0 or done >= total:
-        return ""
-    seconds = (total - done) / rate
-    return f" ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
-def summary_lines(stats: ScanStats, ipv6: bool) -> list[str]:
-    lines = [f"{stats.domains} domains in {stats.elapsed:.1f}s "
-             f"({stats.rate:.0f}/s), {stats.probes} SMTP probes, {stats.retries} retries"]
-    lines.append("outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())))
-    if stats.stages:
-        ok = stats.outcomes.get("ok", 0) or 1
-        lines.append("stage:   " + ", ".join(
-            f"{k} {stats.stages.get(k, 0)} ({100 * stats.stages.get(k, 0) / ok:.1f}%)"
-            for k in ("plaintext", "starttls", "dnssec", "tlsa", "dane")))
-    if not ipv6:
-        lines.append(f"IPv6 not reachable from this machine: {stats.ipv6_skipped} AAAA endpoints "
-                     "recorded but not probed")
-    if stats.private_skipped:
-        lines.append(f"{stats.private_skipped} endpoints in special-purpose ranges not probed "
-                     "(--allow-private to include)")
-    return lines
-

@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     lat.add_argument("delay", type=_delay, metavar="MIN,MAX")
     lat.set_defaults(func=_set_delay)
 
+    from testbed import demo
+
+    p = subparsers.add_parser("demo", help="scan a simulated mail internet and print the funnel")
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.main)
+
 
 def _summary(w: control.World, seconds: float) -> None:
     print(f"resolver {w.resolver}")

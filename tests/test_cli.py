@@ -12,6 +12,12 @@ import pytest
 from scanner.cli import main
 
 
+@pytest.fixture(autouse=True)
+def ehlo_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Probing public addresses needs a named scanner; these tests are about other errors.
+    monkeypatch.setenv("DANESCAN_EHLO_NAME", "scanner.test")
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     rc = main(list(argv))
     captured = capsys.readouterr()
@@ -77,7 +83,7 @@ def test_usage_errors_from_a_worker_under_python_m(tmp_path: Path) -> None:
 def test_check_invalid_input(capsys: pytest.CaptureFixture[str], name: str) -> None:
     rc, text = run(capsys, "check", name, "--resolver", "127.83.0.1", "--dns-timeout", "0.1",
                    "--insecure-resolver-ok")
-    assert rc == 2 and "outcome invalid" in text
+    assert rc == 4 and "outcome invalid" in text
 
 
 def test_truncated_gzip_without_database(capsys: pytest.CaptureFixture[str],
@@ -89,7 +95,7 @@ def test_truncated_gzip_without_database(capsys: pytest.CaptureFixture[str],
     out = tmp_path / "out.jsonl"
     rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--no-db", "--jsonl", str(out),
                    "--resolver", "127.83.0.1", "--dns-timeout", "0.1", "--insecure-resolver-ok")
-    assert rc == 2 and "input incomplete" in text
+    assert rc == 4 and "input incomplete" in text and "cut.gz" in text
     # What was readable was judged and kept.
     assert len(out.read_text().splitlines()) > 0
 
@@ -106,11 +112,50 @@ def test_truncated_gzip_into_the_database(capsys: pytest.CaptureFixture[str],
     url = f"sqlite:///{tmp_path}/cut.sqlite"
     rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--db", url, "--workers", "1",
                    "--resolver", "127.83.0.1", "--dns-timeout", "0.1", "--insecure-resolver-ok")
-    assert rc == 2 and "input incomplete" in text
+    assert rc == 4 and "incomplete" in text and "cut.gz" in text and "after line" in text
     engine = db.make_engine(url)
     with engine.connect() as conn:
         status, lines = conn.execute(sa.select(schema.scans.c.status,
                                                schema.scans.c.input_lines)).one()
         stored = conn.execute(sa.select(sa.func.count()).select_from(
             schema.domain_results)).scalar_one()
-    assert status == "complete" and lines > 1000 and stored == lines
+    # Never `complete`: the list could not be read to its end.
+    assert status == "incomplete" and lines > 1000 and stored == lines
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--concurrency", "-5"), ("--concurrency", "0"), ("--per-address", "0"),
+     ("--shard-size", "0"), ("--workers", "0"), ("--dns-timeout", "-1"),
+     ("--dns-timeout", "nan"), ("--retry-delay", "-2"), ("--greeting-timeout", "0"),
+     ("--per-prefix", "x"), ("--smtp-port", "70000"), ("--dns-rate", "-1"),
+     ("--every", "0"), ("--date", "2026-13-01"), ("--lease-seconds", "0")],
+)
+def test_bad_numbers_are_usage_errors_and_write_nothing(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, option: str, value: str) -> None:
+    (tmp_path / "list.txt").write_text("example.com\n")
+    db_file = tmp_path / "x.sqlite"
+    with pytest.raises(SystemExit) as info:
+        main(["scan", str(tmp_path / "list.txt"), "--db", f"sqlite:///{db_file}",
+              "--resolver", "127.0.0.1", option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert option in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not db_file.exists()
+
+
+def test_public_scan_needs_an_ehlo_name(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DANESCAN_EHLO_NAME")
+    (tmp_path / "list.txt").write_text("example.com\n")
+    rc, text = run(capsys, "scan", str(tmp_path / "list.txt"), "--no-db", "--jsonl", "-",
+                   "--resolver", "127.0.0.1")
+    assert rc == 2 and "--ehlo-name" in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("danescan ")

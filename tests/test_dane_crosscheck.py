@@ -14,7 +14,7 @@ import dns.rdatatype
 import pytest
 import trio
 
-from scanner.cli import check_one
+from scanner.run import check as check_one
 from scanner.config import Config, ResolverAddress
 from scanner.model import DomainVerdict
 from testbed import control

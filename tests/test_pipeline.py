@@ -197,7 +197,8 @@ async def test_invalid_lines_never_touch_the_network(line: str) -> None:
 
 
 async def test_non_validating_resolver_is_refused_unless_asked() -> None:
-    from scanner.cli import UsageError, open_scanner
+    from scanner.errors import UsageError
+    from scanner.pipeline import open_scanner
     from scanner.pipeline import ScanStats
 
     async with running() as fake, trio.open_nursery() as nursery:

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from scanner import batch
+from scanner import run
 from scanner.config import Config, ResolverAddress
 from scanner.store import scans, schema
 from testbed import control
@@ -96,9 +96,8 @@ def test_three_workers_one_killed(pg_url: str, pg_engine: Engine,
     world = make_world(domains=160, seed=11)
     lines = len(world.domains_file.read_text().splitlines())
     started = time.time()
-    scan_id = batch.start_scan(pg_engine, str(world.domains_file), label="workers",
-                               logical_date=dt.date(2025, 1, 1), config=_config(world),
-                               shard_size=5)
+    scan_id = run.start_scan(pg_engine, str(world.domains_file), _config(world),
+                             label="workers", logical_date=dt.date(2025, 1, 1), shard_size=5)
     procs = [_spawn(pg_url, scan_id) for _ in range(3)]
     owners = {f"{os.uname().nodename}:{p.pid}": p for p in procs}
     deadline = time.monotonic() + 30

@@ -287,8 +287,8 @@ def finish_scan(
     engine: Engine, scan_id: int, status: ScanStatus = ScanStatus.COMPLETE
 ) -> dict[str, dict[str, int]]:
     """Record counts and the final status; ``complete`` only when every shard is done."""
-    if status is ScanStatus.COMPLETE and remaining_shards(engine, scan_id):
-        raise ValueError(f"scan {scan_id} still has shards to do; it cannot be complete")
+    if status in (ScanStatus.COMPLETE, ScanStatus.INCOMPLETE) and remaining_shards(engine, scan_id):
+        raise ValueError(f"scan {scan_id} still has shards to do; it cannot be {status}")
     counts = scan_counts(engine, scan_id)
     _set_status(
         engine,
@@ -328,3 +328,111 @@ def delete_scan(engine: Engine, scan_id: int) -> None:
             if "scan_id" in table.c:
                 conn.execute(table.delete().where(table.c.scan_id == scan_id))
         conn.execute(s.scans.delete().where(s.scans.c.id == scan_id))
+
+
+def set_input_error(engine: Engine, scan_id: int, message: str) -> None:
+    """Record why the scan's input list ended early (the scan then ends ``incomplete``)."""
+    with engine.begin() as conn:
+        options = conn.execute(
+            sa.select(s.scans.c.options).where(s.scans.c.id == scan_id)
+        ).scalar_one()
+        conn.execute(
+            s.scans.update()
+            .where(s.scans.c.id == scan_id)
+            .values(options={**(options or {}), "input_error": message})
+        )
+
+
+def input_error(engine: Engine, scan_id: int) -> str | None:
+    """Why the scan's input list ended early, if it did."""
+    value = scan_options(engine, scan_id).get("input_error")
+    return None if value is None else str(value)
+
+
+def scan_options(engine: Engine, scan_id: int) -> dict[str, Any]:
+    """The options stored with a scan (its Config, see scanner.config.to_options)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(s.scans.c.options, s.scans.c.resolver).where(s.scans.c.id == scan_id)
+        ).first()
+    if row is None:
+        raise LookupError(f"no scan {scan_id}")
+    options = dict(row.options or {})
+    if "resolvers" not in options and row.resolver:
+        options["resolvers"] = [r for r in str(row.resolver).split(",") if r]
+    return options
+
+
+def scan_status(engine: Engine, scan_id: int) -> ScanStatus | None:
+    with engine.connect() as conn:
+        value = conn.execute(
+            sa.select(s.scans.c.status).where(s.scans.c.id == scan_id)
+        ).scalar_one_or_none()
+    return None if value is None else ScanStatus(value)
+
+
+def lines_to_do(engine: Engine, scan_id: int) -> int:
+    """Input lines in shards not yet done (the progress display's total)."""
+    c = s.shards.c
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(c.line_count), 0)).where(
+                    c.scan_id == scan_id, c.status != ShardStatus.DONE.value
+                )
+            ).scalar_one()
+        )
+
+
+def lines_done(engine: Engine, scan_id: int) -> int:
+    """Input lines in shards already stored (aggregated progress of several workers)."""
+    c = s.shards.c
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(c.line_count), 0)).where(
+                    c.scan_id == scan_id, c.status == ShardStatus.DONE.value
+                )
+            ).scalar_one()
+        )
+
+
+def input_complete(engine: Engine, scan_id: int) -> bool:
+    """The scan's whole input reached the database (add_shards records the counts last)."""
+    with engine.connect() as conn:
+        count = conn.execute(
+            sa.select(s.scans.c.shard_count).where(s.scans.c.id == scan_id)
+        ).scalar_one_or_none()
+    return count is not None
+
+
+def others_unfinished(engine: Engine, scan_id: int, owner: str) -> bool:
+    """Shards not done and not ``owner``'s (its pending ones were just found unclaimable)."""
+    c = s.shards.c
+    with engine.connect() as conn:
+        return (
+            conn.execute(
+                sa.select(c.shard_no)
+                .where(
+                    c.scan_id == scan_id,
+                    c.status != ShardStatus.DONE.value,
+                    sa.or_(c.lease_owner.is_(None), c.lease_owner != owner),
+                )
+                .limit(1)
+            ).first()
+            is not None
+        )
+
+
+def probe_counts(engine: Engine, scan_id: int) -> tuple[int, int]:
+    """(SMTP sessions, of which retries) the scan stored: every endpoint probed, its attempts."""
+    e = s.endpoints.c
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(e.attempts), 0),
+                sa.func.coalesce(sa.func.sum(sa.case((e.attempts > 1, e.attempts - 1),
+                                                     else_=0)), 0),
+            ).where(e.scan_id == scan_id, e.attempts > 0)
+        ).one()
+    return int(row[0]), int(row[1])

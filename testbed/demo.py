@@ -15,9 +15,10 @@ from pathlib import Path
 import trio
 from sqlalchemy.engine import Engine
 
-from scanner import batch
+from scanner import batch, run
 from scanner.config import Config, ResolverAddress
 from scanner.store import db, scans
+from testbed import control
 
 log = logging.getLogger("danescan.demo")
 
@@ -59,8 +60,6 @@ def funnel_text(counts: dict[str, dict[str, int]]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from testbed import control  # the demo needs the source tree's testbed
-
     wdir: Path = args.dir.resolve()
     world_dir = wdir / "world"
     if (world_dir / control.STATE).exists():
@@ -81,10 +80,11 @@ def main(args: argparse.Namespace) -> int:
                 world = control.advance(world, night)
             config = demo_config(world.resolver)
             date = start + dt.timedelta(days=night)
-            scan_id = batch.start_scan(engine, str(world.domains_file), label=f"demo night {night}",
-                                       logical_date=date, config=config)
+            scan_id = run.start_scan(engine, str(world.domains_file), config,
+                                     label=f"demo night {night}", logical_date=date)
             result = trio.run(batch.work, config, engine, scan_id)
-            counts = batch.finish(engine, result) or scans.scan_counts(engine, scan_id)
+            run.finish(engine, result)
+            counts = scans.scan_counts(engine, scan_id)
             s = result.stats
             print(f"\nnight {night} ({date}): scan {scan_id}, {s.domains} domains in "
                   f"{s.elapsed:.1f}s ({s.rate:.0f}/s), {s.probes} SMTP sessions")
