@@ -14,9 +14,9 @@ import dns.rdatatype
 import pytest
 import trio
 
-from scanner.run import check as check_one
 from scanner.config import Config, ResolverAddress
 from scanner.model import DomainVerdict
+from scanner.run import check as check_one
 from testbed import control
 
 pytestmark = pytest.mark.testbed

@@ -198,8 +198,7 @@ async def test_invalid_lines_never_touch_the_network(line: str) -> None:
 
 async def test_non_validating_resolver_is_refused_unless_asked() -> None:
     from scanner.errors import UsageError
-    from scanner.pipeline import open_scanner
-    from scanner.pipeline import ScanStats
+    from scanner.pipeline import ScanStats, open_scanner
 
     async with running() as fake, trio.open_nursery() as nursery:
         await nursery.start(plain_smtp, [])
