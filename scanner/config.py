@@ -268,10 +268,14 @@ def from_options(options: Mapping[str, Any], **overrides: Any) -> Config:
 
 
 def conflicts(stored: Config, flags: Mapping[str, Any]) -> list[str]:
-    """Options given on a resume that differ from the scan's own (option names)."""
-    out = []
+    """Options given on a resume that differ from the scan's own (option names; the opt-out
+    list's two fields come from ``--exclude``)."""
+    out: list[str] = []
     for f in _fields():
+        if f.name not in flags or flags[f.name] == getattr(stored, f.name):
+            continue
         opt: Option | None = f.metadata["option"]
-        if opt is not None and f.name in flags and flags[f.name] != getattr(stored, f.name):
-            out.append(opt.name)
+        name = opt.name if opt is not None else "--exclude"
+        if name not in out:
+            out.append(name)
     return out

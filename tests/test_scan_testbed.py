@@ -150,3 +150,37 @@ def test_other_worlds_match_their_manifests(make_world: Any, tmp_path: Path, see
     got = scan(world, tmp_path / "out.jsonl", "--db", f"sqlite:///{tmp_path}/s.sqlite")
     assert len(got) == len(world.manifest)
     assert mismatches(world, got, world.manifest) == []
+
+
+def test_progress_lines_off_a_terminal_and_a_summary_from_the_store(
+        make_world: Any, tmp_path: Path) -> None:
+    """cron/systemd/a pipe: a progress line every --progress-interval, and a final summary
+    that counts what the database holds."""
+    import subprocess
+    import sys
+
+    import sqlalchemy as sa
+
+    from scanner.store import db, schema
+
+    world = make_world(domains=40, seed=4)
+    url = f"sqlite:///{tmp_path}/p.sqlite"
+    done = subprocess.run(
+        [sys.executable, "-m", "scanner", "scan", str(world.domains_file), "--db", url,
+         "--resolver", world.resolver, *SCAN_ARGS, "--progress-interval", "0.2"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    progress = [ln for ln in done.stderr.splitlines() if ln.startswith("progress: ")]
+    assert progress, done.stderr
+    assert all("domains" in ln for ln in progress)
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(
+            schema.domain_results)).scalar_one()
+        outcomes = dict(conn.execute(sa.select(schema.domain_results.c.outcome,
+                                               sa.func.count())
+                                     .group_by(schema.domain_results.c.outcome)).all())
+    engine.dispose()
+    summary = next(ln for ln in done.stderr.splitlines() if ln.startswith("outcome: "))
+    assert summary == "outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+    assert any(ln.startswith(f"{stored} domains in ") for ln in done.stderr.splitlines())
