@@ -229,7 +229,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from scanner.model import DaneStatus, Outcome
 
     config = config_from(args, CHECK_DEFAULTS)
-    v, scanner = trio.run(run.check, config, args.domain)
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(f"  ... {text}", file=sys.stderr, flush=True)
+
+    v, scanner = trio.run(run.check, config, args.domain, say)
     print(diagnosis.render(v, validating=scanner.validating))
     if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE, Outcome.INTERNAL_ERROR):
         return ExitCode.INCOMPLETE

@@ -218,8 +218,10 @@ class Scanner:
     def __init__(self, config: Config, client: DnsLookups, *, validating: bool = True,
                  ipv6: bool = True, stats: ScanStats | None = None,
                  shared: SharedCache | None = None,
-                 shared_politeness: SharedLimits | None = None) -> None:
+                 shared_politeness: SharedLimits | None = None,
+                 trace: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self.trace = trace  # `check`: each step as it happens
         self.client = client
         self.validating = validating
         self.ipv6 = ipv6
@@ -390,7 +392,14 @@ class Scanner:
             # The global connection-rate cap: a local wait, before the probe's own deadlines.
             await self.connect_pacer.wait()
             self.stats.probes += 1
-            return await probe(address, self.config.smtp_port, sni, self.config)
+            if self.trace is None:
+                return await probe(address, self.config.smtp_port, sni, self.config)
+            self.trace(f"SMTP [{address}]:{self.config.smtp_port}"
+                       f"{f', SNI {sni}' if sni else ''}: connecting ...")
+            facts = await probe(address, self.config.smtp_port, sni, self.config)
+            self.trace(f"SMTP [{address}]:{self.config.smtp_port}: {facts.status}"
+                       f"{f' ({facts.error})' if facts.error else ''}")
+            return facts
 
     def _not_probed(self, address: str, sni: str | None) -> EndpointFacts | None:
         status: EndpointStatus | None = None
@@ -423,7 +432,8 @@ class ResolverCheck(Protocol):
 
 async def open_scanner(config: Config, client: DnsLookups, stats: ScanStats | None = None, *,
                        shared: SharedCache | None = None,
-                       shared_politeness: SharedLimits | None = None) -> Scanner:
+                       shared_politeness: SharedLimits | None = None,
+                       trace: Callable[[str], None] | None = None) -> Scanner:
     """A Scanner, complete: the resolver checked (§2.1.1 needs a validating one) and IPv6
     reachability known. Raises :class:`ResolverRefused`."""
     check: ResolverCheck = client  # type: ignore[assignment]
@@ -436,7 +446,7 @@ async def open_scanner(config: Config, client: DnsLookups, stats: ScanStats | No
             "--insecure-resolver-ok for a STARTTLS-only survey")
     ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
     return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats,
-                   shared=shared, shared_politeness=shared_politeness)
+                   shared=shared, shared_politeness=shared_politeness, trace=trace)
 
 
 def _transient(facts: EndpointFacts) -> bool:

@@ -27,7 +27,7 @@ from scanner import batch, pipeline, progress
 from scanner.config import Config, ResolverAddress, conflicts, from_options, to_options
 from scanner.dns import DnsClient
 from scanner.errors import ExitCode, UsageError
-from scanner.model import DomainVerdict
+from scanner.model import DomainVerdict, Lookup
 from scanner.store import db, scans
 from scanner.store.schema import ScanStatus
 from scanner.targets import TargetsError, read_targets
@@ -500,8 +500,29 @@ def open_out(path: str) -> TextIO:
 # -- one domain ------------------------------------------------------------------------------
 
 
-async def check(config: Config, raw: str) -> tuple[DomainVerdict, pipeline.Scanner]:
-    """``danescan check``: one domain's verdict and the scanner that judged it."""
+class _TracedLookups:
+    """The DNS client, saying each answer as it comes (``check`` shows its steps)."""
+
+    def __init__(self, client: DnsClient, say: Callable[[str], None]) -> None:
+        self.client, self.say = client, say
+
+    async def lookup(self, qname: str, rdtype: str) -> Lookup:
+        lk = await self.client.lookup(qname, rdtype)
+        records = ", ".join(lk.records[:4]) + (" ..." if len(lk.records) > 4 else "")
+        ede = f", EDE {lk.ede_code} {lk.ede_text or ''}".rstrip() if lk.ede_code else ""
+        self.say(f"DNS {rdtype} {qname}: {lk.rcode} [{lk.status}{ede}]"
+                 f"{f' {records}' if records else ''}")
+        return lk
+
+    async def validates(self) -> bool:
+        return await self.client.validates()
+
+
+async def check(config: Config, raw: str, say: Callable[[str], None] | None = None
+                ) -> tuple[DomainVerdict, pipeline.Scanner]:
+    """``danescan check``: one domain's verdict and the scanner that judged it; ``say``
+    hears each DNS answer and SMTP probe as it happens."""
     async with DnsClient.open(config) as client:
-        scanner = await pipeline.open_scanner(config, client)
+        lookups: Any = client if say is None else _TracedLookups(client, say)
+        scanner = await pipeline.open_scanner(config, lookups, trace=say)
         return await scanner.scan_domain(1, raw), scanner

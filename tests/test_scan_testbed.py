@@ -184,3 +184,27 @@ def test_progress_lines_off_a_terminal_and_a_summary_from_the_store(
     summary = next(ln for ln in done.stderr.splitlines() if ln.startswith("outcome: "))
     assert summary == "outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
     assert any(ln.startswith(f"{stored} domains in ") for ln in done.stderr.splitlines())
+
+
+def test_check_shows_each_step_as_it_happens(world: control.World,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    m = world.by_scenario("dane-ee-311")[0]
+    rc = main(["check", m["input"], "--resolver", world.resolver, "--allow-private"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.out + captured.err
+    steps = [ln for ln in captured.err.splitlines() if ln.startswith("  ... ")]
+    assert steps[0].startswith(f"  ... DNS MX {m['domain']}: NOERROR [secure]")
+    assert any(" TLSA _25._tcp." in s for s in steps)
+    connecting = [s for s in steps if s.endswith(": connecting ...")]
+    assert connecting and any(s.endswith(": success") for s in steps)
+    # The verdict itself goes to standard output, after the steps.
+    assert "outcome ok" in captured.out
+
+
+def test_check_has_a_short_policy() -> None:
+    from scanner.cli import CHECK_DEFAULTS
+
+    # No 60 s retry pass, and a greeting wait that still outlasts deliberate 15-20 s delays.
+    assert not CHECK_DEFAULTS.retry_transient
+    assert 20 <= CHECK_DEFAULTS.greeting_timeout < 30
+    assert CHECK_DEFAULTS.connect_timeout + CHECK_DEFAULTS.greeting_timeout < 30
