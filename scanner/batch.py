@@ -157,11 +157,11 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
             try:
                 async with trio.open_nursery() as service:
                     if claims is not None:
-                        service.start_soon(claims.run)
+                        await service.start(claims.run)
                     if politeness is not None:
-                        service.start_soon(politeness.run)
+                        await service.start(politeness.run)
                     async with trio.open_nursery() as outer:
-                        outer.start_soon(writer.run, receive)
+                        await outer.start(writer.run, receive)
                         async with send:
                             with trio.CancelScope() as scanning:
                                 async with trio.open_nursery() as inner:

@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check", help="diagnose one domain, showing each step")
-    p.add_argument("domain")
+    p.add_argument("domain", help="the domain to diagnose (a name, or an IDN in any script)")
     add_scan_options(p)
     p.set_defaults(func=cmd_check)
 

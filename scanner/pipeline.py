@@ -40,7 +40,6 @@ from scanner.model import (
 )
 from scanner.pacing import Pacer
 from scanner.probe import probe
-from scanner.runtime import gc_threshold
 from scanner.targets import TargetsError, is_excluded, normalise
 from scanner.targets_net import (
     Politeness,
@@ -459,12 +458,6 @@ def _transient(facts: EndpointFacts) -> bool:
 async def run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterator[tuple[int, str]],
               emit: Emit) -> ScanStats:
     """Scan every (line number, raw text) item and hand each verdict to ``emit``."""
-    with gc_threshold(freeze=True):
-        return await _run(scanner, items, emit)
-
-
-async def _run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterator[tuple[int, str]],
-               emit: Emit) -> ScanStats:
     config = scanner.config
     send, receive = trio.open_memory_channel[tuple[int, str]](config.concurrency)
 

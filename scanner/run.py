@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import trio
 from sqlalchemy.engine import Engine
 
-from scanner import batch, pipeline, progress
+from scanner import batch, pipeline, progress, runtime
 from scanner.config import Config, ResolverAddress, conflicts, from_options, to_options
 from scanner.dns import DnsClient
 from scanner.errors import ExitCode, UsageError
@@ -339,7 +339,8 @@ def _one_worker(config: Config, engine: Engine, scan_id: int,
             bar.close()
         return result
 
-    return trio.run(work)
+    with runtime.tuned_for_scanning():
+        return trio.run(work)
 
 
 def _spawn_workers(engine: Engine, scan_id: int, opts: RunOptions,
@@ -429,7 +430,8 @@ def worker(opts: RunOptions, scan_id: int | None,
         return ExitCode.OK
     config = stored_config(engine, scan_id, resolvers)
     shared = db.is_postgres(engine) and opts.shared
-    result = trio.run(_worker, config, engine, scan_id, opts, shared)
+    with runtime.tuned_for_scanning():
+        result = trio.run(_worker, config, engine, scan_id, opts, shared)
     status = finish(engine, result, sole_worker=False)
     if not opts.quiet:
         log.info("worker %s: %d domains", batch.worker_name(), result.stats.domains)
@@ -478,7 +480,7 @@ def scan_to_jsonl(config: Config, opts: RunOptions, source: str) -> ExitCode:
         return stats
 
     started = time.monotonic()
-    with open_out(opts.jsonl or "-") as out:
+    with open_out(opts.jsonl or "-") as out, runtime.tuned_for_scanning():
         stats = trio.run(go, out)
     log.info("%d domains in %.1fs, %d SMTP sessions; outcome: %s", stats.domains,
              time.monotonic() - started, stats.probes, progress.outcome_text(stats.outcomes))

@@ -1,37 +1,38 @@
-"""Process-wide interpreter settings a scan changes while it runs, and restores after.
+"""Interpreter tuning for the scan commands, applied by their entry point only (scanner.run).
 
-The one place that touches the garbage collector's thresholds: the scan engine
-(:func:`scanner.pipeline.run`) and the writer (:meth:`scanner.store.writer.Writer.run`) both
-allocate millions of short-lived containers, and at CPython's default first threshold (2,000
-allocations) the collector ran thousands of times per million results, each pass also walking
-the long-lived caches (5 s of a 30 s writer benchmark; ~3-5 % of a scan's CPU).
+Library code changes no process-wide state; a command that runs a whole scan in this process
+may opt in, because two settings measurably pay there (bench/RESULTS.md, "Writer" and
+"Scanner CPU"):
+- the GIL switch interval at 0.5 ms: the writer's committing thread waits on the database a
+  dozen times per transaction and must then win the GIL back from the row builder and the
+  scan; at the default 5 ms that cost a third of the writer's throughput;
+- the cyclic GC's first threshold at 50,000 (and the start-up objects frozen): verdicts and
+  rows are many short-lived containers without cycles, and at the default (2,000) the
+  collector ran thousands of times per million results, ~3-5 % of a scan's CPU.
+Both are restored when the block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 from collections.abc import Iterator
 
-SCAN_GC_FIRST_THRESHOLD = 50_000
+SWITCH_INTERVAL = 0.0005
+GC_FIRST_THRESHOLD = 50_000
 
 
 @contextlib.contextmanager
-def gc_threshold(first: int | None = SCAN_GC_FIRST_THRESHOLD, *,
-                 freeze: bool = False) -> Iterator[None]:
-    """Raise the first GC threshold to at least ``first`` (None: leave it) for the block.
-
-    ``freeze`` also moves every object alive on entry (modules, configuration) out of the
-    collector's sight for the block. Nesting is safe: each block restores what it found.
-    """
-    before = gc.get_threshold()
-    if first is not None and first > before[0]:
-        gc.set_threshold(first, *before[1:])
-    if freeze:
-        gc.freeze()
+def tuned_for_scanning() -> Iterator[None]:
+    interval = sys.getswitchinterval()
+    threshold = gc.get_threshold()
+    sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+    gc.set_threshold(max(threshold[0], GC_FIRST_THRESHOLD), *threshold[1:])
+    gc.freeze()
     try:
         yield
     finally:
-        if freeze:
-            gc.unfreeze()
-        gc.set_threshold(*before)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        sys.setswitchinterval(interval)

@@ -159,3 +159,42 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.startswith("danescan ")
+
+
+def test_every_scan_option_says_what_it_does() -> None:
+    import argparse
+
+    from scanner.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("scan", "worker", "check", "export"):
+        for action in sub.choices[command]._actions:
+            if action.help == argparse.SUPPRESS or "-h" in action.option_strings:
+                continue
+            assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+
+
+def test_a_failed_start_never_leaves_a_scan_running(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy as sa
+
+    from scanner import run as scan_run
+    from scanner.config import Config, ResolverAddress
+    from scanner.store import db, scans, schema
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise sa.exc.OperationalError("INSERT INTO shards", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(scans, "add_shards", broken)
+    (tmp_path / "list.txt").write_text("a.example\n")
+    url = f"sqlite:///{tmp_path}/f.sqlite"
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    config = Config(resolvers=(ResolverAddress("127.0.0.1"),))
+    with pytest.raises(sa.exc.OperationalError):
+        scan_run.start_scan(engine, str(tmp_path / "list.txt"), config)
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.select(schema.scans.c.status)).scalars().all()
+    assert statuses == ["failed"]

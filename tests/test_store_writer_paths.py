@@ -157,27 +157,34 @@ async def test_merged_batches_share_new_hosts_and_domains(
     assert scans.remaining_shards(engine, scan_id) == 0
 
 
-async def test_run_lowers_the_switch_interval_and_raises_the_gc_threshold(engine: Engine) -> None:
+async def test_run_changes_no_process_wide_setting(engine: Engine) -> None:
+    # Library code leaves the interpreter alone; only a command's entry point may tune it.
     scan_id = _sharded_scan(engine, 6, 3)
     batch = vf.sample(6)
     before = sys.getswitchinterval()
     threshold = gc.get_threshold()
-    writer = Writer(
-        engine, scan_id, gil_switch_interval=before / 10, gc_threshold=threshold[0] * 10
-    )
+    writer = Writer(engine, scan_id)
     send, receive = trio.open_memory_channel[WriteBatch](2)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer.run, receive)
+        await nursery.start(writer.run, receive)
         async with send:
             await send.send(WriteBatch(batch[:3], 0))
             await trio.sleep(0.01)
-            assert sys.getswitchinterval() == pytest.approx(before / 10)
-            assert gc.get_threshold() == (threshold[0] * 10, *threshold[1:])
+            assert sys.getswitchinterval() == before
+            assert gc.get_threshold() == threshold
             await send.send(WriteBatch(batch[3:], 1))
-    assert sys.getswitchinterval() == before
-    assert gc.get_threshold() == threshold
     assert writer.written == 6 and scans.remaining_shards(engine, scan_id) == 0
     assert list(iter_verdicts(engine, scan_id)) == batch
+
+
+def test_scan_entry_point_tuning_is_restored() -> None:
+    from scanner.runtime import tuned_for_scanning
+
+    before, threshold = sys.getswitchinterval(), gc.get_threshold()
+    with tuned_for_scanning():
+        assert sys.getswitchinterval() <= 0.0005
+        assert gc.get_threshold()[0] >= 50_000
+    assert (sys.getswitchinterval(), gc.get_threshold()) == (before, threshold)
 
 
 def test_json_encoder_matches_json_dumps() -> None:

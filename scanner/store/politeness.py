@@ -184,8 +184,10 @@ LEFT JOIN LATERAL (
 
     # -- the batching task -----------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
         """Runs until cancelled; closing the connection then frees every slot still held."""
+        task_status.started()
         try:
             while True:
                 with trio.move_on_after(self.poll_interval if self._pending else math.inf):

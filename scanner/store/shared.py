@@ -216,10 +216,12 @@ class SharedClaims:
 
     # -- the batching task ---------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
         """Runs until cancelled. Publications still queued at cancellation are lost, which only
         means another worker recomputes those keys after the lease: results never depend on it.
         """
+        task_status.started()
         now = trio.current_time()
         next_poll, next_renew = now + self.poll_interval, now + self.lease_seconds / 3
         while True:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from scanner.model import DomainVerdict
-from scanner.runtime import gc_threshold
 from scanner.store import schema
 from scanner.store.db import StoreUnavailable, is_postgres
 from scanner.store.rows import (
@@ -64,17 +62,10 @@ RETRYABLE: tuple[type[BaseException], ...] = (exc.OperationalError, exc.Interfac
 
 MERGE_AHEAD = 8  # built batches that may wait for the database (each one shard's rows)
 
-# Session settings of the writer's own PostgreSQL connection (see Writer.run). The look-ups
-# probe keys: tables filling up during a scan have stale statistics (autovacuum analyses them
-# later), and the planner then scans a whole scan's rows per batch; without those plans it
-# probes the key index for each value. Relaxed commits are safe: a commit lost in a server
-# crash loses the shards' done marks with their rows (same transaction), and resume redoes
-# exactly those shards.
-_PG_SETTINGS = (
-    "synchronous_commit = off",
-    "enable_seqscan = off",
-    "enable_bitmapscan = off",
-)
+# Session settings of the writer's own PostgreSQL connection (see Writer.run). Relaxed
+# commits are safe: a commit lost in a server crash loses the shards' done marks with their
+# rows (same transaction), and resume redoes exactly those shards.
+_PG_SETTINGS = ("synchronous_commit = off",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +89,6 @@ class Writer:
         backoff_initial: float = 0.25,
         backoff_max: float = 15.0,
         merge_results: int = 8000,
-        gil_switch_interval: float | None = 0.0005,
-        gc_threshold: int | None = 50_000,
     ) -> None:
         self.engine = engine
         self.scan_id = scan_id
@@ -107,8 +96,6 @@ class Writer:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.merge_results = merge_results
-        self.gil_switch_interval = gil_switch_interval
-        self.gc_threshold = gc_threshold
         self.pg = is_postgres(engine)
         # Keys already stored, to skip their rows: the hot ones are a provider's hosts and
         # endpoints, a few thousand. At 262,144 every self-hosted MX host of a 300,000-domain
@@ -129,7 +116,8 @@ class Writer:
         self.written = 0  # domain results committed by this writer (skipped done shards not)
         self.retries = 0
 
-    async def run(self, receive_channel: trio.MemoryReceiveChannel[WriteBatch]) -> None:
+    async def run(self, receive_channel: trio.MemoryReceiveChannel[WriteBatch], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Consume batches until the channel closes; StoreUnavailable ends the task (and scan).
 
         Two stages: rows are built (Python, one thread) while earlier rows commit (mostly
@@ -137,27 +125,16 @@ class Writer:
         behind, the batches built meanwhile commit together (up to ``merge_results``
         results): fewer, larger transactions cost the server much less per result. At most
         ``MERGE_AHEAD`` built batches wait, so backpressure still reaches the scan.
-
-        While it runs, the interpreter's GIL switch interval is at most ``gil_switch_interval``
-        (process-wide; restored afterwards). The committing thread waits on the database a
-        dozen times per transaction and must then win the GIL back from the row builder (and
-        the scan): at the default 5 ms each such wait can cost a full interval, which
-        bench/writer.py measured as a third of the writer's throughput.
-
-        Likewise the cyclic garbage collector's first threshold is at least ``gc_threshold``
-        (process-wide; restored afterwards). Verdicts and rows are many small tracked objects,
-        so at the default (2000) the collector ran ~2400 times per million results, ~20 of them
-        full collections over every object of the process: 5 s of a 30 s benchmark run. The
-        rows hold no cycles; what the scan leaves for the collector waits a little longer.
+        Started with ``nursery.start``, it reports ready once its channels exist.
         """
         send_rows, receive_rows = trio.open_memory_channel[RowSet](MERGE_AHEAD)
         # PostgreSQL: the transactions run on one connection of the writer's own (detached
         # from the pool), its settings made once: no pool check-out, pre-ping and SET LOCAL
         # round trips per transaction. A connection that failed is dropped and replaced.
         self._own_connection = self.pg
+        task_status.started()
         try:
-            with _switch_interval(self.gil_switch_interval), gc_threshold(self.gc_threshold):
-                await self._run(receive_channel, send_rows, receive_rows)
+            await self._run(receive_channel, send_rows, receive_rows)
         finally:
             self._own_connection = False
             self._drop_connection()
@@ -294,17 +271,6 @@ class Writer:
         self.written += rows.domain_count
 
 
-@contextlib.contextmanager
-def _switch_interval(seconds: float | None) -> Iterator[None]:
-    before = sys.getswitchinterval()
-    if seconds is not None and seconds < before:
-        sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 def _short(e: BaseException) -> str:
     text = str(getattr(e, "orig", None) or e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
@@ -403,8 +369,9 @@ class _Stored:
 # re-reads the row) and writes nothing. (Its look-ups used the snapshot from before the wait;
 # a row they missed fails a COPY, and the batch is then merged.)
 #
-# Each key is probed on its own (LATERAL ... LIMIT 1 keeps that plan whatever the statistics
-# say: a filter over all of a scan's hosts per batch would make the writer quadratic). Array
+# Each key is probed on its own through its unique index (LATERAL ... LIMIT 1 keeps that plan
+# whatever the statistics say: tables filling up during a scan have stale statistics, and a
+# filter over all of a scan's rows per batch would make the writer quadratic). Array
 # parameters travel as literals: psycopg adapts a Python list element by element in Python,
 # which costs more than the query.
 _LOCK = """
@@ -415,7 +382,8 @@ WITH locked AS (
 SELECT 's', status::text, shard_no::int8, NULL::text FROM locked
 """
 _STORED = """
-UNION ALL SELECT 'd', name, id, NULL FROM domains WHERE name = ANY(%(names)s::text[])
+UNION ALL SELECT 'd', k.name, found.id, NULL FROM unnest(%(names)s::text[]) AS k(name),
+    LATERAL (SELECT d.id FROM domains d WHERE d.name = k.name LIMIT 1) AS found
 UNION ALL SELECT 'n', NULL, NULL, (SELECT array_agg(id ORDER BY id)::text
     FROM (SELECT nextval('domains_id_seq') FROM generate_series(1, %(new)s::int4)) AS s(id))
 UNION ALL SELECT 'h', k.name, NULL, NULL FROM unnest(%(hosts)s::text[]) AS k(name),
@@ -426,9 +394,13 @@ UNION ALL SELECT 'e', k.address, k.port, k.sni
         AS k(address, port, sni),
     LATERAL (SELECT 1 FROM endpoints e WHERE e.scan_id = %(scan)s::int4
              AND e.address = k.address AND e.port = k.port AND e.sni = k.sni LIMIT 1) AS found
-UNION ALL SELECT 'c', sha256, NULL, NULL FROM certificates WHERE sha256 = ANY(%(certs)s::text[])
+UNION ALL SELECT 'c', k.sha256, NULL, NULL FROM unnest(%(certs)s::text[]) AS k(sha256),
+    LATERAL (SELECT 1 FROM certificates c WHERE c.sha256 = k.sha256 LIMIT 1) AS found
 """
-_STORED_DOMAINS = "SELECT id, name FROM domains WHERE name = ANY(%s::text[])"
+_STORED_DOMAINS = (
+    "SELECT found.id, k.name FROM unnest(%s::text[]) AS k(name),"
+    " LATERAL (SELECT d.id FROM domains d WHERE d.name = k.name LIMIT 1) AS found"
+)
 
 
 def _key0(r: Row) -> Any:
