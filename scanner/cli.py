@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("db", help="database maintenance")
-    p.add_argument("action", choices=["upgrade"])
+    p.add_argument("action", choices=["upgrade"], help="upgrade: bring the schema to head")
     add_db_option(p)
     p.set_defaults(func=cmd_db)
 
@@ -333,8 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_option(p)
     p.add_argument("--scan", default="latest", type=_scan_ref,
                    help="scan id or 'latest' (default: the newest complete scan)")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    p.add_argument("--level", choices=["domain", "host", "endpoint"], default="domain")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                   help="JSON lines (the verdict contract) or CSV (default %(default)s)")
+    p.add_argument("--level", choices=["domain", "host", "endpoint"], default="domain",
+                   help="one row per input line, per MX host or per probed endpoint "
+                        "(default %(default)s)")
     p.add_argument("--out", default="-", help="file (default: standard output)")
     p.set_defaults(func=cmd_export)
 
