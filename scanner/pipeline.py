@@ -148,17 +148,11 @@ class ScanStats:
 
 EndpointKey = tuple[str, str | None]  # (address, SNI)
 
-# Cache bounds (entries), least recently used dropped first. Hosts: a provider's few hosts are
-# used all the time and stay; a self-hosted domain's MX host serves that domain alone, so
-# keeping it only costs memory (~1.5 KB each) and a tail of 90,000 of them in a 300,000-domain
-# list would otherwise set the worker's size. Endpoints are shared by several domains spread
-# over the list (shared hosting): a provider's stay hot, and 20,000 more is far more than the
-# testbed's 300,000-domain world re-uses (its probes stayed exactly one per (address, SNI)
-# besides the retry pass). At 200,000 the endpoints of a 300,000-domain list were all kept,
-# ~0.9 KB each, and set the worker's size. Past the bound a single worker probes a forgotten
-# endpoint again; several workers find it in the shared claims. Certificates and EHLO lists
-# are interned (see ``_Interner``). DANE chain matches are reused only by the domains of one
-# TLSA RRset: a small bound loses almost nothing.
+# Cache bounds (entries), least recently used dropped first: memory follows the hot hosts and
+# endpoints, never the list's length. A provider's hosts and endpoints are used all the time and
+# stay; a self-hosted domain's serve that domain alone. Past a bound a single worker looks up or
+# probes a forgotten key again; several workers find it in the shared claims. Sizes and their
+# measurements: bench/RESULTS.md ("Memory").
 HOST_CACHE_LIMIT = 10_000
 ENDPOINT_CACHE_LIMIT = 20_000
 CHAIN_CACHE_LIMIT = 5_000
@@ -509,14 +503,9 @@ async def run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterator
 
 
 async def _put(send: trio.MemorySendChannel[tuple[int, str]], item: tuple[int, str]) -> None:
-    """Queue ``item`` without yielding while the buffer has room.
-
-    ``send()`` passes through the scheduler after every item, so the feeder moved one line
-    per scheduling round: while thousands of tasks were runnable (a wave of answers or
-    handshakes), new domains trickled in at tens per second, the resolver's queue ran dry
-    and the loop and the resolver took turns instead of working side by side. Filling the
-    buffer in one go keeps ``concurrency`` domains in flight; a full buffer still waits.
-    """
+    """Queue ``item`` without yielding while the buffer has room: ``send()`` passes through
+    the scheduler for every item, and behind thousands of runnable tasks the feeder then
+    starves the pipeline. A full buffer still waits (backpressure)."""
     try:
         send.send_nowait(item)
     except trio.WouldBlock:

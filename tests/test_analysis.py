@@ -37,7 +37,7 @@ def test_funnel_domains_latest(analysis_db: FixtureDb) -> None:
     # N4: 15 input lines; f.alpha nxdomain, "=1+2" invalid, j.alpha unreachable, 12 ok.
     assert out["count"].to_dict() == {
         "ok": 12, "invalid": 1, "excluded": 0, "nxdomain": 1, "no_mail": 0, "dns_failure": 0,
-        "bogus": 0, "unreachable": 1,
+        "bogus": 0, "unreachable": 1, "internal_error": 0,
     }  # fmt: skip
     assert set(out["denominator"]) == {15}
     assert out.loc["ok", "share"] == pytest.approx(12 / 15)

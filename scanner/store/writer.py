@@ -98,8 +98,8 @@ class Writer:
         self.merge_results = merge_results
         self.pg = is_postgres(engine)
         # Keys already stored, to skip their rows: the hot ones are a provider's hosts and
-        # endpoints, a few thousand. At 262,144 every self-hosted MX host of a 300,000-domain
-        # list stayed (~12 MB of names and keys, a miss costs only a key in the look-up).
+        # endpoints, a few thousand. Bounded, so a long list's self-hosted MX hosts do not
+        # pile up; a miss costs only a key in the look-up.
         self._hosts = Lru(cache_size)
         self._endpoints = Lru(cache_size)
         self._certs = Lru(cache_size)
