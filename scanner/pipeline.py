@@ -199,6 +199,13 @@ class SharedCache(Protocol):
                        compute: Callable[[], Awaitable[EndpointFacts]]) -> EndpointFacts: ...
 
 
+class Prober(Protocol):
+    """One SMTP/STARTTLS probe of (address, port, SNI): :func:`scanner.probe.probe`, or a fake."""
+
+    async def __call__(self, address: str, port: int, sni: str | None,
+                       config: Config) -> EndpointFacts: ...
+
+
 class SharedLimits(Protocol):
     """Connection limits shared by every worker of a scan (scanner.store.politeness)."""
 
@@ -212,8 +219,10 @@ class Scanner:
                  ipv6: bool = True, stats: ScanStats | None = None,
                  shared: SharedCache | None = None,
                  shared_politeness: SharedLimits | None = None,
-                 trace: Callable[[str], None] | None = None) -> None:
+                 trace: Callable[[str], None] | None = None,
+                 prober: Prober = probe) -> None:
         self.config = config
+        self.prober = prober
         self.trace = trace  # `check`: each step as it happens
         self.client = client
         self.validating = validating
@@ -386,10 +395,10 @@ class Scanner:
             await self.connect_pacer.wait()
             self.stats.probes += 1
             if self.trace is None:
-                return await probe(address, self.config.smtp_port, sni, self.config)
+                return await self.prober(address, self.config.smtp_port, sni, self.config)
             self.trace(f"SMTP [{address}]:{self.config.smtp_port}"
                        f"{f', SNI {sni}' if sni else ''}: connecting ...")
-            facts = await probe(address, self.config.smtp_port, sni, self.config)
+            facts = await self.prober(address, self.config.smtp_port, sni, self.config)
             self.trace(f"SMTP [{address}]:{self.config.smtp_port}: {facts.status}"
                        f"{f' ({facts.error})' if facts.error else ''}")
             return facts
@@ -426,7 +435,8 @@ class ResolverCheck(Protocol):
 async def open_scanner(config: Config, client: DnsLookups, stats: ScanStats | None = None, *,
                        shared: SharedCache | None = None,
                        shared_politeness: SharedLimits | None = None,
-                       trace: Callable[[str], None] | None = None) -> Scanner:
+                       trace: Callable[[str], None] | None = None,
+                       prober: Prober = probe) -> Scanner:
     """A Scanner, complete: the resolver checked (§2.1.1 needs a validating one) and IPv6
     reachability known. Raises :class:`ResolverRefused`."""
     check: ResolverCheck = client  # type: ignore[assignment]
@@ -439,7 +449,8 @@ async def open_scanner(config: Config, client: DnsLookups, stats: ScanStats | No
             "--insecure-resolver-ok for a STARTTLS-only survey")
     ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
     return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats,
-                   shared=shared, shared_politeness=shared_politeness, trace=trace)
+                   shared=shared, shared_politeness=shared_politeness, trace=trace,
+                   prober=prober)
 
 
 def _transient(facts: EndpointFacts) -> bool:
