@@ -71,18 +71,17 @@ def outcome_text(outcomes: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()) if v)
 
 
+def details(snap: Snapshot, window: RateWindow) -> list[str]:
+    """Rate, ETA, outcome counts and notes: what follows the count on a line or a bar."""
+    parts = [f"{window.rate:.0f}/s", window.eta(snap.done, snap.total),
+             outcome_text(snap.outcomes), *snap.notes]
+    return [p for p in parts if p]
+
+
 def line(snap: Snapshot, window: RateWindow) -> str:
     """The plain progress line: done/total, rate, ETA, outcome counts, notes."""
     total = f"/{snap.total}" if snap.total is not None else ""
-    parts = [f"{snap.done}{total} domains", f"{window.rate:.0f}/s"]
-    eta = window.eta(snap.done, snap.total)
-    if eta:
-        parts.append(eta)
-    outcomes = outcome_text(snap.outcomes)
-    if outcomes:
-        parts.append(outcomes)
-    parts.extend(snap.notes)
-    return "progress: " + "; ".join(parts)
+    return "progress: " + "; ".join([f"{snap.done}{total} domains", *details(snap, window)])
 
 
 class Progress:
@@ -139,14 +138,6 @@ class Progress:
         self._bar = bar
 
     def _update_bar(self, snap: Snapshot) -> None:
-        bar = self._bar
-        info = [f"{self.window.rate:.0f}/s"]
-        eta = self.window.eta(snap.done, snap.total)
-        if eta:
-            info.append(eta)
-        outcomes = outcome_text(snap.outcomes)
-        if outcomes:
-            info.append(outcomes)
-        info.extend(snap.notes)
-        bar.update(self._task, completed=snap.done, total=snap.total, info="  ".join(info))
-        bar.refresh()
+        info = "  ".join(details(snap, self.window))
+        self._bar.update(self._task, completed=snap.done, total=snap.total, info=info)
+        self._bar.refresh()

@@ -373,25 +373,22 @@ def scan_status(engine: Engine, scan_id: int) -> ScanStatus | None:
 
 def lines_to_do(engine: Engine, scan_id: int) -> int:
     """Input lines in shards not yet done (the progress display's total)."""
-    c = s.shards.c
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(c.line_count), 0)).where(
-                    c.scan_id == scan_id, c.status != ShardStatus.DONE.value
-                )
-            ).scalar_one()
-        )
+    return _lines(engine, scan_id, done=False)
 
 
 def lines_done(engine: Engine, scan_id: int) -> int:
     """Input lines in shards already stored (aggregated progress of several workers)."""
+    return _lines(engine, scan_id, done=True)
+
+
+def _lines(engine: Engine, scan_id: int, *, done: bool) -> int:
     c = s.shards.c
+    is_done = c.status == ShardStatus.DONE.value
     with engine.connect() as conn:
         return int(
             conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(c.line_count), 0)).where(
-                    c.scan_id == scan_id, c.status == ShardStatus.DONE.value
+                    c.scan_id == scan_id, is_done if done else sa.not_(is_done)
                 )
             ).scalar_one()
         )
