@@ -18,7 +18,7 @@ from scanner.dane import (
     parse_tlsa_rdata,
     usable,
 )
-from scanner.model import DnssecStatus, Lookup, Reason, TlsaRecord, TlsaStatus
+from scanner.model import DaneMatch, DnssecStatus, Lookup, Reason, TlsaRecord, TlsaStatus
 from tests.certs import NOW, Pki, der, key, make_cert, spki, tlsa, wrong
 
 REFS = ("mx.example.net", "mx.example.net", "example.org")
@@ -29,7 +29,8 @@ def pki() -> Pki:
     return Pki()
 
 
-def auth(records: list[TlsaRecord], chain: tuple[bytes, ...], refs: tuple[str, ...] = REFS):
+def auth(records: list[TlsaRecord], chain: tuple[bytes, ...],
+         refs: tuple[str, ...] = REFS) -> DaneMatch:
     return authenticate(match_chain(records, chain, NOW), refs)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 import trio.testing
@@ -92,7 +93,7 @@ def test_a_provider_host_is_looked_up_and_probed_once(autojump_clock: trio.testi
 
 
 def test_connection_pacing_changes_the_duration_not_the_verdicts() -> None:
-    def one(cfg: Config) -> tuple[list[tuple[object, ...]], float]:
+    def one(cfg: Config) -> tuple[list[Any], float]:
         resolver, prober = FakeResolver(world(20, shared_host=False)), FakeProber()
         clock = trio.testing.MockClock(autojump_threshold=0)
         start = clock.current_time()

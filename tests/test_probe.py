@@ -19,7 +19,6 @@ import pytest
 import trio
 import trio.testing
 
-from scanner import rawstream
 from scanner.config import Config
 from scanner.model import EndpointStatus
 from scanner.probe import QUIT_TIMEOUT, Phase, classify, probe
@@ -377,7 +376,7 @@ async def test_local_exhaustion_is_not_blamed_on_the_peer(
     def no_descriptors(*_args: object) -> None:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(rawstream.socket, "socket", no_descriptors)
+    monkeypatch.setattr("scanner.rawstream.socket.socket", no_descriptors)
     with pytest.raises(OSError, match="Too many open files"):
         await probe(HOST, 25, None, CONFIG)
 

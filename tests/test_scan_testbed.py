@@ -177,7 +177,7 @@ def test_progress_lines_off_a_terminal_and_a_summary_from_the_store(
     with engine.connect() as conn:
         stored = conn.execute(sa.select(sa.func.count()).select_from(
             schema.domain_results)).scalar_one()
-        outcomes = dict(conn.execute(sa.select(schema.domain_results.c.outcome,
+        outcomes: dict[str, int] = dict(conn.execute(sa.select(schema.domain_results.c.outcome,
                                                sa.func.count())
                                      .group_by(schema.domain_results.c.outcome)).all())
     engine.dispose()

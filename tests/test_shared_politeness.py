@@ -5,6 +5,7 @@ with the connection of a worker that dies."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psycopg
 import pytest
@@ -167,7 +168,7 @@ async def test_a_dead_workers_slots_are_freed(pg_engine: Engine,
     assert "shared politeness unavailable" in caplog.text
 
 
-def _raw(engine: Engine) -> psycopg.Connection:  # type: ignore[type-arg]
+def _raw(engine: Engine) -> psycopg.Connection[Any]:
     return psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(
         hide_password=False), autocommit=True)
 

@@ -220,7 +220,7 @@ def test_read_targets_any_bytes(data: bytes) -> None:
         assert valid_output(normalise(raw)[0])
 
 
-LINE_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="\n\r")
+LINE_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters="\n\r")
 
 
 @given(st.lists(st.text(alphabet=LINE_CHARS, max_size=40), max_size=30), st.booleans())

@@ -183,11 +183,12 @@ def _spki_sha256(pem_file: str) -> str:
 def test_tlsa_matches_presented_certificate(built: world.Built) -> None:
     assert built.plan.smtp is not None
     eps = {e.address: e for e in built.plan.smtp.endpoints}
-    records = {(r.owner, r.rdtype): [] for z in built.plan.zones for r in z.records}
+    records: dict[tuple[str, str], list[str]] = {
+        (r.owner, r.rdtype): [] for z in built.plan.zones for r in z.records}
     for z in built.plan.zones:
         for r in z.records:
             records[(r.owner, r.rdtype)].append(r.rdata)
-    checked = collections.Counter()
+    checked: collections.Counter[str] = collections.Counter()
     for m in built.manifest:
         if m["scenario"] not in ("dane-ee-311", "tlsa-stale", "sni-chain", "aaaa-v6"):
             continue
