@@ -31,7 +31,8 @@ What each figure is:
   one process per core, ``--smtp-seconds``: sessions/s the servers (and client) sustain.
 - peer: ``posttls-finger -l dane`` for a sample of domains through ``xargs -P``, inside a mount
   namespace whose /etc/resolv.conf names the world's resolver.
-Results are printed and appended to bench/RESULTS.md with the commit hash.
+Results are printed and appended to bench/RESULTS.md with the commit hash (a `###` run
+heading: move it under `## Scan` as the new current figures, see the note at the file's top).
 """
 
 from __future__ import annotations
@@ -439,7 +440,7 @@ def render(args: argparse.Namespace, world: control.World, runs: list[ScanRun], 
            lost: str, dns_limit: float, smtp: float, peer_rate: float, dns_cores: float,
            big: ScanRun | None = None) -> str:
     load = os.getloadavg()
-    out = [f"## {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
+    out = [f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, "
            f"{world.domains} domains (seed {world.seed}), {os.cpu_count()} cores, "
            f"load {load[0]:.1f} at the end",
            "",
