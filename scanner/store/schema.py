@@ -11,9 +11,10 @@ Layout, for analysis and for exact resume:
 
 Foreign keys only where rows are few (``shards`` -> ``scans``). The result tables carry
 ``scan_id`` and ``domain_id`` without foreign keys: the writer stores all rows of a verdict in
-one transaction and takes ``domain_id`` from ``domains`` itself, and per-row FK triggers cost
-about 40 % of the bulk-insert time (bench/writer.py). Indexes on the per-line tables are kept
-to the keys plus one for cross-scan domain lookups, for the same reason.
+one transaction and takes ``domain_id`` from ``domains`` itself, and per-row FK triggers would
+cost a large share of the bulk-insert time (bench/RESULTS.md, "Writer"). Indexes on the
+per-line tables are kept to the keys plus one for cross-scan domain lookups, for the same
+reason.
 ``scans.delete_scan`` removes a scan.
 
 Closed vocabularies are plain strings checked against the enums of :mod:`scanner.model`, so

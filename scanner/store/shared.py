@@ -412,11 +412,9 @@ WHERE s.scan_id = %(scan)s
         """ANALYZE the claims each time this worker's rows of the scan have grown fourfold.
 
         The round's joins go through the primary key only if the planner knows this scan has
-        many rows. With statistics from before the scan (a new table, or only earlier scans'
-        rows) it expected a couple, read them all for every key of a round, and the rounds
-        grew with the table: 100k-domain world, one worker, 120 ms of PostgreSQL CPU per round
-        and 18 s per scan, until autovacuum (which visits a database once a minute) caught up.
-        Only the columns the round filters on: the facts are large.
+        many rows; with statistics from before the scan it reads them all for every key of a
+        round, and rounds grow with the table until autovacuum catches up (bench/RESULTS.md,
+        "Scan"). Only the columns the round filters on: the facts are large.
         """
         self._inserted += inserted
         if self._inserted < self._analyze_at:
