@@ -33,6 +33,9 @@ from scanner.model import (
 )
 from scanner.store import schema as s
 from scanner.store.rows import utc
+from scanner.verdict import capped_endpoint, capped_host
+
+_CAP = Reason.NOT_PROBED_CAP.value
 
 IN_CHUNK = 500  # keeps IN lists well under SQLite's and PostgreSQL's parameter limits
 
@@ -102,8 +105,9 @@ class VerdictReader:
         lo, hi = rows[0].line, rows[-1].line
         links = self._links(lo, hi)
         dane = self._dane(lo, hi)
-        self._load_hosts({r.host_name for ls in links.values() for r in ls})
-        self._load_endpoints({(r.address, r.port, r.sni) for ds in dane.values() for r in ds})
+        self._load_hosts({r.host_name for ls in links.values() for r in ls if r.reason != _CAP})
+        self._load_endpoints({(r.address, r.port, r.sni) for ds in dane.values() for r in ds
+                              if not _capped(r)})
         return [self._verdict(r, links.get(r.line, []), dane) for r in rows]
 
     def _links(self, lo: int, hi: int) -> dict[int, list[Any]]:
@@ -199,8 +203,17 @@ class VerdictReader:
     ) -> DomainVerdict:
         hosts = []
         for link in links:
-            eps, matches = [], []
-            for d in dane.get((r.line, link.ordinal), []):
+            rows = dane.get((r.line, link.ordinal), [])
+            if link.reason == _CAP and not rows:
+                hosts.append(capped_host(link.preference, link.host_name))
+                continue
+            eps: list[EndpointFacts] = []
+            matches: list[DaneMatch | None] = []
+            for d in rows:
+                if _capped(d):
+                    eps.append(capped_endpoint(d.address, d.port, d.sni or None))
+                    matches.append(None)
+                    continue
                 eps.append(self.endpoints.data[(d.address, d.port, d.sni)])
                 matches.append(_match(d))
             hosts.append(
@@ -228,7 +241,16 @@ class VerdictReader:
             implicit_mx=r.implicit_mx,
             hosts=tuple(hosts),
             line=r.line,
+            mx_rcode=r.mx_rcode,
+            mx_ede_code=r.mx_ede_code,
+            mx_ede_text=r.mx_ede_text,
+            error=r.error,
         )
+
+
+def _capped(d: Any) -> bool:
+    """A dane_results row of an endpoint a cost cap left out (see scanner.store.rows)."""
+    return d.authenticated is None and d.reason == _CAP
 
 
 def _match(d: Any) -> DaneMatch | None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from scanner.jsontext import dumps
-from scanner.model import DomainVerdict, EndpointFacts, HostFacts, Lookup
+from scanner.model import DomainVerdict, EndpointFacts, EndpointStatus, HostFacts, Lookup, Reason
 from scanner.store import schema
 
 Row = Sequence[Any]  # a tuple; a list for domain_results (domain_id set late)
@@ -31,6 +31,7 @@ Row = Sequence[Any]  # a tuple; a list for domain_results (domain_id set late)
 DOMAIN_RESULT_COLS = (
     "scan_id", "line", "domain_id", "shard_no", "input", "outcome", "starttls", "dnssec",
     "tlsa", "tlsa_unusable", "dane", "stage", "reason", "mx_status", "implicit_mx", "probed_at",
+    "mx_rcode", "mx_ede_code", "mx_ede_text", "error",
 )  # fmt: skip
 DOMAIN_MX_COLS = ("scan_id", "line", "ordinal", "host_name", "preference", "reachable", "reason")
 DANE_COLS = (
@@ -273,6 +274,20 @@ _SHARED_KEYS: dict[str, Callable[[Row], Hashable]] = {
 }
 
 
+# What a cost cap left out is a link without facts: its domain_mx or dane_results row says
+# ``not-probed-cap``, and no mx_hosts or endpoints row is written, since those tables hold one
+# fact per key for the whole scan and the same host or endpoint may be looked at for another
+# domain within its caps.
+_CAPPED_HOST = Reason.NOT_PROBED_CAP
+_CAPPED_ENDPOINT = EndpointStatus.NOT_PROBED_CAP
+_CAPPED_DANE = (None, None, None, None, None, None, Reason.NOT_PROBED_CAP.value, None)
+
+
+def _smallint(x: int | None) -> int | None:
+    """EDE codes are 16-bit (RFC 8914 §4; 49152-65535 private use); the column is signed."""
+    return x if x is None or -32768 <= x <= 32767 else None
+
+
 def _v(x: Any) -> Any:
     """Enum -> its value (``_value_``: a plain attribute, unlike the ``value`` property)."""
     return None if x is None else x._value_
@@ -322,7 +337,7 @@ class RowBuilder:
                 name = host_names.get(id(host))
                 if name is None:
                     name = host_names[id(host)] = clean(host.name, 1024) or ""
-                    if name not in seen_hosts:
+                    if name not in seen_hosts and host.reason is not _CAPPED_HOST:
                         seen_hosts.add(name)
                         if (scan_id, name) not in self.hosts:
                             batch_hosts.add(name)
@@ -334,6 +349,11 @@ class RowBuilder:
                 )  # fmt: skip
                 dane = hv.dane
                 for ei, ep in enumerate(hv.endpoints):
+                    if ep.status is _CAPPED_ENDPOINT:
+                        sni = clean(ep.sni, 1024) or ""
+                        dane_results.append(
+                            (scan_id, line, hi, ei, ep.address, ep.port, sni, *_CAPPED_DANE))
+                        continue
                     key = ep_keys.get(id(ep))
                     if key is None:
                         key = ep_keys[id(ep)] = (ep.address, ep.port, clean(ep.sni, 1024) or "")
@@ -368,6 +388,8 @@ class RowBuilder:
                     scan_id, line, None, shard_no, clean_input(v.input), v.outcome._value_,
                     v.starttls, v.dnssec, _v(v.tlsa), v.tlsa_unusable, _v(v.dane), _v(v.stage),
                     _v(v.reason), _v(v.mx_status), v.implicit_mx, self.ts(latest or now),
+                    clean(v.mx_rcode, 16), _smallint(v.mx_ede_code),
+                    clean(v.mx_ede_text, schema.ERROR_MAX), clean(v.error, schema.ERROR_MAX),
                 ]
             )  # fmt: skip
         # Sorted: concurrent writers then take index locks in one order (no deadlock), and new
