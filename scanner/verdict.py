@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scanner.codec import tlsa_record
 from scanner.jsontext import dumps
 from scanner.model import (
     DaneMatch,
@@ -25,7 +26,6 @@ from scanner.model import (
     Reason,
     Stage,
     TlsaCoverage,
-    TlsaRecord,
     TlsaStatus,
 )
 
@@ -405,10 +405,6 @@ def _enum(value: Any) -> str | None:
     return None if value is None else str(value.value)
 
 
-def _record_json(r: TlsaRecord) -> dict[str, Any]:
-    return {"usage": r.usage, "selector": r.selector, "mtype": r.mtype, "data": r.data.hex()}
-
-
 def _host_json(h: HostVerdict) -> dict[str, Any]:
     f = h.host
     addresses: list[dict[str, Any]] = []
@@ -424,7 +420,7 @@ def _host_json(h: HostVerdict) -> dict[str, Any]:
         "address_dnssec": _enum(f.address_status),
         "tlsa_base": f.tlsa_base,
         "tlsa_status": f.tlsa_status.value,
-        "tlsa_records": [_record_json(r) for r in f.tlsa_records],
+        "tlsa_records": [tlsa_record(r) for r in f.tlsa_records],
         "reachable": h.reachable,
         "reason": _enum(h.reason),
         "endpoints": [_endpoint_json(ep, m) for ep, m in zip(h.endpoints, h.dane, strict=True)],
@@ -444,7 +440,7 @@ def _endpoint_json(ep: EndpointFacts, m: DaneMatch | None) -> dict[str, Any]:
         "chain_sha256": [hashlib.sha256(c).hexdigest() for c in ep.chain],
         "dane": None if m is None else {
             "authenticated": m.authenticated,
-            "record": None if m.record is None else _record_json(m.record),
+            "record": None if m.record is None else tlsa_record(m.record),
             "depth": m.depth,
             "reason": _enum(m.reason),
         },

@@ -17,7 +17,7 @@ from typing import Any, Literal, TextIO
 
 from sqlalchemy.engine import Engine
 
-from scanner import verdict
+from scanner import codec, verdict
 from scanner.csvcell import neutralise
 from scanner.model import SCHEMA_VERSION, DomainVerdict, Outcome
 from scanner.store.read import iter_verdicts
@@ -34,11 +34,8 @@ HOST_COLUMNS = (
     "reachable", "reason", "host_reason",
 )  # fmt: skip
 ENDPOINT_COLUMNS = (
-    "scan_id", "schema_version", "line", "domain", "host", "address", "port", "sni", "family",
-    "status", "banner", "greeting_code", "ehlo", "starttls_offered", "starttls_code",
-    "tls_version", "cipher", "chain", "error", "probed_at", "attempts", "dane_authenticated",
-    "dane_usage", "dane_selector", "dane_mtype", "dane_data", "dane_depth", "dane_reason",
-    "dane_detail",
+    "scan_id", "schema_version", "line", "domain", "host", *codec.ENDPOINT_FIELDS,
+    *(f"dane_{f}" for f in codec.DANE_FIELDS),
 )  # fmt: skip
 
 
@@ -116,38 +113,13 @@ def endpoint_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[d
     for v in verdicts:
         for hv in v.hosts:
             for ep, m in zip(hv.endpoints, hv.dane, strict=False):
-                rec = m.record if m is not None else None
-                yield {
-                    "scan_id": scan_id,
-                    "schema_version": SCHEMA_VERSION,
-                    "line": v.line,
-                    "domain": v.domain,
-                    "host": hv.host.name,
-                    "address": ep.address,
-                    "port": ep.port,
-                    "sni": ep.sni,
-                    "family": ep.family,
-                    "status": ep.status.value,
-                    "banner": ep.banner,
-                    "greeting_code": ep.greeting_code,
-                    "ehlo": list(ep.ehlo),
-                    "starttls_offered": ep.starttls_offered,
-                    "starttls_code": ep.starttls_code,
-                    "tls_version": ep.tls_version,
-                    "cipher": ep.cipher,
-                    "chain": [fingerprint(der) for der in ep.chain],
-                    "error": ep.error,
-                    "probed_at": None if ep.probed_at is None else ep.probed_at.isoformat(),
-                    "attempts": ep.attempts,
-                    "dane_authenticated": None if m is None else m.authenticated,
-                    "dane_usage": None if rec is None else rec.usage,
-                    "dane_selector": None if rec is None else rec.selector,
-                    "dane_mtype": None if rec is None else rec.mtype,
-                    "dane_data": None if rec is None else rec.data.hex(),
-                    "dane_depth": None if m is None else m.depth,
-                    "dane_reason": None if m is None else _val(m.reason),
-                    "dane_detail": None if m is None else m.detail,
-                }
+                row = {"scan_id": scan_id, "schema_version": SCHEMA_VERSION, "line": v.line,
+                       "domain": v.domain, "host": hv.host.name}
+                row.update(codec.endpoint_record(ep, [fingerprint(der) for der in ep.chain]))
+                row["probed_at"] = None if ep.probed_at is None else ep.probed_at.isoformat()
+                for f, x in zip(codec.DANE_FIELDS, codec.dane_row(m), strict=True):
+                    row[f"dane_{f}"] = x.hex() if isinstance(x, bytes) else x
+                yield row
 
 
 def _val(x: Any) -> Any:
