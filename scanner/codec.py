@@ -238,18 +238,21 @@ def endpoint_from_json(d: Mapping[Any, Any]) -> EndpointFacts:
 
 DANE_FIELDS = ("authenticated", "usage", "selector", "mtype", "data", "depth", "reason", "detail")
 NO_DANE: tuple[None, ...] = (None,) * len(DANE_FIELDS)
+_NO_RECORD = (None,) * len(TLSA_FIELDS)
 
 
 def dane_row(m: DaneMatch | None, text: Text = same) -> tuple[Any, ...]:
     """``dane_results`` values in DANE_FIELDS order; all null where DANE did not apply."""
     if m is None:
         return NO_DANE
-    r = m.record
+    r, reason, detail = m.record, m.reason, m.detail
     return (
         m.authenticated,
-        *(NO_DANE[:4] if r is None else tlsa_row(r)),
-        m.depth, value(m.reason), text(m.detail, "detail"),
-    )  # fmt: skip
+        *(_NO_RECORD if r is None else (r.usage, r.selector, r.mtype, r.data)),
+        m.depth,
+        None if reason is None else reason._value_,
+        None if detail is None else text(detail, "detail"),
+    )
 
 
 def dane_from_record(d: Mapping[Any, Any]) -> DaneMatch | None:
@@ -276,20 +279,24 @@ ANSWER_FIELDS = ("mx_rcode", "mx_ede_code", "mx_ede_text", "error")
 
 
 def result_row(v: DomainVerdict) -> tuple[Any, ...]:
-    """Values of RESULT_FIELDS."""
+    """Values of RESULT_FIELDS (per domain: the writer's hot path, so spelled out)."""
+    tlsa, dane, stage, reason, mx = v.tlsa, v.dane, v.stage, v.reason, v.mx_status
     return (
-        v.outcome._value_, v.starttls, v.dnssec, value(v.tlsa), v.tlsa_unusable, value(v.dane),
-        value(v.stage), value(v.reason), value(v.mx_status), v.implicit_mx,
+        v.outcome._value_, v.starttls, v.dnssec, None if tlsa is None else tlsa._value_,
+        v.tlsa_unusable, None if dane is None else dane._value_,
+        None if stage is None else stage._value_, None if reason is None else reason._value_,
+        None if mx is None else mx._value_, v.implicit_mx,
     )  # fmt: skip
 
 
 def answer_row(v: DomainVerdict, text: Text = same) -> tuple[Any, ...]:
     """Values of ANSWER_FIELDS: the MX lookup's answer and an internal error's text."""
-    code = v.mx_ede_code
+    rcode, code, ede, error = v.mx_rcode, v.mx_ede_code, v.mx_ede_text, v.error
+    if code is None and ede is None and error is None:
+        return (None if rcode is None else text(rcode, "mx_rcode"), None, None, None)
     if code is not None and not -32768 <= code <= 32767:
         code = None  # EDE codes are 16-bit (RFC 8914 §4; 49152-65535 private use); column signed
-    return (text(v.mx_rcode, "mx_rcode"), code, text(v.mx_ede_text, "mx_ede_text"),
-            text(v.error, "error"))
+    return (text(rcode, "mx_rcode"), code, text(ede, "mx_ede_text"), text(error, "error"))
 
 
 def result_fields(d: Mapping[Any, Any]) -> Record:

@@ -135,7 +135,7 @@ _CAPS = {
 
 def stored(text: str | None, field: str) -> str | None:
     """``text`` as the store keeps it: cleaned and capped for its column (default 1024)."""
-    return clean(text, _CAPS.get(field, 1024))
+    return None if text is None else clean(text, _CAPS.get(field, 1024))
 
 
 def lookup_json(lk: Lookup | None) -> str | None:
@@ -145,10 +145,11 @@ def lookup_json(lk: Lookup | None) -> str | None:
 
 def _row(table: str, cols: Sequence[str], record: Mapping[str, Any]) -> tuple[Any, ...]:
     """``record`` (a codec record, plus scan_id and the like) as a row of ``table``."""
-    return tuple(
-        dumps(record[c]) if (table, c) in _JSON_COLUMNS and record[c] is not None else record[c]
+    return tuple([
+        dumps(x) if x is not None and (table, c) in _JSON_COLUMNS else x
         for c in cols
-    )
+        for x in (record[c],)
+    ])
 
 
 def fingerprint(der: bytes) -> str:
