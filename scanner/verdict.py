@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scanner import codec
 from scanner.codec import tlsa_record
 from scanner.jsontext import dumps
 from scanner.model import (
@@ -348,26 +349,14 @@ def to_json(v: DomainVerdict) -> dict[str, Any]:
 
 
 def _domain_json(v: DomainVerdict) -> dict[str, Any]:
-    """:func:`to_json` up to its last key, ``mx_hosts``."""
-    return {
-        "input": v.input,
-        "domain": v.domain,
-        "outcome": v.outcome.value,
-        "starttls": v.starttls,
-        "dnssec": v.dnssec,
-        "tlsa": _enum(v.tlsa),
-        "tlsa_unusable": v.tlsa_unusable,
-        "dane": _enum(v.dane),
-        "stage": _enum(v.stage),
-        "reason": _enum(v.reason),
-        "error": v.error,
-        "mx_status": _enum(v.mx_status),
-        "mx_rcode": v.mx_rcode,
-        "mx_ede_code": v.mx_ede_code,
-        "mx_ede_text": v.mx_ede_text,
-        "implicit_mx": v.implicit_mx,
-        "line": v.line,
-    }
+    """:func:`to_json` up to its last key, ``mx_hosts``: the domain result's stored fields
+    (:mod:`scanner.codec`, so ``--jsonl`` and export cannot disagree), framed by input,
+    domain and line."""
+    return dict(zip(_DOMAIN_KEYS, (v.input, v.domain, *codec.result_row(v),
+                                   *codec.answer_row(v), v.line), strict=True))
+
+
+_DOMAIN_KEYS = ("input", "domain", *codec.RESULT_FIELDS, *codec.ANSWER_FIELDS, "line")
 
 
 class JsonLines:
