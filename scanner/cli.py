@@ -252,12 +252,18 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from scanner.run import open_out
     from scanner.store import db
-    from scanner.store.export import export
+    from scanner.store.export import NotExportable, export, resolve_scan
 
     engine = db.make_engine(args.db)
     scan: int | str = args.scan if args.scan == "latest" else int(args.scan)
+    try:
+        # Before the output is opened: a refused scan leaves no empty file behind.
+        scan_id = resolve_scan(engine, scan, allow_incomplete=args.allow_incomplete)
+    except NotExportable as exc:
+        raise UsageError(str(exc)) from exc
     with open_out(args.out) as out:
-        n = export(engine, scan, args.format, args.level, out)
+        n = export(engine, scan_id, args.format, args.level, out,
+                   allow_incomplete=args.allow_incomplete)
     log.info("%d rows", n)
     return ExitCode.OK
 
@@ -339,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one row per input line, per MX host or per probed endpoint "
                         "(default %(default)s)")
     p.add_argument("--out", default="-", help="file (default: standard output)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="also export a scan that is not complete (running, interrupted, "
+                        "failed, or incomplete because its list ended early)")
     p.set_defaults(func=cmd_export)
 
     _register_extras(sub)

@@ -70,10 +70,42 @@ def _host(h: HostVerdict) -> list[str]:
     return out
 
 
+def _mx_line(v: DomainVerdict) -> str | None:
+    """The MX lookup's own answer, e.g. "MX lookup: SERVFAIL, EDE 7 Signature Expired, DNSSEC
+    bogus": it says why a domain is bogus or a DNS failure (RFC 8914 extended DNS errors)."""
+    if v.mx_rcode is None and v.mx_status is None:
+        return None
+    parts = [] if v.mx_rcode is None else [v.mx_rcode]
+    if v.mx_ede_code is not None:
+        name = EDE_NAMES.get(v.mx_ede_code, "")
+        text = f" ({v.mx_ede_text})" if v.mx_ede_text else ""
+        parts.append(f"EDE {v.mx_ede_code} {name}".rstrip() + text)
+    if v.mx_status is not None:
+        parts.append(f"DNSSEC {v.mx_status}")
+    implicit = " (implicit MX)" if v.implicit_mx else ""
+    return f"  MX lookup: {', '.join(parts)}{implicit}"
+
+
+# RFC 8914 §4 and the IANA "Extended DNS Error Codes" registry.
+EDE_NAMES: dict[int, str] = {
+    0: "Other Error", 1: "Unsupported DNSKEY Algorithm", 2: "Unsupported DS Digest Type",
+    3: "Stale Answer", 4: "Forged Answer", 5: "DNSSEC Indeterminate", 6: "DNSSEC Bogus",
+    7: "Signature Expired", 8: "Signature Not Yet Valid", 9: "DNSKEY Missing",
+    10: "RRSIGs Missing", 11: "No Zone Key Bit Set", 12: "NSEC Missing",
+    13: "Cached Error", 14: "Not Ready", 15: "Blocked", 16: "Censored", 17: "Filtered",
+    18: "Prohibited", 19: "Stale NXDomain Answer", 20: "Not Authoritative",
+    21: "Not Supported", 22: "No Reachable Authority", 23: "Network Error",
+    24: "Invalid Data", 25: "Signature Expired before Valid", 26: "Too Early",
+    27: "Unsupported NSEC3 Iterations Value", 28: "Unable to conform to policy",
+    29: "Synthesized", 30: "Invalid Query Type",
+}
+
+
 def render(v: DomainVerdict, *, validating: bool = True) -> str:
     lines = [f"{v.input!r} → {v.domain or '(invalid)'}: outcome {v.outcome}"]
-    if v.outcome is Outcome.OK:
-        lines.append(f"  MX RRset: {v.mx_status}{' (implicit MX)' if v.implicit_mx else ''}")
+    mx = _mx_line(v)
+    if mx is not None:
+        lines.append(mx)
     for h in v.hosts:
         lines.extend(_host(h))
     if v.outcome is Outcome.OK:
@@ -81,6 +113,8 @@ def render(v: DomainVerdict, *, validating: bool = True) -> str:
                      f"tlsa_unusable={v.tlsa_unusable} dane={v.dane} → stage {v.stage}")
     if v.reason:
         lines.append(f"  reason: {v.reason}")
+    if v.error:
+        lines.append(f"  error inside danescan (please report it): {v.error}")
     if not validating:
         lines.append("  (resolver does not validate: DNSSEC and DANE not judged)")
     return "\n".join(lines)

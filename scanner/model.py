@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: error, mx_rcode, mx_ede_code, mx_ede_text; internal_error
 
 
 class DnssecStatus(StrEnum):

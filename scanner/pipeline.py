@@ -240,6 +240,7 @@ class Scanner:
                                      config.per_prefix_connections)
         self.shared_politeness = shared_politeness
         self.connect_pacer = Pacer(config.connect_rate)
+        self.address_sessions: Counter[str] = Counter()  # SMTP sessions per address, this scan
 
     # -- stages -------------------------------------------------------------------------
 
@@ -254,33 +255,38 @@ class Scanner:
         mx = await mx_stage(self.client, domain)
         if mx.outcome is not None:
             return verdict.early_verdict(raw, domain, mx.outcome, mx.reason or Reason.DNS_FAILURE,
-                                         line=line)
+                                         line=line, mx=mx.lookup, mx_status=mx.mx_status)
         hosts = await self._hosts(domain, mx)
         return verdict.domain_verdict(raw, domain, mx.mx_status, hosts,
                                       implicit_mx=mx.implicit, validating=self.validating,
-                                      line=line)
+                                      line=line, mx=mx.lookup)
 
     async def _hosts(self, domain: str, mx: MxResult) -> list[HostVerdict]:
         if mx.host is not None:
             # The implicit MX stage already looked the domain up as a host (RFC 5321 §5.1).
             self.hosts.seed(mx.host.name, mx.host)
-        if len(mx.hosts) == 1:
+        # Cost cap: the first max_mx_hosts in preference order; the rest are listed, never
+        # looked up (verdict.capped_host).
+        listed = mx.hosts[: self.config.max_mx_hosts]
+        left_out = [verdict.capped_host(p, n) for p, n in mx.hosts[len(listed):]]
+        if len(listed) == 1:
             # The common case (one MX host, or the implicit MX): no nursery, no task.
-            preference, name = mx.hosts[0]
-            return [await self._host_verdict(domain, preference, await self._host(name))]
-        if all(self.hosts.peek(name) is not None for _, name in mx.hosts):
+            preference, name = listed[0]
+            return [await self._host_verdict(domain, preference, await self._host(name)),
+                    *left_out]
+        if all(self.hosts.peek(name) is not None for _, name in listed):
             # Known hosts: the verdicts wait only on endpoints, mostly cached too.
-            return [await self._host_verdict(domain, preference, await self._host(name))
-                    for preference, name in mx.hosts]
-        results: list[HostVerdict | None] = [None] * len(mx.hosts)
+            return [*[await self._host_verdict(domain, preference, await self._host(name))
+                      for preference, name in listed], *left_out]
+        results: list[HostVerdict | None] = [None] * len(listed)
 
         async def one(i: int, preference: int, name: str) -> None:
             results[i] = await self._host_verdict(domain, preference, await self._host(name))
 
         async with trio.open_nursery() as nursery:
-            for i, (preference, name) in enumerate(mx.hosts):
+            for i, (preference, name) in enumerate(listed):
                 nursery.start_soon(one, i, preference, name)
-        return [r for r in results if r is not None]
+        return [*(r for r in results if r is not None), *left_out]
 
     async def _host(self, name: str) -> HostFacts:
         facts = self.hosts.peek(name)
@@ -332,7 +338,9 @@ class Scanner:
         # §8.1: SNI is the TLSA base domain, sent only when DANE applies (usable TLSA).
         usable = facts.tlsa_status is TlsaStatus.USABLE
         sni = facts.tlsa_base if usable else None
-        addresses = facts.addresses
+        # Cost cap: the first max_host_addresses (A, then AAAA); the rest are not probed.
+        cap, every = self.config.max_host_addresses, facts.addresses
+        addresses, beyond = every[:cap], every[cap:]
         # Most endpoints are known already (a provider's, probed for an earlier domain): take
         # those from the cache and spawn tasks only when two or more must still be probed.
         peek = self.endpoints.peek
@@ -349,6 +357,9 @@ class Scanner:
                 for i in missing:
                     nursery.start_soon(one, i)
         eps = tuple(e for e in endpoints if e is not None)
+        if beyond:
+            port = self.config.smtp_port
+            eps += tuple(verdict.capped_endpoint(a, port, sni) for a in beyond)
         if not usable:
             return verdict.host_verdict(preference, facts, eps, [None] * len(eps)), False
         matches: list[DaneMatch | None] = []
@@ -376,8 +387,10 @@ class Scanner:
         return cm
 
     async def _probe_with_retry(self, address: str, sni: str | None) -> EndpointFacts:
+        if not self._take_session(address):
+            return verdict.capped_endpoint(address, self.config.smtp_port, sni)
         facts = await self._probe_once(address, sni)
-        if self.config.retry_transient and _transient(facts):
+        if self.config.retry_transient and _transient(facts) and self._take_session(address):
             # A second pass, later in the scan, for timeouts and 4xx replies.
             await trio.sleep(self.config.retry_delay)
             self.stats.retries += 1
@@ -402,6 +415,16 @@ class Scanner:
             self.trace(f"SMTP [{address}]:{self.config.smtp_port}: {facts.status}"
                        f"{f' ({facts.error})' if facts.error else ''}")
             return facts
+
+    def _take_session(self, address: str) -> bool:
+        """Count one SMTP session to ``address``; False once it had max_address_sessions in
+        this scan, whatever the SNI: many MX names on one address must not make the scanner
+        an amplifier against it."""
+        n = self.address_sessions[address]
+        if n >= self.config.max_address_sessions:
+            return False
+        self.address_sessions[address] = n + 1
+        return True
 
     def _not_probed(self, address: str, sni: str | None) -> EndpointFacts | None:
         status: EndpointStatus | None = None
@@ -500,8 +523,8 @@ async def run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterator
                 except Exception as exc:  # one bad domain must never lose the others
                     log.error("line %s (%r): internal error %r", line, raw[:100], exc)
                     scanner.stats.errors += 1
-                    v = verdict.early_verdict(raw, None, Outcome.DNS_FAILURE, Reason.DNS_FAILURE,
-                                              line=line)
+                    # A bug, not a fact about the domain (normalise never raises).
+                    v = verdict.internal_error_verdict(raw, normalise(raw)[0], exc, line=line)
                 scanner.stats.record(v)
                 await emit(v)
 

@@ -27,7 +27,7 @@ from scanner import batch, pipeline, progress, runtime
 from scanner.config import Config, ResolverAddress, conflicts, from_options, to_options
 from scanner.dns import DnsClient
 from scanner.errors import ExitCode, UsageError
-from scanner.model import DomainVerdict, Lookup
+from scanner.model import STAGE_ORDER, DomainVerdict, Lookup
 from scanner.store import db, scans
 from scanner.store.schema import ScanStatus
 from scanner.targets import TargetsError, read_targets
@@ -176,7 +176,7 @@ def summary_lines(engine: Engine, scan_id: int, elapsed: float) -> list[str]:
     if ok:
         lines.append("stage:   " + ", ".join(
             f"{k} {stages.get(k, 0)} ({100 * stages.get(k, 0) / ok:.1f}%)"
-            for k in ("plaintext", "starttls", "dnssec", "tlsa", "dane")))
+            for k in STAGE_ORDER))
     internal = outcomes.get("internal_error", 0)
     if internal:
         lines.append(f"{internal} lines hit an internal error (a bug in danescan, not a fact "
@@ -307,7 +307,8 @@ def _run_and_finish(config: Config, engine: Engine, scan_id: int, opts: RunOptio
         from scanner.store.export import export
 
         with open_out(opts.jsonl) as out:
-            export(engine, scan_id, "jsonl", "domain", out)
+            # An incomplete scan's lines are still the verdicts of every line it could read.
+            export(engine, scan_id, "jsonl", "domain", out, allow_incomplete=True)
     log.info("scan %s %s", scan_id, status)
     return _exit_status(status, engine, scan_id)
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scanner import codec
+from scanner.codec import tlsa_record
 from scanner.jsontext import dumps
 from scanner.model import (
     DaneMatch,
@@ -25,7 +27,6 @@ from scanner.model import (
     Reason,
     Stage,
     TlsaCoverage,
-    TlsaRecord,
     TlsaStatus,
 )
 
@@ -44,12 +45,38 @@ _ENDPOINT_REASON: dict[EndpointStatus, Reason] = {
     EndpointStatus.NOT_PROBED_PRIVATE: Reason.NOT_PROBED,
     EndpointStatus.NOT_PROBED_IPV6: Reason.NOT_PROBED,
     EndpointStatus.NOT_PROBED_EXCLUDED: Reason.NOT_PROBED,
+    EndpointStatus.NOT_PROBED_CAP: Reason.NOT_PROBED_CAP,
 }
 
 
 def endpoint_reason(status: EndpointStatus) -> Reason | None:
     """The reason a probe ended as it did; None for SUCCESS."""
     return _ENDPOINT_REASON.get(status)
+
+
+# -- cost caps -----------------------------------------------------------------------------
+# RFC 7672 sets no bound on MX hosts, addresses or sessions; a scanner must, or one domain
+# that lists hundreds of hosts on someone else's addresses makes it an amplifier. What a cap
+# leaves out is recorded, never guessed: a host not looked up, an endpoint not probed.
+
+
+def capped_host(preference: int | None, name: str) -> HostVerdict:
+    """An MX host beyond ``max_mx_hosts``: listed, never looked up."""
+    facts = HostFacts(name, None, None, None, None, TlsaStatus.NOT_QUERIED,
+                      reason=Reason.NOT_PROBED_CAP)
+    return HostVerdict(preference, facts, (), (), False, Reason.NOT_PROBED_CAP)
+
+
+def capped_endpoint(address: str, port: int, sni: str | None) -> EndpointFacts:
+    """An endpoint beyond ``max_host_addresses`` or ``max_address_sessions``: never probed."""
+    return EndpointFacts(address=address, port=port, sni=sni,
+                         status=EndpointStatus.NOT_PROBED_CAP, attempts=0)
+
+
+def is_capped(h: HostVerdict) -> bool:
+    """This host was judged on less than all of it: not looked up, or an endpoint left out."""
+    return h.host.reason is Reason.NOT_PROBED_CAP or any(
+        ep.status is EndpointStatus.NOT_PROBED_CAP for ep in h.endpoints)
 
 
 # -- hosts ---------------------------------------------------------------------------------
@@ -109,27 +136,18 @@ def _host_failure(host: HostFacts, eps: tuple[EndpointFacts, ...],
 def _dane_failure(h: HostVerdict) -> Reason | None:
     """Why this host makes the domain's ``dane`` broken (rule 1 of docs/verdicts.md), or None.
 
-    A bogus or indeterminate TLSA lookup breaks DANE whether or not the host answers; an
-    authentication or STARTTLS failure counts on reachable hosts with usable TLSA, and a
-    STARTTLS failure on reachable hosts with only unusable TLSA (TLS is mandatory, §2.2).
+    A bogus or indeterminate TLSA lookup breaks DANE whether or not the host answers; the
+    host's own failure (:func:`_host_failure`) counts on reachable hosts with usable TLSA, or
+    with only unusable TLSA, where TLS is still mandatory (§2.2).
     """
     status = h.host.tlsa_status
-    if status is TlsaStatus.BOGUS:
-        return Reason.DNSSEC_INVALID
-    if status is TlsaStatus.INDETERMINATE:
-        return Reason.TLSA_LOOKUP_FAILURE
-    if not h.reachable or status not in (TlsaStatus.USABLE, TlsaStatus.UNUSABLE):
-        return None
-    for ep, m in zip(h.endpoints, h.dane, strict=True):
-        if not ep.status.greeted:
-            continue
-        if ep.status is not EndpointStatus.SUCCESS:
-            reason = endpoint_reason(ep.status)
-            assert reason is not None
-            return reason
-        if status is TlsaStatus.USABLE and (m is None or not m.authenticated):
-            return (m.reason if m is not None else None) or Reason.VALIDATION_FAILURE
+    if status in _TLSA_BROKEN or (h.reachable and status in _TLSA_SECURE_RECORDS):
+        return _host_failure(h.host, h.endpoints, h.dane)
     return None
+
+
+_TLSA_BROKEN = frozenset({TlsaStatus.BOGUS, TlsaStatus.INDETERMINATE})
+_TLSA_SECURE_RECORDS = frozenset({TlsaStatus.USABLE, TlsaStatus.UNUSABLE})
 
 
 def _dane_valid(h: HostVerdict) -> bool:
@@ -150,12 +168,15 @@ def _dane_valid(h: HostVerdict) -> bool:
 
 def domain_verdict(input: str, domain: str, mx_status: DnssecStatus,
                    hosts: Sequence[HostVerdict], *, implicit_mx: bool, validating: bool = True,
-                   line: int | None = None) -> DomainVerdict:
-    """The contract's rules for a domain whose MX lookup succeeded (docs/verdicts.md)."""
+                   line: int | None = None, mx: Lookup | None = None) -> DomainVerdict:
+    """The contract's rules for a domain whose MX lookup succeeded (docs/verdicts.md).
+
+    ``mx``: the MX lookup itself, whose RCODE and extended DNS error the verdict keeps.
+    """
     hs = tuple(hosts)
     common: dict[str, Any] = {
         "input": input, "domain": domain, "mx_status": mx_status, "implicit_mx": implicit_mx,
-        "hosts": hs, "line": line,
+        "hosts": hs, "line": line, **_mx_answer(mx),
     }
     if not any(h.reachable for h in hs):
         why = next((h.reason for h in hs if h.reason is not None), Reason.UNREACHABLE)
@@ -168,7 +189,8 @@ def domain_verdict(input: str, domain: str, mx_status: DnssecStatus,
     if not validating:
         # A non-validating resolver cannot tell secure from insecure: DNSSEC facts are unknown.
         stage = Stage.STARTTLS if starttls else Stage.PLAINTEXT
-        return DomainVerdict(outcome=Outcome.OK, starttls=starttls, stage=stage, **common)
+        return DomainVerdict(outcome=Outcome.OK, starttls=starttls, stage=stage,
+                             reason=_cap_reason(hs), **common)
 
     # §2.2.1: DANE applies only when the MX RRset is secure; for an implicit MX, the denial of
     # MX and the domain's own address records (RFC 5321 §5.1).
@@ -185,6 +207,8 @@ def domain_verdict(input: str, domain: str, mx_status: DnssecStatus,
             tlsa = TlsaCoverage.PARTIAL
         tlsa_unusable = any(h.host.tlsa_status is TlsaStatus.UNUSABLE for h in hs)
         dane, reason = _dane_status(hs)
+    else:
+        reason = _cap_reason(hs)
 
     stage = Stage.PLAINTEXT
     if starttls:
@@ -206,6 +230,10 @@ def _dane_status(hs: tuple[HostVerdict, ...]) -> tuple[DaneStatus, Reason | None
         failure = _dane_failure(h)
         if failure is not None:
             return DaneStatus.BROKEN, failure
+    if any(is_capped(h) for h in hs):
+        # Judged on a subset of its hosts or endpoints: never DANE-valid; at best partial.
+        partial = any(_dane_valid(h) for h in hs)
+        return (DaneStatus.PARTIAL if partial else DaneStatus.NONE), Reason.NOT_PROBED_CAP
     if all(h.host.tlsa_status is TlsaStatus.USABLE for h in hs):
         return DaneStatus.VALID, None
     if any(_dane_valid(h) for h in hs):
@@ -213,13 +241,41 @@ def _dane_status(hs: tuple[HostVerdict, ...]) -> tuple[DaneStatus, Reason | None
     return DaneStatus.NONE, None
 
 
+def _cap_reason(hs: tuple[HostVerdict, ...]) -> Reason | None:
+    """Where DANE was not judged, a cost cap is still the reason worth naming."""
+    return Reason.NOT_PROBED_CAP if any(is_capped(h) for h in hs) else None
+
+
+def _mx_answer(mx: Lookup | None) -> dict[str, Any]:
+    if mx is None:
+        return {}
+    return {"mx_rcode": mx.rcode, "mx_ede_code": mx.ede_code, "mx_ede_text": mx.ede_text}
+
+
 def early_verdict(input: str, domain: str | None, outcome: Outcome, reason: Reason | None,
-                  line: int | None = None, *,
+                  line: int | None = None, *, mx: Lookup | None = None,
                   mx_status: DnssecStatus | None = None) -> DomainVerdict:
     """A verdict decided before any MX host was looked at: invalid, excluded, nxdomain,
-    no_mail, dns_failure, bogus. Every ladder field is null."""
+    no_mail, dns_failure, bogus. Every ladder field is null.
+
+    ``mx``: the MX lookup that decided it; its status (unless ``mx_status`` is given: an
+    implicit MX combines it with the address lookup), RCODE and extended DNS error are kept,
+    so a reader can see why a domain is ``bogus`` or ``dns_failure``.
+    """
+    if mx is not None and mx_status is None:
+        mx_status = mx.status
     return DomainVerdict(input=input, domain=domain if outcome is not Outcome.INVALID else None,
-                         outcome=outcome, reason=reason, mx_status=mx_status, line=line)
+                         outcome=outcome, reason=reason, mx_status=mx_status, line=line,
+                         **_mx_answer(mx))
+
+
+def internal_error_verdict(input: str, domain: str | None, exc: BaseException,
+                           line: int | None = None) -> DomainVerdict:
+    """A bug in danescan, not a fact about the domain: ``internal_error`` with "Type: message"
+    (never recorded as a DNS or SMTP result, so it cannot pass for one)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return DomainVerdict(input=input, domain=domain, outcome=Outcome.INTERNAL_ERROR,
+                         reason=Reason.INTERNAL_ERROR, line=line, error=text)
 
 
 # -- MX ------------------------------------------------------------------------------------
@@ -293,22 +349,14 @@ def to_json(v: DomainVerdict) -> dict[str, Any]:
 
 
 def _domain_json(v: DomainVerdict) -> dict[str, Any]:
-    """:func:`to_json` up to its last key, ``mx_hosts``."""
-    return {
-        "input": v.input,
-        "domain": v.domain,
-        "outcome": v.outcome.value,
-        "starttls": v.starttls,
-        "dnssec": v.dnssec,
-        "tlsa": _enum(v.tlsa),
-        "tlsa_unusable": v.tlsa_unusable,
-        "dane": _enum(v.dane),
-        "stage": _enum(v.stage),
-        "reason": _enum(v.reason),
-        "mx_status": _enum(v.mx_status),
-        "implicit_mx": v.implicit_mx,
-        "line": v.line,
-    }
+    """:func:`to_json` up to its last key, ``mx_hosts``: the domain result's stored fields
+    (:mod:`scanner.codec`, so ``--jsonl`` and export cannot disagree), framed by input,
+    domain and line."""
+    return dict(zip(_DOMAIN_KEYS, (v.input, v.domain, *codec.result_row(v),
+                                   *codec.answer_row(v), v.line), strict=True))
+
+
+_DOMAIN_KEYS = ("input", "domain", *codec.RESULT_FIELDS, *codec.ANSWER_FIELDS, "line")
 
 
 class JsonLines:
@@ -346,10 +394,6 @@ def _enum(value: Any) -> str | None:
     return None if value is None else str(value.value)
 
 
-def _record_json(r: TlsaRecord) -> dict[str, Any]:
-    return {"usage": r.usage, "selector": r.selector, "mtype": r.mtype, "data": r.data.hex()}
-
-
 def _host_json(h: HostVerdict) -> dict[str, Any]:
     f = h.host
     addresses: list[dict[str, Any]] = []
@@ -365,7 +409,7 @@ def _host_json(h: HostVerdict) -> dict[str, Any]:
         "address_dnssec": _enum(f.address_status),
         "tlsa_base": f.tlsa_base,
         "tlsa_status": f.tlsa_status.value,
-        "tlsa_records": [_record_json(r) for r in f.tlsa_records],
+        "tlsa_records": [tlsa_record(r) for r in f.tlsa_records],
         "reachable": h.reachable,
         "reason": _enum(h.reason),
         "endpoints": [_endpoint_json(ep, m) for ep, m in zip(h.endpoints, h.dane, strict=True)],
@@ -385,7 +429,7 @@ def _endpoint_json(ep: EndpointFacts, m: DaneMatch | None) -> dict[str, Any]:
         "chain_sha256": [hashlib.sha256(c).hexdigest() for c in ep.chain],
         "dane": None if m is None else {
             "authenticated": m.authenticated,
-            "record": None if m.record is None else _record_json(m.record),
+            "record": None if m.record is None else tlsa_record(m.record),
             "depth": m.depth,
             "reason": _enum(m.reason),
         },

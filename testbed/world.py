@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ TLD_SHARES = (0.4, 0.3, 0.15, 0.15)
 UNSIGNED_TLD = "plainland"
 PROVIDER_NAMES = ("postbox", "mailhaus", "relaywerk", "inboxen", "sendly", "courier", "letterbox")
 HOSTS_PER_ADDRESS = 6
+# The "many-mx" scenario (issue 21): one domain listing hundreds of MX hosts on few addresses.
+MANY_MX_HOSTS = 300
+MANY_MX_ADDRESSES = 3
 PROVIDER_MAX_ADDRESSES = 8  # per MX host
 SOA_TIMERS = "3600 600 86400 300"
 
@@ -141,7 +145,7 @@ def infra(block: int) -> dict[str, str]:
 
 
 def catalogue(ipv6: bool) -> list[str]:
-    names = [s for s, sc in SCENARIOS.items() if ipv6 or not sc.needs_ipv6]
+    names = [s for s, sc in SCENARIOS.items() if sc.catalogue and (ipv6 or not sc.needs_ipv6)]
     return names + list(PROVIDER_SCENARIOS)
 
 
@@ -538,6 +542,8 @@ class _Builder:
             z.append(Record(target, "A", a))
             z.append(_TlsaRef(f"_25._tcp.{base}", sc.tlsa, target))
             return [host_entry(alias, [a], sc.host_tlsa, base, 10)]
+        if sc.mx == "many":
+            return self._many_mx(sc, origin, d.tld, z, host_entry)
         host = f"mx.{origin}"
         a = place(host)
         z.append(Record(origin, "MX", f"10 {host}"))
@@ -553,6 +559,39 @@ class _Builder:
         elif sc.tlsa:
             z.append(_TlsaRef(f"_25._tcp.{host}", sc.tlsa, host))
         return [host_entry(host, addrs, sc.host_tlsa, host, 10)]
+
+    def _many_mx(
+        self,
+        sc: scenarios.Scenario,
+        origin: str,
+        tld: str,
+        z: list[Record | _TlsaRef],
+        host_entry: Callable[[str, list[str], str, str, int], dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """MANY_MX_HOSTS hosts, each with its own TLSA RRset (so each gets its own SNI), spread
+        round-robin over MANY_MX_ADDRESSES addresses of their own that share one key.
+
+        The hosts live in a signed zone of their own on another server: had the MX answer
+        carried their addresses as additional data, Unbound would check hundreds of
+        signatures for it, past its per-query validation budget (the KeyTrap limits).
+        """
+        sub, ns_sub = f"hosts.{origin}", f"ns-sub.nic.{tld}."
+        hz = self.zone(sub, "subs", Signing(self.algorithm(sub), sub), ns_sub)
+        self.delegate(origin, sub, ns_sub, True)
+        n = len(self.addrs)
+        cert = self._new_cert(sc.chain, f"many-{n}", n)
+        cert.names.append(f"mx000.{sub}")  # DANE-EE (§3.1.1): names are not checked
+        addrs = [self._new_addr(sc.behaviour, cert, 0.0) for _ in range(MANY_MX_ADDRESSES)]
+        hosts = []
+        for i in range(MANY_MX_HOSTS):
+            host, a, pref = f"mx{i:03d}.{sub}", addrs[i % len(addrs)], 10 + i
+            a.hosts.append(host)
+            self.host_cert[host] = cert
+            z.append(Record(origin, "MX", f"{pref} {host}"))
+            hz.append(Record(host, "A", a.address))
+            hz.append(_TlsaRef(f"_25._tcp.{host}", sc.tlsa, host))
+            hosts.append(host_entry(host, [a.address], sc.host_tlsa, host, pref))
+        return hosts
 
     def _expect(
         self, entry: dict[str, Any], e: scenarios.Expect, hosts: list[dict[str, Any]]

@@ -198,3 +198,22 @@ def test_a_failed_start_never_leaves_a_scan_running(
     with engine.connect() as conn:
         statuses = conn.execute(sa.select(schema.scans.c.status)).scalars().all()
     assert statuses == ["failed"]
+
+
+def test_export_refuses_a_scan_that_is_not_complete(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    from scanner.store import db, scans
+
+    url = f"sqlite:///{tmp_path}/e.sqlite"
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    scan_id = scans.create_scan(engine, "half", None, None, "127.0.0.1")
+    out = tmp_path / "out.jsonl"
+    rc, text = run(capsys, "export", "--scan", str(scan_id), "--db", url, "--out", str(out))
+    assert rc == 2 and "running" in text and "--allow-incomplete" in text
+    assert not out.exists()
+    rc, text = run(capsys, "export", "--db", url, "--out", str(out))
+    assert rc == 2 and "no complete scan" in text
+    rc, _ = run(capsys, "export", "--scan", str(scan_id), "--db", url, "--out", str(out),
+                "--allow-incomplete")
+    assert rc == 0 and out.read_text() == ""

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import trio
 from sqlalchemy.engine import Engine
 
 from scanner import verdict
-from scanner.model import SCHEMA_VERSION
-from scanner.store import scans
-from scanner.store.export import ENDPOINT_COLUMNS, HOST_COLUMNS, export
+from scanner.model import SCHEMA_VERSION, DomainVerdict, EndpointStatus, HostVerdict
+from scanner.store import db, scans
+from scanner.store.export import ENDPOINT_COLUMNS, HOST_COLUMNS, NotExportable, export, resolve_scan
 from scanner.store.rows import fingerprint
+from scanner.store.schema import ScanStatus
 from scanner.store.writer import Writer
 from tests import verdict_factory as vf
 from tests.store_helpers import new_scan
@@ -21,11 +27,14 @@ from tests.store_helpers import new_scan
 pytest_plugins = ["tests.conftest_store"]
 
 
-async def _stored(engine: Engine, n: int = 12) -> tuple[int, list[object]]:
+async def _stored(engine: Engine, n: int = 12, *,
+                  finish: bool = True) -> tuple[int, list[DomainVerdict]]:
     scan_id = new_scan(engine)
     batch = vf.sample(n)
     await Writer(engine, scan_id).write(batch)
-    return scan_id, batch  # type: ignore[return-value]
+    if finish:
+        scans.finish_scan(engine, scan_id)
+    return scan_id, batch
 
 
 async def test_domain_jsonl_is_scan_jsonl(engine: Engine) -> None:
@@ -34,7 +43,7 @@ async def test_domain_jsonl_is_scan_jsonl(engine: Engine) -> None:
     assert export(engine, scan_id, "jsonl", "domain", out) == len(batch)
     got = [json.loads(line) for line in out.getvalue().splitlines()]
     # What `scan --jsonl` prints for the same verdicts, through JSON like the CLI does.
-    want = [json.loads(json.dumps(verdict.to_json(v), ensure_ascii=False)) for v in batch]  # type: ignore[arg-type]
+    want = [json.loads(json.dumps(verdict.to_json(v), ensure_ascii=False)) for v in batch]
     for g, w in zip(got, want, strict=True):
         assert g.pop("scan_id") == scan_id
         assert g.pop("schema_version") == SCHEMA_VERSION
@@ -44,7 +53,6 @@ async def test_domain_jsonl_is_scan_jsonl(engine: Engine) -> None:
 
 async def test_latest_means_newest_complete(engine: Engine) -> None:
     scan_id, _ = await _stored(engine, 3)
-    scans.finish_scan(engine, scan_id)
     out = io.StringIO()
     export(engine, "latest", "jsonl", "domain", out)
     assert {json.loads(x)["scan_id"] for x in out.getvalue().splitlines()} == {scan_id}
@@ -68,7 +76,7 @@ async def test_host_and_endpoint_levels(engine: Engine) -> None:
     out = io.StringIO()
     n_hosts = export(engine, scan_id, "jsonl", "host", out)
     hosts = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert n_hosts == sum(len(v.hosts) for v in batch)  # type: ignore[attr-defined]
+    assert n_hosts == sum(len(v.hosts) for v in batch)
     mixed = [h for h in hosts if h["domain"] == "m5.example"]
     assert [h["host"] for h in mixed] == ["mx1.m5.example", "mx2.m5.example"]
     assert mixed[0]["tlsa_count"] == 2 and mixed[0]["tlsa_records"][0].startswith("3 1 1 ")
@@ -80,7 +88,7 @@ async def test_host_and_endpoint_levels(engine: Engine) -> None:
     eps = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert list(eps[0]) == list(ENDPOINT_COLUMNS)
     first = next(e for e in eps if e["domain"] == "d1.example")
-    leaf = batch[0].hosts[0].endpoints[0].chain[0]  # type: ignore[attr-defined]
+    leaf = batch[0].hosts[0].endpoints[0].chain[0]
     assert first["chain"].split(" ")[0] == fingerprint(leaf)
     assert first["dane_authenticated"] == "true" and first["dane_depth"] == "0"
     assert first["dane_usage"] == "3" and first["status"] == "success"
@@ -88,6 +96,92 @@ async def test_host_and_endpoint_levels(engine: Engine) -> None:
     assert plain["dane_authenticated"] == "" and plain["status"] == "no-starttls"
 
 
-def test_unknown_scan_or_level(engine: Engine) -> None:
-    with pytest.raises(ValueError):
-        export(engine, 1, "jsonl", "galaxy", io.StringIO())  # type: ignore[arg-type]
+async def test_unknown_scan_or_level(engine: Engine) -> None:
+    scan_id, _ = await _stored(engine, 2)
+    with pytest.raises(ValueError, match="galaxy"):
+        export(engine, scan_id, "jsonl", "galaxy", io.StringIO())  # type: ignore[arg-type]
+    with pytest.raises(NotExportable, match="no scan 999999"):
+        export(engine, 999_999, "jsonl", "domain", io.StringIO())
+
+
+@pytest.mark.parametrize("status", [s for s in ScanStatus if s is not ScanStatus.COMPLETE])
+async def test_only_complete_scans_unless_allowed(engine: Engine, status: ScanStatus) -> None:
+    scan_id, batch = await _stored(engine, 3, finish=False)
+    if status is not ScanStatus.RUNNING:
+        scans.finish_scan(engine, scan_id, status)
+    with pytest.raises(NotExportable, match=f"scan {scan_id} is {status.value}, not complete"):
+        export(engine, scan_id, "jsonl", "domain", io.StringIO())
+    out = io.StringIO()
+    assert export(engine, scan_id, "jsonl", "domain", out, allow_incomplete=True) == len(batch)
+
+
+async def test_latest_is_in_logical_date_order_after_a_backfill(engine: Engine) -> None:
+    """A ``--date`` backfill of an earlier night, run after a later one, is not "latest"."""
+    made: list[int] = []
+
+    def night(day: dt.date | None, finish: bool = True) -> int:
+        made.append(scans.create_scan(engine, "night", "list.txt", day, None))
+        if finish:
+            scans.finish_scan(engine, made[-1])
+        return made[-1]
+
+    try:
+        later = night(dt.date(2031, 5, 2))
+        backfill = night(dt.date(2031, 5, 1))
+        assert backfill > later  # the backfill has the highest id ...
+        assert scans.latest_complete(engine) == later  # ... the latest night is still this
+        assert resolve_scan(engine, "latest") == later
+        night(dt.date(2031, 5, 3), finish=False)
+        assert scans.latest_complete(engine) == later  # never an unfinished scan
+        again = night(dt.date(2031, 5, 2))
+        assert scans.latest_complete(engine) == again  # one night scanned twice: the later run
+        night(None)  # undated: its night is the UTC day it started, before 2031
+        assert scans.latest_complete(engine) == again
+    finally:
+        for scan_id in made:  # the PostgreSQL database is shared by the session's tests
+            scans.delete_scan(engine, scan_id)
+
+
+async def test_csv_cells_never_start_a_formula(engine: Engine) -> None:
+    scan_id = new_scan(engine)
+    evil = vf.endpoint("192.0.2.50", None, EndpointStatus.NO_STARTTLS, banner="=HYPERLINK(1)",
+                       ehlo=("-cmd", "STARTTLS"))
+    hv = HostVerdict(10, vf.host("mx.formula.example", ("192.0.2.50",), secure=False),
+                        (evil,), (None,), True)
+    batch = [vf.invalid(1, "=1+2"), vf.plaintext(2, "formula.example", hv),
+             vf.invalid(3, "@SUM(A1)"), vf.invalid(4, "+1"), vf.invalid(5, "\tx")]
+    await Writer(engine, scan_id).write(batch)
+    scans.finish_scan(engine, scan_id)
+    out = io.StringIO()
+    export(engine, scan_id, "csv", "domain", out)
+    inputs = [r["input"] for r in csv.DictReader(io.StringIO(out.getvalue()))]
+    assert inputs == ["'=1+2", "formula.example", "'@SUM(A1)", "'+1", "'\tx"]
+    out = io.StringIO()
+    export(engine, scan_id, "csv", "endpoint", out)
+    (ep,) = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert ep["banner"] == "'=HYPERLINK(1)" and ep["ehlo"] == "'-cmd STARTTLS"
+    # JSON is data, not a spreadsheet: it keeps the text as it is.
+    out = io.StringIO()
+    export(engine, scan_id, "jsonl", "domain", out)
+    assert json.loads(out.getvalue().splitlines()[0])["input"] == "=1+2"
+
+
+def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`danescan export … | head -1`: no "Broken pipe", no traceback, exit 0."""
+    url = f"sqlite:///{tmp_path}/pipe.sqlite"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    scan_id = new_scan(engine)
+    trio.run(Writer(engine, scan_id).write, vf.sample(600))  # far more than a pipe buffers
+    scans.finish_scan(engine, scan_id)
+    engine.dispose()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanner.cli", "export", "--db", url, "--scan", str(scan_id)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert json.loads(first)["line"] == 1
+    assert "Broken pipe" not in err and "Traceback" not in err and "Errno" not in err

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy.engine import Engine
 
-from scanner.model import EndpointStatus, HostVerdict
+from scanner.model import EndpointStatus, HostVerdict, Reason
 from scanner.store import StoreUnavailable, db, scans, schema
 from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
@@ -255,3 +255,34 @@ async def test_not_probed_endpoints_and_no_sni(engine: Engine) -> None:
     v = vf.plaintext(1, "nosni.example", HostVerdict(None, facts, (ep,), (None,), False))
     await Writer(engine, scan_id).write([v])
     assert list(iter_verdicts(engine, scan_id)) == [v]
+
+
+async def test_new_facts_round_trip(engine: Engine) -> None:
+    """The MX lookup's RCODE/EDE, internal errors, and what a cost cap left out."""
+    scan_id = new_scan(engine)
+    batch = [vf.bogus(1, "rt-bogus.example"), vf.internal_error(2, "rt-error.example"),
+             vf.capped(3, "rt-capped.example"), vf.dane_valid(4, "rt-valid.example")]
+    await Writer(engine, scan_id).write(batch)
+    assert list(iter_verdicts(engine, scan_id)) == batch
+    # What the caps left out has no facts rows: a host or endpoint's row is one fact per scan.
+    assert count(engine, "mx_hosts", scan_id) == 2  # mx1 of rt-capped and of rt-valid
+    assert count(engine, "endpoints", scan_id) == 2
+    assert count(engine, "dane_results", scan_id) == 3
+
+
+async def test_capped_links_do_not_hide_the_facts_of_the_same_keys(engine: Engine) -> None:
+    """A host or endpoint left out for one domain may be probed for another: its stored facts
+    stay the probed ones, whichever verdict is written first."""
+    from scanner.verdict import capped_endpoint, capped_host
+
+    scan_id = new_scan(engine)
+    real = vf.dane_host("mx.shared.example", "192.0.2.30")
+    ep = real.endpoints[0]
+    cap_ep = capped_endpoint(ep.address, ep.port, ep.sni)
+    first = dataclasses.replace(
+        vf.capped(1, "keys-a.example"),
+        hosts=(HostVerdict(10, real.host, (cap_ep,), (None,), False, Reason.NOT_PROBED_CAP),
+               capped_host(20, "mx.shared.example")))
+    second = vf.dane_valid(2, "keys-b.example", real)
+    await Writer(engine, scan_id).write([first, second])
+    assert list(iter_verdicts(engine, scan_id)) == [first, second]

@@ -26,10 +26,14 @@ from scanner.model import (
 )
 from scanner.verdict import (
     JsonLines,
+    capped_endpoint,
+    capped_host,
     domain_verdict,
     early_verdict,
     endpoint_reason,
     host_verdict,
+    internal_error_verdict,
+    is_capped,
     mx_outcome,
     reference_names,
     to_json,
@@ -38,6 +42,7 @@ from scanner.verdict import (
 S = DnssecStatus.SECURE
 I = DnssecStatus.INSECURE  # noqa: E741
 OK = EndpointStatus.SUCCESS
+CAP = EndpointStatus.NOT_PROBED_CAP
 REC = TlsaRecord(3, 1, 1, bytes(32))
 AUTH = DaneMatch(True, REC, 0)
 NOAUTH = DaneMatch(False, None, None, Reason.TLSA_NO_MATCH, "nothing matched")
@@ -181,6 +186,22 @@ CASES: dict[str, tuple[tuple[HostVerdict, ...], DnssecStatus, Want]] = {
         (host(U, (OK, AUTH), (EndpointStatus.NO_STARTTLS, None)),), S,
         Want(False, True, ALL, False, D.BROKEN, Stage.PLAINTEXT,
              Reason.STARTTLS_NOT_SUPPORTED)),
+    # Cost caps: a domain judged on a subset of its hosts or endpoints is never DANE-valid.
+    "cap: a host beyond the MX cap beside a valid one": (
+        (host(U, (OK, AUTH)), capped_host(20, "mx2.example.net")), S,
+        Want(True, True, PART, False, D.PARTIAL, Stage.DNSSEC, Reason.NOT_PROBED_CAP)),
+    "cap: an endpoint left out of a valid host": (
+        (host(U, (OK, AUTH), (CAP, None)),), S,
+        Want(True, True, ALL, False, D.PARTIAL, Stage.TLSA, Reason.NOT_PROBED_CAP)),
+    "cap: a failure found still breaks": (
+        (host(U, (OK, NOAUTH)), capped_host(20, "mx2.example.net")), S,
+        Want(True, True, PART, False, D.BROKEN, Stage.DNSSEC, Reason.TLSA_NO_MATCH)),
+    "cap: nothing DANE-valid among the probed": (
+        (host(AB, (OK, None)), capped_host(20, "mx2.example.net")), S,
+        Want(True, True, NONE, False, D.NONE, Stage.DNSSEC, Reason.NOT_PROBED_CAP)),
+    "cap: insecure MX names the cap": (
+        (host(INS, (OK, None), (CAP, None)),), I,
+        Want(True, False, NONE, False, D.NONE, Stage.STARTTLS, Reason.NOT_PROBED_CAP)),
 }
 
 
@@ -200,6 +221,63 @@ def test_unreachable() -> None:
     assert v.outcome is Outcome.UNREACHABLE
     assert v.reason is Reason.CONNECTION_REFUSED
     assert (v.starttls, v.dnssec, v.tlsa, v.tlsa_unusable, v.dane, v.stage) == (None,) * 6
+
+
+def test_caps_never_give_dane_valid() -> None:
+    """Whatever the probed hosts show, a capped domain stops below ``dane``."""
+    probed = [host(U, (OK, AUTH)), host(U, (OK, AUTH), (OK, AUTH), name="mx2"),
+              host(AB, (OK, None), name="mx3"), host(UN, (OK, None), name="mx4")]
+    left_out = [capped_host(90, "mx9.example.net"),
+                host(U, (OK, AUTH), (CAP, None), name="mx5")]
+    for hosts in ([*probed[:2], left_out[0]], [probed[0], left_out[1]], [*probed, *left_out]):
+        v = verdict(*hosts)
+        assert v.dane is not DaneStatus.VALID and v.stage is not Stage.DANE
+        assert any(is_capped(h) for h in v.hosts)
+
+
+def test_capped_host_and_endpoint() -> None:
+    h = capped_host(30, "mx3.example.net")
+    assert not h.reachable and h.reason is Reason.NOT_PROBED_CAP and h.endpoints == ()
+    assert h.host.tlsa_status is TlsaStatus.NOT_QUERIED and h.host.addresses == ()
+    ep = capped_endpoint("192.0.2.9", 25, "mx.example.net")
+    assert ep.status is CAP and ep.attempts == 0 and not ep.status.greeted
+    assert endpoint_reason(CAP) is Reason.NOT_PROBED_CAP
+    # Only capped endpoints answer nothing: the domain is unreachable for the cap's reason.
+    v = verdict(host(U, (CAP, None)), capped_host(20, "mx2.example.net"))
+    assert v.outcome is Outcome.UNREACHABLE and v.reason is Reason.NOT_PROBED_CAP
+    assert to_json(v)["mx_hosts"][1] == {
+        "preference": 20, "host": "mx2.example.net", "addresses": [], "address_dnssec": None,
+        "tlsa_base": None, "tlsa_status": "not_queried", "tlsa_records": [], "reachable": False,
+        "reason": "not-probed-cap", "endpoints": []}
+
+
+def test_early_verdict_keeps_the_mx_answer() -> None:
+    lk = Lookup("example.com", "MX", DnssecStatus.BOGUS, "SERVFAIL", ede_code=7,
+                ede_text="signature expired")
+    v = early_verdict("example.com", "example.com", Outcome.BOGUS, Reason.DNSSEC_INVALID,
+                      line=2, mx=lk)
+    assert (v.mx_status, v.mx_rcode, v.mx_ede_code, v.mx_ede_text) == (
+        DnssecStatus.BOGUS, "SERVFAIL", 7, "signature expired")
+    obj = to_json(v)
+    assert (obj["mx_status"], obj["mx_rcode"], obj["mx_ede_code"], obj["mx_ede_text"]) == (
+        "bogus", "SERVFAIL", 7, "signature expired")
+    # An implicit MX's status combines the address lookup: given, it wins over the MX's own.
+    v = early_verdict("example.com", "example.com", Outcome.DNS_FAILURE,
+                      Reason.ADDRESS_LOOKUP_FAILURE, mx=mx(S), mx_status=DnssecStatus.INDETERMINATE)
+    assert v.mx_status is DnssecStatus.INDETERMINATE and v.mx_rcode == "NOERROR"
+    v = domain_verdict("example.com", "example.com", S, [host(U, (OK, AUTH))], implicit_mx=False,
+                       mx=Lookup("example.com", "MX", S, "NOERROR", ede_code=3))
+    assert (v.mx_rcode, v.mx_ede_code, v.mx_ede_text, v.stage) == ("NOERROR", 3, None, Stage.DANE)
+
+
+def test_internal_error_is_its_own_outcome() -> None:
+    v = internal_error_verdict("Example.com", "example.com", KeyError("mx9"), line=4)
+    assert (v.outcome, v.reason, v.error, v.line) == (
+        Outcome.INTERNAL_ERROR, Reason.INTERNAL_ERROR, "KeyError: 'mx9'", 4)
+    assert (v.starttls, v.dnssec, v.tlsa, v.dane, v.stage, v.mx_status) == (None,) * 6
+    assert internal_error_verdict("x", None, RuntimeError()).error == "RuntimeError"
+    obj = to_json(v)
+    assert obj["outcome"] == "internal_error" and obj["error"] == "KeyError: 'mx9'"
 
 
 def test_unreachable_without_addresses() -> None:

@@ -216,3 +216,54 @@ def sample(n: int = 12) -> list[DomainVerdict]:
         lambda i: dane_valid(i, f"s{i}.example", shared),
     ]
     return [makers[(i - 1) % len(makers)](i) for i in range(1, n + 1)]
+
+
+def bogus(line: int, domain: str) -> DomainVerdict:
+    """Decided by the MX lookup alone, which keeps its RCODE and extended DNS error."""
+    return DomainVerdict(
+        input=domain,
+        domain=domain,
+        outcome=Outcome.BOGUS,
+        reason=Reason.DNSSEC_INVALID,
+        mx_status=DnssecStatus.BOGUS,
+        mx_rcode="SERVFAIL",
+        mx_ede_code=7,
+        mx_ede_text="signature expired",
+        line=line,
+    )
+
+
+def internal_error(line: int, domain: str) -> DomainVerdict:
+    return DomainVerdict(
+        input=domain,
+        domain=domain,
+        outcome=Outcome.INTERNAL_ERROR,
+        reason=Reason.INTERNAL_ERROR,
+        error="RuntimeError: boom",
+        line=line,
+    )
+
+
+def capped(line: int, domain: str) -> DomainVerdict:
+    """A DANE host with one endpoint left out by a cap, and a host beyond the MX cap."""
+    from scanner.verdict import capped_endpoint, capped_host
+
+    good = dane_host("mx1." + domain, "192.0.2.20", 10)
+    left_out = capped_endpoint("192.0.2.21", 25, good.host.name)
+    good = HostVerdict(10, good.host, (*good.endpoints, left_out), (*good.dane, None), True)
+    return DomainVerdict(
+        input=domain,
+        domain=domain,
+        outcome=Outcome.OK,
+        starttls=True,
+        dnssec=True,
+        tlsa=TlsaCoverage.PARTIAL,
+        tlsa_unusable=False,
+        dane=DaneStatus.PARTIAL,
+        stage=Stage.DNSSEC,
+        reason=Reason.NOT_PROBED_CAP,
+        mx_status=DnssecStatus.SECURE,
+        mx_rcode="NOERROR",
+        hosts=(good, capped_host(20, "mx2." + domain)),
+        line=line,
+    )

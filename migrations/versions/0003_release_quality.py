@@ -49,7 +49,7 @@ def _set_checks(new: bool) -> None:
 def upgrade() -> None:
     with op.batch_alter_table("domain_results") as batch:
         batch.add_column(sa.Column("mx_rcode", sa.String(16)))
-        batch.add_column(sa.Column("mx_ede_code", sa.SmallInteger()))
+        batch.add_column(sa.Column("mx_ede_code", sa.Integer()))  # 16-bit INFO-CODE
         batch.add_column(sa.Column("mx_ede_text", sa.Text()))
         batch.add_column(sa.Column("error", sa.Text()))
     _set_checks(new=True)

@@ -3,23 +3,27 @@
 Domain level is ``scan --jsonl`` exactly: the stored verdicts are rebuilt and serialised by the
 same ``scanner.verdict.to_json``, plus two provenance keys, ``scan_id`` and ``schema_version``.
 CSV flattens: no ``mx_hosts`` at domain level; host and endpoint levels have their own columns.
-Every row of every level carries ``scan_id`` and ``schema_version``.
+Every row of every level carries ``scan_id`` and ``schema_version``. Only a complete scan is
+exported unless the caller allows otherwise; text cells of CSV never start a formula.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, TextIO
 
 from sqlalchemy.engine import Engine
 
-from scanner import verdict
+from scanner import codec, verdict
+from scanner.csvcell import neutralise
 from scanner.model import SCHEMA_VERSION, DomainVerdict, Outcome
 from scanner.store.read import iter_verdicts
 from scanner.store.rows import fingerprint
-from scanner.store.scans import latest_complete
+from scanner.store.scans import latest_complete, scan_status
+from scanner.store.schema import ScanStatus
 
 Format = Literal["jsonl", "csv"]
 Level = Literal["domain", "host", "endpoint"]
@@ -30,22 +34,34 @@ HOST_COLUMNS = (
     "reachable", "reason", "host_reason",
 )  # fmt: skip
 ENDPOINT_COLUMNS = (
-    "scan_id", "schema_version", "line", "domain", "host", "address", "port", "sni", "family",
-    "status", "banner", "greeting_code", "ehlo", "starttls_offered", "starttls_code",
-    "tls_version", "cipher", "chain", "error", "probed_at", "attempts", "dane_authenticated",
-    "dane_usage", "dane_selector", "dane_mtype", "dane_data", "dane_depth", "dane_reason",
-    "dane_detail",
+    "scan_id", "schema_version", "line", "domain", "host", *codec.ENDPOINT_FIELDS,
+    *(f"dane_{f}" for f in codec.DANE_FIELDS),
 )  # fmt: skip
 
 
-def resolve_scan(engine: Engine, scan: int | str) -> int:
-    """``"latest"`` -> the newest complete scan; otherwise the id itself."""
+class NotExportable(LookupError):
+    """No such scan, or one that is not complete; the message is one line for the user."""
+
+
+def resolve_scan(engine: Engine, scan: int | str, *, allow_incomplete: bool = False) -> int:
+    """``"latest"`` -> the newest complete scan (:func:`latest_complete`); otherwise the id,
+    which must name a complete scan unless ``allow_incomplete``: a running, interrupted,
+    failed or incomplete scan lacks results, and an export must not pass for a whole night."""
     if scan == "latest":
         found = latest_complete(engine)
         if found is None:
-            raise LookupError("no complete scan in the database")
+            raise NotExportable("no complete scan in the database")
         return found
-    return int(scan)
+    scan_id = int(scan)
+    status = scan_status(engine, scan_id)
+    if status is None:
+        raise NotExportable(f"no scan {scan_id}")
+    if status is not ScanStatus.COMPLETE and not allow_incomplete:
+        raise NotExportable(
+            f"scan {scan_id} is {status.value}, not complete; "
+            "export it anyway with --allow-incomplete"
+        )
+    return scan_id
 
 
 def _to_json() -> Callable[[DomainVerdict], dict[str, Any]]:
@@ -97,38 +113,13 @@ def endpoint_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[d
     for v in verdicts:
         for hv in v.hosts:
             for ep, m in zip(hv.endpoints, hv.dane, strict=False):
-                rec = m.record if m is not None else None
-                yield {
-                    "scan_id": scan_id,
-                    "schema_version": SCHEMA_VERSION,
-                    "line": v.line,
-                    "domain": v.domain,
-                    "host": hv.host.name,
-                    "address": ep.address,
-                    "port": ep.port,
-                    "sni": ep.sni,
-                    "family": ep.family,
-                    "status": ep.status.value,
-                    "banner": ep.banner,
-                    "greeting_code": ep.greeting_code,
-                    "ehlo": list(ep.ehlo),
-                    "starttls_offered": ep.starttls_offered,
-                    "starttls_code": ep.starttls_code,
-                    "tls_version": ep.tls_version,
-                    "cipher": ep.cipher,
-                    "chain": [fingerprint(der) for der in ep.chain],
-                    "error": ep.error,
-                    "probed_at": None if ep.probed_at is None else ep.probed_at.isoformat(),
-                    "attempts": ep.attempts,
-                    "dane_authenticated": None if m is None else m.authenticated,
-                    "dane_usage": None if rec is None else rec.usage,
-                    "dane_selector": None if rec is None else rec.selector,
-                    "dane_mtype": None if rec is None else rec.mtype,
-                    "dane_data": None if rec is None else rec.data.hex(),
-                    "dane_depth": None if m is None else m.depth,
-                    "dane_reason": None if m is None else _val(m.reason),
-                    "dane_detail": None if m is None else m.detail,
-                }
+                row = {"scan_id": scan_id, "schema_version": SCHEMA_VERSION, "line": v.line,
+                       "domain": v.domain, "host": hv.host.name}
+                row.update(codec.endpoint_record(ep, [fingerprint(der) for der in ep.chain]))
+                row["probed_at"] = None if ep.probed_at is None else ep.probed_at.isoformat()
+                for f, x in zip(codec.DANE_FIELDS, codec.dane_row(m), strict=True):
+                    row[f"dane_{f}"] = x.hex() if isinstance(x, bytes) else x
+                yield row
 
 
 def _val(x: Any) -> Any:
@@ -141,7 +132,9 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
-        return " ".join(str(x) for x in value)  # addresses, EHLO keywords, fingerprints
+        value = " ".join(str(x) for x in value)  # addresses, EHLO keywords, fingerprints
+    if isinstance(value, str):
+        return neutralise(value)
     return value
 
 
@@ -151,9 +144,15 @@ def export(
     format: Format,
     level: Level,
     out: TextIO,
+    *,
+    allow_incomplete: bool = False,
 ) -> int:
-    """Write scan ``scan`` (an id or ``"latest"``) to ``out``; returns the number of rows."""
-    scan_id = resolve_scan(engine, scan)
+    """Write scan ``scan`` (an id or ``"latest"``) to ``out``; returns the number of rows.
+
+    A reader that stops early (``export … | head``) ends the export quietly: the rows
+    written until then are counted.
+    """
+    scan_id = resolve_scan(engine, scan, allow_incomplete=allow_incomplete)
     verdicts = iter_verdicts(engine, scan_id)
     if level == "domain":
         rows = domain_rows(verdicts, scan_id)
@@ -164,17 +163,35 @@ def export(
         rows, columns = endpoint_rows(verdicts, scan_id), list(ENDPOINT_COLUMNS)
     else:
         raise ValueError(f"unknown level {level!r}")
-    n = 0
-    if format == "jsonl":
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    elif format == "csv":
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(columns)
-        for row in rows:
-            w.writerow([_csv_cell(row.get(c)) for c in columns])
-            n += 1
-    else:
+    if format not in ("jsonl", "csv"):
         raise ValueError(f"unknown format {format!r}")
+    n = 0
+    try:
+        if format == "jsonl":
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        else:
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(columns)
+            for row in rows:
+                w.writerow([_csv_cell(row.get(c)) for c in columns])
+                n += 1
+        out.flush()
+    except BrokenPipeError:
+        _discard_rest(out)
     return n
+
+
+def _discard_rest(out: TextIO) -> None:
+    """The reader went away: point the descriptor at /dev/null, so the flush at close (and at
+    interpreter exit) does not fail again (the Python docs' note on SIGPIPE)."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

@@ -14,25 +14,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from scanner import codec
 from scanner.model import (
     DaneMatch,
-    DaneStatus,
-    DnssecStatus,
     DomainVerdict,
     EndpointFacts,
-    EndpointStatus,
     HostFacts,
     HostVerdict,
-    Lookup,
-    Outcome,
     Reason,
-    Stage,
-    TlsaCoverage,
     TlsaRecord,
-    TlsaStatus,
 )
 from scanner.store import schema as s
-from scanner.store.rows import utc
+from scanner.verdict import capped_endpoint, capped_host
+
+_CAP = Reason.NOT_PROBED_CAP.value
 
 IN_CHUNK = 500  # keeps IN lists well under SQLite's and PostgreSQL's parameter limits
 
@@ -40,26 +35,6 @@ IN_CHUNK = 500  # keeps IN lists well under SQLite's and PostgreSQL's parameter 
 def _json(value: Any) -> Any:
     # JSON columns come back decoded; tolerate text (e.g. a JSON column read through raw SQL).
     return json.loads(value) if isinstance(value, str) else value
-
-
-def _lookup(value: Any) -> Lookup | None:
-    d = _json(value)
-    if d is None:
-        return None
-    return Lookup(
-        qname=d["qname"],
-        rdtype=d["rdtype"],
-        status=DnssecStatus(d["status"]),
-        rcode=d["rcode"],
-        records=tuple(d["records"]),
-        cname_chain=tuple(d["cname_chain"]),
-        ede_code=d["ede_code"],
-        ede_text=d["ede_text"],
-    )
-
-
-def _enum[E](cls: type[E], value: str | None) -> E | None:
-    return None if value is None else cls(value)  # type: ignore[call-arg]
 
 
 def _chunks[T](items: Sequence[T], n: int = IN_CHUNK) -> Iterator[Sequence[T]]:
@@ -102,8 +77,9 @@ class VerdictReader:
         lo, hi = rows[0].line, rows[-1].line
         links = self._links(lo, hi)
         dane = self._dane(lo, hi)
-        self._load_hosts({r.host_name for ls in links.values() for r in ls})
-        self._load_endpoints({(r.address, r.port, r.sni) for ds in dane.values() for r in ds})
+        self._load_hosts({r.host_name for ls in links.values() for r in ls if r.reason != _CAP})
+        self._load_endpoints({(r.address, r.port, r.sni) for ds in dane.values() for r in ds
+                              if not _capped(r)})
         return [self._verdict(r, links.get(r.line, []), dane) for r in rows]
 
     def _links(self, lo: int, hi: int) -> dict[int, list[Any]]:
@@ -137,23 +113,12 @@ class VerdictReader:
                 .where(tr.c.scan_id == self.scan_id, tr.c.host_name.in_(part))
                 .order_by(tr.c.host_name, tr.c.ordinal)
             ):
-                records.setdefault(r.host_name, []).append(
-                    TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.data))
-                )
+                records.setdefault(r.host_name, []).append(codec.tlsa_from_record(r._mapping))
             for r in self.conn.execute(
                 sa.select(h).where(h.c.scan_id == self.scan_id, h.c.name.in_(part))
             ):
-                self.hosts.data[r.name] = HostFacts(
-                    name=r.name,
-                    a=_lookup(r.a_lookup),
-                    aaaa=_lookup(r.aaaa_lookup),
-                    address_status=_enum(DnssecStatus, r.address_status),
-                    tlsa_base=r.tlsa_base,
-                    tlsa_status=TlsaStatus(r.tlsa_status),
-                    tlsa_records=tuple(records.get(r.name, ())),
-                    tlsa_lookup=_lookup(r.tlsa_lookup),
-                    reason=_enum(Reason, r.reason),
-                )
+                self.hosts.data[r.name] = codec.host_from_record(
+                    r._mapping, records.get(r.name, ()))
 
     def _load_endpoints(self, keys: set[tuple[str, int, str]]) -> None:
         e = s.endpoints
@@ -170,23 +135,9 @@ class VerdictReader:
         fps = {fp for r in found for fp in _json(r.chain)}
         self._load_certs(fps)
         for r in found:
-            self.endpoints.data[(r.address, r.port, r.sni)] = EndpointFacts(
-                address=r.address,
-                port=r.port,
-                sni=r.sni or None,
-                status=EndpointStatus(r.status),
-                banner=r.banner,
-                greeting_code=r.greeting_code,
-                ehlo=tuple(_json(r.ehlo)),
-                starttls_offered=r.starttls_offered,
-                starttls_code=r.starttls_code,
-                tls_version=r.tls_version,
-                cipher=r.cipher,
-                chain=tuple(self.certs.data[fp] for fp in _json(r.chain)),
-                error=r.error,
-                probed_at=utc(r.probed_at),
-                attempts=r.attempts,
-            )
+            chain = [self.certs.data[fp] for fp in _json(r.chain)]
+            self.endpoints.data[(r.address, r.port, r.sni)] = codec.endpoint_from_record(
+                r._mapping, chain)
 
     def _load_certs(self, fps: set[str]) -> None:
         c = s.certificates
@@ -199,10 +150,19 @@ class VerdictReader:
     ) -> DomainVerdict:
         hosts = []
         for link in links:
-            eps, matches = [], []
-            for d in dane.get((r.line, link.ordinal), []):
+            rows = dane.get((r.line, link.ordinal), [])
+            if link.reason == _CAP and not rows:
+                hosts.append(capped_host(link.preference, link.host_name))
+                continue
+            eps: list[EndpointFacts] = []
+            matches: list[DaneMatch | None] = []
+            for d in rows:
+                if _capped(d):
+                    eps.append(capped_endpoint(d.address, d.port, d.sni or None))
+                    matches.append(None)
+                    continue
                 eps.append(self.endpoints.data[(d.address, d.port, d.sni)])
-                matches.append(_match(d))
+                matches.append(codec.dane_from_record(d._mapping))
             hosts.append(
                 HostVerdict(
                     preference=link.preference,
@@ -210,40 +170,16 @@ class VerdictReader:
                     endpoints=tuple(eps),
                     dane=tuple(matches),
                     reachable=link.reachable,
-                    reason=_enum(Reason, link.reason),
+                    reason=None if link.reason is None else Reason(link.reason),
                 )
             )
-        return DomainVerdict(
-            input=r.input,
-            domain=r.name,
-            outcome=Outcome(r.outcome),
-            starttls=r.starttls,
-            dnssec=r.dnssec,
-            tlsa=_enum(TlsaCoverage, r.tlsa),
-            tlsa_unusable=r.tlsa_unusable,
-            dane=_enum(DaneStatus, r.dane),
-            stage=_enum(Stage, r.stage),
-            reason=_enum(Reason, r.reason),
-            mx_status=_enum(DnssecStatus, r.mx_status),
-            implicit_mx=r.implicit_mx,
-            hosts=tuple(hosts),
-            line=r.line,
-        )
+        return DomainVerdict(input=r.input, domain=r.name, hosts=tuple(hosts), line=r.line,
+                             **codec.result_fields(r._mapping))
 
 
-def _match(d: Any) -> DaneMatch | None:
-    if d.authenticated is None:
-        return None
-    record = None
-    if d.usage is not None:
-        record = TlsaRecord(d.usage, d.selector, d.mtype, bytes(d.data))
-    return DaneMatch(
-        authenticated=d.authenticated,
-        record=record,
-        depth=d.depth,
-        reason=_enum(Reason, d.reason),
-        detail=d.detail,
-    )
+def _capped(d: Any) -> bool:
+    """A dane_results row of an endpoint a cost cap left out (see scanner.store.rows)."""
+    return d.authenticated is None and d.reason == _CAP
 
 
 def iter_verdicts(engine: Engine, scan_id: int, chunk: int = 2000) -> Iterator[DomainVerdict]:

@@ -21,32 +21,24 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
+from scanner import codec
 from scanner.jsontext import dumps
-from scanner.model import DomainVerdict, EndpointFacts, HostFacts, Lookup
+from scanner.model import DomainVerdict, EndpointFacts, EndpointStatus, HostFacts, Lookup, Reason
 from scanner.store import schema
 
 Row = Sequence[Any]  # a tuple; a list for domain_results (domain_id set late)
 
 # Column orders of the rows built here; checked against the schema at import time.
 DOMAIN_RESULT_COLS = (
-    "scan_id", "line", "domain_id", "shard_no", "input", "outcome", "starttls", "dnssec",
-    "tlsa", "tlsa_unusable", "dane", "stage", "reason", "mx_status", "implicit_mx", "probed_at",
+    "scan_id", "line", "domain_id", "shard_no", "input", *codec.RESULT_FIELDS, "probed_at",
+    *codec.ANSWER_FIELDS,
 )  # fmt: skip
 DOMAIN_MX_COLS = ("scan_id", "line", "ordinal", "host_name", "preference", "reachable", "reason")
-DANE_COLS = (
-    "scan_id", "line", "host_ordinal", "ordinal", "address", "port", "sni", "authenticated",
-    "usage", "selector", "mtype", "data", "depth", "reason", "detail",
-)  # fmt: skip
-MX_HOST_COLS = (
-    "scan_id", "name", "address_status", "addresses", "a_lookup", "aaaa_lookup", "tlsa_base",
-    "tlsa_status", "tlsa_count", "tlsa_lookup", "reachable", "reason",
-)  # fmt: skip
-TLSA_COLS = ("scan_id", "host_name", "ordinal", "usage", "selector", "mtype", "data")
-ENDPOINT_COLS = (
-    "scan_id", "address", "port", "sni", "family", "status", "banner", "greeting_code", "ehlo",
-    "starttls_offered", "starttls_code", "tls_version", "cipher", "chain", "error", "probed_at",
-    "attempts",
-)  # fmt: skip
+DANE_COLS = ("scan_id", "line", "host_ordinal", "ordinal", "address", "port", "sni",
+             *codec.DANE_FIELDS)
+MX_HOST_COLS = ("scan_id", *codec.HOST_FIELDS, "reachable")
+TLSA_COLS = ("scan_id", "host_name", "ordinal", *codec.TLSA_FIELDS)
+ENDPOINT_COLS = ("scan_id", *codec.ENDPOINT_FIELDS)
 CERT_COLS = (
     "sha256", "der", "subject", "issuer", "spki_sha256", "not_before", "not_after", "key_type",
 )  # fmt: skip
@@ -79,6 +71,14 @@ def _check_columns() -> None:
 
 
 _check_columns()
+
+# Columns whose values are JSON: the writer hands them over as text.
+_JSON_COLUMNS = frozenset(
+    (t.name, c.name)
+    for t in schema.metadata.tables.values()
+    for c in t.c
+    if c.type is schema.JSONType
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _DROP = dict.fromkeys([*range(0x20), 0x7F], None)
@@ -125,21 +125,31 @@ def sqlite_ts(value: datetime | None) -> str | None:
     return None if v is None else v.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+# Untrusted text per field (scanner.codec names the field), capped as its column.
+_CAPS = {
+    "records": 65535, "ede_text": schema.ERROR_MAX, "banner": schema.BANNER_MAX,
+    "ehlo": schema.EHLO_LINE_MAX, "tls_version": 16, "cipher": 128, "error": schema.ERROR_MAX,
+    "detail": schema.DETAIL_MAX, "mx_rcode": 16, "mx_ede_text": schema.ERROR_MAX,
+}  # fmt: skip
+
+
+def stored(text: str | None, field: str) -> str | None:
+    """``text`` as the store keeps it: cleaned and capped for its column (default 1024)."""
+    return None if text is None else clean(text, _CAPS.get(field, 1024))
+
+
 def lookup_json(lk: Lookup | None) -> str | None:
-    if lk is None:
-        return None
-    return dumps(
-        {
-            "qname": clean(lk.qname, 1024),
-            "rdtype": lk.rdtype,
-            "status": lk.status.value,
-            "rcode": lk.rcode,
-            "records": [clean(r, 65535) for r in lk.records],
-            "cname_chain": [clean(n, 1024) for n in lk.cname_chain],
-            "ede_code": lk.ede_code,
-            "ede_text": clean(lk.ede_text, schema.ERROR_MAX),
-        }
-    )
+    record = codec.lookup_record(lk, stored)
+    return None if record is None else dumps(record)
+
+
+def _row(table: str, cols: Sequence[str], record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``record`` (a codec record, plus scan_id and the like) as a row of ``table``."""
+    return tuple([
+        dumps(x) if x is not None and (table, c) in _JSON_COLUMNS else x
+        for c in cols
+        for x in (record[c],)
+    ])
 
 
 def fingerprint(der: bytes) -> str:
@@ -273,9 +283,15 @@ _SHARED_KEYS: dict[str, Callable[[Row], Hashable]] = {
 }
 
 
-def _v(x: Any) -> Any:
-    """Enum -> its value (``_value_``: a plain attribute, unlike the ``value`` property)."""
-    return None if x is None else x._value_
+# What a cost cap left out is a link without facts: its domain_mx or dane_results row says
+# ``not-probed-cap``, and no mx_hosts or endpoints row is written, since those tables hold one
+# fact per key for the whole scan and the same host or endpoint may be looked at for another
+# domain within its caps.
+_CAPPED_HOST = Reason.NOT_PROBED_CAP
+_CAPPED_ENDPOINT = EndpointStatus.NOT_PROBED_CAP
+_CAPPED_DANE = tuple(
+    Reason.NOT_PROBED_CAP.value if f == "reason" else None for f in codec.DANE_FIELDS
+)
 
 
 class RowBuilder:
@@ -311,7 +327,8 @@ class RowBuilder:
         ep_keys: dict[int, tuple[str, int, str]] = {}
         seen_hosts: set[str] = set()
         seen_eps: set[tuple[str, int, str]] = set()
-        no_dane = (None,) * 8
+        no_dane = codec.NO_DANE
+        dane_row, result_row, answer_row = codec.dane_row, codec.result_row, codec.answer_row
         for v in batch:
             line = v.line
             if line is None:
@@ -322,7 +339,7 @@ class RowBuilder:
                 name = host_names.get(id(host))
                 if name is None:
                     name = host_names[id(host)] = clean(host.name, 1024) or ""
-                    if name not in seen_hosts:
+                    if name not in seen_hosts and host.reason is not _CAPPED_HOST:
                         seen_hosts.add(name)
                         if (scan_id, name) not in self.hosts:
                             batch_hosts.add(name)
@@ -334,6 +351,11 @@ class RowBuilder:
                 )  # fmt: skip
                 dane = hv.dane
                 for ei, ep in enumerate(hv.endpoints):
+                    if ep.status is _CAPPED_ENDPOINT:
+                        sni = clean(ep.sni, 1024) or ""
+                        dane_results.append(
+                            (scan_id, line, hi, ei, ep.address, ep.port, sni, *_CAPPED_DANE))
+                        continue
                     key = ep_keys.get(id(ep))
                     if key is None:
                         key = ep_keys[id(ep)] = (ep.address, ep.port, clean(ep.sni, 1024) or "")
@@ -346,30 +368,15 @@ class RowBuilder:
                     if probed is not None and (latest is None or probed > latest):
                         latest = probed
                     m = dane[ei] if ei < len(dane) else None
-                    if m is None:
-                        dane_results.append((scan_id, line, hi, ei, *key, *no_dane))
-                    else:
-                        r = m.record
-                        dane_results.append(
-                            (
-                                scan_id, line, hi, ei, *key, m.authenticated,
-                                None if r is None else r.usage,
-                                None if r is None else r.selector,
-                                None if r is None else r.mtype,
-                                None if r is None else r.data,
-                                m.depth, _v(m.reason), clean(m.detail, schema.DETAIL_MAX),
-                            )
-                        )  # fmt: skip
+                    dane_results.append((scan_id, line, hi, ei, *key,
+                                         *(no_dane if m is None else dane_row(m, stored))))
             if v.domain is not None:
                 names.add(v.domain)
             result_names.append(v.domain)
             domain_results.append(
-                [
-                    scan_id, line, None, shard_no, clean_input(v.input), v.outcome._value_,
-                    v.starttls, v.dnssec, _v(v.tlsa), v.tlsa_unusable, _v(v.dane), _v(v.stage),
-                    _v(v.reason), _v(v.mx_status), v.implicit_mx, self.ts(latest or now),
-                ]
-            )  # fmt: skip
+                [scan_id, line, None, shard_no, clean_input(v.input), *result_row(v),
+                 self.ts(latest or now), *answer_row(v, stored)]
+            )
         # Sorted: concurrent writers then take index locks in one order (no deadlock), and new
         # names get ascending ids.
         rs.domain_names = sorted(names)
@@ -379,19 +386,11 @@ class RowBuilder:
         return rs
 
     def _host_rows(self, rs: RowSet, name: str, host: HostFacts, reachable: bool) -> None:
-        rs.tables["mx_hosts"].append(
-            (
-                self.scan_id, name, _v(host.address_status),
-                dumps(list(host.addresses)),
-                lookup_json(host.a), lookup_json(host.aaaa),
-                clean(host.tlsa_base, 1024), host.tlsa_status.value, len(host.tlsa_records),
-                lookup_json(host.tlsa_lookup), reachable, _v(host.reason),
-            )
-        )  # fmt: skip
+        record = codec.host_record(host, stored)
+        record.update(scan_id=self.scan_id, name=name, reachable=reachable)
+        rs.tables["mx_hosts"].append(_row("mx_hosts", MX_HOST_COLS, record))
         for i, r in enumerate(host.tlsa_records):
-            rs.tables["tlsa_records"].append(
-                (self.scan_id, name, i, r.usage, r.selector, r.mtype, r.data)
-            )
+            rs.tables["tlsa_records"].append((self.scan_id, name, i, *codec.tlsa_row(r)))
 
     def _endpoint_rows(
         self, rs: RowSet, ep: EndpointFacts, sni: str, batch_certs: set[str]
@@ -403,13 +402,6 @@ class RowBuilder:
             if fp not in batch_certs and fp not in self.certs:
                 batch_certs.add(fp)
                 rs.tables["certificates"].append(certificate_row(der, self.ts))
-        ehlo = [clean(x, schema.EHLO_LINE_MAX) for x in ep.ehlo[: schema.EHLO_LINES_MAX]]
-        rs.tables["endpoints"].append(
-            (
-                self.scan_id, ep.address, ep.port, sni, ep.family, ep.status.value,
-                clean(ep.banner, schema.BANNER_MAX), ep.greeting_code,
-                dumps(ehlo), ep.starttls_offered, ep.starttls_code,
-                clean(ep.tls_version, 16), clean(ep.cipher, 128), dumps(chain),
-                clean(ep.error, schema.ERROR_MAX), self.ts(ep.probed_at), ep.attempts,
-            )
-        )  # fmt: skip
+        record = codec.endpoint_record(ep, chain, stored, schema.EHLO_LINES_MAX)
+        record.update(scan_id=self.scan_id, sni=sni, probed_at=self.ts(ep.probed_at))
+        rs.tables["endpoints"].append(_row("endpoints", ENDPOINT_COLS, record))

@@ -317,8 +317,38 @@ def latest_unfinished(engine: Engine) -> int | None:
     return _latest(engine, (ScanStatus.RUNNING, ScanStatus.INTERRUPTED))
 
 
+def logical_day(logical_date: dt.date | None, started_at: dt.datetime | None) -> dt.date | None:
+    """A scan's night: its logical date, or the UTC date it started when it was given none."""
+    if logical_date is not None:
+        return logical_date
+    started = utc(started_at)
+    return None if started is None else started.date()
+
+
 def latest_complete(engine: Engine) -> int | None:
-    return _latest(engine, (ScanStatus.COMPLETE,))
+    """What "latest" means everywhere (export, report): the newest complete scan in
+    logical-date order (:func:`logical_day`, then id), so a ``--date`` backfill run after a
+    later night never becomes "latest"."""
+    c = s.scans.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(c.id, c.logical_date, c.started_at).where(
+                c.status == ScanStatus.COMPLETE.value)
+        ).all()
+    if not rows:
+        return None
+    newest = max(rows, key=lambda r: (logical_day(r.logical_date, r.started_at) or dt.date.min,
+                                      r.id))
+    return int(newest.id)
+
+
+def scan_status(engine: Engine, scan_id: int) -> ScanStatus | None:
+    """The scan's status, or None when there is no such scan."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(s.scans.c.status).where(s.scans.c.id == scan_id)
+        ).scalar_one_or_none()
+    return None if found is None else ScanStatus(found)
 
 
 def delete_scan(engine: Engine, scan_id: int) -> None:
@@ -361,14 +391,6 @@ def scan_options(engine: Engine, scan_id: int) -> dict[str, Any]:
     if "resolvers" not in options and row.resolver:
         options["resolvers"] = [r for r in str(row.resolver).split(",") if r]
     return options
-
-
-def scan_status(engine: Engine, scan_id: int) -> ScanStatus | None:
-    with engine.connect() as conn:
-        value = conn.execute(
-            sa.select(s.scans.c.status).where(s.scans.c.id == scan_id)
-        ).scalar_one_or_none()
-    return None if value is None else ScanStatus(value)
 
 
 def lines_to_do(engine: Engine, scan_id: int) -> int:

@@ -159,7 +159,7 @@ domain_results = sa.Table(
     sa.Column("probed_at", Timestamp),
     # The MX lookup's own answer, kept for every outcome it decided (bogus, dns_failure, ...).
     sa.Column("mx_rcode", sa.String(16)),
-    sa.Column("mx_ede_code", sa.SmallInteger),
+    sa.Column("mx_ede_code", sa.Integer),  # RFC 8914 §2: a 16-bit INFO-CODE
     sa.Column("mx_ede_text", sa.Text),
     sa.Column("error", sa.Text),  # internal_error: the exception's type and message
     _in("outcome", Outcome, "outcome"),

@@ -19,7 +19,6 @@ workers); a deadlock or lost connection anyway just retries the round.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,16 +31,8 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 
-from scanner.model import (
-    DnssecStatus,
-    EndpointFacts,
-    EndpointStatus,
-    HostFacts,
-    Lookup,
-    Reason,
-    TlsaRecord,
-    TlsaStatus,
-)
+from scanner import codec
+from scanner.model import EndpointFacts, HostFacts
 from scanner.store.schema import shared_claims as t
 
 log = logging.getLogger(__name__)
@@ -50,64 +41,6 @@ HOST, ENDPOINT = "host", "endpoint"
 ROUND_MAX = 2000  # keys per statement: keeps one round's transaction short
 ANALYZE_FIRST = 1000  # claim rows this worker inserts before its first ANALYZE (then x4)
 Key = tuple[str, str]  # (kind, key)
-
-
-# --- JSON codec for the facts --------------------------------------------------------------------
-
-
-def _lookup_json(lk: Lookup | None) -> dict[str, Any] | None:
-    if lk is None:
-        return None
-    return {"q": lk.qname, "t": lk.rdtype, "s": lk.status.value, "r": lk.rcode,
-            "rec": list(lk.records), "cn": list(lk.cname_chain), "ec": lk.ede_code,
-            "et": lk.ede_text}
-
-
-def _lookup(d: dict[str, Any] | None) -> Lookup | None:
-    if d is None:
-        return None
-    return Lookup(d["q"], d["t"], DnssecStatus(d["s"]), d["r"], tuple(d["rec"]), tuple(d["cn"]),
-                  d["ec"], d["et"])
-
-
-def _enum_value(e: Any) -> str | None:
-    return None if e is None else str(e.value)
-
-
-def host_to_json(h: HostFacts) -> dict[str, Any]:
-    return {"name": h.name, "a": _lookup_json(h.a), "aaaa": _lookup_json(h.aaaa),
-            "as": _enum_value(h.address_status), "base": h.tlsa_base,
-            "ts": h.tlsa_status.value,
-            "tlsa": [[r.usage, r.selector, r.mtype, r.data.hex()] for r in h.tlsa_records],
-            "tl": _lookup_json(h.tlsa_lookup), "reason": _enum_value(h.reason)}
-
-
-def host_from_json(d: dict[str, Any]) -> HostFacts:
-    return HostFacts(
-        d["name"], _lookup(d["a"]), _lookup(d["aaaa"]),
-        None if d["as"] is None else DnssecStatus(d["as"]), d["base"], TlsaStatus(d["ts"]),
-        tuple(TlsaRecord(u, s, m, bytes.fromhex(x)) for u, s, m, x in d["tlsa"]),
-        _lookup(d["tl"]), None if d["reason"] is None else Reason(d["reason"]))
-
-
-def endpoint_to_json(e: EndpointFacts) -> dict[str, Any]:
-    return {"address": e.address, "port": e.port, "sni": e.sni, "status": e.status.value,
-            "banner": e.banner, "gc": e.greeting_code, "ehlo": list(e.ehlo),
-            "so": e.starttls_offered, "sc": e.starttls_code, "tv": e.tls_version,
-            "cipher": e.cipher, "chain": [base64.b64encode(c).decode() for c in e.chain],
-            "error": e.error, "at": None if e.probed_at is None else e.probed_at.isoformat(),
-            "attempts": e.attempts}
-
-
-def endpoint_from_json(d: dict[str, Any]) -> EndpointFacts:
-    return EndpointFacts(
-        address=d["address"], port=d["port"], sni=d["sni"], status=EndpointStatus(d["status"]),
-        banner=d["banner"], greeting_code=d["gc"], ehlo=tuple(d["ehlo"]),
-        starttls_offered=d["so"], starttls_code=d["sc"], tls_version=d["tv"],
-        cipher=d["cipher"], chain=tuple(base64.b64decode(c) for c in d["chain"]),
-        error=d["error"],
-        probed_at=None if d["at"] is None else dt.datetime.fromisoformat(d["at"]),
-        attempts=d["attempts"])
 
 
 def endpoint_key(address: str, sni: str | None) -> str:
@@ -173,12 +106,13 @@ class SharedClaims:
     # -- the pipeline's side -------------------------------------------------------------------
 
     async def host(self, name: str, compute: Callable[[], Awaitable[HostFacts]]) -> HostFacts:
-        return await self._get((HOST, name), compute, host_to_json, host_from_json)
+        return await self._get((HOST, name), compute, codec.host_record, codec.host_from_record)
 
     async def endpoint(self, key: tuple[str, str | None],
                        compute: Callable[[], Awaitable[EndpointFacts]]) -> EndpointFacts:
-        return await self._get((ENDPOINT, endpoint_key(*key)), compute, endpoint_to_json,
-                               endpoint_from_json)
+        # Facts travel as scanner.codec records, the mapping the database rows use too.
+        return await self._get((ENDPOINT, endpoint_key(*key)), compute, codec.endpoint_json,
+                               codec.endpoint_from_json)
 
     async def _get[V](self, key: Key, compute: Callable[[], Awaitable[V]],
                       encode: Callable[[V], Any], decode: Callable[[Any], V]) -> V:

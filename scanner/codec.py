@@ -1,0 +1,320 @@
+"""One mapping per fact type between the model's frozen dataclasses and their stored form.
+
+The stored form of a fact is a *record*: a mapping keyed by the fact's column names in
+``scanner/store/schema.py``, holding plain JSON values. The writer's rows are records in
+column order, the reader rebuilds facts from result rows (mappings with the same keys), and
+the shared probe cache publishes records as JSON; so a fact's fields are named here and in the
+schema, nowhere else. Enum-valued fields are converted by the enums themselves.
+
+Two things differ by medium and are passed in by the caller: where an endpoint's certificate
+chain lives (the cache carries the DER, base64; the database a list of fingerprints into
+``certificates``), and how untrusted text is cleaned before it reaches the database
+(``text(value, field)``: ``scanner.store.rows`` caps each field as its column; the identity
+elsewhere).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+from scanner.model import (
+    DaneMatch,
+    DaneStatus,
+    DnssecStatus,
+    DomainVerdict,
+    EndpointFacts,
+    EndpointStatus,
+    HostFacts,
+    Lookup,
+    Outcome,
+    Reason,
+    Stage,
+    TlsaCoverage,
+    TlsaRecord,
+    TlsaStatus,
+)
+
+Record = dict[str, Any]
+Text = Callable[[str | None, str], str | None]  # (text, field name) -> cleaned text
+
+
+def same(text: str | None, field: str) -> str | None:
+    """The identity cleaner: facts kept as they are (shared cache, JSON)."""
+    return text
+
+
+def _decoded(v: Any) -> Any:
+    # JSON columns come back decoded, except through raw SQL on some backends: accept text.
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def value(e: StrEnum | None) -> str | None:
+    return None if e is None else e._value_
+
+
+def _enum[E: StrEnum](cls: type[E], v: str | None) -> E | None:
+    return None if v is None else cls(v)
+
+
+# -- Lookup (a JSON value inside mx_hosts: a_lookup, aaaa_lookup, tlsa_lookup) ----------------
+
+
+def lookup_record(lk: Lookup | None, text: Text = same) -> Record | None:
+    if lk is None:
+        return None
+    return {
+        "qname": text(lk.qname, "qname"),
+        "rdtype": lk.rdtype,
+        "status": lk.status._value_,
+        "rcode": lk.rcode,
+        "records": [text(r, "records") for r in lk.records],
+        "cname_chain": [text(n, "cname_chain") for n in lk.cname_chain],
+        "ede_code": lk.ede_code,
+        "ede_text": text(lk.ede_text, "ede_text"),
+    }
+
+
+def lookup_from_record(data: Mapping[Any, Any] | str | None) -> Lookup | None:
+    d: Mapping[Any, Any] | None = _decoded(data)
+    if d is None:
+        return None
+    return Lookup(
+        qname=d["qname"],
+        rdtype=d["rdtype"],
+        status=DnssecStatus(d["status"]),
+        rcode=d["rcode"],
+        records=tuple(d["records"]),
+        cname_chain=tuple(d["cname_chain"]),
+        ede_code=d["ede_code"],
+        ede_text=d["ede_text"],
+    )
+
+
+# -- TLSA record (RFC 6698 §2.1): tlsa_records rows, and the contract's JSON ---------------------
+
+TLSA_FIELDS = ("usage", "selector", "mtype", "data")
+
+
+def tlsa_record(r: TlsaRecord) -> Record:
+    """JSON form: the data in hex (docs/verdicts.md)."""
+    return {"usage": r.usage, "selector": r.selector, "mtype": r.mtype, "data": r.data.hex()}
+
+
+def tlsa_from_record(d: Mapping[Any, Any]) -> TlsaRecord:
+    """From the JSON form (data in hex) or a row (data as bytes)."""
+    data = d["data"]
+    return TlsaRecord(d["usage"], d["selector"], d["mtype"],
+                      bytes.fromhex(data) if isinstance(data, str) else bytes(data))
+
+
+def tlsa_row(r: TlsaRecord) -> tuple[int, int, int, bytes]:
+    return (r.usage, r.selector, r.mtype, r.data)
+
+
+# -- MX host (mx_hosts + its tlsa_records) ------------------------------------------------------
+
+
+# ``mx_hosts`` columns a host's facts fill (``reachable`` is a verdict's, set by the writer).
+HOST_FIELDS = (
+    "name", "address_status", "addresses", "a_lookup", "aaaa_lookup", "tlsa_base",
+    "tlsa_status", "tlsa_count", "tlsa_lookup", "reason",
+)  # fmt: skip
+
+
+def host_record(h: HostFacts, text: Text = same) -> Record:
+    """``mx_hosts`` columns that are facts of the host (not ``reachable``, a verdict's), plus
+    its TLSA records in their JSON form."""
+    return {
+        "name": text(h.name, "name"),
+        "address_status": value(h.address_status),
+        "addresses": list(h.addresses),
+        "a_lookup": lookup_record(h.a, text),
+        "aaaa_lookup": lookup_record(h.aaaa, text),
+        "tlsa_base": text(h.tlsa_base, "tlsa_base"),
+        "tlsa_status": h.tlsa_status._value_,
+        "tlsa_count": len(h.tlsa_records),
+        "tlsa_lookup": lookup_record(h.tlsa_lookup, text),
+        "reason": value(h.reason),
+        "tlsa_records": [tlsa_record(r) for r in h.tlsa_records],
+    }
+
+
+def host_from_record(d: Mapping[Any, Any], records: Sequence[TlsaRecord] | None = None
+                     ) -> HostFacts:
+    """From a record, or an ``mx_hosts`` row with its TLSA ``records`` read apart."""
+    if records is None:
+        records = [tlsa_from_record(r) for r in d["tlsa_records"]]
+    return HostFacts(
+        name=d["name"],
+        a=lookup_from_record(d["a_lookup"]),
+        aaaa=lookup_from_record(d["aaaa_lookup"]),
+        address_status=_enum(DnssecStatus, d["address_status"]),
+        tlsa_base=d["tlsa_base"],
+        tlsa_status=TlsaStatus(d["tlsa_status"]),
+        tlsa_records=tuple(records),
+        tlsa_lookup=lookup_from_record(d["tlsa_lookup"]),
+        reason=_enum(Reason, d["reason"]),
+    )
+
+
+# -- endpoint (endpoints) -----------------------------------------------------------------------
+
+
+ENDPOINT_FIELDS = (
+    "address", "port", "sni", "family", "status", "banner", "greeting_code", "ehlo",
+    "starttls_offered", "starttls_code", "tls_version", "cipher", "chain", "error", "probed_at",
+    "attempts",
+)  # fmt: skip
+
+
+def endpoint_record(ep: EndpointFacts, chain: list[str], text: Text = same,
+                    ehlo_lines: int | None = None) -> Record:
+    """``endpoints`` columns; ``chain`` as the medium keeps it (see the module docstring),
+    at most ``ehlo_lines`` EHLO lines. ``sni`` stays None here; the table's key spells no
+    SNI ''."""
+    return {
+        "address": ep.address,
+        "port": ep.port,
+        "sni": text(ep.sni, "sni"),
+        "family": ep.family,
+        "status": ep.status._value_,
+        "banner": text(ep.banner, "banner"),
+        "greeting_code": ep.greeting_code,
+        "ehlo": [text(x, "ehlo") for x in ep.ehlo[:ehlo_lines]],
+        "starttls_offered": ep.starttls_offered,
+        "starttls_code": ep.starttls_code,
+        "tls_version": text(ep.tls_version, "tls_version"),
+        "cipher": text(ep.cipher, "cipher"),
+        "chain": chain,
+        "error": text(ep.error, "error"),
+        "probed_at": ep.probed_at,
+        "attempts": ep.attempts,
+    }
+
+
+def endpoint_from_record(d: Mapping[Any, Any], chain: Sequence[bytes]) -> EndpointFacts:
+    probed = d["probed_at"]
+    if isinstance(probed, str):
+        probed = dt.datetime.fromisoformat(probed)
+    if probed is not None:  # SQLite keeps naive UTC; PostgreSQL answers in its time zone
+        probed = probed.replace(tzinfo=dt.UTC) if probed.tzinfo is None else probed.astimezone(
+            dt.UTC)
+    return EndpointFacts(
+        address=d["address"],
+        port=d["port"],
+        sni=d["sni"] or None,
+        status=EndpointStatus(d["status"]),
+        banner=d["banner"],
+        greeting_code=d["greeting_code"],
+        ehlo=tuple(_decoded(d["ehlo"])),
+        starttls_offered=d["starttls_offered"],
+        starttls_code=d["starttls_code"],
+        tls_version=d["tls_version"],
+        cipher=d["cipher"],
+        chain=tuple(chain),
+        error=d["error"],
+        probed_at=probed,
+        attempts=d["attempts"],
+    )
+
+
+def endpoint_json(ep: EndpointFacts) -> Record:
+    """The shared cache's form: the chain travels as base64 DER, the time as ISO text."""
+    d = endpoint_record(ep, [base64.b64encode(c).decode() for c in ep.chain])
+    d["probed_at"] = None if ep.probed_at is None else ep.probed_at.isoformat()
+    return d
+
+
+def endpoint_from_json(d: Mapping[Any, Any]) -> EndpointFacts:
+    return endpoint_from_record(d, [base64.b64decode(c) for c in d["chain"]])
+
+
+# -- DANE match (dane_results) ------------------------------------------------------------------
+
+DANE_FIELDS = ("authenticated", "usage", "selector", "mtype", "data", "depth", "reason", "detail")
+NO_DANE: tuple[None, ...] = (None,) * len(DANE_FIELDS)
+_NO_RECORD = (None,) * len(TLSA_FIELDS)
+
+
+def dane_row(m: DaneMatch | None, text: Text = same) -> tuple[Any, ...]:
+    """``dane_results`` values in DANE_FIELDS order; all null where DANE did not apply."""
+    if m is None:
+        return NO_DANE
+    r, reason, detail = m.record, m.reason, m.detail
+    return (
+        m.authenticated,
+        *(_NO_RECORD if r is None else (r.usage, r.selector, r.mtype, r.data)),
+        m.depth,
+        None if reason is None else reason._value_,
+        None if detail is None else text(detail, "detail"),
+    )
+
+
+def dane_from_record(d: Mapping[Any, Any]) -> DaneMatch | None:
+    if d["authenticated"] is None:
+        return None
+    return DaneMatch(
+        authenticated=d["authenticated"],
+        record=None if d["usage"] is None else tlsa_from_record(d),
+        depth=d["depth"],
+        reason=_enum(Reason, d["reason"]),
+        detail=d["detail"],
+    )
+
+
+# -- domain result (domain_results) ---------------------------------------------------------------
+
+# The verdict's own columns of domain_results, in the writer's order (after scan_id, line,
+# domain_id, shard_no, input; probed_at is the writer's).
+RESULT_FIELDS = (
+    "outcome", "starttls", "dnssec", "tlsa", "tlsa_unusable", "dane", "stage", "reason",
+    "mx_status", "implicit_mx",
+)  # fmt: skip
+ANSWER_FIELDS = ("mx_rcode", "mx_ede_code", "mx_ede_text", "error")
+
+
+def result_row(v: DomainVerdict) -> tuple[Any, ...]:
+    """Values of RESULT_FIELDS (per domain: the writer's hot path, so spelled out)."""
+    tlsa, dane, stage, reason, mx = v.tlsa, v.dane, v.stage, v.reason, v.mx_status
+    return (
+        v.outcome._value_, v.starttls, v.dnssec, None if tlsa is None else tlsa._value_,
+        v.tlsa_unusable, None if dane is None else dane._value_,
+        None if stage is None else stage._value_, None if reason is None else reason._value_,
+        None if mx is None else mx._value_, v.implicit_mx,
+    )  # fmt: skip
+
+
+def answer_row(v: DomainVerdict, text: Text = same) -> tuple[Any, ...]:
+    """Values of ANSWER_FIELDS: the MX lookup's answer and an internal error's text."""
+    rcode, code, ede, error = v.mx_rcode, v.mx_ede_code, v.mx_ede_text, v.error
+    if code is None and ede is None and error is None:
+        return (None if rcode is None else text(rcode, "mx_rcode"), None, None, None)
+    if code is not None and not -32768 <= code <= 32767:
+        code = None  # EDE codes are 16-bit (RFC 8914 §4; 49152-65535 private use); column signed
+    return (text(rcode, "mx_rcode"), code, text(ede, "mx_ede_text"), text(error, "error"))
+
+
+def result_fields(d: Mapping[Any, Any]) -> Record:
+    """DomainVerdict keyword arguments from a domain_results row (hosts, input, domain and
+    line are the reader's)."""
+    return {
+        "outcome": Outcome(d["outcome"]),
+        "starttls": d["starttls"],
+        "dnssec": d["dnssec"],
+        "tlsa": _enum(TlsaCoverage, d["tlsa"]),
+        "tlsa_unusable": d["tlsa_unusable"],
+        "dane": _enum(DaneStatus, d["dane"]),
+        "stage": _enum(Stage, d["stage"]),
+        "reason": _enum(Reason, d["reason"]),
+        "mx_status": _enum(DnssecStatus, d["mx_status"]),
+        "implicit_mx": d["implicit_mx"],
+        "mx_rcode": d["mx_rcode"],
+        "mx_ede_code": d["mx_ede_code"],
+        "mx_ede_text": d["mx_ede_text"],
+        "error": d["error"],
+    }
