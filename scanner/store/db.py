@@ -185,10 +185,12 @@ def ensure_schema(engine: Engine) -> bool:
     DatabaseBusy when SQLite's lock stays taken for the whole busy timeout.
     """
     try:
+        with engine.connect() as conn:
+            if _has_schema(conn):  # the usual start: no lock to wait for behind a running scan
+                return False
         with engine.begin() as conn:
             _lock_for_schema(conn)
-            names = set(sa.inspect(conn).get_table_names())
-            if "alembic_version" in names or "scans" in names:
+            if _has_schema(conn):
                 return False
             upgrade_connection(conn)
     except OperationalError as exc:
@@ -199,6 +201,11 @@ def ensure_schema(engine: Engine) -> bool:
             ) from None
         raise
     return True
+
+
+def _has_schema(conn: sa.Connection) -> bool:
+    names = set(sa.inspect(conn).get_table_names())
+    return "alembic_version" in names or "scans" in names
 
 
 def _lock_for_schema(conn: sa.Connection) -> None:
