@@ -18,6 +18,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check scanner analysis testbed tests bench migrations
+	$(VENV)/bin/lint-imports
 
 types: setup
 	$(VENV)/bin/mypy

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scanner import batch
+from scanner import run
 from scanner.config import Config, ResolverAddress
 from scanner.store import db, scans
 from testbed import control
@@ -70,9 +70,8 @@ class Site:
         engine = db.make_engine(self.url)
         try:
             db.ensure_schema(engine)
-            scan_id = batch.start_scan(engine, str(world.domains_file), label="nightly",
-                                       logical_date=dt.date.today() - dt.timedelta(days=1),
-                                       config=config)
+            scan_id = run.start_scan(engine, str(world.domains_file), config, label="nightly",
+                                     logical_date=dt.date.today() - dt.timedelta(days=1))
             scans.mark_interrupted(engine, scan_id)
         finally:
             engine.dispose()
@@ -135,7 +134,8 @@ def test_cron_line(
 
 
 def _unit_service(text: str) -> dict[str, list[str]]:
-    section, out = "", {}
+    section = ""
+    out: dict[str, list[str]] = {}
     for line in text.splitlines():
         if line.startswith("["):
             section = line.strip("[]")

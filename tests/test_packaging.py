@@ -52,11 +52,6 @@ def test_a_scanning_command_loads_no_report_stack(tmp_path: Path) -> None:
     assert not [n for n in loaded if n.split(".")[0] in ("pandas", "matplotlib")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scanner/cli.py build_parser imports analysis.cli and testbed.cli (which imports "
-    "testbed.control, world, pki, ...): the lead moves them out of the scanning path",
-)
 def test_a_scanning_command_loads_no_analysis_or_testbed(tmp_path: Path) -> None:
     code = _UPGRADE.format(db=tmp_path / "a.db")
     assert _loaded_after(code) == []
@@ -87,7 +82,6 @@ def test_report_command_requires_its_extra(monkeypatch: pytest.MonkeyPatch) -> N
         extras.require("report", "report", "pandas", "matplotlib")
 
 
-@pytest.mark.xfail(strict=True, reason="scanner/cli.py does not catch MissingExtra yet")
 def test_report_without_its_extra_is_one_line(tmp_path: Path) -> None:
     argv = ["report", "--out", str(tmp_path / "r"), "--db", str(tmp_path / "a.db")]
     code = _NO_REPORT_STACK + f"import scanner.cli\nsys.exit(scanner.cli.main({argv!r}))"

@@ -61,7 +61,6 @@ def test_supported_spellings_still_resolve() -> None:
     assert db.resolve_url("relative/a.db") == "sqlite:///relative/a.db"
 
 
-@pytest.mark.xfail(strict=True, reason="scanner/cli.py does not map DatabaseUrlError to exit 2 yet")
 def test_cli_bad_url_is_a_usage_error(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "scanner.cli", "db", "upgrade", "--db", "mysql://u@127.0.0.1/d"],
