@@ -23,7 +23,7 @@ from scanner.dns import DnsClient, system_resolvers
 from scanner.model import DaneStatus, DomainVerdict, Outcome
 from scanner.pipeline import Scanner, ScanStats, eta_text, run, summary_lines
 from scanner.store.db import StoreUnavailable
-from scanner.targets import TargetsError, read_targets
+from scanner.targets import TargetsError, normalise, read_targets
 from scanner.targets_net import ipv6_reachable
 
 log = logging.getLogger("danescan")
@@ -167,13 +167,18 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 async def open_scanner(config: Config, client: DnsClient, stats: ScanStats) -> Scanner:
-    """Check the resolver validates (§2.1.1 needs it) and probe IPv6 reachability."""
-    validating = await client.validates()
+    """Check the resolver answers and validates (§2.1.1 needs it); probe IPv6 reachability."""
+    checked = await client.check()
+    if not checked.answers:
+        raise UsageError(
+            f"resolver {', '.join(map(str, config.resolvers))} does not answer (no reply to "
+            "the root DNSKEY query); start it or name another with --resolver")
+    validating = checked.validates
     if not validating and not config.insecure_resolver_ok:
         raise UsageError(
             f"resolver {', '.join(map(str, config.resolvers))} does not validate DNSSEC "
-            "(no answer with the AD bit for the root DNSKEY: not validating, or not "
-            "answering); use a validating resolver, or "
+            f"(its answer for the root DNSKEY is {checked.rcode} without the AD bit); use a "
+            "validating resolver, or "
             "--insecure-resolver-ok for a STARTTLS-only survey")
     ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
     return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats)
@@ -501,7 +506,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 async def check_one(config: Config, raw: str) -> tuple[DomainVerdict, Scanner]:
     async with DnsClient.open(config) as client:
-        scanner = await open_scanner(config, client, ScanStats())
+        if normalise(raw)[0] is None:  # no domain to ask the resolver about
+            scanner = Scanner(config, client, validating=config.insecure_resolver_ok)
+        else:
+            scanner = await open_scanner(config, client, ScanStats())
         return await scanner.scan_domain(1, raw), scanner
 
 
