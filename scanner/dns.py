@@ -309,9 +309,9 @@ class DnsClient:
             async with trio.open_nursery() as nursery:
                 for group in client._channels:
                     for chan in group:
-                        nursery.start_soon(chan.endpoint.serve,
-                                           functools.partial(client._dispatch, chan),
-                                           client._suspect)
+                        await nursery.start(chan.endpoint.serve,
+                                            functools.partial(client._dispatch, chan),
+                                            client._suspect)
                 client._timeouts = []
                 nursery.start_soon(client._timer)
                 nursery.start_soon(client._monitor)
@@ -376,7 +376,7 @@ class DnsClient:
         while True:
             # Wake-ups rounded up to a 10 ms grid: most entries belong to answered queries
             # (stale), and one wake-up per query would cost what a cancel scope does.
-            deadline = math.ceil(heap[0][0] / _TIMER_GRID) * _TIMER_GRID if heap else math.inf
+            deadline = _on_grid(heap[0][0]) if heap else math.inf
             with trio.CancelScope(deadline=deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
@@ -403,7 +403,7 @@ class DnsClient:
         heapq.heappush(heap, (until, self._timeout_seq, waiter, waiter.generation + 1))
         if until < scope.deadline:
             # Rare: attempt deadlines mostly arrive in order.
-            scope.deadline = math.ceil(until / _TIMER_GRID) * _TIMER_GRID
+            scope.deadline = _on_grid(until)
         await waiter.wait()
 
     async def _rate_wait(self, waiter: _Waiter) -> float:
@@ -714,6 +714,12 @@ class DnsClient:
         if _EDE_DNSSEC.intersection(first.ede_codes):
             return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, None)
         return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
+
+
+def _on_grid(t: float) -> float:
+    """``t`` rounded up to the timer's grid, never below ``t`` (float rounding could put it
+    a hair earlier, and the timer would spin without the clock moving)."""
+    return max(t, math.ceil(t / _TIMER_GRID) * _TIMER_GRID)
 
 
 def _normal(qname: str) -> str:

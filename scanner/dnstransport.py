@@ -27,8 +27,10 @@ class Endpoint(Protocol):
 
     async def wait_writable(self) -> None: ...
 
-    async def serve(self, deliver: Callable[[bytes], None], refused: Callable[[], None]) -> None:
-        """Hand every datagram received to ``deliver``; call ``refused`` on an ICMP error."""
+    async def serve(self, deliver: Callable[[bytes], None], refused: Callable[[], None], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hand every datagram received to ``deliver``; call ``refused`` on an ICMP error.
+        Ready to send once ``task_status.started()`` is called."""
 
     def close(self) -> None: ...
 
@@ -60,8 +62,10 @@ class UdpEndpoint:
     async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self.sock)
 
-    async def serve(self, deliver: Callable[[bytes], None], refused: Callable[[], None]) -> None:
+    async def serve(self, deliver: Callable[[bytes], None], refused: Callable[[], None], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = self.sock
+        task_status.started()
         # One reused buffer, each datagram copied out at its size: a fresh 64 KiB buffer per
         # answer fragments the C heap over a long scan.
         buffer = bytearray(65535)

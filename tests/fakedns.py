@@ -312,10 +312,12 @@ class VirtualEndpoint:
     async def wait_writable(self) -> None:
         await trio.lowlevel.checkpoint()
 
-    async def serve(self, deliver: Callable[[bytes], None], refused: Callable[[], None]) -> None:
+    async def serve(self, deliver: Callable[[bytes], None], refused: Callable[[], None], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._deliver, self._refused = deliver, refused
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            task_status.started()
             await trio.sleep_forever()
 
     def close(self) -> None:
