@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import struct
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -277,8 +278,11 @@ class DnsClient:
         # input format of dnsperf: the benchmark replays a scan's exact mix.
         self.query_log: TextIO | None = None
         self._rate = RateSlots(config.dns_rate)
+        # Questions in flight, bounded by the window; tasks waiting for room, first come first
+        # served (a counter and a queue of events: the fast path costs two comparisons).
         self._window = Window()
-        self._slots = trio.CapacityLimiter(self._window.limit)
+        self._in_flight = 0
+        self._room: deque[trio.Event] = deque()
         # Per-attempt timeouts: one heap of (deadline, seq, waiter, generation) served by one
         # timer task instead of a cancel scope per attempt. None until open() starts the
         # timer; without it attempts fall back to trio.move_on_at.
@@ -342,7 +346,7 @@ class DnsClient:
         return DnsState(
             paused_for=None if since is None else now - since,
             window=self._window.limit,
-            in_flight=self._slots.borrowed_tokens,
+            in_flight=self._in_flight,
             rate=self._rate.rate,
             paced=self._rate.binding(now),
             reasked=self.stats.reasked,
@@ -465,23 +469,44 @@ class DnsClient:
         """
         if not self._resumed.is_set():
             await self._resumed.wait()
-        slots = self._slots
-        try:
-            slots.acquire_on_behalf_of_nowait(waiter)
-        except trio.WouldBlock:
-            self.stats.window_waits += 1
-            await slots.acquire_on_behalf_of(waiter)
+        if self._in_flight < self._window.limit and not self._room:
+            self._in_flight += 1
+        else:
+            await self._wait_for_room()
         try:
             epoch = self._epoch
             answer, heard = await self._attempts(question, flags, waiter, pending, sent,
                                                  attempts, paced=True)
             if answer is not None:
-                if self._window.answered():
-                    slots.total_tokens = self._window.limit
+                if self._window.answered() and self._room:
+                    self._hand_over()
                 return answer, False
         finally:
-            slots.release_on_behalf_of(waiter)
+            self._in_flight -= 1
+            if self._room:
+                self._hand_over()
         return None, await self._silence_counts(epoch, heard)
+
+    async def _wait_for_room(self) -> None:
+        """Queue for a place in the window; the place is handed over with the wake-up."""
+        self.stats.window_waits += 1
+        event = trio.Event()
+        self._room.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():  # handed a place while being cancelled: pass it on
+                self._in_flight -= 1
+                self._hand_over()
+            else:
+                self._room.remove(event)
+            raise
+
+    def _hand_over(self) -> None:
+        room = self._room
+        while room and self._in_flight < self._window.limit:
+            self._in_flight += 1
+            room.popleft().set()
 
     async def _silence_counts(self, epoch: int, heard: int) -> bool:
         """A silent round counts against the name only if the resolver was answering through
@@ -561,8 +586,7 @@ class DnsClient:
     def _timed_out(self, sent_at: float) -> None:
         """An attempt went unanswered: a loss for the window, and with nothing heard since
         the last ones, a sign the resolver itself may be silent."""
-        if self._window.timed_out(trio.current_time(), sent_at, self._rto[0].timeout):
-            self._slots.total_tokens = self._window.limit
+        self._window.timed_out(trio.current_time(), sent_at, self._rto[0].timeout)
         if self._heard != self._heard_at_timeout:
             self._heard_at_timeout = self._heard
             self._silent = 0

@@ -133,3 +133,29 @@ def test_silence_becomes_final_after_the_rounds_and_rounds_spread_out() -> None:
     assert [silence_is_final(n) for n in range(SILENT_ROUNDS + 1)] == [
         False] * SILENT_ROUNDS + [True]
     assert [reask_delay(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+
+
+async def test_the_window_bounds_questions_in_flight_and_grows_with_answers(
+        autojump_clock: trio.testing.MockClock) -> None:
+    net = VirtualNet()
+    names = [f"w{i}.example" for i in range(3 * INITIAL_WINDOW)]
+    for name in names:
+        net.fake.add(name, "A", answer(name, delay=1.0))
+    async with DnsClient.open(net.config(dns_timeout=2.0), connect=net.connect) as client:
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(client.lookup, name, "A")
+            await trio.sleep(0.5)
+            assert client.state().in_flight == INITIAL_WINDOW
+            # A task cancelled while it waits for room gives its turn to the next.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await client.lookup("cancelled.example", "A")
+        assert client.stats.window_waits == 2 * INITIAL_WINDOW + 1
+        assert client.state().in_flight == 0
+        assert client.stats.timeouts == 0
+    at = sorted(t for t, _, r in net.sent if r == "A")
+    # Slow start: 64 at once, then each answer lets two more go (128), then the last 64.
+    assert at.count(0.0) == INITIAL_WINDOW
+    assert sum(1 for t in at if t == pytest.approx(1.0)) == 2 * INITIAL_WINDOW
+    assert "cancelled.example" not in {n for _, n, _ in net.sent}
