@@ -29,7 +29,6 @@ import ipaddress
 import logging
 import math
 import random
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -42,11 +41,18 @@ import trio
 
 from scanner.config import Config, ResolverAddress
 from scanner.dnspace import RateSlots, Window, reask_delay, silence_is_final
+from scanner.dnsquery import (
+    Question,
+    authenticated,
+    echoes,
+    query_wire,
+    rcode,
+    response_id,
+    truncated,
+)
 from scanner.dnstransport import Endpoint, UdpEndpoint, tcp_exchange
 from scanner.dnswire import (
     FLAG_AD,
-    FLAG_CD,
-    FLAG_TC,
     Answer,
     WireError,
     encode_name,
@@ -68,12 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_EDNS_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
-_FLAG_RD = 0x0100
-# OPT pseudo-RR (RFC 6891 §6.1.2): root owner, TYPE 41, CLASS = payload size, TTL carries the
-# extended RCODE/version and the DO bit (RFC 3225 §3), no options.
-_OPT_RR = b"\x00" + struct.pack("!HHIH", 41, _EDNS_PAYLOAD, 0x00008000, 0)
-_ROOT_DNSKEY = b"\x00" + struct.pack("!HH", 48, 1)  # the health query: always in its cache
+_ROOT_DNSKEY = Question.make(b"\x00", 48)  # the health query: always in the resolver's cache
 
 # RFC 8914 §4: 6-12 report a DNSSEC validation failure (bogus, signature expired or not yet
 # valid, DNSKEY/RRSIG/NSEC missing, no zone key bit); 22 "No Reachable Authority" and 23
@@ -359,15 +360,9 @@ class DnsClient:
     def _dispatch(self, chan: _Channel, data: bytes) -> None:
         # Accept only a response (QR) to a pending ID that echoes our exact question
         # (RFC 5452 §4.2); anything else is late, spoofed or garbage.
-        if len(data) < 12 or not data[2] & 0x80:
-            self.stats.ignored += 1
-            return
-        entry = chan.pending.get((data[0] << 8) | data[1])
-        if entry is None or data[4:6] != b"\x00\x01":
-            self.stats.ignored += 1
-            return
-        n = len(entry.qname_lower)
-        if data[12 : 12 + n].lower() != entry.qname_lower or data[12 + n : 16 + n] != entry.tail:
+        qid = response_id(data)
+        entry = chan.pending.get(qid) if qid is not None else None
+        if entry is None or not echoes(data, entry.qname_lower, entry.tail):
             self.stats.ignored += 1
             return
         self._heard += 1
@@ -424,21 +419,18 @@ class DnsClient:
 
     # -- asking ------------------------------------------------------------------------------
 
-    async def _ask(self, name: bytes, rdtype: int, cd: bool) -> bytes | None:
+    async def _ask(self, question: Question) -> bytes | None:
         """Ask until the resolver answers; None only when its silence about this question is
         final (:func:`scanner.dnspace.silence_is_final`)."""
-        tail = struct.pack("!HH", rdtype, 1)
-        flags = _FLAG_RD | (FLAG_CD if cd else 0)
         waiter = _Waiter()
-        pending = _Pending(waiter, name.lower(), tail)
+        pending = _Pending(waiter, question.qname.lower(), question.tail)
         sent: list[_Sent] = []
         counted = rounds = 0
         try:
             while True:
                 # The first round retransmits within its deadline; later rounds ask once.
                 attempts = self._config.dns_attempts if not rounds else 1
-                answer, counts = await self._round(name + tail, flags, waiter, pending, sent,
-                                                   attempts)
+                answer, counts = await self._round(question, waiter, pending, sent, attempts)
                 if answer is not None:
                     return answer
                 rounds += 1
@@ -452,7 +444,7 @@ class DnsClient:
                                  + reask_delay(rounds, self._config.dns_timeout))
                 answer = waiter.wire
                 if answer is not None:
-                    if not answer[2] & (FLAG_TC >> 8):
+                    if not truncated(answer):
                         self._observe(answer, sent, late=True)
                         return answer
                     waiter.wire = None  # truncated: the next round goes to TCP
@@ -460,7 +452,7 @@ class DnsClient:
             for chan, qid, _, _ in sent:
                 chan.pending.pop(qid, None)
 
-    async def _round(self, question: bytes, flags: int, waiter: _Waiter, pending: _Pending,
+    async def _round(self, question: Question, waiter: _Waiter, pending: _Pending,
                      sent: list[_Sent], attempts: int) -> tuple[bytes | None, bool]:
         """One round of asking: (answer, False), or (None, whether its silence counts).
 
@@ -475,8 +467,8 @@ class DnsClient:
             await self._wait_for_room()
         try:
             epoch = self._epoch
-            answer, heard = await self._attempts(question, flags, waiter, pending, sent,
-                                                 attempts, paced=True)
+            answer, heard = await self._attempts(question, waiter, pending, sent, attempts,
+                                                 paced=True)
             if answer is not None:
                 if self._window.answered() and self._room:
                     self._hand_over()
@@ -521,7 +513,7 @@ class DnsClient:
         await checked.wait()
         return self._epoch == epoch and self._resumed.is_set()
 
-    async def _attempts(self, question: bytes, flags: int, waiter: _Waiter, pending: _Pending,
+    async def _attempts(self, question: Question, waiter: _Waiter, pending: _Pending,
                         sent: list[_Sent], attempts: int, *, paced: bool
                         ) -> tuple[bytes | None, int]:
         """Send the question until an answer arrives or the round's attempts or deadline run
@@ -552,7 +544,7 @@ class DnsClient:
                 # as good as the answer to this one.
                 chan.pending[qid] = pending
                 sent.append((chan, qid, resolver, now))
-                wire = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1) + question + _OPT_RR
+                wire = query_wire(qid, question)
                 timeout = self._rto[resolver].timeout
                 if await _send(chan.endpoint, wire):
                     self.stats.queries += 1
@@ -573,7 +565,7 @@ class DnsClient:
                     self._timed_out(now)
                 continue
             self._observe(answer, sent)
-            if answer[2] & (FLAG_TC >> 8):
+            if truncated(answer):
                 self.stats.tcp_fallbacks += 1
                 answer = await self._tcp(chan, wire, pending,
                                          min(deadline, trio.current_time() + timeout))
@@ -611,14 +603,8 @@ class DnsClient:
         """RFC 7766 §5: a truncated UDP answer is re-asked over TCP (one connection each)."""
         with trio.move_on_at(until):
             data = await tcp_exchange(chan.address, query)
-            n = len(pending.qname_lower)
-            if (
-                data is not None
-                and len(data) >= 12 + n + 4
-                and data[0:2] == query[0:2]
-                and data[12 : 12 + n].lower() == pending.qname_lower
-                and data[12 + n : 16 + n] == pending.tail
-            ):
+            if (data is not None and response_id(data) is not None and data[:2] == query[:2]
+                    and echoes(data, pending.qname_lower, pending.tail)):
                 return data
             self.stats.ignored += data is not None
         return None
@@ -677,11 +663,11 @@ class DnsClient:
 
     async def _root_dnskey(self, attempts: int) -> bytes | None:
         waiter = _Waiter()
-        pending = _Pending(waiter, b"\x00", _ROOT_DNSKEY[1:])
+        pending = _Pending(waiter, _ROOT_DNSKEY.qname, _ROOT_DNSKEY.tail)
         sent: list[_Sent] = []
         try:
-            answer, _ = await self._attempts(_ROOT_DNSKEY, _FLAG_RD, waiter, pending, sent,
-                                             attempts, paced=False)
+            answer, _ = await self._attempts(_ROOT_DNSKEY, waiter, pending, sent, attempts,
+                                             paced=False)
             return answer
         finally:
             for chan, qid, _, _ in sent:
@@ -695,9 +681,9 @@ class DnsClient:
         wire = await self._root_dnskey(self._config.dns_attempts)
         if wire is None:
             return ResolverCheck(answers=False, validates=False, rcode=None)
-        rcode = wire[3] & 0x0F
-        return ResolverCheck(answers=True, validates=rcode == 0 and bool(wire[3] & FLAG_AD),
-                             rcode=rcode_text(rcode))
+        code = rcode(wire)
+        return ResolverCheck(answers=True, validates=code == 0 and authenticated(wire),
+                             rcode=rcode_text(code))
 
     async def lookup(self, qname: str, rdtype: str) -> Lookup:
         """Ask and classify the answer into the four states of RFC 7672 §2.1.1.
@@ -716,7 +702,7 @@ class DnsClient:
         label = _normal(qname)
         if self.query_log is not None:
             self.query_log.write(f"{label.rstrip('.')}. {rdtype}\n")
-        wire = await self._ask(name, code, False)
+        wire = await self._ask(Question.make(name, code))
         if wire is None:
             return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "TIMEOUT")
         try:
@@ -731,7 +717,7 @@ class DnsClient:
         if rcode != 2 or _EDE_UNREACHABLE.intersection(first.ede_codes):
             return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
         self.stats.cd_requeries += 1
-        cd_wire = await self._ask(name, code, True)
+        cd_wire = await self._ask(Question.make(name, code, cd=True))
         second = _parse_or_none(cd_wire, code, label)
         if second is not None and second.rcode in (0, 3):
             return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, second)
