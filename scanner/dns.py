@@ -18,7 +18,7 @@ unanswered), nothing new is sent and no silence counts; a health query every few
 finds it back, and after ``Config.resolver_outage_limit`` seconds :meth:`DnsClient.open`
 raises :class:`ResolverOutage` (the scan stops, resumable).
 
-:meth:`DnsClient.lookup` parses answers with the small wire reader of :mod:`scanner.dnswire`.
+:mod:`scanner.dnsquery` builds the query and tests each reply, :mod:`scanner.dnswire` reads it.
 """
 
 from __future__ import annotations
