@@ -578,7 +578,7 @@ class DnsClient:
     def _timed_out(self, sent_at: float) -> None:
         """An attempt went unanswered: a loss for the window, and with nothing heard since
         the last ones, a sign the resolver itself may be silent."""
-        self._window.timed_out(trio.current_time(), sent_at, self._rto[0].timeout)
+        self._window.timed_out(trio.current_time(), sent_at)
         if self._heard != self._heard_at_timeout:
             self._heard_at_timeout = self._heard
             self._silent = 0

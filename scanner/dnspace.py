@@ -6,9 +6,9 @@ never ourselves (docs/verdicts.md, "Timeouts"):
 * :class:`Window`: how many questions may wait for an answer at once. Additive increase,
   multiplicative decrease, as TCP's congestion control (RFC 5681 §3.1): slow start doubles
   the window each round trip until the first loss, then it grows by one per window of
-  answers; a loss episode halves it once. A loss is two attempts timing out within one attempt
-  timeout of each other: one slow authority behind the resolver is not overload, a resolver
-  dropping questions from its full request list times many of them out together.
+  answers; a loss episode halves it once. A loss is :data:`LOSS_SHARE` of the recent questions
+  timing out: a few slow authorities behind the resolver are not overload, a resolver dropping
+  questions from its full request list times out a large share of them together.
 * :class:`RateSlots`: the ``--dns-rate`` cap as send slots reserved in order.
 * :func:`silence_is_final`: a question the resolver never answered is a fact about the name only
   after :data:`SILENT_ROUNDS` rounds of asking, spaced by :func:`reask_delay`, each of which
@@ -32,6 +32,8 @@ SILENT_ROUNDS = 3  # rounds of asking, with the resolver answering others, befor
 MIN_WINDOW = 16
 INITIAL_WINDOW = 64
 MAX_WINDOW = 65536
+LOSS_SHARE = 0.1  # of the recent questions, timed out
+_KEEP = 1 - 1 / 64  # moving average over about the last 64 questions settled
 
 
 def reask_delay(rounds_done: int, attempt_timeout: float) -> float:
@@ -48,18 +50,19 @@ def silence_is_final(counted_rounds: int) -> bool:
 class Window:
     """The number of questions allowed in flight at once (AIMD, see the module docstring)."""
 
-    __slots__ = ("_acked", "_last_loss", "_recovery_from", "limit", "losses", "ssthresh")
+    __slots__ = ("_acked", "_loss", "_recovery_from", "limit", "losses", "ssthresh")
 
     def __init__(self, initial: int = INITIAL_WINDOW) -> None:
         self.limit = max(MIN_WINDOW, min(MAX_WINDOW, initial))
         self.ssthresh = math.inf
         self.losses = 0  # loss episodes (window halvings)
         self._acked = 0
-        self._last_loss = -math.inf  # time of the last attempt timeout
+        self._loss = 0.0  # share of recent questions that timed out (moving average)
         self._recovery_from = -math.inf  # timeouts of attempts sent before this are one episode
 
     def answered(self) -> bool:
         """One question answered; True when ``limit`` changed."""
+        self._loss *= _KEEP
         if self.limit >= MAX_WINDOW:
             return False
         if self.limit < self.ssthresh:  # slow start: +1 per answer
@@ -72,15 +75,15 @@ class Window:
             return True
         return False
 
-    def timed_out(self, now: float, sent_at: float, period: float) -> bool:
+    def timed_out(self, now: float, sent_at: float) -> bool:
         """An attempt sent at ``sent_at`` got no answer by ``now``; True when ``limit`` changed.
 
-        ``period`` is the attempt timeout: two timeouts closer than that are a loss episode;
-        timeouts of attempts sent before the last decrease belong to that episode (RFC 6582's
-        recovery point) and do not halve the window again.
+        A loss once the recent share of timeouts reaches LOSS_SHARE. Timeouts of attempts sent
+        before the last decrease belong to that episode (RFC 6582's recovery point) and do not
+        halve the window again.
         """
-        previous, self._last_loss = self._last_loss, now
-        if sent_at < self._recovery_from or now - previous > period:
+        self._loss = self._loss * _KEEP + (1 - _KEEP)
+        if sent_at < self._recovery_from or self._loss < LOSS_SHARE:
             return False
         self.losses += 1
         self.limit = max(MIN_WINDOW, self.limit // 2)

@@ -110,22 +110,43 @@ def test_window_slow_start_then_one_per_window_of_answers() -> None:
     for _ in range(INITIAL_WINDOW):
         assert w.answered()
     assert w.limit == 2 * INITIAL_WINDOW  # doubles per round trip until the first loss
-    assert w.timed_out(5.0, 4.0, period=2.0) is False  # one timeout alone: a slow name
-    assert w.timed_out(5.5, 4.5, period=2.0) is True  # two within a period: a loss
+    # Timeouts in a row: a loss once they are a tenth of the recent questions (the 7th).
+    assert [w.timed_out(5.0 + i / 10, 4.0) for i in range(7)] == [False] * 6 + [True]
     halved = w.limit
     assert halved == INITIAL_WINDOW
     changes = sum(w.answered() for _ in range(halved))
     assert (changes, w.limit) == (1, halved + 1)
 
 
+def test_a_few_slow_names_among_many_answers_are_not_a_loss() -> None:
+    w = Window()
+    for _ in range(200):
+        w.answered()
+    before = w.limit
+    # Slow authorities: a timeout among every ~30 answers, for a long time.
+    for i in range(100):
+        for _ in range(30):
+            w.answered()
+        assert not w.timed_out(10.0 + i, 9.0 + i)
+    assert w.limit > before and w.losses == 0
+    # A resolver dropping a large share: 3 of every 8 questions time out.
+    for i in range(80):
+        if i % 8 < 3:
+            w.timed_out(200.0 + i / 100, 199.0)
+        else:
+            w.answered()
+    assert w.losses == 1  # one episode: those attempts were all sent before the decrease
+
+
 def test_window_halves_once_per_loss_episode_and_never_below_the_floor() -> None:
     w = Window(1024)
-    w.timed_out(1.0, 0.0, period=2.0)
-    assert w.timed_out(1.1, 0.1, period=2.0) and w.limit == 512
+    for i in range(6):
+        w.timed_out(1.0 + i / 100, 0.0)
+    assert w.timed_out(1.1, 0.1) and w.limit == 512
     # Timeouts of attempts sent before the decrease belong to the same episode.
-    assert not w.timed_out(1.2, 0.2, period=2.0) and w.limit == 512
+    assert not w.timed_out(1.2, 0.2) and w.limit == 512
     for t in range(100):
-        w.timed_out(10.0 + t, 9.9 + t, period=2.0)
+        w.timed_out(10.0 + t, 9.9 + t)
     assert w.limit == MIN_WINDOW
 
 
