@@ -576,9 +576,11 @@ class DnsClient:
         return None, heard
 
     def _timed_out(self, sent_at: float) -> None:
-        """An attempt went unanswered: a loss for the window, and with nothing heard since
-        the last ones, a sign the resolver itself may be silent."""
-        self._window.timed_out(trio.current_time(), sent_at)
+        """An attempt went unanswered: a loss for the window (unless the resolver is down:
+        that is no measure of its capacity), and with nothing heard since the last ones, a
+        sign the resolver itself may be silent."""
+        if self._resumed.is_set():
+            self._window.timed_out(trio.current_time(), sent_at)
         if self._heard != self._heard_at_timeout:
             self._heard_at_timeout = self._heard
             self._silent = 0
@@ -652,6 +654,8 @@ class DnsClient:
         self.stats.paused += now - since
         self._paused_since = None
         self._silent = 0
+        # A restarted resolver is a new one: its capacity is measured afresh (slow start).
+        self._window = Window()
         self._resumed.set()
         log.warning("resolver answers again after %.0f s: sending resumed", now - since)
 

@@ -12,6 +12,7 @@ import trio.testing
 
 from scanner.config import Config
 from scanner.dns import DnsClient, ResolverOutage
+from scanner.dnspace import INITIAL_WINDOW
 from scanner.model import DnssecStatus, Lookup
 from tests.fakedns import Reply, VirtualNet
 
@@ -68,6 +69,7 @@ async def test_thirty_seconds_of_silence_then_every_answer_as_if_nothing_happene
         n: expected(n) for n in NAMES}
     assert (stats.outages, stats.timeouts) == (1, 0)
     assert stats.reasked >= len(NAMES)
+    assert client.state().window > INITIAL_WINDOW  # measured afresh, not left at its floor
     assert 20.0 <= stats.paused <= 20.0 + 6.0 + 5.0  # found back by a spaced health query
     assert name_sends(net, paused_at + 0.01, back) == []  # nothing sent into the outage
 
