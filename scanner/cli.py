@@ -381,11 +381,12 @@ def _expected() -> tuple[type[BaseException], ...]:
     """Errors a user should see as one clear line (bugs keep their traceback)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from scanner.dns import ResolverOutage
     from scanner.extras import MissingExtra
     from scanner.store.db import DatabaseBusy, DatabaseUrlError, StoreUnavailable
     from scanner.targets import TargetsError
 
-    return (UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
+    return (ResolverOutage, UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
             KeyboardInterrupt, DatabaseUrlError, DatabaseBusy, MissingExtra)
 
 
@@ -412,10 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(exc: BaseException) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from scanner.dns import ResolverOutage
     from scanner.extras import MissingExtra
     from scanner.store.db import DatabaseBusy, DatabaseUrlError, StoreUnavailable
     from scanner.targets import TargetsError
 
+    if isinstance(exc, ResolverOutage):
+        print(f"danescan: {exc}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     if isinstance(exc, UsageError | DatabaseUrlError | DatabaseBusy | MissingExtra):
         print(f"danescan: {exc}", file=sys.stderr)
         return ExitCode.USAGE
