@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
 
 from scanner.model import (
@@ -143,16 +144,22 @@ HOST_FIELDS = (
 def host_record(h: HostFacts, text: Text = same) -> Record:
     """``mx_hosts`` columns that are facts of the host (not ``reachable``, a verdict's), plus
     its TLSA records in their JSON form."""
+    d = _host_facts(h, text)
+    d["a_lookup"] = lookup_record(h.a, text)
+    d["aaaa_lookup"] = lookup_record(h.aaaa, text)
+    d["tlsa_lookup"] = lookup_record(h.tlsa_lookup, text)
+    return d
+
+
+def _host_facts(h: HostFacts, text: Text) -> Record:
+    """:func:`host_record` short of the raw lookups (flat media and the contract omit them)."""
     return {
         "name": text(h.name, "name"),
         "address_status": value(h.address_status),
         "addresses": list(h.addresses),
-        "a_lookup": lookup_record(h.a, text),
-        "aaaa_lookup": lookup_record(h.aaaa, text),
         "tlsa_base": text(h.tlsa_base, "tlsa_base"),
         "tlsa_status": h.tlsa_status._value_,
         "tlsa_count": len(h.tlsa_records),
-        "tlsa_lookup": lookup_record(h.tlsa_lookup, text),
         "reason": value(h.reason),
         "tlsa_records": [tlsa_record(r) for r in h.tlsa_records],
     }
@@ -186,7 +193,7 @@ HOST_FLAT_FIELDS = (
 
 def host_flat(h: HostFacts) -> Record:
     """Values of HOST_FLAT_FIELDS; TLSA records in presentation form (RFC 6698 §2.2)."""
-    d = host_record(h)
+    d = _host_facts(h, same)
     d["tlsa_records"] = [r.to_text() for r in h.tlsa_records]
     return {f: d[f] for f in HOST_FLAT_FIELDS}
 
@@ -407,8 +414,18 @@ ENDPOINT_CONTRACT = (
 DANE_CONTRACT = ("authenticated", "record", "depth", "reason")
 
 
-def _published(record: Record, keys: tuple[str, ...]) -> Record:
-    return {k: record[_FIELD.get(k, k)] for k in keys}
+def _published(keys: tuple[str, ...], fields: tuple[str, ...] | None = None
+               ) -> Callable[[Any], Record]:
+    """A record (or its values in ``fields`` order) -> the contract's object: ``keys``, in
+    their order."""
+    names = [_FIELD.get(k, k) for k in keys]
+    at = itemgetter(*names if fields is None else map(fields.index, names))
+    return lambda record: dict(zip(keys, at(record), strict=True))
+
+
+_host_published = _published(HOST_CONTRACT)
+_endpoint_published = _published(ENDPOINT_CONTRACT)
+_dane_published = _published(DANE_CONTRACT, (*DANE_FIELDS, "record"))
 
 
 def verdict_contract(v: DomainVerdict, hosts: list[Record]) -> Record:
@@ -423,7 +440,7 @@ def host_contract(hv: HostVerdict) -> Record:
     domain's view of the host, is the published one); the addresses with their family and
     DNSSEC status; the endpoints with their DANE match."""
     h = hv.host
-    record = host_record(h)
+    record = _host_facts(h, same)
     record.update(zip(LINK_FIELDS, link_row(hv), strict=True))
     record["addresses"] = [
         {"address": a, "family": family, "dnssec": lk.status._value_}
@@ -433,7 +450,7 @@ def host_contract(hv: HostVerdict) -> Record:
     ]
     record["endpoints"] = [endpoint_contract(ep, m)
                            for ep, m in zip(hv.endpoints, hv.dane, strict=True)]
-    return _published(record, HOST_CONTRACT)
+    return _host_published(record)
 
 
 _ANSWERED = (DnssecStatus.SECURE, DnssecStatus.INSECURE)
@@ -442,13 +459,12 @@ _ANSWERED = (DnssecStatus.SECURE, DnssecStatus.INSECURE)
 def endpoint_contract(ep: EndpointFacts, m: DaneMatch | None) -> Record:
     record = endpoint_json(ep, [fingerprint(c) for c in ep.chain])
     record["dane"] = dane_contract(m)
-    return _published(record, ENDPOINT_CONTRACT)
+    return _endpoint_published(record)
 
 
 def dane_contract(m: DaneMatch | None) -> Record | None:
     """The match with its TLSA record as one object; null where DANE did not apply."""
     if m is None:
         return None
-    record = dict(zip(DANE_FIELDS, dane_row(m), strict=True))
-    record["record"] = None if m.record is None else tlsa_record(m.record)
-    return _published(record, DANE_CONTRACT)
+    r = m.record
+    return _dane_published((*dane_row(m), None if r is None else tlsa_record(r)))
