@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal, TextIO
 
 from sqlalchemy.engine import Engine
@@ -30,7 +30,8 @@ Level = Literal["domain", "host", "endpoint"]
 # Every row opens with its provenance and place (host and endpoint rows with the host's name);
 # the rest are the facts' record fields (scanner.codec). A host field that shares a link
 # field's name, and every DANE field, is prefixed with its table.
-_FRAME = ("scan_id", "schema_version", "line", "domain")
+_PROVENANCE = ("scan_id", "schema_version")
+_FRAME = (*_PROVENANCE, "line", "domain")
 HOST_COLUMNS = (
     *_FRAME, "host", "ordinal", *codec.LINK_FIELDS,
     *(f"host_{f}" if f in codec.LINK_FIELDS else f for f in codec.HOST_FLAT_FIELDS),
@@ -65,25 +66,17 @@ def resolve_scan(engine: Engine, scan: int | str, *, allow_incomplete: bool = Fa
     return scan_id
 
 
-def _to_json() -> Callable[[DomainVerdict], dict[str, Any]]:
-    # The serialiser of ``scan --jsonl``: one function, so the two outputs cannot drift.
-    return verdict.to_json
-
-
 def domain_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
-    to_json = _to_json()
     for v in verdicts:
-        row = to_json(v)
-        row["scan_id"] = scan_id
-        row["schema_version"] = SCHEMA_VERSION
+        row = verdict.to_json(v)  # the serialiser of ``scan --jsonl``: the two cannot drift
+        row.update(zip(_PROVENANCE, (scan_id, SCHEMA_VERSION), strict=True))
         yield row
 
 
 def domain_csv_columns() -> list[str]:
     """The scalar fields of the contract, in its order (every field is always present)."""
-    template = _to_json()(DomainVerdict(input="", domain=None, outcome=Outcome.INVALID))
-    cols = [k for k, v in template.items() if not isinstance(v, list | dict)]
-    return [*cols, "scan_id", "schema_version"]
+    template = verdict.to_json(DomainVerdict(input="", domain=None, outcome=Outcome.INVALID))
+    return [*(k for k, v in template.items() if not isinstance(v, list | dict)), *_PROVENANCE]
 
 
 def host_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
