@@ -144,7 +144,7 @@ def test_host(h: HostFacts) -> None:
 def test_endpoint(ep: EndpointFacts) -> None:
     assert codec.endpoint_from_json(through_json(codec.endpoint_json(ep))) == ep  # type: ignore[arg-type]
     # A row: the chain as fingerprints (the reader looks the DER up), the time as stored.
-    fps = [rows.fingerprint(der) for der in ep.chain]
+    fps = [codec.fingerprint(der) for der in ep.chain]
     record = codec.endpoint_record(ep, fps)
     row = {**record, "sni": record["sni"] or "", "ehlo": dumps(record["ehlo"]),
            "probed_at": rows.sqlite_ts(ep.probed_at)}
@@ -230,7 +230,7 @@ def test_contract_is_the_record_published(hv: HostVerdict, data: st.DataObject) 
             assert v == record[field], k
     assert [a["address"] for a in obj["addresses"]] == list(hv.host.addresses)
     for ep, m, out in zip(hv.endpoints, dane, obj["endpoints"], strict=True):
-        assert out["chain_sha256"] == [rows.fingerprint(c) for c in ep.chain]
+        assert out["chain_sha256"] == [codec.fingerprint(c) for c in ep.chain]
         assert out == json.loads(dumps(out))
         assert (out["dane"] is None) is (m is None)
         if m is not None and m.record is not None:
