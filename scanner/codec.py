@@ -7,19 +7,25 @@ the shared probe cache publishes records as JSON; so a fact's fields are named h
 schema, nowhere else. Enum-valued fields are converted by the enums themselves.
 
 Two things differ by medium and are passed in by the caller: where an endpoint's certificate
-chain lives (the cache carries the DER, base64; the database a list of fingerprints into
-``certificates``), and how untrusted text is cleaned before it reaches the database
+chain lives (the cache carries the DER, base64; the database, export and the contract a list of
+fingerprints), and how untrusted text is cleaned before it reaches the database
 (``text(value, field)``: ``scanner.store.rows`` caps each field as its column; the identity
 elsewhere).
+
+The verdict contract's JSON (docs/verdicts.md, ``scan --jsonl``) is built here too, from the same
+records: each fact's record projected onto the published keys, in their published order, with
+the one table of names the contract spells differently (:data:`PUBLISHED_AS`).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
 
 from scanner.model import (
@@ -30,6 +36,7 @@ from scanner.model import (
     EndpointFacts,
     EndpointStatus,
     HostFacts,
+    HostVerdict,
     Lookup,
     Outcome,
     Reason,
@@ -59,6 +66,14 @@ def value(e: StrEnum | None) -> str | None:
 
 def _enum[E: StrEnum](cls: type[E], v: str | None) -> E | None:
     return None if v is None else cls(v)
+
+
+_CAP = Reason.NOT_PROBED_CAP._value_  # what a cost cap left out (docs/verdicts.md)
+
+
+def fingerprint(der: bytes) -> str:
+    """A certificate's name in the store and the contract: SHA-256 of its DER, hex."""
+    return hashlib.sha256(der).hexdigest()
 
 
 # -- Lookup (a JSON value inside mx_hosts: a_lookup, aaaa_lookup, tlsa_lookup) ----------------
@@ -129,16 +144,22 @@ HOST_FIELDS = (
 def host_record(h: HostFacts, text: Text = same) -> Record:
     """``mx_hosts`` columns that are facts of the host (not ``reachable``, a verdict's), plus
     its TLSA records in their JSON form."""
+    d = _host_facts(h, text)
+    d["a_lookup"] = lookup_record(h.a, text)
+    d["aaaa_lookup"] = lookup_record(h.aaaa, text)
+    d["tlsa_lookup"] = lookup_record(h.tlsa_lookup, text)
+    return d
+
+
+def _host_facts(h: HostFacts, text: Text) -> Record:
+    """:func:`host_record` short of the raw lookups (flat media and the contract omit them)."""
     return {
         "name": text(h.name, "name"),
         "address_status": value(h.address_status),
         "addresses": list(h.addresses),
-        "a_lookup": lookup_record(h.a, text),
-        "aaaa_lookup": lookup_record(h.aaaa, text),
         "tlsa_base": text(h.tlsa_base, "tlsa_base"),
         "tlsa_status": h.tlsa_status._value_,
         "tlsa_count": len(h.tlsa_records),
-        "tlsa_lookup": lookup_record(h.tlsa_lookup, text),
         "reason": value(h.reason),
         "tlsa_records": [tlsa_record(r) for r in h.tlsa_records],
     }
@@ -160,6 +181,43 @@ def host_from_record(d: Mapping[Any, Any], records: Sequence[TlsaRecord] | None 
         tlsa_lookup=lookup_from_record(d["tlsa_lookup"]),
         reason=_enum(Reason, d["reason"]),
     )
+
+
+# A host's fields in flat media (export's host level, CSV): the raw lookups are left to the
+# database, the name to the caller's frame.
+HOST_FLAT_FIELDS = (
+    *(f for f in HOST_FIELDS if f not in ("name", "a_lookup", "aaaa_lookup", "tlsa_lookup")),
+    "tlsa_records",
+)  # fmt: skip
+
+
+def host_flat(h: HostFacts) -> Record:
+    """Values of HOST_FLAT_FIELDS; TLSA records in presentation form (RFC 6698 §2.2)."""
+    d = _host_facts(h, same)
+    d["tlsa_records"] = [r.to_text() for r in h.tlsa_records]
+    return {f: d[f] for f in HOST_FLAT_FIELDS}
+
+
+# -- MX host as one domain sees it (domain_mx) ----------------------------------------------------
+
+LINK_FIELDS = ("preference", "reachable", "reason")
+
+
+def link_row(hv: HostVerdict) -> tuple[Any, ...]:
+    """Values of LINK_FIELDS: the host's place and judgement in one domain's verdict."""
+    reason = hv.reason
+    return (hv.preference, hv.reachable, None if reason is None else reason._value_)
+
+
+def link_fields(d: Mapping[Any, Any]) -> Record:
+    """HostVerdict keyword arguments from a domain_mx row (host, endpoints and dane apart)."""
+    return {"preference": d["preference"], "reachable": d["reachable"],
+            "reason": _enum(Reason, d["reason"])}
+
+
+def is_capped_link(d: Mapping[Any, Any]) -> bool:
+    """A host a cost cap left out: its link says so, and no mx_hosts row exists (no facts)."""
+    return bool(d["reason"] == _CAP)
 
 
 # -- endpoint (endpoints) -----------------------------------------------------------------------
@@ -223,11 +281,19 @@ def endpoint_from_record(d: Mapping[Any, Any], chain: Sequence[bytes]) -> Endpoi
     )
 
 
-def endpoint_json(ep: EndpointFacts) -> Record:
-    """The shared cache's form: the chain travels as base64 DER, the time as ISO text."""
-    d = endpoint_record(ep, [base64.b64encode(c).decode() for c in ep.chain])
+def endpoint_json(ep: EndpointFacts, chain: list[str] | None = None) -> Record:
+    """The record in JSON values, the time as ISO text; the chain as base64 DER (the shared
+    cache's form) unless given (fingerprints: export and the contract)."""
+    if chain is None:
+        chain = [base64.b64encode(c).decode() for c in ep.chain]
+    d = endpoint_record(ep, chain)
     d["probed_at"] = None if ep.probed_at is None else ep.probed_at.isoformat()
     return d
+
+
+def endpoint_chain(d: Mapping[Any, Any]) -> list[str]:
+    """An ``endpoints`` row's chain: certificate fingerprints, leaf first."""
+    return list(_decoded(d["chain"]))
 
 
 def endpoint_from_json(d: Mapping[Any, Any]) -> EndpointFacts:
@@ -253,6 +319,14 @@ def dane_row(m: DaneMatch | None, text: Text = same) -> tuple[Any, ...]:
         None if reason is None else reason._value_,
         None if detail is None else text(detail, "detail"),
     )
+
+
+# An endpoint a cost cap left out has no endpoints row; its dane_results row says so.
+CAPPED_DANE = tuple(_CAP if f == "reason" else None for f in DANE_FIELDS)
+
+
+def is_capped_dane(d: Mapping[Any, Any]) -> bool:
+    return d["authenticated"] is None and d["reason"] == _CAP
 
 
 def dane_from_record(d: Mapping[Any, Any]) -> DaneMatch | None:
@@ -300,9 +374,11 @@ def answer_row(v: DomainVerdict, text: Text = same) -> tuple[Any, ...]:
 
 
 def result_fields(d: Mapping[Any, Any]) -> Record:
-    """DomainVerdict keyword arguments from a domain_results row (hosts, input, domain and
-    line are the reader's)."""
+    """DomainVerdict keyword arguments from a domain_results row (the domain's name, kept in
+    ``domains``, and its hosts are the reader's)."""
     return {
+        "input": d["input"],
+        "line": d["line"],
         "outcome": Outcome(d["outcome"]),
         "starttls": d["starttls"],
         "dnssec": d["dnssec"],
@@ -318,3 +394,77 @@ def result_fields(d: Mapping[Any, Any]) -> Record:
         "mx_ede_text": d["mx_ede_text"],
         "error": d["error"],
     }
+
+
+# -- the verdict contract's JSON (docs/verdicts.md) ------------------------------------------------
+
+# Published names that differ from the record's field: record field -> published name.
+PUBLISHED_AS = {"name": "host", "address_status": "address_dnssec", "chain": "chain_sha256"}
+_FIELD = {v: k for k, v in PUBLISHED_AS.items()}
+
+DOMAIN_CONTRACT = ("input", "domain", *RESULT_FIELDS, *ANSWER_FIELDS, "line", "mx_hosts")
+HOST_CONTRACT = (
+    "preference", "host", "addresses", "address_dnssec", "tlsa_base", "tlsa_status",
+    "tlsa_records", "reachable", "reason", "endpoints",
+)  # fmt: skip
+ENDPOINT_CONTRACT = (
+    "address", "port", "sni", "status", "banner", "starttls_offered", "tls_version", "cipher",
+    "chain_sha256", "dane", "error", "attempts", "probed_at",
+)  # fmt: skip
+DANE_CONTRACT = ("authenticated", "record", "depth", "reason")
+
+
+def _published(keys: tuple[str, ...], fields: tuple[str, ...] | None = None
+               ) -> Callable[[Any], Record]:
+    """A record (or its values in ``fields`` order) -> the contract's object: ``keys``, in
+    their order."""
+    names = [_FIELD.get(k, k) for k in keys]
+    at = itemgetter(*names if fields is None else map(fields.index, names))
+    return lambda record: dict(zip(keys, at(record), strict=True))
+
+
+_host_published = _published(HOST_CONTRACT)
+_endpoint_published = _published(ENDPOINT_CONTRACT)
+_dane_published = _published(DANE_CONTRACT, (*DANE_FIELDS, "record"))
+
+
+def verdict_contract(v: DomainVerdict, hosts: list[Record]) -> Record:
+    """The contract's object for one input line, ``hosts`` its ``mx_hosts`` (the last key:
+    ``scanner.verdict.JsonLines`` splices their text in)."""
+    return dict(zip(DOMAIN_CONTRACT, (v.input, v.domain, *result_row(v), *answer_row(v),
+                                      v.line, hosts), strict=True))
+
+
+def host_contract(hv: HostVerdict) -> Record:
+    """One ``mx_hosts`` entry: the host's record and its link's (whose ``reason``, the
+    domain's view of the host, is the published one); the addresses with their family and
+    DNSSEC status; the endpoints with their DANE match."""
+    h = hv.host
+    record = _host_facts(h, same)
+    record.update(zip(LINK_FIELDS, link_row(hv), strict=True))
+    record["addresses"] = [
+        {"address": a, "family": family, "dnssec": lk.status._value_}
+        for lk, family in ((h.a, 4), (h.aaaa, 6))
+        if lk is not None and lk.status in _ANSWERED
+        for a in lk.records
+    ]
+    record["endpoints"] = [endpoint_contract(ep, m)
+                           for ep, m in zip(hv.endpoints, hv.dane, strict=True)]
+    return _host_published(record)
+
+
+_ANSWERED = (DnssecStatus.SECURE, DnssecStatus.INSECURE)
+
+
+def endpoint_contract(ep: EndpointFacts, m: DaneMatch | None) -> Record:
+    record = endpoint_json(ep, [fingerprint(c) for c in ep.chain])
+    record["dane"] = dane_contract(m)
+    return _endpoint_published(record)
+
+
+def dane_contract(m: DaneMatch | None) -> Record | None:
+    """The match with its TLSA record as one object; null where DANE did not apply."""
+    if m is None:
+        return None
+    r = m.record
+    return _dane_published((*dane_row(m), None if r is None else tlsa_record(r)))

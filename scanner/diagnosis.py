@@ -3,15 +3,14 @@ posttls-finger and the internet.nl mail test). Pure formatting over the verdict 
 
 from __future__ import annotations
 
-import hashlib
-
 from cryptography import x509
 
+from scanner.codec import fingerprint
 from scanner.model import DaneMatch, DomainVerdict, EndpointFacts, HostVerdict, Outcome
 
 
 def _cert_line(der: bytes) -> str:
-    fp = hashlib.sha256(der).hexdigest()[:16]
+    fp = fingerprint(der)[:16]
     try:
         cert = x509.load_der_x509_certificate(der)
         subject = cert.subject.rfc4514_string() or "(empty subject)"
@@ -64,7 +63,7 @@ def _host(h: HostVerdict) -> list[str]:
     base = f" at _25._tcp.{f.tlsa_base}" if f.tlsa_base else ""
     out.append(f"    TLSA{base}: {f.tlsa_status}")
     for r in f.tlsa_records:
-        out.append(f"      {r.usage} {r.selector} {r.mtype} {r.data.hex()}")
+        out.append(f"      {r.to_text()}")
     for ep, m in zip(h.endpoints, h.dane, strict=True):
         out.extend(_endpoint(ep, m))
     return out

@@ -5,13 +5,11 @@ Nothing here looks anything up; every rule is applied in exactly one place.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from scanner import codec
-from scanner.codec import tlsa_record
 from scanner.jsontext import dumps
 from scanner.model import (
     DaneMatch,
@@ -342,21 +340,9 @@ def reference_names(domain: str, host: str, tlsa_base: str | None) -> tuple[str,
 
 
 def to_json(v: DomainVerdict) -> dict[str, Any]:
-    """The contract's JSON object: every field present, null where it does not apply."""
-    obj = _domain_json(v)
-    obj["mx_hosts"] = [_host_json(h) for h in v.hosts]
-    return obj
-
-
-def _domain_json(v: DomainVerdict) -> dict[str, Any]:
-    """:func:`to_json` up to its last key, ``mx_hosts``: the domain result's stored fields
-    (:mod:`scanner.codec`, so ``--jsonl`` and export cannot disagree), framed by input,
-    domain and line."""
-    return dict(zip(_DOMAIN_KEYS, (v.input, v.domain, *codec.result_row(v),
-                                   *codec.answer_row(v), v.line), strict=True))
-
-
-_DOMAIN_KEYS = ("input", "domain", *codec.RESULT_FIELDS, *codec.ANSWER_FIELDS, "line")
+    """The contract's JSON object (:mod:`scanner.codec`): every field present, null where it
+    does not apply."""
+    return codec.verdict_contract(v, [codec.host_contract(h) for h in v.hosts])
 
 
 class JsonLines:
@@ -366,8 +352,8 @@ class JsonLines:
     host's text (addresses, endpoints, chain digests) is most of a line: it is encoded once
     per object and spliced into each line. Keyed by ``id()``; the entry holds the object, so
     the id cannot be reused while it is cached. ``limit`` bounds the entries (hosts seen once,
-    a self-hosted domain's, would otherwise pile up, ~1.5 KB each); past it the table starts
-    afresh, and a provider's few hosts are encoded again once.
+    a self-hosted domain's, would otherwise pile up); past it the table starts afresh, and a
+    provider's few hosts are encoded again once.
     """
 
     def __init__(self, limit: int = 2_000) -> None:
@@ -375,65 +361,16 @@ class JsonLines:
         self._limit = limit
 
     def line(self, v: DomainVerdict) -> str:
-        head = dumps(_domain_json(v))
+        head = dumps(codec.verdict_contract(v, []))  # ends with the empty hosts list: "[]}"
         hosts = ", ".join(self._host(h) for h in v.hosts)
-        return f"{head[:-1]}, \"mx_hosts\": [{hosts}]}}"
+        return f"{head[:-2]}{hosts}]}}"
 
     def _host(self, h: HostVerdict) -> str:
         known = self._hosts.get(id(h))
         if known is not None and known[0] is h:
             return known[1]
-        text = dumps(_host_json(h))
+        text = dumps(codec.host_contract(h))
         if len(self._hosts) >= self._limit:
             self._hosts.clear()
         self._hosts[id(h)] = (h, text)
         return text
-
-
-def _enum(value: Any) -> str | None:
-    return None if value is None else str(value.value)
-
-
-def _host_json(h: HostVerdict) -> dict[str, Any]:
-    f = h.host
-    addresses: list[dict[str, Any]] = []
-    for lk, family in ((f.a, 4), (f.aaaa, 6)):
-        if lk is not None and lk.status in (DnssecStatus.SECURE, DnssecStatus.INSECURE):
-            addresses.extend(
-                {"address": a, "family": family, "dnssec": lk.status.value} for a in lk.records
-            )
-    return {
-        "preference": h.preference,
-        "host": f.name,
-        "addresses": addresses,
-        "address_dnssec": _enum(f.address_status),
-        "tlsa_base": f.tlsa_base,
-        "tlsa_status": f.tlsa_status.value,
-        "tlsa_records": [tlsa_record(r) for r in f.tlsa_records],
-        "reachable": h.reachable,
-        "reason": _enum(h.reason),
-        "endpoints": [_endpoint_json(ep, m) for ep, m in zip(h.endpoints, h.dane, strict=True)],
-    }
-
-
-def _endpoint_json(ep: EndpointFacts, m: DaneMatch | None) -> dict[str, Any]:
-    return {
-        "address": ep.address,
-        "port": ep.port,
-        "sni": ep.sni,
-        "status": ep.status.value,
-        "banner": ep.banner,
-        "starttls_offered": ep.starttls_offered,
-        "tls_version": ep.tls_version,
-        "cipher": ep.cipher,
-        "chain_sha256": [hashlib.sha256(c).hexdigest() for c in ep.chain],
-        "dane": None if m is None else {
-            "authenticated": m.authenticated,
-            "record": None if m.record is None else tlsa_record(m.record),
-            "depth": m.depth,
-            "reason": _enum(m.reason),
-        },
-        "error": ep.error,
-        "attempts": ep.attempts,
-        "probed_at": None if ep.probed_at is None else ep.probed_at.isoformat(),
-    }

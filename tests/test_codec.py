@@ -19,6 +19,7 @@ from scanner.model import (
     EndpointFacts,
     EndpointStatus,
     HostFacts,
+    HostVerdict,
     Lookup,
     Outcome,
     Reason,
@@ -143,7 +144,7 @@ def test_host(h: HostFacts) -> None:
 def test_endpoint(ep: EndpointFacts) -> None:
     assert codec.endpoint_from_json(through_json(codec.endpoint_json(ep))) == ep  # type: ignore[arg-type]
     # A row: the chain as fingerprints (the reader looks the DER up), the time as stored.
-    fps = [rows.fingerprint(der) for der in ep.chain]
+    fps = [codec.fingerprint(der) for der in ep.chain]
     record = codec.endpoint_record(ep, fps)
     row = {**record, "sni": record["sni"] or "", "ehlo": dumps(record["ehlo"]),
            "probed_at": rows.sqlite_ts(ep.probed_at)}
@@ -164,9 +165,9 @@ def test_dane_match(m: DaneMatch | None) -> None:
 @given(results)
 def test_domain_result(v: DomainVerdict) -> None:
     row = {**dict(zip(codec.RESULT_FIELDS, codec.result_row(v), strict=True)),
-           **dict(zip(codec.ANSWER_FIELDS, codec.answer_row(v), strict=True))}
-    back = DomainVerdict(input=v.input, domain=v.domain, line=v.line,
-                         **codec.result_fields(row))
+           **dict(zip(codec.ANSWER_FIELDS, codec.answer_row(v), strict=True)),
+           "input": v.input, "line": v.line}
+    back = DomainVerdict(domain=v.domain, **codec.result_fields(row))
     assert back == v
     assert set(row) <= set(schema.domain_results.c.keys())
 
@@ -176,3 +177,61 @@ def test_out_of_range_ede_code_is_not_stored() -> None:
     v = DomainVerdict(input="x.example", domain="x.example", outcome=Outcome.BOGUS,
                       mx_ede_code=60000)
     assert codec.answer_row(v)[1] is None
+
+
+links = st.builds(HostVerdict, preference=st.none() | st.integers(0, 65535), host=hosts,
+                  endpoints=st.just(()), dane=st.just(()), reachable=st.booleans(),
+                  reason=st.none() | enum(Reason))
+
+
+@given(links)
+def test_host_link(hv: HostVerdict) -> None:
+    row = dict(zip(codec.LINK_FIELDS, codec.link_row(hv), strict=True))
+    assert HostVerdict(host=hv.host, endpoints=(), dane=(), **codec.link_fields(row)) == hv
+    assert codec.is_capped_link(row) is (hv.reason is Reason.NOT_PROBED_CAP)
+    assert list(schema.domain_mx.c.keys())[-len(codec.LINK_FIELDS):] == list(codec.LINK_FIELDS)
+
+
+def test_capped_dane_row_is_told_apart() -> None:
+    capped = dict(zip(codec.DANE_FIELDS, codec.CAPPED_DANE, strict=True))
+    assert codec.is_capped_dane(capped) and codec.dane_from_record(capped) is None
+    failed = DaneMatch(False, reason=Reason.NOT_PROBED_CAP)
+    assert not codec.is_capped_dane(dict(zip(codec.DANE_FIELDS, codec.dane_row(failed),
+                                             strict=True)))
+
+
+@given(hosts)
+def test_host_flat(h: HostFacts) -> None:
+    flat = codec.host_flat(h)
+    assert tuple(flat) == codec.HOST_FLAT_FIELDS
+    assert flat["tlsa_records"] == [r.to_text() for r in h.tlsa_records]
+    assert all(not isinstance(x, dict) for x in flat.values())  # CSV-ready: no objects
+    assert {k: v for k, v in codec.host_record(h).items() if k in flat and k != "tlsa_records"
+            } == {k: v for k, v in flat.items() if k != "tlsa_records"}
+
+
+@given(st.builds(HostVerdict, preference=st.none() | st.integers(0, 65535), host=hosts,
+                 endpoints=st.lists(endpoints, max_size=2).map(tuple), dane=st.just(()),
+                 reachable=st.booleans(), reason=st.none() | enum(Reason)),
+       st.data())
+def test_contract_is_the_record_published(hv: HostVerdict, data: st.DataObject) -> None:
+    """Every published value is the record's value under its published name, except the
+    documented reshapes (addresses with their status, the DANE match's record, the chain's
+    digests)."""
+    dane = tuple(data.draw(st.none() | matches) for _ in hv.endpoints)
+    hv = HostVerdict(hv.preference, hv.host, hv.endpoints, dane, hv.reachable, hv.reason)
+    obj = codec.host_contract(hv)
+    assert tuple(obj) == codec.HOST_CONTRACT
+    record = {**codec.host_record(hv.host),
+              **dict(zip(codec.LINK_FIELDS, codec.link_row(hv), strict=True))}
+    for k, v in obj.items():
+        field = {p: f for f, p in codec.PUBLISHED_AS.items()}.get(k, k)
+        if field in record and k != "addresses":
+            assert v == record[field], k
+    assert [a["address"] for a in obj["addresses"]] == list(hv.host.addresses)
+    for ep, m, out in zip(hv.endpoints, dane, obj["endpoints"], strict=True):
+        assert out["chain_sha256"] == [codec.fingerprint(c) for c in ep.chain]
+        assert out == json.loads(dumps(out))
+        assert (out["dane"] is None) is (m is None)
+        if m is not None and m.record is not None:
+            assert codec.tlsa_from_record(out["dane"]["record"]) == m.record

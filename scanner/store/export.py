@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal, TextIO
 
 from sqlalchemy.engine import Engine
@@ -21,21 +21,23 @@ from scanner import codec, verdict
 from scanner.csvcell import neutralise
 from scanner.model import SCHEMA_VERSION, DomainVerdict, Outcome
 from scanner.store.read import iter_verdicts
-from scanner.store.rows import fingerprint
 from scanner.store.scans import latest_complete, scan_status
 from scanner.store.schema import ScanStatus
 
 Format = Literal["jsonl", "csv"]
 Level = Literal["domain", "host", "endpoint"]
 
+# Every row opens with its provenance and place (host and endpoint rows with the host's name);
+# the rest are the facts' record fields (scanner.codec). A host field that shares a link
+# field's name, and every DANE field, is prefixed with its table.
+_PROVENANCE = ("scan_id", "schema_version")
+_FRAME = (*_PROVENANCE, "line", "domain")
 HOST_COLUMNS = (
-    "scan_id", "schema_version", "line", "domain", "ordinal", "preference", "host",
-    "address_status", "addresses", "tlsa_base", "tlsa_status", "tlsa_count", "tlsa_records",
-    "reachable", "reason", "host_reason",
+    *_FRAME, "host", "ordinal", *codec.LINK_FIELDS,
+    *(f"host_{f}" if f in codec.LINK_FIELDS else f for f in codec.HOST_FLAT_FIELDS),
 )  # fmt: skip
 ENDPOINT_COLUMNS = (
-    "scan_id", "schema_version", "line", "domain", "host", *codec.ENDPOINT_FIELDS,
-    *(f"dane_{f}" for f in codec.DANE_FIELDS),
+    *_FRAME, "host", *codec.ENDPOINT_FIELDS, *(f"dane_{f}" for f in codec.DANE_FIELDS),
 )  # fmt: skip
 
 
@@ -64,66 +66,36 @@ def resolve_scan(engine: Engine, scan: int | str, *, allow_incomplete: bool = Fa
     return scan_id
 
 
-def _to_json() -> Callable[[DomainVerdict], dict[str, Any]]:
-    # The serialiser of ``scan --jsonl``: one function, so the two outputs cannot drift.
-    return verdict.to_json
-
-
 def domain_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
-    to_json = _to_json()
     for v in verdicts:
-        row = to_json(v)
-        row["scan_id"] = scan_id
-        row["schema_version"] = SCHEMA_VERSION
+        row = verdict.to_json(v)  # the serialiser of ``scan --jsonl``: the two cannot drift
+        row.update(zip(_PROVENANCE, (scan_id, SCHEMA_VERSION), strict=True))
         yield row
 
 
 def domain_csv_columns() -> list[str]:
     """The scalar fields of the contract, in its order (every field is always present)."""
-    template = _to_json()(DomainVerdict(input="", domain=None, outcome=Outcome.INVALID))
-    cols = [k for k, v in template.items() if not isinstance(v, list | dict)]
-    return [*cols, "scan_id", "schema_version"]
+    template = verdict.to_json(DomainVerdict(input="", domain=None, outcome=Outcome.INVALID))
+    return [*(k for k, v in template.items() if not isinstance(v, list | dict)), *_PROVENANCE]
 
 
 def host_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
     for v in verdicts:
         for i, hv in enumerate(v.hosts):
-            h = hv.host
-            yield {
-                "scan_id": scan_id,
-                "schema_version": SCHEMA_VERSION,
-                "line": v.line,
-                "domain": v.domain,
-                "ordinal": i,
-                "preference": hv.preference,
-                "host": h.name,
-                "address_status": _val(h.address_status),
-                "addresses": list(h.addresses),
-                "tlsa_base": h.tlsa_base,
-                "tlsa_status": h.tlsa_status.value,
-                "tlsa_count": len(h.tlsa_records),
-                "tlsa_records": [r.to_text() for r in h.tlsa_records],
-                "reachable": hv.reachable,
-                "reason": _val(hv.reason),
-                "host_reason": _val(h.reason),
-            }
+            values = (scan_id, SCHEMA_VERSION, v.line, v.domain, hv.host.name, i,
+                      *codec.link_row(hv), *codec.host_flat(hv.host).values())
+            yield dict(zip(HOST_COLUMNS, values, strict=True))
 
 
 def endpoint_rows(verdicts: Iterator[DomainVerdict], scan_id: int) -> Iterator[dict[str, Any]]:
     for v in verdicts:
         for hv in v.hosts:
             for ep, m in zip(hv.endpoints, hv.dane, strict=False):
-                row = {"scan_id": scan_id, "schema_version": SCHEMA_VERSION, "line": v.line,
-                       "domain": v.domain, "host": hv.host.name}
-                row.update(codec.endpoint_record(ep, [fingerprint(der) for der in ep.chain]))
-                row["probed_at"] = None if ep.probed_at is None else ep.probed_at.isoformat()
-                for f, x in zip(codec.DANE_FIELDS, codec.dane_row(m), strict=True):
-                    row[f"dane_{f}"] = x.hex() if isinstance(x, bytes) else x
-                yield row
-
-
-def _val(x: Any) -> Any:
-    return None if x is None else getattr(x, "value", x)
+                record = codec.endpoint_json(ep, [codec.fingerprint(der) for der in ep.chain])
+                dane = (x.hex() if isinstance(x, bytes) else x for x in codec.dane_row(m))
+                values = (scan_id, SCHEMA_VERSION, v.line, v.domain, hv.host.name,
+                          *record.values(), *dane)
+                yield dict(zip(ENDPOINT_COLUMNS, values, strict=True))
 
 
 def _csv_cell(value: Any) -> Any:

@@ -7,8 +7,8 @@ kept in bounded caches, since many domains share them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,20 +21,12 @@ from scanner.model import (
     EndpointFacts,
     HostFacts,
     HostVerdict,
-    Reason,
     TlsaRecord,
 )
 from scanner.store import schema as s
 from scanner.verdict import capped_endpoint, capped_host
 
-_CAP = Reason.NOT_PROBED_CAP.value
-
 IN_CHUNK = 500  # keeps IN lists well under SQLite's and PostgreSQL's parameter limits
-
-
-def _json(value: Any) -> Any:
-    # JSON columns come back decoded; tolerate text (e.g. a JSON column read through raw SQL).
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _chunks[T](items: Sequence[T], n: int = IN_CHUNK) -> Iterator[Sequence[T]]:
@@ -77,9 +69,10 @@ class VerdictReader:
         lo, hi = rows[0].line, rows[-1].line
         links = self._links(lo, hi)
         dane = self._dane(lo, hi)
-        self._load_hosts({r.host_name for ls in links.values() for r in ls if r.reason != _CAP})
+        self._load_hosts({r.host_name for ls in links.values() for r in ls
+                          if not codec.is_capped_link(r._mapping)})
         self._load_endpoints({(r.address, r.port, r.sni) for ds in dane.values() for r in ds
-                              if not _capped(r)})
+                              if not codec.is_capped_dane(r._mapping)})
         return [self._verdict(r, links.get(r.line, []), dane) for r in rows]
 
     def _links(self, lo: int, hi: int) -> dict[int, list[Any]]:
@@ -132,10 +125,10 @@ class VerdictReader:
                     )
                 ).all()
             )
-        fps = {fp for r in found for fp in _json(r.chain)}
+        fps = {fp for r in found for fp in codec.endpoint_chain(r._mapping)}
         self._load_certs(fps)
         for r in found:
-            chain = [self.certs.data[fp] for fp in _json(r.chain)]
+            chain = [self.certs.data[fp] for fp in codec.endpoint_chain(r._mapping)]
             self.endpoints.data[(r.address, r.port, r.sni)] = codec.endpoint_from_record(
                 r._mapping, chain)
 
@@ -151,35 +144,22 @@ class VerdictReader:
         hosts = []
         for link in links:
             rows = dane.get((r.line, link.ordinal), [])
-            if link.reason == _CAP and not rows:
-                hosts.append(capped_host(link.preference, link.host_name))
+            fields = codec.link_fields(link._mapping)
+            if codec.is_capped_link(link._mapping) and not rows:
+                hosts.append(replace(capped_host(None, link.host_name), **fields))
                 continue
             eps: list[EndpointFacts] = []
             matches: list[DaneMatch | None] = []
             for d in rows:
-                if _capped(d):
+                if codec.is_capped_dane(d._mapping):
                     eps.append(capped_endpoint(d.address, d.port, d.sni or None))
                     matches.append(None)
                     continue
                 eps.append(self.endpoints.data[(d.address, d.port, d.sni)])
                 matches.append(codec.dane_from_record(d._mapping))
-            hosts.append(
-                HostVerdict(
-                    preference=link.preference,
-                    host=self.hosts.data[link.host_name],
-                    endpoints=tuple(eps),
-                    dane=tuple(matches),
-                    reachable=link.reachable,
-                    reason=None if link.reason is None else Reason(link.reason),
-                )
-            )
-        return DomainVerdict(input=r.input, domain=r.name, hosts=tuple(hosts), line=r.line,
-                             **codec.result_fields(r._mapping))
-
-
-def _capped(d: Any) -> bool:
-    """A dane_results row of an endpoint a cost cap left out (see scanner.store.rows)."""
-    return d.authenticated is None and d.reason == _CAP
+            hosts.append(HostVerdict(host=self.hosts.data[link.host_name], endpoints=tuple(eps),
+                                     dane=tuple(matches), **fields))
+        return DomainVerdict(domain=r.name, hosts=tuple(hosts), **codec.result_fields(r._mapping))
 
 
 def iter_verdicts(engine: Engine, scan_id: int, chunk: int = 2000) -> Iterator[DomainVerdict]:

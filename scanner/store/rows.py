@@ -22,26 +22,25 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from scanner import codec
+from scanner.codec import fingerprint
 from scanner.jsontext import dumps
 from scanner.model import DomainVerdict, EndpointFacts, EndpointStatus, HostFacts, Lookup, Reason
 from scanner.store import schema
 
 Row = Sequence[Any]  # a tuple; a list for domain_results (domain_id set late)
 
-# Column orders of the rows built here; checked against the schema at import time.
-DOMAIN_RESULT_COLS = (
-    "scan_id", "line", "domain_id", "shard_no", "input", *codec.RESULT_FIELDS, "probed_at",
-    *codec.ANSWER_FIELDS,
-)  # fmt: skip
-DOMAIN_MX_COLS = ("scan_id", "line", "ordinal", "host_name", "preference", "reachable", "reason")
-DANE_COLS = ("scan_id", "line", "host_ordinal", "ordinal", "address", "port", "sni",
-             *codec.DANE_FIELDS)
-MX_HOST_COLS = ("scan_id", *codec.HOST_FIELDS, "reachable")
-TLSA_COLS = ("scan_id", "host_name", "ordinal", *codec.TLSA_FIELDS)
-ENDPOINT_COLS = ("scan_id", *codec.ENDPOINT_FIELDS)
-CERT_COLS = (
-    "sha256", "der", "subject", "issuer", "spki_sha256", "not_before", "not_after", "key_type",
-)  # fmt: skip
+# Column orders of the rows built here: each table's own (scanner.store.schema).
+def _cols(table: str) -> tuple[str, ...]:
+    return tuple(schema.metadata.tables[table].c.keys())
+
+
+DOMAIN_RESULT_COLS = _cols("domain_results")
+DOMAIN_MX_COLS = _cols("domain_mx")
+DANE_COLS = _cols("dane_results")
+MX_HOST_COLS = _cols("mx_hosts")
+TLSA_COLS = _cols("tlsa_records")
+ENDPOINT_COLS = _cols("endpoints")
+CERT_COLS = _cols("certificates")
 
 # Tables shared across shards (a domain, host, endpoint or certificate may recur anywhere in a
 # scan, or in another scan): always inserted with ON CONFLICT DO NOTHING.
@@ -63,11 +62,22 @@ TABLE_COLS = SHARED_TABLES + LINE_TABLES
 
 
 def _check_columns() -> None:
-    for name, cols in TABLE_COLS:
-        have = set(schema.metadata.tables[name].c.keys())
-        extra = set(cols) - have
-        if extra:
-            raise RuntimeError(f"rows for {name} name unknown columns {sorted(extra)}")
+    """Rows built by position hold the codec's values where the table has those columns:
+    after (scan_id, line, domain_id, shard_no, input) the result, then probed_at and the MX
+    answer; after (scan_id, line, ordinal, host_name) the link; after (scan_id, line,
+    host_ordinal, ordinal, address, port, sni) the DANE match; after (scan_id, host_name,
+    ordinal) the TLSA record."""
+    n = len(codec.RESULT_FIELDS)
+    placed = (
+        (DOMAIN_RESULT_COLS[5 : 5 + n], codec.RESULT_FIELDS),
+        (DOMAIN_RESULT_COLS[6 + n :], codec.ANSWER_FIELDS),
+        (DOMAIN_MX_COLS[4:], codec.LINK_FIELDS),
+        (DANE_COLS[7:], codec.DANE_FIELDS),
+        (TLSA_COLS[3:], codec.TLSA_FIELDS),
+    )
+    for have, want in placed:
+        if have != want:
+            raise RuntimeError(f"rows place {want} where the schema has {have}")
 
 
 _check_columns()
@@ -150,10 +160,6 @@ def _row(table: str, cols: Sequence[str], record: Mapping[str, Any]) -> tuple[An
         for c in cols
         for x in (record[c],)
     ])
-
-
-def fingerprint(der: bytes) -> str:
-    return hashlib.sha256(der).hexdigest()
 
 
 def _key_type(key: Any) -> str:
@@ -289,9 +295,6 @@ _SHARED_KEYS: dict[str, Callable[[Row], Hashable]] = {
 # domain within its caps.
 _CAPPED_HOST = Reason.NOT_PROBED_CAP
 _CAPPED_ENDPOINT = EndpointStatus.NOT_PROBED_CAP
-_CAPPED_DANE = tuple(
-    Reason.NOT_PROBED_CAP.value if f == "reason" else None for f in codec.DANE_FIELDS
-)
 
 
 class RowBuilder:
@@ -329,6 +332,7 @@ class RowBuilder:
         seen_eps: set[tuple[str, int, str]] = set()
         no_dane = codec.NO_DANE
         dane_row, result_row, answer_row = codec.dane_row, codec.result_row, codec.answer_row
+        link_row = codec.link_row
         for v in batch:
             line = v.line
             if line is None:
@@ -344,17 +348,13 @@ class RowBuilder:
                         if (scan_id, name) not in self.hosts:
                             batch_hosts.add(name)
                             self._host_rows(rs, name, host, hv.reachable)
-                reason = hv.reason
-                domain_mx.append(
-                    (scan_id, line, hi, name, hv.preference, hv.reachable,
-                     None if reason is None else reason._value_)
-                )  # fmt: skip
+                domain_mx.append((scan_id, line, hi, name, *link_row(hv)))
                 dane = hv.dane
                 for ei, ep in enumerate(hv.endpoints):
                     if ep.status is _CAPPED_ENDPOINT:
                         sni = clean(ep.sni, 1024) or ""
                         dane_results.append(
-                            (scan_id, line, hi, ei, ep.address, ep.port, sni, *_CAPPED_DANE))
+                            (scan_id, line, hi, ei, ep.address, ep.port, sni, *codec.CAPPED_DANE))
                         continue
                     key = ep_keys.get(id(ep))
                     if key is None:
@@ -387,7 +387,7 @@ class RowBuilder:
 
     def _host_rows(self, rs: RowSet, name: str, host: HostFacts, reachable: bool) -> None:
         record = codec.host_record(host, stored)
-        record.update(scan_id=self.scan_id, name=name, reachable=reachable)
+        record.update(scan_id=self.scan_id, reachable=reachable)
         rs.tables["mx_hosts"].append(_row("mx_hosts", MX_HOST_COLS, record))
         for i, r in enumerate(host.tlsa_records):
             rs.tables["tlsa_records"].append((self.scan_id, name, i, *codec.tlsa_row(r)))
