@@ -25,16 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import sqlalchemy as sa
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from typing import TYPE_CHECKING
 
 from scanner.model import DomainVerdict, EndpointStatus, HostVerdict
 from scanner.runtime import tuned_for_scanning
 from scanner.store import db, scans
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PROVIDERS = 400
@@ -131,7 +135,8 @@ async def run_one(url: str, n: int, batch: int, merge: int) -> Figures:
             client = time.process_time() - cpu0 - gen_cpu
             server1 = server_cpu(engine)
     assert writer.written == n
-    assert scans.remaining_shards(engine, scan_id) == 0 and shard_count == -(-n // batch)
+    assert scans.remaining_shards(engine, scan_id) == 0
+    assert shard_count == -(-n // batch)
     engine.dispose()
     server = None if server0 is None or server1 is None else server1 - server0
     return Figures(n, gen, write, client, server)

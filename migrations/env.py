@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from alembic import context
-from sqlalchemy import Connection
 
 from scanner.store import schema
 from scanner.store.db import make_engine, resolve_url
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 config = context.config
 target_metadata = schema.metadata

@@ -12,24 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner import pipeline
-from scanner.config import Config
 from scanner.dns import DnsClient, ResolverOutage
-from scanner.model import DomainVerdict
 from scanner.store import scans
 from scanner.store.db import StoreUnavailable
 from scanner.store.schema import ScanStatus
 from scanner.store.writer import WriteBatch, Writer
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
+    from sqlalchemy.engine import Engine
+
+    from scanner.config import Config
+    from scanner.model import DomainVerdict
     from scanner.store.politeness import SharedPoliteness
     from scanner.store.shared import SharedClaims
 

@@ -15,14 +15,16 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scanner import config as knobs
 from scanner.config import Config, ResolverAddress
 from scanner.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
 
 log = logging.getLogger("danescan")
 

@@ -35,10 +35,10 @@ Decisions settled from the RFC text (cited where they are applied):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -54,6 +54,9 @@ from scanner.model import (
     TlsaRecord,
     TlsaStatus,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 DANE_TA = 2
 DANE_EE = 3

@@ -9,12 +9,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from scanner.config import ResolverAddress
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from scanner.config import ResolverAddress
 
 __all__ = ["Endpoint", "UdpEndpoint", "sockaddr", "tcp_exchange"]
 

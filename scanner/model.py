@@ -8,8 +8,11 @@ Nothing here does I/O. The JSON field names of :class:`DomainVerdict` are the pu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 SCHEMA_VERSION = 2  # 2: error, mx_rcode, mx_ede_code, mx_ede_text; internal_error
 

@@ -19,13 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterab
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from scanner import dane, verdict
-from scanner.config import Config
-from scanner.dns import ResolverCheck
 from scanner.errors import UsageError
 from scanner.lookups import DnsLookups, MxResult, host_stage, mx_stage
 from scanner.model import (
@@ -48,6 +46,10 @@ from scanner.targets_net import (
     is_excluded_address,
     is_special_purpose,
 )
+
+if TYPE_CHECKING:
+    from scanner.config import Config
+    from scanner.dns import ResolverCheck
 
 log = logging.getLogger(__name__)
 

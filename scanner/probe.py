@@ -14,10 +14,10 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import trio
 
-from scanner.config import Config
 from scanner.model import EndpointFacts, EndpointStatus
 from scanner.rawstream import RawStream, open_tcp
 from scanner.smtp import (
@@ -31,6 +31,9 @@ from scanner.smtp import (
 )
 from scanner.targets_net import parse_address
 from scanner.tls import TlsHandshakeError, TlsStream, server_name
+
+if TYPE_CHECKING:
+    from scanner.config import Config
 
 ERROR_CAP = 200  # EndpointFacts.error is a short detail for humans
 

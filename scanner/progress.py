@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 RECENT = 60.0  # seconds of history behind the rate the ETA uses
 

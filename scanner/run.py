@@ -16,12 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner import batch, pipeline, progress, runtime
 from scanner.config import Config, ResolverAddress, conflicts, from_options, to_options
@@ -31,6 +29,11 @@ from scanner.model import STAGE_ORDER, DomainVerdict, Lookup
 from scanner.store import db, scans
 from scanner.store.schema import ScanStatus
 from scanner.targets import TargetsError, normalise, read_targets
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("danescan")
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 SWITCH_INTERVAL = 0.0005
 GC_FIRST_THRESHOLD = 50_000

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; real servers exceed it, so be generous
 # but bounded: a peer must not be able to make us buffer without limit.

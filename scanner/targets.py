@@ -12,12 +12,14 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import idna
 
 from scanner.model import Reason
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # Characters an IP literal can consist of: IPv4 is digits and dots only; anything else that

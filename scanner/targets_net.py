@@ -7,11 +7,14 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 type IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -5,9 +5,8 @@ Nothing here looks anything up; every rule is applied in exactly one place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanner import codec
 from scanner.jsontext import dumps
@@ -27,6 +26,9 @@ from scanner.model import (
     TlsaCoverage,
     TlsaStatus,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # How a probe that did not end in SUCCESS is named in the reason vocabulary.
 _ENDPOINT_REASON: dict[EndpointStatus, Reason] = {

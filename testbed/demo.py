@@ -7,18 +7,22 @@ night from the database, and takes the world down again.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner import batch, run
 from scanner.config import Config, ResolverAddress
 from scanner.store import db, scans
 from testbed import control
+
+if TYPE_CHECKING:
+    import argparse
+
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("danescan.demo")
 

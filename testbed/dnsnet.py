@@ -21,8 +21,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.flags
@@ -33,6 +33,9 @@ import dns.rcode
 from testbed import procs
 from testbed.signing import sign_zones, trust_anchor
 from testbed.spec import DELAY_FILE, DnsServer, WorldPlan, Zone
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 NSD = "/usr/sbin/nsd"
 UNBOUND = "/usr/sbin/unbound"

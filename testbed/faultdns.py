@@ -125,7 +125,8 @@ class Authority:
 
     def _add_soa(self, response: dns.message.Message, zone: dns.zone.Zone, dnssec: bool) -> None:
         apex = zone.get_node(zone.origin)  # type: ignore[arg-type]
-        assert apex is not None and zone.origin is not None
+        assert apex is not None
+        assert zone.origin is not None
         self._add(response.authority, zone.origin, apex, dns.rdatatype.SOA, dnssec)
 
     @staticmethod

@@ -24,10 +24,9 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.dnssec
 import dns.name
@@ -40,6 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from testbed.spec import Signing, SigningFault, Zone
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 INCEPTION_BACKDATE = 3600  # tolerate clock skew between signer and validator
 VALIDITY = 30 * 86400

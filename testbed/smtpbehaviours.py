@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import random
-import ssl
 import time
 import weakref
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from testbed.spec import SmtpBehaviour, SmtpEndpoint
+
+if TYPE_CHECKING:
+    import ssl
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets; allow slack for sloppy clients but
 # keep the buffer bounded so a client that never sends CRLF cannot grow it.

@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import idna
 
@@ -36,6 +34,10 @@ from testbed.spec import (
     WorldPlan,
     Zone,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 # Signed TLDs and their algorithms (RFC 8624 recommended ones); `plainland` is unsigned.
 TLDS: dict[str, str | None] = {

@@ -15,13 +15,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from testbed import control
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 WORLD_DOMAINS = 300
 WORLD_SEED = 1

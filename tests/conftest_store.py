@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
-from sqlalchemy.engine import Engine
 
 from scanner.store import db
 from tests.store_helpers import PG_ADMIN
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import Engine
 
 
 def _pg_available() -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dns.edns
 import dns.flags
@@ -26,6 +26,9 @@ import dns.rdatatype
 import trio
 
 from scanner.config import Config, ResolverAddress
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 # (owner, rdtype, data): data is presentation text, or raw rdata bytes (sent as is).
 RR = tuple[str, str, str | bytes]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from scanner.store import scans, schema
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 PG_ADMIN = os.environ.get(
     "DANESCAN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -44,7 +44,7 @@ def nights(tmp_path_factory: pytest.TempPathFactory,
                          "--resolver", world.resolver, *ARGS]) == 0
     finally:
         control.down(wdir)
-    yield db.make_engine(url), manifests
+    return db.make_engine(url), manifests
 
 
 def test_funnel_counts_equal_the_manifest(nights: Any) -> None:

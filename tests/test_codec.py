@@ -120,7 +120,8 @@ def test_lookup(lk: Lookup) -> None:
     assert codec.lookup_from_record(through_json(codec.lookup_record(lk))) == lk  # type: ignore[arg-type]
     assert codec.lookup_from_record(dumps(codec.lookup_record(lk))) == lk  # JSON text too
     assert codec.lookup_record(lk, rows.stored) == codec.lookup_record(lk)  # clean text stays
-    assert codec.lookup_from_record(None) is None and codec.lookup_record(None) is None
+    assert codec.lookup_from_record(None) is None
+    assert codec.lookup_record(None) is None
 
 
 @given(tlsa_records)
@@ -194,7 +195,8 @@ def test_host_link(hv: HostVerdict) -> None:
 
 def test_capped_dane_row_is_told_apart() -> None:
     capped = dict(zip(codec.DANE_FIELDS, codec.CAPPED_DANE, strict=True))
-    assert codec.is_capped_dane(capped) and codec.dane_from_record(capped) is None
+    assert codec.is_capped_dane(capped)
+    assert codec.dane_from_record(capped) is None
     failed = DaneMatch(False, reason=Reason.NOT_PROBED_CAP)
     assert not codec.is_capped_dane(dict(zip(codec.DANE_FIELDS, codec.dane_row(failed),
                                              strict=True)))

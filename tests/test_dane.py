@@ -140,7 +140,8 @@ def test_agile_keeps_full_and_strongest_digest(pki: Pki) -> None:
 
 def test_agility_weak_wrong_strong_right(pki: Pki) -> None:
     m = auth([wrong(tlsa(3, 1, 1, pki.leaf)), tlsa(3, 1, 2, pki.leaf)], pki.chain)
-    assert m.authenticated and m.record == tlsa(3, 1, 2, pki.leaf)
+    assert m.authenticated
+    assert m.record == tlsa(3, 1, 2, pki.leaf)
 
 
 def test_agility_weak_right_strong_wrong_fails(pki: Pki) -> None:
@@ -151,12 +152,15 @@ def test_agility_weak_right_strong_wrong_fails(pki: Pki) -> None:
 
 def test_agility_full_is_never_avoided(pki: Pki) -> None:
     m = auth([tlsa(3, 1, 0, pki.leaf), wrong(tlsa(3, 1, 2, pki.leaf))], pki.chain)
-    assert m.authenticated and m.record is not None and m.record.mtype == 0
+    assert m.authenticated
+    assert m.record is not None
+    assert m.record.mtype == 0
 
 
 def test_bad_length_record_does_not_spoil_good_one(pki: Pki) -> None:
     m = auth([TlsaRecord(3, 1, 2, b"\x01\x02"), tlsa(3, 1, 1, pki.leaf)], pki.chain)
-    assert m.authenticated and m.record == tlsa(3, 1, 1, pki.leaf)
+    assert m.authenticated
+    assert m.record == tlsa(3, 1, 1, pki.leaf)
 
 
 # -- DANE-EE(3) ----------------------------------------------------------------------------
@@ -176,12 +180,14 @@ def test_dane_ee_ignores_names_and_dates() -> None:
     leaf = make_cert("wrong.invalid", k, not_before=NOW - timedelta(days=400),
                      not_after=NOW - timedelta(days=1))
     m = auth([tlsa(3, 1, 1, leaf)], (der(leaf),), ("mx.example.net",))
-    assert m.authenticated and m.depth == 0
+    assert m.authenticated
+    assert m.depth == 0
 
 
 def test_dane_ee_does_not_match_an_issuer(pki: Pki) -> None:
     m = auth([tlsa(3, 0, 1, pki.intermediate)], pki.chain)
-    assert not m.authenticated and m.reason is Reason.TLSA_NO_MATCH
+    assert not m.authenticated
+    assert m.reason is Reason.TLSA_NO_MATCH
 
 
 def test_dane_ee_selector_1_matches_the_certificate_spki_bytes(pki: Pki) -> None:
@@ -199,20 +205,24 @@ def test_dane_ta_every_combination(pki: Pki, selector: int, mtype: int, anchor: 
                                    depth: int) -> None:
     rec = tlsa(2, selector, mtype, getattr(pki, anchor))
     m = auth([rec], pki.chain)
-    assert m.authenticated and m.record == rec and m.depth == depth
+    assert m.authenticated
+    assert m.record == rec
+    assert m.depth == depth
     assert not auth([wrong(rec)], pki.chain).authenticated
 
 
 def test_dane_ta_matching_the_leaf_is_no_match(pki: Pki) -> None:
     m = auth([tlsa(2, 0, 1, pki.leaf)], pki.chain)
-    assert not m.authenticated and m.reason is Reason.TLSA_NO_MATCH
+    assert not m.authenticated
+    assert m.reason is Reason.TLSA_NO_MATCH
 
 
 def test_dane_ta_wrong_name(pki: Pki) -> None:
     m = auth([tlsa(2, 0, 1, pki.root)], pki.chain, ("mx.other.net", "other.net"))
     assert not m.authenticated
     assert m.reason is Reason.CERTIFICATE_HOST_MISMATCH
-    assert m.record == tlsa(2, 0, 1, pki.root) and m.depth == 2
+    assert m.record == tlsa(2, 0, 1, pki.root)
+    assert m.depth == 2
 
 
 @pytest.mark.parametrize("ref", ["MX.Example.NET.", "mx.example.net", "EXAMPLE.org."])
@@ -266,7 +276,8 @@ def test_expired_leaf_ee_authenticates_ta_fails(pki: Pki) -> None:
     chain = (der(leaf), der(pki.intermediate), der(pki.root))
     assert auth([tlsa(3, 1, 1, leaf)], chain).authenticated
     m = auth([tlsa(2, 0, 1, pki.root)], chain)
-    assert not m.authenticated and m.reason is Reason.CERTIFICATE_EXPIRED
+    assert not m.authenticated
+    assert m.reason is Reason.CERTIFICATE_EXPIRED
 
 
 def test_not_yet_valid_leaf_under_ta(pki: Pki) -> None:
@@ -294,7 +305,8 @@ def test_ta_not_issuing_the_leaf(pki: Pki) -> None:
     stranger = make_cert("Stranger CA", stranger_key, ca=True)
     chain = (der(pki.leaf), der(stranger))
     m = auth([tlsa(2, 0, 1, stranger)], chain)
-    assert not m.authenticated and m.reason is Reason.CERTIFICATE_NOT_TRUSTED
+    assert not m.authenticated
+    assert m.reason is Reason.CERTIFICATE_NOT_TRUSTED
 
 
 def test_ta_with_same_name_but_other_key_is_not_trusted(pki: Pki) -> None:
@@ -311,7 +323,8 @@ def test_issuer_must_be_a_ca(pki: Pki) -> None:
                        issuer_key=pki.root_key, ca=False)
     chain = (der(pki.leaf), der(not_ca), der(pki.root))
     m = auth([tlsa(2, 0, 1, pki.root)], chain)
-    assert not m.authenticated and m.reason is Reason.CERTIFICATE_NOT_TRUSTED
+    assert not m.authenticated
+    assert m.reason is Reason.CERTIFICATE_NOT_TRUSTED
 
 
 def test_chain_in_any_order_with_extras(pki: Pki) -> None:
@@ -320,14 +333,16 @@ def test_chain_in_any_order_with_extras(pki: Pki) -> None:
     chain = (der(pki.leaf), der(junk), b"not a certificate", der(pki.root),
              der(pki.intermediate))
     m = auth([tlsa(2, 1, 1, pki.root)], chain)
-    assert m.authenticated and m.depth == 2
+    assert m.authenticated
+    assert m.depth == 2
 
 
 def test_ta_full_certificate_not_in_chain(pki: Pki) -> None:
     # "2 0 0": the TA may be absent from the handshake (RFC 7671 §5.2.2).
     chain = (der(pki.leaf), der(pki.intermediate))
     m = auth([tlsa(2, 0, 0, pki.root)], chain)
-    assert m.authenticated and m.depth == 2
+    assert m.authenticated
+    assert m.depth == 2
     # A digest of a TA that is not presented cannot match.
     assert auth([tlsa(2, 0, 1, pki.root)], chain).reason is Reason.TLSA_NO_MATCH
 
@@ -336,10 +351,12 @@ def test_ta_bare_public_key_not_in_chain(pki: Pki) -> None:
     # "2 1 0": the top certificate signed by the key (RFC 7671 §5.2.3).
     chain = (der(pki.leaf), der(pki.intermediate))
     m = auth([tlsa(2, 1, 0, pki.root)], chain)
-    assert m.authenticated and m.depth == 1
+    assert m.authenticated
+    assert m.depth == 1
     only_leaf = (der(pki.leaf),)
     m = auth([tlsa(2, 1, 0, pki.intermediate)], only_leaf)
-    assert m.authenticated and m.depth == 0
+    assert m.authenticated
+    assert m.depth == 0
     # A key that signed nothing here.
     stranger = make_cert("Stranger CA", key("stranger-ca"), ca=True)
     assert not auth([tlsa(2, 1, 0, stranger)], chain).authenticated
@@ -376,17 +393,20 @@ def test_ta_rsa_pss_signatures() -> None:
 def test_pkix_usages_never_authenticate(pki: Pki, usage: int) -> None:
     target = pki.leaf if usage == 1 else pki.root
     m = auth([tlsa(usage, 0, 1, target)], pki.chain)
-    assert not m.authenticated and m.reason is Reason.TLSA_INVALID
+    assert not m.authenticated
+    assert m.reason is Reason.TLSA_INVALID
 
 
 def test_pkix_usage_beside_good_record(pki: Pki) -> None:
     m = auth([tlsa(1, 1, 1, pki.leaf), wrong(tlsa(3, 1, 1, pki.leaf))], pki.chain)
-    assert not m.authenticated and m.reason is Reason.TLSA_NO_MATCH
+    assert not m.authenticated
+    assert m.reason is Reason.TLSA_NO_MATCH
 
 
 def test_empty_chain(pki: Pki) -> None:
     m = auth([tlsa(3, 1, 1, pki.leaf)], ())
-    assert not m.authenticated and m.reason is Reason.VALIDATION_FAILURE
+    assert not m.authenticated
+    assert m.reason is Reason.VALIDATION_FAILURE
 
 
 def test_unparseable_leaf(pki: Pki) -> None:
@@ -395,12 +415,15 @@ def test_unparseable_leaf(pki: Pki) -> None:
     # DANE-EE with selector 0 compares bytes; nothing needs parsing.
     assert auth([rec], (junk,)).authenticated
     m = auth([tlsa(2, 0, 1, pki.root)], (junk, der(pki.intermediate), der(pki.root)))
-    assert not m.authenticated and m.reason is Reason.VALIDATION_FAILURE
+    assert not m.authenticated
+    assert m.reason is Reason.VALIDATION_FAILURE
 
 
 def test_ee_wins_over_failing_ta(pki: Pki) -> None:
     m = auth([tlsa(2, 0, 1, pki.root), tlsa(3, 1, 1, pki.leaf)], pki.chain, ("nope.example",))
-    assert m.authenticated and m.depth == 0 and m.record == tlsa(3, 1, 1, pki.leaf)
+    assert m.authenticated
+    assert m.depth == 0
+    assert m.record == tlsa(3, 1, 1, pki.leaf)
 
 
 def test_one_match_in_rrset_is_enough(pki: Pki) -> None:
@@ -446,4 +469,6 @@ def test_match_chain_never_raises(records: list[TlsaRecord], chain: list[bytes])
     m = authenticate(cm, REFS)
     assert m.authenticated == (m.reason is None)
     if m.authenticated:
-        assert m.record is not None and usable(m.record) and m.record.usage in (2, 3)
+        assert m.record is not None
+        assert usable(m.record)
+        assert m.record.usage in (2, 3)

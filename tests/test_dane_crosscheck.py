@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.flags
 import dns.message
@@ -15,9 +15,11 @@ import pytest
 import trio
 
 from scanner.config import Config, ResolverAddress
-from scanner.model import DomainVerdict
 from scanner.run import check as check_one
-from testbed import control
+
+if TYPE_CHECKING:
+    from scanner.model import DomainVerdict
+    from testbed import control
 
 pytestmark = pytest.mark.testbed
 

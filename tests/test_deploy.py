@@ -13,8 +13,8 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -22,7 +22,11 @@ import sqlalchemy as sa
 from scanner import run
 from scanner.config import Config, ResolverAddress
 from scanner.store import db, scans
-from testbed import control
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from testbed import control
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 DANESCAN = Path(sys.executable).with_name("danescan")

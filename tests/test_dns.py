@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.message
 import dns.rdata
@@ -18,6 +17,10 @@ from scanner.dns import DnsClient, DnsStats, ResolverCheck, system_resolvers
 from scanner.dnswire import encode_name, parse_answer
 from scanner.model import DnssecStatus
 from tests.fakedns import FakeResolver, Reply, running
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
 
 S = DnssecStatus
 IN = dns.rdataclass.IN
@@ -83,7 +86,8 @@ async def test_servfail_then_denial_under_cd_is_bogus(fake: FakeResolver, cd_rep
     fake.add(H, "A", cd_reply, cd=True)
     lk, _ = await lookup(fake, H, "A")
     assert lk.status is S.BOGUS
-    assert lk.ede_code is None and lk.records == ()
+    assert lk.ede_code is None
+    assert lk.records == ()
 
 
 async def test_servfail_twice_is_indeterminate(fake: FakeResolver) -> None:
@@ -125,7 +129,8 @@ async def test_silence_is_indeterminate_after_three_rounds(fake: FakeResolver) -
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "TIMEOUT")
     assert len(fake.queries(H, "A")) == 5
     assert (stats.retries, stats.reasked, stats.timeouts, stats.outages) == (2, 2, 1, 0)
-    assert stats.health_queries >= 1 and fake.queries(".", "DNSKEY")
+    assert stats.health_queries >= 1
+    assert fake.queries(".", "DNSKEY")
 
 
 async def test_deadline_caps_retries(fake: FakeResolver) -> None:
@@ -139,7 +144,8 @@ async def test_retransmit_after_drop(fake: FakeResolver) -> None:
     fake.add(H, "A", Reply(drop=1, ad=True, answer=[(H, "A", "192.0.2.7")]))
     lk, stats = await lookup(fake, H, "A", dns_timeout=0.05)
     assert (lk.status, lk.records) == (S.SECURE, ("192.0.2.7",))
-    assert stats.retries == 1 and stats.timeouts == 0
+    assert stats.retries == 1
+    assert stats.timeouts == 0
 
 
 async def test_late_answer_to_first_attempt_is_accepted(fake: FakeResolver) -> None:

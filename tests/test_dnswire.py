@@ -67,7 +67,8 @@ def test_a_cname_loop_ends_after_the_chain_limit() -> None:
             + a + cname + b + b + back + a)
     answer = parse_answer(wire, 1, "a.example")
     assert answer.records == ()
-    assert len(answer.chain) == 17 and answer.chain[:3] == ("a.example", "b.example", "a.example")
+    assert len(answer.chain) == 17
+    assert answer.chain[:3] == ("a.example", "b.example", "a.example")
 
 
 def test_extended_rcode_and_ede_from_the_opt_record() -> None:
@@ -77,8 +78,10 @@ def test_extended_rcode_and_ede_from_the_opt_record() -> None:
                                     dns.edns.EDEOption(dns.edns.EDECode.NETWORK_ERROR)])
     r.set_rcode(dns.rcode.BADVERS)  # 16: the upper bits travel in the OPT record's TTL
     answer = parse_answer(r.to_wire(), 1, "q.example")
-    assert answer.rcode == 16 and rcode_text(answer.rcode) == "BADVERS"
-    assert answer.ede_codes == (3, 23) and answer.ede_texts == ("old", None)
+    assert answer.rcode == 16
+    assert rcode_text(answer.rcode) == "BADVERS"
+    assert answer.ede_codes == (3, 23)
+    assert answer.ede_texts == ("old", None)
 
 
 def test_an_ede_option_cut_short_is_skipped() -> None:

@@ -74,7 +74,8 @@ async def test_mx_early_outcomes(mx: Lookup, outcome: Outcome, reason: Reason) -
 async def test_mx_hosts_sorted_and_deduplicated() -> None:
     mx = lk(S, "20 MX1.example.com.", "10 mx2.example.com.", "5 mx1.example.com.", "30 192.0.2.1.")
     r = await mx_stage(TableClient({("example.com", "MX"): mx}), "example.com")
-    assert r.outcome is None and not r.implicit
+    assert r.outcome is None
+    assert not r.implicit
     assert r.hosts == ((5, "mx1.example.com"), (10, "mx2.example.com"), (30, "192.0.2.1"))
     assert r.mx_status is S
     assert r.host is None
@@ -100,7 +101,8 @@ async def test_implicit_mx_status(
     r = await mx_stage(client, "Example.COM.")
     assert (r.outcome, r.implicit, r.hosts) == (None, True, ((0, "example.com"),))
     assert r.mx_status is want
-    assert r.host is not None and r.host.addresses == ("192.0.2.1",)
+    assert r.host is not None
+    assert r.host.addresses == ("192.0.2.1",)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,8 @@ async def test_implicit_mx_without_address(
     )
     r = await mx_stage(client, "example.com")
     assert (r.outcome, r.reason, r.implicit) == (outcome, reason, True)
-    assert r.host is not None and r.host.addresses == ()
+    assert r.host is not None
+    assert r.host.addresses == ()
 
 
 # -- host stage -----------------------------------------------------------------------------
@@ -139,7 +142,8 @@ async def test_secure_addresses_query_tlsa_at_host() -> None:
     assert h.addresses == ("192.0.2.1", "2001:db8::1")
     assert (h.tlsa_base, h.tlsa_status, h.reason) == ("mx.example.com", TlsaStatus.USABLE, None)
     assert [r.to_text() for r in h.tlsa_records] == [EE]
-    assert h.tlsa_lookup is not None and h.tlsa_lookup.status is S
+    assert h.tlsa_lookup is not None
+    assert h.tlsa_lookup.status is S
 
 
 @pytest.mark.parametrize(
@@ -176,7 +180,8 @@ async def test_insecure_addresses_skip_tlsa() -> None:
     )
     h = await host_stage(client, "mx.example.com")
     assert (h.address_status, h.tlsa_status, h.tlsa_base) == (INS, TlsaStatus.NOT_QUERIED, None)
-    assert h.reason is None and h.addresses == ("192.0.2.1",)
+    assert h.reason is None
+    assert h.addresses == ("192.0.2.1",)
     assert client.tlsa_asked() == []
 
 
@@ -307,7 +312,8 @@ async def test_host_stage_over_the_wire_with_cnames() -> None:
         )
         async with DnsClient.open(fake.config()) as client:
             h = await host_stage(client, host)
-    assert h.a is not None and h.a.cname_chain == (host, target)
+    assert h.a is not None
+    assert h.a.cname_chain == (host, target)
     assert h.addresses == ("192.0.2.10",)
     assert (h.address_status, h.tlsa_base, h.tlsa_status) == (S, target, TlsaStatus.USABLE)
     assert h.tlsa_lookup is not None

@@ -84,10 +84,12 @@ async def test_progress_says_when_the_rate_cap_sets_the_pace(
                 nursery.start_soon(client.lookup, name, "A")
             await trio.sleep(1.0)
             state = client.state()
-            assert state.paced and state.rate == 5.0
+            assert state.paced
+            assert state.rate == 5.0
             assert "paced by --dns-rate: 5 q/s" in state.text()
         assert not client.state().paced
-        assert client.stats.timeouts == 0 and client.stats.retries == 0
+        assert client.stats.timeouts == 0
+        assert client.stats.retries == 0
     sends = sorted(t for t, _, r in net.sent if r == "A")
     # 5 q/s, not one more (each send up to one 10 ms tick of the timer late)
     assert sends[-1] - sends[0] == pytest.approx(19 / 5.0, abs=0.011)
@@ -99,10 +101,12 @@ async def test_progress_says_when_the_rate_cap_sets_the_pace(
 def test_rate_slots_queue_in_order() -> None:
     slots = RateSlots(4.0)
     assert [slots.reserve(10.0) for _ in range(3)] == [10.0, 10.25, 10.5]
-    assert slots.binding(10.0) and not slots.binding(10.5)
+    assert slots.binding(10.0)
+    assert not slots.binding(10.5)
     assert slots.reserve(20.0) == 20.0  # an idle cap does not bank slots
     off = RateSlots(0)
-    assert off.reserve(3.0) == 3.0 and not off.binding(3.0)
+    assert off.reserve(3.0) == 3.0
+    assert not off.binding(3.0)
 
 
 def test_window_slow_start_then_one_per_window_of_answers() -> None:
@@ -128,7 +132,8 @@ def test_a_few_slow_names_among_many_answers_are_not_a_loss() -> None:
         for _ in range(30):
             w.answered()
         assert not w.timed_out(10.0 + i, 9.0 + i)
-    assert w.limit > before and w.losses == 0
+    assert w.limit > before
+    assert w.losses == 0
     # A resolver dropping a large share: 3 of every 8 questions time out.
     for i in range(80):
         if i % 8 < 3:
@@ -142,9 +147,11 @@ def test_window_halves_once_per_loss_episode_and_never_below_the_floor() -> None
     w = Window(1024)
     for i in range(6):
         w.timed_out(1.0 + i / 100, 0.0)
-    assert w.timed_out(1.1, 0.1) and w.limit == 512
+    assert w.timed_out(1.1, 0.1)
+    assert w.limit == 512
     # Timeouts of attempts sent before the decrease belong to the same episode.
-    assert not w.timed_out(1.2, 0.2) and w.limit == 512
+    assert not w.timed_out(1.2, 0.2)
+    assert w.limit == 512
     for t in range(100):
         w.timed_out(10.0 + t, 9.9 + t)
     assert w.limit == MIN_WINDOW

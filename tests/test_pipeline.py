@@ -3,8 +3,8 @@ line, address policy. (The real world is exercised in test_scan_testbed.py.)"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -13,6 +13,9 @@ from scanner.dns import DnsClient
 from scanner.model import DomainVerdict, EndpointStatus, Outcome, Stage
 from scanner.pipeline import Scanner, SharedLimits, SingleFlight, run
 from tests.fakedns import Reply, running
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 SMTP_HOST = "127.81.0.25"
 SMTP_PORT = 2526
@@ -193,7 +196,8 @@ async def test_private_addresses_are_not_probed_by_default() -> None:
 async def test_invalid_lines_never_touch_the_network(line: str) -> None:
     verdicts, sessions, scanner = await scan_lines([line], lambda fake: None)
     assert [v.outcome for v in verdicts] == [Outcome.INVALID]
-    assert sessions == [] and scanner.stats.probes == 0
+    assert sessions == []
+    assert scanner.stats.probes == 0
 
 
 async def test_non_validating_resolver_is_refused_unless_asked() -> None:
@@ -216,7 +220,9 @@ async def test_non_validating_resolver_is_refused_unless_asked() -> None:
             v = await scanner.scan_domain(1, "d1.example")
         nursery.cancel_scope.cancel()
     # STARTTLS-only survey: DNSSEC facts are unknown, never false.
-    assert v.outcome is Outcome.OK and v.starttls is False and v.stage is Stage.PLAINTEXT
+    assert v.outcome is Outcome.OK
+    assert v.starttls is False
+    assert v.stage is Stage.PLAINTEXT
     assert (v.dnssec, v.tlsa, v.tlsa_unusable, v.dane) == (None, None, None, None)
 
 
@@ -232,8 +238,10 @@ def test_interner_shares_equal_certificates_and_ehlo() -> None:
 
     interner = _Interner()
     a, b = interner.endpoint(facts("a.example")), interner.endpoint(facts("b.example"))
-    assert a == facts("a.example") and b == facts("b.example")  # values unchanged
-    assert a.chain is b.chain and a.ehlo is b.ehlo
+    assert a == facts("a.example")
+    assert b == facts("b.example")
+    assert a.chain is b.chain
+    assert a.ehlo is b.ehlo
     assert all(x is y for x, y in zip(a.chain, b.chain, strict=True))
 
 
@@ -290,6 +298,6 @@ async def test_feeder_fills_the_pipeline_while_the_loop_is_busy() -> None:
     items = [(i, f"d{i}.example") for i in range(1, 501)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(busy)
-        await run(cast(Scanner, Blocking()), items, emit)
+        await run(cast("Scanner", Blocking()), items, emit)
     assert seen == [200]
     assert sorted(v.line or 0 for v in emitted) == list(range(1, 501))

@@ -5,12 +5,11 @@ per address). The SMTP side is the counting fake server of test_pipeline.py."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import trio
 
 from scanner.config import Config
-from scanner.dns import DnsClient
 from scanner.model import (
     DaneStatus,
     DnssecStatus,
@@ -23,6 +22,9 @@ from scanner.model import (
 )
 from scanner.pipeline import Scanner, run
 from tests.test_pipeline import SMTP_HOST, SMTP_PORT, plain_smtp
+
+if TYPE_CHECKING:
+    from scanner.dns import DnsClient
 
 S = DnssecStatus.SECURE
 TLSA = "3 1 1 " + "ab" * 32
@@ -74,7 +76,7 @@ async def scan(script: Script, lines: list[str], **knobs: object
                     **knobs)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(plain_smtp, sessions)
-        scanner = Scanner(config, cast(DnsClient, script), ipv6=False)
+        scanner = Scanner(config, cast("DnsClient", script), ipv6=False)
         await run(scanner, list(enumerate(lines, 1)), emit)
         nursery.cancel_scope.cancel()
     return out, sessions, scanner
@@ -100,13 +102,16 @@ async def test_an_exception_inside_the_pipeline_is_an_internal_error() -> None:
                     explode=frozenset({"crash.example"}))
     got, _, scanner = await scan(script, ["Crash.Example.", "ok.example", "nx.example"])
     crash = got["Crash.Example."]
-    assert crash.outcome is Outcome.INTERNAL_ERROR and crash.reason is Reason.INTERNAL_ERROR
+    assert crash.outcome is Outcome.INTERNAL_ERROR
+    assert crash.reason is Reason.INTERNAL_ERROR
     assert crash.error == "RuntimeError: resolver client bug at crash.example"
-    assert crash.domain == "crash.example" and crash.line == 1
+    assert crash.domain == "crash.example"
+    assert crash.line == 1
     assert (crash.mx_status, crash.stage) == (None, None)  # nothing about the domain is claimed
     assert got["ok.example"].outcome is Outcome.OK  # the others are judged as ever
     assert got["nx.example"].outcome is Outcome.NXDOMAIN
-    assert scanner.stats.errors == 1 and scanner.stats.outcomes["internal_error"] == 1
+    assert scanner.stats.errors == 1
+    assert scanner.stats.outcomes["internal_error"] == 1
 
 
 def many_mx(domain: str, n: int) -> tuple[list[str], dict[tuple[str, str], Lookup]]:
@@ -130,7 +135,8 @@ async def test_mx_hosts_beyond_the_cap_are_listed_not_looked_up() -> None:
     # Usable TLSA, so each host gets its own SNI: one session per probed host, no more.
     assert len(sessions) == 10
     # Judged on a subset: never DANE-valid; here the probed hosts lack STARTTLS: broken.
-    assert v.outcome is Outcome.OK and v.dane is DaneStatus.BROKEN
+    assert v.outcome is Outcome.OK
+    assert v.dane is DaneStatus.BROKEN
     assert v.reason is Reason.STARTTLS_NOT_SUPPORTED
 
 
@@ -156,4 +162,5 @@ async def test_addresses_beyond_the_host_cap_are_not_probed() -> None:
     assert h.endpoints[1].status is EndpointStatus.CONNECTION_REFUSED
     assert len(sessions) == 1
     v = got["wide.example"]
-    assert v.stage is Stage.PLAINTEXT and v.reason is Reason.NOT_PROBED_CAP
+    assert v.stage is Stage.PLAINTEXT
+    assert v.reason is Reason.NOT_PROBED_CAP

@@ -89,7 +89,8 @@ def test_a_provider_host_is_looked_up_and_probed_once(autojump_clock: trio.testi
     assert {(v.outcome.value, v.stage.value if v.stage else None) for v in verdicts} == {
         ("ok", "dnssec")}
     host_questions = {k: n for k, n in resolver.asked.items() if k[0] == "mx.provider.example"}
-    assert host_questions and set(host_questions.values()) == {1}
+    assert host_questions
+    assert set(host_questions.values()) == {1}
     assert prober.probed == Counter({("192.0.2.1", None): 1})
 
 

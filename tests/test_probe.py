@@ -155,7 +155,8 @@ async def test_success_records_everything(nursery: trio.Nursery) -> None:
     assert facts.cipher is not None
     assert facts.chain == fake.chain.der
     assert facts.error is None
-    assert facts.probed_at is not None and facts.probed_at.tzinfo is UTC
+    assert facts.probed_at is not None
+    assert facts.probed_at.tzinfo is UTC
     assert fake.commands == ["EHLO danescan.test", "STARTTLS", "TLS QUIT"]
     assert fake.sni.names == ["mx.example.net"]
 
@@ -233,7 +234,8 @@ async def test_starttls_454(nursery: trio.Nursery) -> None:
     assert facts.status is EndpointStatus.STARTTLS_REFUSED
     assert facts.starttls_offered is True
     assert facts.starttls_code == 454
-    assert facts.error is not None and "TLS not available" in facts.error
+    assert facts.error is not None
+    assert "TLS not available" in facts.error
 
 
 async def test_error_text_is_capped(nursery: trio.Nursery) -> None:
@@ -241,7 +243,8 @@ async def test_error_text_is_capped(nursery: trio.Nursery) -> None:
     port = await serve(nursery, FakeSmtp(starttls=reply))
     facts = await probe(HOST, port, None, CONFIG)
     assert facts.status is EndpointStatus.STARTTLS_REFUSED
-    assert facts.error is not None and len(facts.error) == 200
+    assert facts.error is not None
+    assert len(facts.error) == 200
 
 
 async def test_handshake_failure(nursery: trio.Nursery) -> None:
@@ -249,7 +252,8 @@ async def test_handshake_failure(nursery: trio.Nursery) -> None:
     facts = await probe(HOST, port, None, CONFIG)
     assert facts.status is EndpointStatus.HANDSHAKE_ERROR
     assert facts.starttls_code == 220
-    assert facts.error is not None and facts.error.startswith("tls: ")
+    assert facts.error is not None
+    assert facts.error.startswith("tls: ")
     assert facts.chain == ()
 
 
@@ -275,7 +279,8 @@ async def test_garbage_greeting(nursery: trio.Nursery) -> None:
     port = await serve(nursery, FakeSmtp(greeting=b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n"))
     facts = await probe(HOST, port, None, CONFIG)
     assert facts.status is EndpointStatus.PROTOCOL_ERROR
-    assert facts.error is not None and facts.error.startswith("greeting: ")
+    assert facts.error is not None
+    assert facts.error.startswith("greeting: ")
 
 
 async def test_connection_refused() -> None:
@@ -299,7 +304,8 @@ async def test_reset_or_close_mid_dialogue(nursery: trio.Nursery, how: str) -> N
     facts = await probe(HOST, port, None, CONFIG)
     assert facts.status is EndpointStatus.CONNECTION_RESET
     assert facts.greeting_code == 220
-    assert facts.error is not None and facts.error.startswith("ehlo: ")
+    assert facts.error is not None
+    assert facts.error.startswith("ehlo: ")
 
 
 async def test_silent_server_greeting_timeout(
@@ -329,7 +335,8 @@ async def test_silent_after_ehlo_is_io_timeout(
     port = await serve(nursery, FakeSmtp(ehlo=None))
     facts = await probe(HOST, port, None, CONFIG)
     assert facts.status is EndpointStatus.IO_TIMEOUT
-    assert facts.status.greeted and facts.status.transient
+    assert facts.status.greeted
+    assert facts.status.transient
     assert facts.error == "ehlo: timed out"
 
 
@@ -349,7 +356,8 @@ async def test_unanswered_quit_keeps_the_outcome(
     port = await serve(nursery, FakeSmtp(tls_mode="mute"))
     start = trio.current_time()
     facts = await probe(HOST, port, None, CONFIG)
-    assert facts.status is EndpointStatus.SUCCESS and facts.error is None
+    assert facts.status is EndpointStatus.SUCCESS
+    assert facts.error is None
     assert facts.chain
     assert trio.current_time() - start < QUIT_TIMEOUT + 1
 

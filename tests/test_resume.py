@@ -8,14 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
 
 from scanner.store import db, schema
-from testbed import control
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from testbed import control
 
 pytest_plugins = ["tests.conftest_store"]
 pytestmark = [pytest.mark.testbed, pytest.mark.postgres]

@@ -4,8 +4,7 @@ command's defaults (an opt-out list, the EHLO name, timeouts, --allow-private)."
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +14,12 @@ from scanner.cli import main
 from scanner.config import Config, ResolverAddress
 from scanner.store import db, scans, schema
 from scanner.targets import normalise
-from testbed import control
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from testbed import control
 
 pytestmark = pytest.mark.testbed
 
@@ -96,7 +100,9 @@ def test_resume_refuses_flags_that_contradict_the_scan(
     args = [str(other) if a == "OTHER" else a for a in flag]
     rc = main(["-q", "scan", "--resume", "--db", url, *args])
     err = capsys.readouterr().err
-    assert rc == 2 and flag[0] in err and "Traceback" not in err
+    assert rc == 2
+    assert flag[0] in err
+    assert "Traceback" not in err
     engine = db.make_engine(url)
     assert scans.scan_status(engine, scan_id) == "interrupted"
     assert scans.remaining_shards(engine, scan_id) == scans.lines_to_do(engine, scan_id) // 5 + (

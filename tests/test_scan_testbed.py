@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from scanner.cli import main
-from testbed import control
 from testbed.scenarios import ALL_SCENARIOS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from testbed import control
 
 pytestmark = pytest.mark.testbed
 
@@ -131,12 +134,14 @@ def test_check_diagnoses_and_exits_by_verdict(world: control.World, scenario: st
         assert rc == 4  # not judged
     else:
         assert rc == 1
-    assert m["domain"] in text and f"outcome {m['outcome']}" in text
+    assert m["domain"] in text
+    assert f"outcome {m['outcome']}" in text
     for h in m.get("mx_hosts", []):
         if m["outcome"] == "ok":
             assert h["name"] in text
     if m["outcome"] == "ok" and m["stage"] != "plaintext":
-        assert "chain[0]:" in text and "TLS: TLS" in text
+        assert "chain[0]:" in text
+        assert "TLS: TLS" in text
     if m["dane"] == "valid":
         assert "DANE: authenticated" in text
     if scenario == "tlsa-stale":
@@ -198,7 +203,8 @@ def test_check_shows_each_step_as_it_happens(world: control.World,
     assert steps[0].startswith(f"  ... DNS MX {m['domain']}: NOERROR [secure]")
     assert any(" TLSA _25._tcp." in s for s in steps)
     connecting = [s for s in steps if s.endswith(": connecting ...")]
-    assert connecting and any(s.endswith(": success") for s in steps)
+    assert connecting
+    assert any(s.endswith(": success") for s in steps)
     # The verdict itself goes to standard output, after the steps.
     assert "outcome ok" in captured.out
 

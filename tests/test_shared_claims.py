@@ -5,18 +5,22 @@ lease expired is taken over."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner.model import EndpointFacts, EndpointStatus, HostFacts, TlsaStatus
 from scanner.store import schema, shared
 from scanner.store.shared import SharedClaims
 from tests.store_helpers import new_scan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Engine
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -218,7 +222,9 @@ def test_claims_of_a_round_whose_answer_was_lost_are_still_won(pg_engine: Engine
         assert w._round(keys, {}, set(), [], []).won == set(keys)  # a fresh connection
         # Another worker asking for the same keys still waits for this one's facts.
         out = other._round(keys, {}, set(), [], [])
-        assert not out.won and not out.facts and not out.taken
+        assert not out.won
+        assert not out.facts
+        assert not out.taken
     finally:
         w.close()
         other.close()

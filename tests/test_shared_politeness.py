@@ -5,14 +5,16 @@ with the connection of a worker that dies."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner.store.politeness import MAX_SLOTS, SharedPoliteness, lock_base
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -55,7 +57,8 @@ def test_lock_keys_are_stable_and_leave_room_for_the_slots() -> None:
     assert a == lock_base("a", "192.0.2.1")
     assert a != lock_base("p", "192.0.2.1") != lock_base("a", "192.0.2.2")
     assert a & MAX_SLOTS == 0
-    assert -(2**63) <= a and a + MAX_SLOTS < 2**63
+    assert -(2**63) <= a
+    assert a + MAX_SLOTS < 2**63
 
 
 def test_limits_beyond_the_slot_bits_are_capped_and_said(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
 
 from scanner.store import db, schema
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -98,7 +101,8 @@ def _race(url: str) -> list[str]:
         for _ in range(RACERS)
     ]
     for p in procs:
-        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        assert p.stdout is not None
+        assert p.stdout.readline() == "ready\n"
     for p in procs:
         assert p.stdin is not None
         p.stdin.write("go\n")

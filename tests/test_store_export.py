@@ -8,11 +8,10 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner import verdict
 from scanner.codec import fingerprint
@@ -23,6 +22,11 @@ from scanner.store.schema import ScanStatus
 from scanner.store.writer import Writer
 from tests import verdict_factory as vf
 from tests.store_helpers import new_scan
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sqlalchemy.engine import Engine
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -65,10 +69,13 @@ async def test_domain_csv_flattens(engine: Engine) -> None:
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert len(rows) == 6
     assert "mx_hosts" not in rows[0]
-    assert rows[0]["outcome"] == "ok" and rows[0]["stage"] == "dane"
-    assert rows[0]["starttls"] == "true" and rows[0]["scan_id"] == str(scan_id)
+    assert rows[0]["outcome"] == "ok"
+    assert rows[0]["stage"] == "dane"
+    assert rows[0]["starttls"] == "true"
+    assert rows[0]["scan_id"] == str(scan_id)
     invalid = next(r for r in rows if r["outcome"] == "invalid")
-    assert invalid["domain"] == "" and invalid["stage"] == ""
+    assert invalid["domain"] == ""
+    assert invalid["stage"] == ""
 
 
 async def test_host_and_endpoint_levels(engine: Engine) -> None:
@@ -79,8 +86,10 @@ async def test_host_and_endpoint_levels(engine: Engine) -> None:
     assert n_hosts == sum(len(v.hosts) for v in batch)
     mixed = [h for h in hosts if h["domain"] == "m5.example"]
     assert [h["host"] for h in mixed] == ["mx1.m5.example", "mx2.m5.example"]
-    assert mixed[0]["tlsa_count"] == 2 and mixed[0]["tlsa_records"][0].startswith("3 1 1 ")
-    assert mixed[1]["reachable"] is False and mixed[1]["reason"] == "unreachable"
+    assert mixed[0]["tlsa_count"] == 2
+    assert mixed[0]["tlsa_records"][0].startswith("3 1 1 ")
+    assert mixed[1]["reachable"] is False
+    assert mixed[1]["reason"] == "unreachable"
     assert mixed[1]["host_reason"] is None  # the host's own lookups went fine
     assert all(list(h) == list(HOST_COLUMNS) for h in hosts)
 
@@ -91,10 +100,13 @@ async def test_host_and_endpoint_levels(engine: Engine) -> None:
     first = next(e for e in eps if e["domain"] == "d1.example")
     leaf = batch[0].hosts[0].endpoints[0].chain[0]
     assert first["chain"].split(" ")[0] == fingerprint(leaf)
-    assert first["dane_authenticated"] == "true" and first["dane_depth"] == "0"
-    assert first["dane_usage"] == "3" and first["status"] == "success"
+    assert first["dane_authenticated"] == "true"
+    assert first["dane_depth"] == "0"
+    assert first["dane_usage"] == "3"
+    assert first["status"] == "success"
     plain = next(e for e in eps if e["domain"] == "p2.example")
-    assert plain["dane_authenticated"] == "" and plain["status"] == "no-starttls"
+    assert plain["dane_authenticated"] == ""
+    assert plain["status"] == "no-starttls"
 
 
 async def test_unknown_scan_or_level(engine: Engine) -> None:
@@ -160,7 +172,8 @@ async def test_csv_cells_never_start_a_formula(engine: Engine) -> None:
     out = io.StringIO()
     export(engine, scan_id, "csv", "endpoint", out)
     (ep,) = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert ep["banner"] == "'=HYPERLINK(1)" and ep["ehlo"] == "'-cmd STARTTLS"
+    assert ep["banner"] == "'=HYPERLINK(1)"
+    assert ep["ehlo"] == "'-cmd STARTTLS"
     # JSON is data, not a spreadsheet: it keeps the text as it is.
     out = io.StringIO()
     export(engine, scan_id, "jsonl", "domain", out)
@@ -179,10 +192,13 @@ def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "scanner.cli", "export", "--db", url, "--scan", str(scan_id)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     first = proc.stdout.readline()
     proc.stdout.close()  # what `head -1` does after its line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert json.loads(first)["line"] == 1
-    assert "Broken pipe" not in err and "Traceback" not in err and "Errno" not in err
+    assert "Broken pipe" not in err
+    assert "Traceback" not in err
+    assert "Errno" not in err

@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from scanner.model import SCHEMA_VERSION
 from scanner.store import scans, schema
@@ -18,6 +17,11 @@ from scanner.store.schema import ScanStatus
 from scanner.store.writer import Writer
 from tests import verdict_factory as vf
 from tests.store_helpers import count
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import Engine
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -37,9 +41,12 @@ def test_create_scan_records_provenance(engine: Engine) -> None:
         engine, "nightly", "top.txt", dt.date(2025, 3, 1), "127.0.0.1@5353", {"concurrency": 5}
     )
     row = _scan_row(engine, scan_id)
-    assert row.status == "running" and row.schema_version == SCHEMA_VERSION
-    assert row.logical_date == dt.date(2025, 3, 1) and row.options == {"concurrency": 5}
-    assert row.started_at is not None and row.finished_at is None
+    assert row.status == "running"
+    assert row.schema_version == SCHEMA_VERSION
+    assert row.logical_date == dt.date(2025, 3, 1)
+    assert row.options == {"concurrency": 5}
+    assert row.started_at is not None
+    assert row.finished_at is None
 
 
 def test_add_shards_streams_and_hashes(engine: Engine) -> None:
@@ -59,8 +66,11 @@ def test_add_shards_streams_and_hashes(engine: Engine) -> None:
     assert len(consumed) == 2500
     got = [scans.claim_shard(engine, scan_id, "w") for _ in range(4)]
     assert [s.shard_no if s else None for s in got] == [0, 1, 2, None]
-    assert got[2] is not None and got[2].first_line == 2001 and len(got[2].lines) == 500
-    assert got[0] is not None and got[0].lines[0] == (1, "d1.example")
+    assert got[2] is not None
+    assert got[2].first_line == 2001
+    assert len(got[2].lines) == 500
+    assert got[0] is not None
+    assert got[0].lines[0] == (1, "d1.example")
 
 
 def test_expired_lease_is_claimable_and_renew_checks_owner(engine: Engine) -> None:
@@ -69,7 +79,8 @@ def test_expired_lease_is_claimable_and_renew_checks_owner(engine: Engine) -> No
     first = scans.claim_shard(engine, scan_id, "dead-worker", lease_seconds=-1)
     assert first is not None
     again = scans.claim_shard(engine, scan_id, "w2", lease_seconds=60)
-    assert again is not None and again.shard_no == first.shard_no
+    assert again is not None
+    assert again.shard_no == first.shard_no
     assert again.lease_owner == "w2"
     assert scans.renew_lease(engine, scan_id, 0, "dead-worker") is False
     assert scans.renew_lease(engine, scan_id, 0, "w2") is True
@@ -108,9 +119,12 @@ async def test_interrupt_and_resume_is_exact(engine: Engine) -> None:
     counts = scans.finish_scan(engine, scan_id)
     assert count(engine, "domain_results", scan_id) == 30
     assert list(iter_verdicts(engine, scan_id)) == [verdicts[i] for i in range(1, 31)]
-    assert sum(counts["outcome"].values()) == 30 and counts["outcome"]["invalid"] == 5
+    assert sum(counts["outcome"].values()) == 30
+    assert counts["outcome"]["invalid"] == 5
     row = _scan_row(engine, scan_id)
-    assert row.status == "complete" and row.result_count == 30 and row.finished_at is not None
+    assert row.status == "complete"
+    assert row.result_count == 30
+    assert row.finished_at is not None
     assert scans.latest_complete(engine) == scan_id
     assert scans.latest_unfinished(engine) != scan_id
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner.model import EndpointStatus, HostVerdict, Reason
 from scanner.store import StoreUnavailable, db, scans, schema
@@ -17,6 +17,9 @@ from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
 from tests.store_helpers import PG_ADMIN, count, new_scan
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -70,7 +73,8 @@ async def test_shared_host_and_certificates_stored_once(engine: Engine) -> None:
     by_scan: dict[int, set[int]] = {}
     for s_id, d_id in ids:
         by_scan.setdefault(s_id, set()).add(d_id)
-    assert by_scan[scan_a] == by_scan[scan_b] and len(by_scan[scan_a]) == 30
+    assert by_scan[scan_a] == by_scan[scan_b]
+    assert len(by_scan[scan_a]) == 30
 
 
 async def test_certificate_metadata(engine: Engine) -> None:
@@ -83,7 +87,8 @@ async def test_certificate_metadata(engine: Engine) -> None:
         row = conn.execute(sa.select(c).where(c.c.der == der)).one()
     assert row.subject == "CN=mx1.cert.example"
     assert row.key_type == "EC-secp256r1"
-    assert len(row.spki_sha256) == 64 and row.not_after > row.not_before
+    assert len(row.spki_sha256) == 64
+    assert row.not_after > row.not_before
 
 
 async def test_hostile_text_is_cleaned_and_capped(engine: Engine) -> None:
@@ -111,9 +116,11 @@ async def test_hostile_text_is_cleaned_and_capped(engine: Engine) -> None:
     assert row.banner.startswith("mx.evil[31m ESMTP \ufffd")
     assert len(row.ehlo) == schema.EHLO_LINES_MAX
     assert all(len(x) <= schema.EHLO_LINE_MAX and "\r" not in x for x in row.ehlo)
-    assert len(row.error) == schema.ERROR_MAX and "\x00" not in row.error
+    assert len(row.error) == schema.ERROR_MAX
+    assert "\x00" not in row.error
     assert stored_input == "evil.example"
-    assert cert.subject is None and cert.key_type is None
+    assert cert.subject is None
+    assert cert.key_type is None
 
 
 async def test_missing_line_number_is_refused(engine: Engine) -> None:
@@ -126,11 +133,13 @@ async def test_shard_done_with_its_results(engine: Engine) -> None:
     scan_id = new_scan(engine)
     scans.add_shards(engine, scan_id, ((i, f"d{i}.example") for i in range(1, 11)), shard_size=5)
     shard = scans.claim_shard(engine, scan_id, "w1")
-    assert shard is not None and shard.shard_no == 0
+    assert shard is not None
+    assert shard.shard_no == 0
     await Writer(engine, scan_id).write(vf.sample(5), shard.shard_no)
     assert scans.remaining_shards(engine, scan_id) == 1
     nxt = scans.claim_shard(engine, scan_id, "w1")
-    assert nxt is not None and nxt.shard_no == 1
+    assert nxt is not None
+    assert nxt.shard_no == 1
 
 
 async def test_run_consumes_channel(engine: Engine) -> None:

@@ -8,11 +8,11 @@ import gc
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
 import trio
-from sqlalchemy.engine import Engine
 
 from scanner import jsontext
 from scanner.model import Outcome
@@ -21,6 +21,9 @@ from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
 from tests.store_helpers import count, new_scan
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -48,7 +51,8 @@ async def test_done_shard_is_not_written_again(engine: Engine) -> None:
     other = [dataclasses.replace(v, outcome=Outcome.DNS_FAILURE, hosts=()) for v in batch]
     late = Writer(engine, scan_id)
     await late.write(other, 0)
-    assert late.written == 0 and first.written == 6
+    assert late.written == 0
+    assert first.written == 6
     assert _counts(engine, scan_id) == before
     assert list(iter_verdicts(engine, scan_id)) == batch
     assert scans.remaining_shards(engine, scan_id) == 0
@@ -66,7 +70,8 @@ async def test_lines_stored_outside_the_shard_protocol(
     with caplog.at_level(logging.INFO, logger="scanner.store.writer"):
         await writer.write(batch, 0)
     if engine.dialect.name == "postgresql":
-        assert "looking again" in caplog.text and "merging the batch" in caplog.text
+        assert "looking again" in caplog.text
+        assert "merging the batch" in caplog.text
     assert writer.written == 12
     assert count(engine, "domain_results", scan_id) == 12
     assert list(iter_verdicts(engine, scan_id)) == batch
@@ -152,7 +157,8 @@ async def test_merged_batches_share_new_hosts_and_domains(
         names = conn.execute(
             sa.select(d.c.name).join(dr, dr.c.domain_id == d.c.id).where(dr.c.scan_id == scan_id)
         ).scalars().all()
-    assert sorted(set(names)) == [f"m{i}.example" for i in range(6)] and len(names) == 8
+    assert sorted(set(names)) == [f"m{i}.example" for i in range(6)]
+    assert len(names) == 8
     assert list(iter_verdicts(engine, scan_id)) == batch
     assert scans.remaining_shards(engine, scan_id) == 0
 
@@ -173,7 +179,8 @@ async def test_run_changes_no_process_wide_setting(engine: Engine) -> None:
             assert sys.getswitchinterval() == before
             assert gc.get_threshold() == threshold
             await send.send(WriteBatch(batch[3:], 1))
-    assert writer.written == 6 and scans.remaining_shards(engine, scan_id) == 0
+    assert writer.written == 6
+    assert scans.remaining_shards(engine, scan_id) == 0
     assert list(iter_verdicts(engine, scan_id)) == batch
 
 

@@ -150,8 +150,7 @@ def test_truncated_gzip_yields_what_it_can_then_raises() -> None:
     blob = gzip.compress(lines)
     got: list[tuple[int, str]] = []
     with pytest.raises(TargetsError):
-        for item in read_targets(io.BytesIO(blob[: len(blob) * 2 // 3])):
-            got.append(item)
+        got.extend(read_targets(io.BytesIO(blob[: len(blob) * 2 // 3])))
     assert len(got) > 1000
     # Everything yielded is a complete, correct line.
     assert all(raw == f"d{n}.example" for n, raw in got)
@@ -216,7 +215,8 @@ def test_read_targets_any_bytes(data: bytes) -> None:
     numbers = [n for n, _ in items]
     assert numbers == sorted(set(numbers))
     for _, raw in items:
-        assert raw and "\n" not in raw
+        assert raw
+        assert "\n" not in raw
         assert valid_output(normalise(raw)[0])
 
 
@@ -237,7 +237,8 @@ def test_read_targets_text_lines_plain_and_gzip(lines: list[str], compress: bool
         elif "," not in text:
             assert items[n] == text  # every plain line comes back, stripped, at its number
         elif n in items:
-            assert items[n] and items[n].strip() == items[n]
+            assert items[n]
+            assert items[n].strip() == items[n]
 
 
 def test_csv_rows_without_a_domain_are_kept_as_given() -> None:
@@ -262,12 +263,12 @@ def test_small_truncated_gzip_yields_its_decodable_lines(tmp_path: Path) -> None
     path.write_bytes(blob[: len(blob) // 2])
     got: list[tuple[int, str]] = []
     with pytest.raises(TargetsError) as info:
-        for item in read_targets(path):
-            got.append(item)
+        got.extend(read_targets(path))
     assert 50 < len(got) < 300
     assert got == [(n, f"d{n}.example") for n in range(1, len(got) + 1)]
     message = str(info.value)
-    assert str(path) in message and f"after line {len(got)}" in message
+    assert str(path) in message
+    assert f"after line {len(got)}" in message
 
 
 def test_concatenated_gzip_members() -> None:

@@ -8,8 +8,8 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.dnssec
 import dns.edns
@@ -36,6 +36,9 @@ from testbed.spec import (
     WorldPlan,
     Zone,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 RESOLVER = "127.77.0.53"
 SEED = 4242
@@ -243,12 +246,14 @@ def test_truncating_server_is_read_over_tcp(world: tuple[Path, list[int]]) -> No
         ADDRESS["fault-truncate"],
         timeout=2.0,
     )
-    assert direct.flags & dns.flags.TC and not direct.answer
+    assert direct.flags & dns.flags.TC
+    assert not direct.answer
     reply = _ask("trunc.tb1.")
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.flags & dns.flags.AD
     nodata = _ask("mx.trunc.tb1.", "AAAA")  # NSEC-proven NODATA from the fault server
-    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+    assert nodata.rcode() == dns.rcode.NOERROR
+    assert not nodata.answer
     assert nodata.flags & dns.flags.AD
 
 
@@ -299,7 +304,8 @@ def test_latency_front_delay_changes_on_hangup(world: tuple[Path, list[int]]) ->
 def test_flush_then_still_resolves(world: tuple[Path, list[int]]) -> None:
     dnsnet.flush_resolver(world[0])
     reply = _ask("good.tb1.")
-    assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AD
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.flags & dns.flags.AD
 
 
 @pytest.mark.testbed

@@ -8,8 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -17,11 +16,15 @@ import trio
 from scanner import verdict
 from scanner.config import Config, ResolverAddress
 from scanner.dns import DnsClient
-from scanner.model import DomainVerdict
 from scanner.pipeline import Scanner, run
 from testbed import control, world
 from testbed.scenarios import ALL_SCENARIOS, SCENARIOS
 from tests.test_scan_testbed import mismatches
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from scanner.model import DomainVerdict
 
 WEIGHTS = {"starttls-unsigned": 0.3, "dane-ee-311": 0.3, "signed-no-tlsa": 0.2, "plain": 0.15,
            "many-mx": 0.05, "provider": 0.4, "provider-signed": 0.5}
@@ -45,7 +48,8 @@ def test_many_mx_is_built_from_its_parts(tmp_path: Path) -> None:
     kinds = Counter(r.rdtype for r in hosts_zone.records)
     assert (kinds["A"], kinds["TLSA"]) == (world.MANY_MX_HOSTS,) * 2
     # Too big for every world: only worlds that weight it get it.
-    assert "many-mx" not in ALL_SCENARIOS and not SCENARIOS["many-mx"].catalogue
+    assert "many-mx" not in ALL_SCENARIOS
+    assert not SCENARIOS["many-mx"].catalogue
     assert "many-mx" not in world.catalogue(ipv6=True)
 
 
@@ -103,7 +107,8 @@ def test_many_mx_costs_a_bounded_number_of_sessions(make_world: Any) -> None:
 
         # One classified result, with the cap's reason; every other domain as built.
         got = results[row["input"]]
-        assert got["reason"] == "not-probed-cap" and got["dane"] == "partial"
+        assert got["reason"] == "not-probed-cap"
+        assert got["dane"] == "partial"
         assert len(got["mx_hosts"]) == world.MANY_MX_HOSTS
         capped = [h for h in got["mx_hosts"] if h["reason"] == "not-probed-cap"]
         assert len(capped) >= world.MANY_MX_HOSTS - cfg.max_mx_hosts

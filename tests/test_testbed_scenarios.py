@@ -83,7 +83,8 @@ def check_mx(w: control.World, m: dict[str, Any]) -> None:
     elif outcome == "bogus":
         assert a.rcode == dns.rcode.SERVFAIL
         cd = ask(w, domain, "MX", cd=True)  # data is there: a validation failure, not an outage
-        assert cd.rcode == dns.rcode.NOERROR and cd.records
+        assert cd.rcode == dns.rcode.NOERROR
+        assert cd.records
     elif outcome == "dns_failure":
         assert a.rcode in (dns.rcode.SERVFAIL, -1)
         if a.rcode == dns.rcode.SERVFAIL:  # not a validation failure: no data behind it
@@ -118,18 +119,23 @@ def check_host_dns(w: control.World, m: dict[str, Any], h: dict[str, Any]) -> li
     base = f"_25._tcp.{h['tlsa_base']}"
     t = ask(w, base, "TLSA")
     if status == "absent":
-        assert t.ad and t.rcode in (dns.rcode.NXDOMAIN, dns.rcode.NOERROR) and not t.records
+        assert t.ad
+        assert t.rcode in (dns.rcode.NXDOMAIN, dns.rcode.NOERROR)
+        assert not t.records
         return []
     if status == "bogus":
         assert t.rcode == dns.rcode.SERVFAIL
         assert ask(w, base, "TLSA", cd=True).records
         return []
-    assert t.rcode == dns.rcode.NOERROR and t.ad and t.records
+    assert t.rcode == dns.rcode.NOERROR
+    assert t.ad
+    assert t.records
     if h["tlsa_base"] != h["name"]:  # MX host CNAME, TLSA at the original name
         expanded = ask(w, h["name"], "A").cnames[-1].rstrip(".")
         if expanded != h["tlsa_base"]:
             e = ask(w, f"_25._tcp.{expanded}", "TLSA")
-            assert e.ad and not e.records  # secure denial at the expanded name first
+            assert e.ad
+            assert not e.records
     usable = [r for r in t.records if _usable(r)]
     assert bool(usable) == (status == "usable"), (status, t.records)
     return t.records
@@ -248,15 +254,19 @@ def check_endpoint(w: control.World, m: dict[str, Any], h: dict[str, Any], tlsa:
             assert p.banner.startswith(behaviour[-3:].encode())
             continue
         if behaviour == "garbage":
-            assert p.banner and not p.banner[:3].isdigit()
+            assert p.banner
+            assert not p.banner[:3].isdigit()
             continue
-        assert p.banner.startswith(b"220 ") and p.caps is not None
+        assert p.banner.startswith(b"220 ")
+        assert p.caps is not None
         offers = any(c[4:].upper() == b"STARTTLS" for c in p.caps)
         assert offers == (behaviour != "plain")
         if behaviour == "starttls-454":
             assert p.starttls_reply.startswith(b"454")
         elif behaviour == "tls-fail":
-            assert p.starttls_reply.startswith(b"220") and p.chain is None and p.tls_error
+            assert p.starttls_reply.startswith(b"220")
+            assert p.chain is None
+            assert p.tls_error
         elif behaviour != "plain":
             assert p.chain, (address, p.tls_error)
         chains[address] = p.chain
@@ -301,7 +311,9 @@ def test_sni_selects_the_chain(world: control.World) -> None:
     h = m["mx_hosts"][0]
     with_sni = probe(h["addresses"][0], h["sni"], 10.0).chain
     without = probe(h["addresses"][0], None, 10.0).chain
-    assert with_sni and without and with_sni != without
+    assert with_sni
+    assert without
+    assert with_sni != without
     tlsa = ask(world, f"_25._tcp.{h['tlsa_base']}", "TLSA").records
     assert any(tlsa_matches(r, with_sni) for r in tlsa)
     assert not any(tlsa_matches(r, without) for r in tlsa)
@@ -319,7 +331,8 @@ def test_truncated_udp_needs_tcp(world: control.World) -> None:
     """The fault server's UDP answers are truncated; the resolver must have used TCP."""
     m = _row(world, "dns-truncate")
     a = ask(world, m["domain"], "MX")
-    assert a.ad and a.records
+    assert a.ad
+    assert a.records
 
 
 def test_session_log_counts_probes(world: control.World) -> None:
@@ -352,7 +365,8 @@ def test_advance_and_down(make_world: Any) -> None:
     w = make_world(
         domains=80, seed=4, weights={"provider": 0.0, "starttls-unsigned": 1.0}, climb=0.3
     )
-    assert w.block != 77 and w.block != 78
+    assert w.block != 77
+    assert w.block != 78
     w2 = control.advance(w, 3)
     assert w2.night == 3
     changed = [

@@ -12,10 +12,10 @@ import ssl
 import subprocess
 import sys
 import warnings
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -26,6 +26,9 @@ from cryptography.x509.oid import NameOID
 
 from testbed import smtpd
 from testbed.spec import Chain, SmtpBehaviour, SmtpEndpoint, SmtpSpec, to_json
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 PORT = 2525
 PORT6 = 2526
@@ -232,18 +235,22 @@ async def test_starttls_presents_chain_and_restarts_session(
     c = await connect("127.78.0.1")
     assert await c.reply() == (220, ["mx1.testbed ESMTP testbed"])
     code, caps = await c.cmd("EHLO scanner.example")
-    assert code == 250 and caps[0] == "mx1.testbed"
+    assert code == 250
+    assert caps[0] == "mx1.testbed"
     for cap in ("PIPELINING", "SIZE 10240000", "8BITMIME", "STARTTLS", "ENHANCEDSTATUSCODES"):
         assert cap in caps
     assert (await c.cmd("STARTTLS"))[0] == 220
     tls = await c.starttls("mx1.example")
     assert presented_chain(tls) == certs.ec_der
     code, caps = await c.cmd("EHLO scanner.example")
-    assert code == 250 and "STARTTLS" not in caps and "PIPELINING" in caps
+    assert code == 250
+    assert "STARTTLS" not in caps
+    assert "PIPELINING" in caps
     assert (await c.cmd("STARTTLS"))[0] == 503  # RFC 3207: not twice
     assert (await c.cmd("QUIT"))[0] == 221
     (line,) = await wait_for_log(world, 1)
-    assert line["address"] == "127.78.0.1" and line["port"] == PORT
+    assert line["address"] == "127.78.0.1"
+    assert line["port"] == PORT
     assert line["peer"] == "127.0.0.1"
     assert (line["sni"], line["starttls"], line["ehlo"], line["end"]) == (
         "mx1.example",
@@ -291,7 +298,9 @@ async def test_plain_refuses_starttls(server: object) -> None:
     c = await connect("127.78.0.3")
     assert (await c.reply())[0] == 220
     code, caps = await c.cmd("EHLO a.example")
-    assert code == 250 and "STARTTLS" not in caps and "ENHANCEDSTATUSCODES" in caps
+    assert code == 250
+    assert "STARTTLS" not in caps
+    assert "ENHANCEDSTATUSCODES" in caps
     assert (await c.cmd("STARTTLS"))[0] == 502
     assert await c.cmd("HELO a.example") == (250, ["mx3.testbed"])
     assert (await c.cmd("NOOP"))[0] == 250
@@ -306,7 +315,8 @@ async def test_starttls_454(server: object) -> None:
     await c.reply()
     assert "STARTTLS" in (await c.cmd("EHLO a.example"))[1]
     code, text = await c.cmd("STARTTLS")
-    assert code == 454 and text[0].startswith("4.7.0")
+    assert code == 454
+    assert text[0].startswith("4.7.0")
 
 
 async def test_tls_fail_breaks_handshake(server: object, world: SmtpSpec) -> None:
@@ -372,7 +382,8 @@ async def test_garbage_is_not_smtp(server: object) -> None:
     for n in (10, 11, 12):
         c = await connect(f"127.78.0.{n}")
         data = await c.rest()
-        assert data and not data[:3].isdigit()
+        assert data
+        assert not data[:3].isdigit()
 
 
 # --- robustness and the log ----------------------------------------------------------------
@@ -551,4 +562,5 @@ def test_process_ready_session_sigterm(world: SmtpSpec, tmp_path: Path) -> None:
             check=False,
         )
     assert failed.returncode != 0
-    assert "127.78.0.1]:2525" in failed.stderr and "ready" not in failed.stdout
+    assert "127.78.0.1]:2525" in failed.stderr
+    assert "ready" not in failed.stdout

@@ -96,7 +96,8 @@ def test_manifest_rows_agree_with_their_hosts(built: world.Built) -> None:
         if m["outcome"] != "ok":
             assert m["starttls"] is m["dnssec"] is m["tlsa"] is m["dane"] is m["stage"] is None
             if m["outcome"] == "unreachable":
-                assert m["mx_hosts"] and not any(h["reachable"] for h in m["mx_hosts"])
+                assert m["mx_hosts"]
+                assert not any(h["reachable"] for h in m["mx_hosts"])
             continue
         hosts = m["mx_hosts"]
         assert hosts, m
@@ -109,7 +110,8 @@ def test_manifest_rows_agree_with_their_hosts(built: world.Built) -> None:
         usable = statuses.count("usable")
         want = "all" if usable == len(hosts) else "partial" if usable else "none"
         if "bogus" in statuses:
-            assert m["dane"] == "broken" and m["reason"] == "dnssec-invalid"
+            assert m["dane"] == "broken"
+            assert m["reason"] == "dnssec-invalid"
             assert m["tlsa"] == "none"
         else:
             assert m["tlsa"] == want, m
@@ -222,7 +224,8 @@ def test_sharing_shape(tmp_path: Path) -> None:
             assert len(m["mx_hosts"]) == 2
             assert all(len(h["addresses"]) >= 2 for h in m["mx_hosts"])
     tarpits = [e for e in b.plan.smtp.endpoints if e.behaviour is SmtpBehaviour.TARPIT]
-    assert tarpits and all(e.banner_delay == 1.5 for e in tarpits)
+    assert tarpits
+    assert all(e.banner_delay == 1.5 for e in tarpits)
 
 
 def test_nights_are_deterministic_and_move(tmp_path: Path) -> None:
@@ -275,7 +278,8 @@ def _expect_dict(e: scenarios.Expect) -> dict[str, Any]:
 def test_delay_reaches_servers(tmp_path: Path) -> None:
     b = world.build(world.Params(seed=1, domains=20, delay=(0.01, 0.05)), tmp_path)
     assert all(s.delay == (0.01, 0.05) for s in b.plan.servers)
-    assert b.plan.smtp is not None and b.plan.smtp.reply_delay == (0.01, 0.05)
+    assert b.plan.smtp is not None
+    assert b.plan.smtp.reply_delay == (0.01, 0.05)
     assert b.plan.resolver == "127.100.0.1"
 
 
@@ -285,7 +289,9 @@ def test_records_parse_and_sit_in_their_zone(built: world.Built) -> None:
         for r in z.records:
             if r.rdtype == "TLSA":  # dnspython refuses a digest of the wrong length: by hand
                 usage, selector, mtype, data = r.rdata.split()
-                assert int(usage) < 4 and int(selector) < 2 and int(mtype) < 3
+                assert int(usage) < 4
+                assert int(selector) < 2
+                assert int(mtype) < 3
                 assert bytes.fromhex(data)
                 continue
             dns.rdata.from_text("IN", r.rdtype, r.rdata, origin=origin)
@@ -298,7 +304,8 @@ def test_blocks_are_locked_and_reclaimed(tmp_path: Path, monkeypatch: pytest.Mon
     a, b = tmp_path / "a", tmp_path / "b"
     first = control.allocate_block(a)
     second = control.allocate_block(b)
-    assert first != second and {first, second}.isdisjoint(control.RESERVED_BLOCKS)
+    assert first != second
+    assert {first, second}.isdisjoint(control.RESERVED_BLOCKS)
     with pytest.raises(RuntimeError):
         control.allocate_block(tmp_path / "c", block=first)  # held by a live allocator
     assert control.allocate_block(tmp_path / "d", block=77) == 77  # explicit: allowed

@@ -160,7 +160,8 @@ async def test_handshake_reports_the_presented_chain(with_intermediate: bool) ->
     assert facts.chain == chain.der
     assert len(facts.chain) == (2 if with_intermediate else 1)
     assert facts.version == "TLSv1.3"
-    assert facts.cipher and facts.cipher.startswith("TLS_")
+    assert facts.cipher
+    assert facts.cipher.startswith("TLS_")
     assert log.names == ["mx.example.net"]
 
     # Application data both ways, then close_notify reaches the server as a clean EOF.

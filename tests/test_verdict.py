@@ -212,7 +212,9 @@ def test_contract_table(name: str) -> None:
     assert v.outcome is Outcome.OK
     got = Want(v.starttls, v.dnssec, v.tlsa, v.tlsa_unusable, v.dane, v.stage, v.reason)
     assert got == want
-    assert v.line == 7 and v.domain == "example.com" and v.input == "Example.COM"
+    assert v.line == 7
+    assert v.domain == "example.com"
+    assert v.input == "Example.COM"
 
 
 def test_unreachable() -> None:
@@ -231,20 +233,27 @@ def test_caps_never_give_dane_valid() -> None:
                 host(U, (OK, AUTH), (CAP, None), name="mx5")]
     for hosts in ([*probed[:2], left_out[0]], [probed[0], left_out[1]], [*probed, *left_out]):
         v = verdict(*hosts)
-        assert v.dane is not DaneStatus.VALID and v.stage is not Stage.DANE
+        assert v.dane is not DaneStatus.VALID
+        assert v.stage is not Stage.DANE
         assert any(is_capped(h) for h in v.hosts)
 
 
 def test_capped_host_and_endpoint() -> None:
     h = capped_host(30, "mx3.example.net")
-    assert not h.reachable and h.reason is Reason.NOT_PROBED_CAP and h.endpoints == ()
-    assert h.host.tlsa_status is TlsaStatus.NOT_QUERIED and h.host.addresses == ()
+    assert not h.reachable
+    assert h.reason is Reason.NOT_PROBED_CAP
+    assert h.endpoints == ()
+    assert h.host.tlsa_status is TlsaStatus.NOT_QUERIED
+    assert h.host.addresses == ()
     ep = capped_endpoint("192.0.2.9", 25, "mx.example.net")
-    assert ep.status is CAP and ep.attempts == 0 and not ep.status.greeted
+    assert ep.status is CAP
+    assert ep.attempts == 0
+    assert not ep.status.greeted
     assert endpoint_reason(CAP) is Reason.NOT_PROBED_CAP
     # Only capped endpoints answer nothing: the domain is unreachable for the cap's reason.
     v = verdict(host(U, (CAP, None)), capped_host(20, "mx2.example.net"))
-    assert v.outcome is Outcome.UNREACHABLE and v.reason is Reason.NOT_PROBED_CAP
+    assert v.outcome is Outcome.UNREACHABLE
+    assert v.reason is Reason.NOT_PROBED_CAP
     assert to_json(v)["mx_hosts"][1] == {
         "preference": 20, "host": "mx2.example.net", "addresses": [], "address_dnssec": None,
         "tlsa_base": None, "tlsa_status": "not_queried", "tlsa_records": [], "reachable": False,
@@ -264,7 +273,8 @@ def test_early_verdict_keeps_the_mx_answer() -> None:
     # An implicit MX's status combines the address lookup: given, it wins over the MX's own.
     v = early_verdict("example.com", "example.com", Outcome.DNS_FAILURE,
                       Reason.ADDRESS_LOOKUP_FAILURE, mx=mx(S), mx_status=DnssecStatus.INDETERMINATE)
-    assert v.mx_status is DnssecStatus.INDETERMINATE and v.mx_rcode == "NOERROR"
+    assert v.mx_status is DnssecStatus.INDETERMINATE
+    assert v.mx_rcode == "NOERROR"
     v = domain_verdict("example.com", "example.com", S, [host(U, (OK, AUTH))], implicit_mx=False,
                        mx=Lookup("example.com", "MX", S, "NOERROR", ede_code=3))
     assert (v.mx_rcode, v.mx_ede_code, v.mx_ede_text, v.stage) == ("NOERROR", 3, None, Stage.DANE)
@@ -277,14 +287,17 @@ def test_internal_error_is_its_own_outcome() -> None:
     assert (v.starttls, v.dnssec, v.tlsa, v.dane, v.stage, v.mx_status) == (None,) * 6
     assert internal_error_verdict("x", None, RuntimeError()).error == "RuntimeError"
     obj = to_json(v)
-    assert obj["outcome"] == "internal_error" and obj["error"] == "KeyError: 'mx9'"
+    assert obj["outcome"] == "internal_error"
+    assert obj["error"] == "KeyError: 'mx9'"
 
 
 def test_unreachable_without_addresses() -> None:
     h = host_verdict(10, facts("mx1", TlsaStatus.NOT_QUERIED, reason=Reason.NO_ADDRESS), [], [])
-    assert not h.reachable and h.reason is Reason.NO_ADDRESS
+    assert not h.reachable
+    assert h.reason is Reason.NO_ADDRESS
     v = verdict(h)
-    assert v.outcome is Outcome.UNREACHABLE and v.reason is Reason.NO_ADDRESS
+    assert v.outcome is Outcome.UNREACHABLE
+    assert v.reason is Reason.NO_ADDRESS
     bare = host_verdict(10, facts("mx1", TlsaStatus.NOT_QUERIED), [], [])
     assert bare.reason is Reason.NO_ADDRESS
 
@@ -292,18 +305,25 @@ def test_unreachable_without_addresses() -> None:
 def test_not_validating_nulls_dnssec_facts() -> None:
     v = verdict(host(U, (OK, AUTH)), validating=False)
     assert (v.dnssec, v.tlsa, v.tlsa_unusable, v.dane) == (None, None, None, None)
-    assert v.starttls is True and v.stage is Stage.STARTTLS and v.reason is None
+    assert v.starttls is True
+    assert v.stage is Stage.STARTTLS
+    assert v.reason is None
     v = verdict(host(U, (EndpointStatus.NO_STARTTLS, None)), validating=False)
-    assert v.stage is Stage.PLAINTEXT and v.dane is None
+    assert v.stage is Stage.PLAINTEXT
+    assert v.dane is None
 
 
 def test_implicit_mx_needs_secure_addresses() -> None:
     secure = host(U, (OK, AUTH), name="example.com", pref=None)
     v = verdict(secure, implicit=True)
-    assert v.dnssec is True and v.stage is Stage.DANE and v.implicit_mx
+    assert v.dnssec is True
+    assert v.stage is Stage.DANE
+    assert v.implicit_mx
     insecure = host(TlsaStatus.NOT_QUERIED, (OK, None), name="example.com", pref=None, addr=I)
     v = verdict(insecure, implicit=True)
-    assert v.dnssec is False and v.dane is DaneStatus.NONE and v.stage is Stage.STARTTLS
+    assert v.dnssec is False
+    assert v.dane is DaneStatus.NONE
+    assert v.stage is Stage.STARTTLS
 
 
 def test_host_verdict_reasons() -> None:
@@ -312,9 +332,11 @@ def test_host_verdict_reasons() -> None:
     assert host(INS, (EndpointStatus.NO_STARTTLS, None)).reason is Reason.STARTTLS_NOT_SUPPORTED
     assert host(TlsaStatus.BOGUS, (OK, None)).reason is Reason.DNSSEC_INVALID
     h = host(U, (EndpointStatus.GREETING_TIMEOUT, None), (EndpointStatus.CONNECT_TIMEOUT, None))
-    assert not h.reachable and h.reason is Reason.GREETING_TIMEOUT
+    assert not h.reachable
+    assert h.reason is Reason.GREETING_TIMEOUT
     h = host(U, (EndpointStatus.NOT_PROBED_PRIVATE, None))
-    assert not h.reachable and h.reason is Reason.NOT_PROBED
+    assert not h.reachable
+    assert h.reason is Reason.NOT_PROBED
     with pytest.raises(ValueError):
         host_verdict(1, facts("x", U), [endpoint(OK)], [])
 
@@ -390,14 +412,17 @@ def test_to_json_full_verdict() -> None:
     obj = to_json(v)
     assert all(k in obj for k in CONTRACT_FIELDS)
     assert json.loads(json.dumps(obj)) == obj  # plain JSON types only
-    assert obj["outcome"] == "ok" and obj["dane"] == "partial" and obj["tlsa"] == "partial"
+    assert obj["outcome"] == "ok"
+    assert obj["dane"] == "partial"
+    assert obj["tlsa"] == "partial"
     mx1 = obj["mx_hosts"][0]
     assert list(mx1) == ["preference", "host", "addresses", "address_dnssec", "tlsa_base",
                          "tlsa_status", "tlsa_records", "reachable", "reason", "endpoints"]
     assert mx1["addresses"] == [{"address": "192.0.2.1", "family": 4, "dnssec": "secure"}]
     assert mx1["tlsa_records"] == [{"usage": 3, "selector": 1, "mtype": 1, "data": "00" * 32}]
     ep = mx1["endpoints"][0]
-    assert ep["status"] == "success" and len(ep["chain_sha256"]) == 2
+    assert ep["status"] == "success"
+    assert len(ep["chain_sha256"]) == 2
     assert len(ep["chain_sha256"][0]) == 64
     assert ep["dane"] == {"authenticated": True, "record": mx1["tlsa_records"][0], "depth": 0,
                           "reason": None}
@@ -409,8 +434,10 @@ def test_to_json_full_verdict() -> None:
 def test_to_json_early_and_stable_keys() -> None:
     obj = to_json(early_verdict("??", None, Outcome.INVALID, Reason.INVALID_INPUT, line=1))
     assert list(obj)[: len(CONTRACT_FIELDS) - 1] == CONTRACT_FIELDS[:-1]
-    assert obj["domain"] is None and obj["reason"] == "invalid-input"
-    assert obj["stage"] is None and obj["mx_hosts"] == []
+    assert obj["domain"] is None
+    assert obj["reason"] == "invalid-input"
+    assert obj["stage"] is None
+    assert obj["mx_hosts"] == []
     assert list(obj) == list(to_json(verdict(host(U, (OK, AUTH)))))
 
 

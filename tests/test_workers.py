@@ -12,18 +12,22 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from scanner import run
 from scanner.config import Config, ResolverAddress
 from scanner.store import scans, schema
-from testbed import control
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Engine
+
+    from testbed import control
 
 pytest_plugins = ["tests.conftest_store"]
 pytestmark = pytest.mark.testbed
@@ -173,7 +177,8 @@ def test_one_process_scan_joined_by_a_worker(pg_url: str, pg_engine: Engine,
     scan_id = None
     while scan_id is None or not _leased_by(pg_engine, scan_id, f"{os.uname().nodename}:"
                                                                  f"{scan.pid}"):
-        assert time.monotonic() < deadline and scan.poll() is None, "the scan never started"
+        assert time.monotonic() < deadline, "the scan never started"
+        assert scan.poll() is None, "the scan ended before it started"
         time.sleep(0.02)
         with pg_engine.connect() as conn:
             scan_id = conn.execute(sa.select(s.id).where(s.label == label)).scalar()

@@ -12,10 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator
-from typing import Any, Literal, TextIO
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from scanner import codec, verdict
 from scanner.csvcell import neutralise
@@ -23,6 +20,11 @@ from scanner.model import SCHEMA_VERSION, DomainVerdict, Outcome
 from scanner.store.read import iter_verdicts
 from scanner.store.scans import latest_complete, scan_status
 from scanner.store.schema import ScanStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import Engine
 
 Format = Literal["jsonl", "csv"]
 Level = Literal["domain", "host", "endpoint"]

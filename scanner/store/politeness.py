@@ -23,17 +23,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import trio
 from sqlalchemy import exc
-from sqlalchemy.engine import Engine
 
 from scanner.targets_net import parse_address, prefix_key
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
 

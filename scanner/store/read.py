@@ -7,12 +7,10 @@ kept in bounded caches, since many domains share them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from scanner import codec
 from scanner.model import (
@@ -25,6 +23,11 @@ from scanner.model import (
 )
 from scanner.store import schema as s
 from scanner.verdict import capped_endpoint, capped_host
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from sqlalchemy.engine import Engine
 
 IN_CHUNK = 500  # keeps IN lists well under SQLite's and PostgreSQL's parameter limits
 

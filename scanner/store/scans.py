@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from scanner.model import SCHEMA_VERSION
 from scanner.store import schema as s
 from scanner.store.db import is_postgres
 from scanner.store.rows import clean_input, utc
 from scanner.store.schema import ScanStatus, ShardStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from sqlalchemy.engine import Engine
 
 SHARD_INSERT_GROUP = 20  # shards per executemany while streaming the input in
 

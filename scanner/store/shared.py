@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import trio
 from psycopg.types.json import Jsonb
 from sqlalchemy import exc
-from sqlalchemy.engine import Engine
 
 from scanner import codec
-from scanner.model import EndpointFacts, HostFacts
 from scanner.store.schema import shared_claims as t
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sqlalchemy.engine import Engine
+
+    from scanner.model import EndpointFacts, HostFacts
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -32,9 +31,7 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Engine
 
-from scanner.model import DomainVerdict
 from scanner.store import schema
 from scanner.store.db import StoreUnavailable, is_postgres
 from scanner.store.rows import (
@@ -52,7 +49,12 @@ from scanner.store.rows import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
     import psycopg
+    from sqlalchemy.engine import Engine
+
+    from scanner.model import DomainVerdict
 
 log = logging.getLogger(__name__)
 
