@@ -291,7 +291,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                "judged), 5 internal errors.")
     parser.add_argument("--version", action="version", version=f"danescan {_version()}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="scan a domain list")
