@@ -26,7 +26,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sqlalchemy.engine import Engine
 
-from analysis import load, metrics, psl
+from analysis import engines, load, metrics, psl
+from analysis.catalog import ScanRef
+from analysis.engines import Source
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 FLOAT_FORMAT = "{:.6f}"
@@ -305,20 +307,21 @@ def frame_rows(df: pd.DataFrame, columns: Sequence[str]) -> Iterable[tuple[Any, 
     return df[list(columns)].itertuples(index=False, name=None)
 
 
-def domain_rows(engine: Engine, scan_id: int) -> Iterable[tuple[Any, ...]]:
+def domain_rows(src: Source, scan_id: int) -> Iterable[tuple[Any, ...]]:
     """``domains.csv`` rows, streamed; TLD and provider added here (the PSL is not SQL)."""
     cache: dict[str, str] = {}
-    for row in load.iter_domain_rows(engine, scan_id):
-        domain, primary = row[2], row[13]
-        tld = domain.rsplit(".", 1)[-1] if domain else None
-        provider = None
-        if primary:
-            if primary not in cache:
-                if len(cache) > 100_000:
-                    cache.clear()
-                cache[primary] = psl.provider_of(primary)
-            provider = cache[primary]
-        yield (*row, tld, provider)
+    for frame in load.domain_rows(src, scan_id):
+        for row in frame.itertuples(index=False, name=None):
+            domain, primary = row[2], row[13]
+            tld = domain.rsplit(".", 1)[-1] if domain else None
+            provider = None
+            if primary:
+                if primary not in cache:
+                    if len(cache) > 100_000:
+                        cache.clear()
+                    cache[primary] = psl.provider_of(primary)
+                provider = cache[primary]
+            yield (*row, tld, provider)
 
 
 # --- charts ---------------------------------------------------------------------------------
@@ -502,35 +505,37 @@ def readme(scan_id: int, day: Any, counts: dict[str, int]) -> str:
     return "\n".join(out) + "\n"
 
 
-def build(engine: Engine, out: Path, scan: load.ScanRef = "latest") -> dict[str, int]:
-    """Write every CSV, README.md and the charts for ``scan`` into ``out``; returns the row
-    count per CSV."""
+def build(source: Source | Engine, out: Path, scan: ScanRef = "latest") -> dict[str, int]:
+    """Write every CSV, README.md and the charts for ``scan`` (a complete scan) into ``out``;
+    returns the row count per CSV. ``source``: the archive or the live store
+    (:mod:`analysis.engines`); both give byte-identical CSVs for the same nights."""
+    src = engines.as_source(source)
+    sid = src.catalog.resolve(scan)
     out.mkdir(parents=True, exist_ok=True)
-    sid = load.resolve_scan(engine, scan)
-    earlier = load.earlier_scans(engine, sid)
+    earlier = src.catalog.earlier(sid)
     prev = earlier[-1] if earlier else None
-    series: list[load.ScanRef] = [*earlier, sid]
+    series: list[ScanRef] = [*earlier, sid]
     empty = {t.file: pd.DataFrame(columns=list(t.names)) for t in DICTIONARY}
-    f = metrics.funnel(engine, sid)
-    prog = metrics.progression(engine, series)
-    trans = metrics.transitions(engine, prev, sid) if prev else empty["transitions.csv"]
+    f = metrics.funnel(src, sid)
+    prog = metrics.progression(src, series)
+    trans = metrics.transitions(src, prev, sid) if prev else empty["transitions.csv"]
     frames: dict[str, Callable[[], pd.DataFrame]] = {
         "funnel.csv": lambda: f,
-        "funnel_by_tld.csv": lambda: metrics.funnel_by(engine, sid, "tld"),
-        "funnel_by_provider.csv": lambda: metrics.funnel_by(engine, sid, "provider"),
+        "funnel_by_tld.csv": lambda: metrics.funnel_by(src, sid, "tld"),
+        "funnel_by_provider.csv": lambda: metrics.funnel_by(src, sid, "provider"),
         "progression.csv": lambda: prog,
         "transitions.csv": lambda: trans,
-        "movers.csv": lambda: metrics.movers(engine, prev, sid) if prev else empty["movers.csv"],
-        "cohorts.csv": lambda: metrics.cohorts(engine, series),
-        "dane_lags.csv": lambda: metrics.dane_lags(engine, series),
-        "tlsa_parameters.csv": lambda: metrics.tlsa_parameters(engine, sid),
-        "tlsa_rollover.csv": lambda: metrics.tlsa_rollover(engine, sid),
-        "breakage.csv": lambda: metrics.breakage(engine, sid),
+        "movers.csv": lambda: metrics.movers(src, prev, sid) if prev else empty["movers.csv"],
+        "cohorts.csv": lambda: metrics.cohorts(src, series),
+        "dane_lags.csv": lambda: metrics.dane_lags(src, series),
+        "tlsa_parameters.csv": lambda: metrics.tlsa_parameters(src, sid),
+        "tlsa_rollover.csv": lambda: metrics.tlsa_rollover(src, sid),
+        "breakage.csv": lambda: metrics.breakage(src, sid),
     }
     counts: dict[str, int] = {}
     for t in DICTIONARY:
         if t.file == "domains.csv":
-            counts[t.file] = write_csv(out / t.file, t.names, domain_rows(engine, sid))
+            counts[t.file] = write_csv(out / t.file, t.names, domain_rows(src, sid))
         else:
             counts[t.file] = write_csv(out / t.file, t.names, frame_rows(frames[t.file](), t.names))
     day = f["logical_date"].iloc[0] if not f.empty else None

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import cli, load, metrics, report
+from analysis import catalog, cli, metrics, report
 
 if TYPE_CHECKING:
     from tests.analysis_fixture import FixtureDb
@@ -166,5 +166,5 @@ def test_cli_report_without_scans(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc = cli.main(["report", "--out", str(tmp_path / "o"), "--db", url])
     assert rc == cli.EXIT_ERROR
     assert "no complete scan" in capsys.readouterr().err
-    with pytest.raises(load.NoScan):
-        load.resolve_scan(db.make_engine(url), "latest")
+    with pytest.raises(catalog.NoScan):
+        catalog.from_store(db.make_engine(url)).resolve("latest")
