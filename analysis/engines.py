@@ -101,9 +101,12 @@ class StoreSource(Source):
 class ArchiveSource(Source):
     """The Parquet archive, on DuckDB or Spark."""
 
-    def __init__(self, manifest: Manifest, con: Any, engine: EngineName) -> None:
+    def __init__(
+        self, manifest: Manifest, con: Any, engine: EngineName, owns_session: bool = True
+    ) -> None:
         self.manifest = manifest
         self.engine = engine
+        self.owns_session = owns_session
         self._night = {n.scan_id: d for d, n in manifest.nights.items()}
         super().__init__(con, manifest.catalog())
 
@@ -124,6 +127,12 @@ class ArchiveSource(Source):
             t = self.con.read_parquet(files, table_name=name)
         return t.select(*table.columns).cast(ibis_schema(table))
 
+    def close(self) -> None:
+        if self.owns_session:
+            super().close()
+        else:  # Ibis' disconnect would stop a Spark session the caller still uses
+            self._cache.clear()
+
     def batches(self, expr: ir.Table) -> pa.RecordBatchReader:
         if self.engine == "spark":
             return super().batches(expr)
@@ -138,6 +147,7 @@ def archive_source(
     """The archive at ``directory`` on DuckDB (default) or Spark (``session``: an existing
     SparkSession, else one is made: local, or the cluster spark-submit configured)."""
     manifest = read_manifest(directory)
+    owns = session is None
     if engine == "spark":
         if session is None:
             from pyspark.sql import SparkSession
@@ -148,7 +158,7 @@ def archive_source(
         con = ibis.duckdb.connect()
     else:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    return ArchiveSource(manifest, con, engine)
+    return ArchiveSource(manifest, con, engine, owns)
 
 
 def store_source(engine: Engine) -> StoreSource:
