@@ -16,6 +16,7 @@ same columns with the same types.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -109,6 +110,24 @@ class ArchiveSource(Source):
         self.owns_session = owns_session
         self._night = {n.scan_id: d for d, n in manifest.nights.items()}
         super().__init__(con, manifest.catalog())
+
+    @property
+    def nights(self) -> list[dt.date]:
+        """The archived nights, oldest first."""
+        return sorted(self.manifest.nights)
+
+    def facts(self, name: str, nights: Sequence[dt.date] | None = None) -> ir.Table:
+        """Fact table ``name`` (:data:`analysis.tables.FACT_TABLES`) over ``nights`` (default:
+        all) as a lazy Ibis table: filter and aggregate it, then ``.to_pandas()``."""
+        chosen = self.nights if nights is None else list(nights)
+        missing = [d.isoformat() for d in chosen if d not in self.manifest.nights]
+        if missing:
+            raise catalog.NoScan(f"nights not in the archive: {', '.join(missing)}")
+        return self.table(name, [self.manifest.nights[d].scan_id for d in chosen])
+
+    def frame(self, name: str, nights: Sequence[dt.date] | None = None) -> pd.DataFrame:
+        """Fact table ``name`` over ``nights`` as a DataFrame with the archive's columns."""
+        return self.execute(self.facts(name, nights))
 
     def files(self, table: tables.FactTable, scan_ids: list[int]) -> list[str]:
         """One night's query reads that night's partition only: files come from the manifest."""

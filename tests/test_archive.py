@@ -245,3 +245,23 @@ def test_manifest_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(archive.ArchiveError, match="schema version 99"):
         archive.read_manifest(tmp_path)
     assert archive.read_manifest(tmp_path / "empty").nights == {}
+
+
+def test_open_archive_for_researchers(fx: FixtureDb, tmp_path: Path) -> None:
+    from analysis import open_archive
+
+    archive.archive(fx.engine, tmp_path / "arc")
+    a = open_archive(tmp_path / "arc")
+    try:
+        assert a.nights == list(fx.dates)
+        one = a.frame("domains", a.nights[-1:])
+        assert list(one.columns) == list(tables.BY_NAME["domains"].columns)
+        assert len(one) == 15 and set(one["scan_id"]) == {fx.scan_ids[3]}
+        hosts = a.facts("mx_hosts")  # every night, lazily
+        per_night = a.execute(hosts.group_by("scan_id").agg(n=hosts.count()).order_by("scan_id"))
+        assert per_night["scan_id"].tolist() == list(fx.scan_ids)
+        with pytest.raises(catalog.NoScan, match="2024-01-01"):
+            a.facts("domains", [dt.date(2024, 1, 1)])
+        assert metrics.funnel(a)["scan_id"].iloc[0] == fx.scan_ids[3]
+    finally:
+        a.close()
