@@ -113,7 +113,8 @@ def read_manifest(root: str | Path) -> Manifest:
     """The archive's manifest; ``root`` may be a local path or a URI pyarrow can read
     (``s3://``, ``hdfs://``, ``file://``). A missing manifest is an empty archive."""
     text = str(root)
-    fs, path = pafs.FileSystem.from_uri(text) if "://" in text else (pafs.LocalFileSystem(), text)
+    uri = text.replace("s3a://", "s3://", 1)  # Hadoop's scheme for S3; pyarrow knows s3://
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
     target = f"{path.rstrip('/')}/{MANIFEST}"
     if fs.get_file_info(target).type == pafs.FileType.NotFound:
         return Manifest(text)

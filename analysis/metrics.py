@@ -185,9 +185,9 @@ def funnel_from_counts(
 def funnel(source: Source | Engine, scan: ScanRef = "latest") -> pd.DataFrame:
     """The adoption funnel of one scan, in two units.
 
-    Columns: ``scan_id``; ``logical_date``; ``unit`` (``domains``: input lines and ``ok``
-    domains; ``mx_hosts``: each MX host once per scan); ``level`` (``outcome``: every input
-    line / MX host; ``stage``: ``ok`` domains / reachable MX hosts); ``value`` (the outcome,
+    Columns: ``scan_id``; ``logical_date``; ``unit`` (``domains``: domains, each once, and ``ok``
+    domains; ``mx_hosts``: each MX host once per scan); ``level`` (``outcome``: every
+    domain / MX host; ``stage``: ``ok`` domains / reachable MX hosts); ``value`` (the outcome,
     ``reachable``/``unreachable`` for hosts, or the stage); ``rank`` (order within the level);
     ``count`` (exactly at this value); ``denominator`` (inputs, ``ok`` domains, MX hosts or
     reachable MX hosts); ``share`` (count / denominator); ``reached`` (stage level only: at
@@ -271,7 +271,7 @@ def funnel_by(
     The provider is the registrable domain (shipped PSL snapshot, :mod:`analysis.psl`) of the
     most-preferred MX host; ``""`` when the domain has no MX host (invalid, nxdomain, …).
     Columns: ``scan_id``; ``logical_date``; ``group_by`` (``tld`` or ``provider``); ``group``;
-    ``inputs`` (input lines in the group); ``ok`` (``ok`` domains in the group); ``stage``;
+    ``inputs`` (domains in the group, each once); ``ok`` (``ok`` domains in the group); ``stage``;
     ``rank``; ``count`` (``ok`` domains exactly at the stage); ``share`` (count / ok);
     ``reached`` (at the stage or higher); ``reached_share`` (reached / ok).
     """

@@ -67,7 +67,8 @@ DICTIONARY: tuple[Table, ...] = (
             _c(
                 "unit",
                 "text",
-                "`domains` (input lines / ok domains, as the public survey counts) "
+                "`domains` (domains, each once however often listed / ok domains, as the "
+                "public survey counts) "
                 "or `mx_hosts` (each MX host once per scan, as the 2020 paper counted records)",
             ),
             _c(
@@ -84,7 +85,7 @@ DICTIONARY: tuple[Table, ...] = (
             ),
             _c("rank", "int", "order of the value within its level"),
             _c("count", "int", "domains or hosts exactly at this value"),
-            _c("denominator", "int", "inputs, ok domains, MX hosts or reachable MX hosts"),
+            _c("denominator", "int", "domains, ok domains, MX hosts or reachable MX hosts"),
             _c("share", _SHARE, "count / denominator"),
             _c("reached", "int", "stage rows: at this rung or higher (empty for outcomes)"),
             _c("reached_share", _SHARE, "reached / denominator (empty for outcomes)"),
@@ -99,7 +100,7 @@ DICTIONARY: tuple[Table, ...] = (
                 DATE,
                 _c("group_by", "text", f"`{by}`"),
                 _c("group", "text", what_long),
-                _c("inputs", "int", "input lines in the group"),
+                _c("inputs", "int", "domains in the group (each once; invalid lines one each)"),
                 _c("ok", "int", "ok domains in the group"),
                 _c("stage", "text", _STAGES),
                 _c("rank", "int", "0 = plaintext ... 4 = dane"),
@@ -484,9 +485,12 @@ def readme(scan_id: int, day: Any, counts: dict[str, int]) -> str:
         "0-1 with six decimals. Text cells that begin with `=`, `+`, `-`, `@`, tab or CR are",
         "prefixed with `'` (spreadsheet formula injection); numbers are unchanged.",
         "",
-        "Units: `domains` counts input lines / ok domains (as the public survey does);",
+        "Units: `domains` counts domains (a domain the list names on several lines once, each",
+        "line that names no valid domain once) and ok domains, as the public survey does;",
         "`mx_hosts` counts each MX host once per scan (the 2020 paper counted records; the two",
-        "disagreed by a factor of four). Every table that mixes them says which in `unit`.",
+        "disagreed by a factor of four). funnel.csv and progression.csv hold both, labelled in",
+        "`unit`; tlsa_parameters.csv counts records and MX hosts, tlsa_rollover.csv MX hosts;",
+        "every other table counts domains. domains.csv has one row per input line.",
         "",
     ]
     for t in DICTIONARY:
