@@ -137,7 +137,7 @@ def read_manifest(root: str | Path) -> Manifest:
 
 
 @contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
+def locked(root: Path) -> Iterator[None]:
     """One writer at a time per archive (the manifest is read, changed and replaced)."""
     root.mkdir(parents=True, exist_ok=True)
     with (root / _LOCK).open("a") as fh:
@@ -148,7 +148,7 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _replace(tmp: Path, final: Path) -> None:
+def replace(tmp: Path, final: Path) -> None:
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
@@ -157,7 +157,7 @@ def _replace(tmp: Path, final: Path) -> None:
 def _write_manifest(root: Path, manifest: Manifest) -> None:
     tmp = root / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
     tmp.write_text(manifest.to_json(), encoding="utf-8")
-    _replace(tmp, root / MANIFEST)
+    replace(tmp, root / MANIFEST)
 
 
 def _collect_garbage(root: Path, manifest: Manifest) -> None:
@@ -239,7 +239,7 @@ def _write_parquet(root: Path, table: FactTable, night: dt.date, sid: int, data:
         compression="zstd",
         use_dictionary=["scan_id", *table.categories] if table.per_scan else [*table.categories],
     )
-    _replace(tmp, final)
+    replace(tmp, final)
     return rel
 
 
@@ -282,7 +282,7 @@ def archive(
     of its logical date). Otherwise those scans; a night archived before is replaced.
     """
     root = Path(directory)
-    with _locked(root):
+    with locked(root):
         manifest = read_manifest(root)
         _collect_garbage(root, manifest)
         cat = catalog.from_store(engine)
@@ -302,12 +302,6 @@ def archive(
                         (root / p).unlink(missing_ok=True)
             written.append(night)
         return written
-
-
-def archive_scan(engine: Engine, scan_id: int, directory: str | Path) -> Night:
-    """Archive one scan that has just completed (``danescan scan --archive DIR``)."""
-    written = archive(engine, directory, [scan_id])
-    return written[0]
 
 
 # --- pruning the live store -----------------------------------------------------------------

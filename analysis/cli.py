@@ -112,11 +112,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from analysis import archive, catalog
+    from analysis import archive, catalog, nightly
 
     engine = db.make_engine(db.resolve_url(args.db))
     try:
-        nights = archive.archive(engine, args.to, args.scan)
+        nights = nightly.archive_nights(engine, args.to, args.scan)
     except (archive.ArchiveError, catalog.NoScan, ValueError) as exc:
         print(f"danescan archive: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -87,6 +87,9 @@ def _count(t: ir.Table, *keys: str) -> ir.Table:
 def outcome_stage_counts(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
     """``scan_id, outcome, stage, n``: domains per outcome and stage (stage None unless ok)."""
     cols = ["scan_id", "outcome", "stage", "n"]
+    kept = src.rollup("domain_counts", scan_ids)
+    if kept is not None:
+        return kept[cols]
     return _fetch(src, _count(domains(src, scan_ids), "scan_id", "outcome", "stage"), cols)
 
 
@@ -120,6 +123,10 @@ def host_stage_counts(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
     ``dnssec`` its address records are secure; ``tlsa`` its TLSA RRset is usable; ``dane``
     every greeting endpoint authenticated (RFC 7672 §3). Unreachable hosts have stage None.
     """
+    cols = ["scan_id", "reachable", "stage", "n"]
+    kept = src.rollup("host_counts", scan_ids)
+    if kept is not None:
+        return kept[cols].assign(reachable=kept["reachable"].astype(bool))
     dm = src.table("domain_mx", scan_ids)
     dr = src.table("dane", scan_ids)
     ep = src.table("endpoints", scan_ids)
@@ -152,8 +159,7 @@ def host_stage_counts(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
         else_=Stage.TLSA.value,
     )
     rows = j.select(scan_id=j.scan_id, reachable=reachable, stage=stage)
-    out = _fetch(src, _count(rows, "scan_id", "reachable", "stage"), ["scan_id", "reachable",
-                                                                      "stage", "n"])  # fmt: skip
+    out = _fetch(src, _count(rows, "scan_id", "reachable", "stage"), cols)
     out["reachable"] = out["reachable"].astype(bool)
     return out
 
@@ -171,13 +177,17 @@ def _states(src: Source, scan_id: int) -> ir.Table:
 def transition_counts(src: Source, scan_a: int, scan_b: int) -> pd.DataFrame:
     """``from_state, to_state, n`` over domains (by name) of either scan; a domain missing from
     one side has state ``absent`` there."""
+    cols = ["from_state", "to_state", "n"]
+    kept = src.rollup("transitions", [scan_b])
+    if kept is not None and not kept.empty and set(kept["scan_a"]) == {scan_a}:
+        return kept[cols]
     a = _states(src, scan_a).rename(a_domain="domain", a_state="state")
     b = _states(src, scan_b).rename(b_domain="domain", b_state="state")
     j = a.outer_join(b, a.a_domain == b.b_domain)
     pairs = j.select(
         from_state=j.a_state.fill_null("absent"), to_state=j.b_state.fill_null("absent")
     )
-    return _fetch(src, _count(pairs, "from_state", "to_state"), ["from_state", "to_state", "n"])
+    return _fetch(src, _count(pairs, "from_state", "to_state"), cols)
 
 
 def movers(src: Source, scan_a: int, scan_b: int) -> pd.DataFrame:
@@ -203,6 +213,15 @@ def first_reached(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
     ids = list(scan_ids)
     if not ids:
         return pd.DataFrame(columns=cols)
+    kept = src.rollup("first_counts", ids[-1:])
+    if kept is not None and [*src.catalog.earlier(ids[-1]), ids[-1]] == ids:
+        # The rollup names nights; positions count from the first night of the series.
+        night = src.catalog.dates()
+        position = {night[sid]: k for k, sid in enumerate(ids)}
+        out = kept[cols].copy()
+        for c in cols[:3]:
+            out[c] = [None if v is None else position[v] for v in out[c]]
+        return out
     d = domains(src, ids)
     d = d.filter(d.domain.notnull())
     order = d.scan_id.cases(*((sid, k) for k, sid in enumerate(ids)), else_=None)
