@@ -35,6 +35,7 @@ EngineName = Literal["duckdb", "spark"]
 ENGINES: tuple[str, ...] = ("duckdb", "spark")
 _names = itertools.count()
 _BATCH = 100_000  # rows per batch when streaming per-domain rows
+NO_NESTED_LOOPS = "SET enable_nestloop = off"
 
 
 class Source:
@@ -90,6 +91,10 @@ class StoreSource(Source):
                 password=url.password,
                 database=url.database,
             )
+            # Every metric reads whole nights: hash and merge joins are linear whatever the
+            # statistics say, while a nested loop planned from a stale estimate (no ANALYZE
+            # since the scan filled the tables) goes quadratic.
+            con.raw_sql(NO_NESTED_LOOPS).close()
         elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             con = ibis.sqlite.connect(url.database)
         else:
