@@ -187,15 +187,14 @@ def _arrow(table: FactTable, rows: Sequence[Sequence[Any]], schema: pa.Schema) -
 
 
 def read_store(engine: Engine, table: FactTable, query: sa.Select[Any]) -> pa.Table:
-    """Rows of ``query`` (a :func:`tables.select`) as an Arrow table in archive order."""
+    """Rows of ``query`` (a :func:`tables.select`) as an Arrow table of the archive's schema."""
     schema = tables.arrow_schema(table)
     batches = []
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=_CHUNK).execute(query)
         for part in result.partitions():
             batches.append(_arrow(table, part, schema))
-    out = pa.Table.from_batches(batches, schema=schema)
-    return out.sort_by([(k, "ascending") for k in table.sort])
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def _certificates(engine: Engine, shas: set[str]) -> pa.Table:
@@ -211,7 +210,7 @@ def _certificates(engine: Engine, shas: set[str]) -> pa.Table:
     ]
     if not parts:
         return tables.arrow_schema(table).empty_table()
-    return pa.concat_tables(parts).sort_by([("sha256", "ascending")])
+    return pa.concat_tables(parts)
 
 
 def _archived_certificates(manifest: Manifest, skip: dt.date) -> set[str]:
@@ -222,10 +221,13 @@ def _archived_certificates(manifest: Manifest, skip: dt.date) -> set[str]:
     return out
 
 
-def _write_parquet(root: Path, table: FactTable, night: dt.date, sid: int, data: pa.Table) -> str:
+def write_table(root: Path, table: FactTable, night: dt.date, sid: int, data: pa.Table) -> str:
+    """Write one table of one night under a new name (never visible half-written); returns
+    its path relative to the archive root."""
     rel = f"{table.name}/night={night.isoformat()}/part-{sid}-{secrets.token_hex(4)}.parquet"
     final = root / rel
     final.parent.mkdir(parents=True, exist_ok=True)
+    data = data.sort_by([(k, "ascending") for k in table.sort])
     tmp = final.with_name(f".{final.name}.tmp")
     meta = {
         **(data.schema.metadata or {}),
@@ -263,12 +265,12 @@ def _archive_one(engine: Engine, root: Path, manifest: Manifest, scan_id: int) -
         if table.name == "endpoints":
             for chain in data.column("chain").to_pylist():
                 shas.update(json.loads(chain) if chain else [])
-        files[table.name] = [_write_parquet(root, table, night, scan_id, data)]
+        files[table.name] = [write_table(root, table, night, scan_id, data)]
         rows[table.name] = data.num_rows
     certs = tables.BY_NAME["certificates"]
     new = shas - _archived_certificates(manifest, night)
     data = _certificates(engine, new)
-    files[certs.name] = [_write_parquet(root, certs, night, scan_id, data)]
+    files[certs.name] = [write_table(root, certs, night, scan_id, data)]
     rows[certs.name] = data.num_rows
     return Night(night, scan_id, info.label, info.result_count, files, rows)
 
@@ -293,15 +295,22 @@ def archive(
         written = []
         for sid in wanted:
             night = _archive_one(engine, root, manifest, sid)
-            old = manifest.nights.get(night.night)
-            manifest.nights[night.night] = night
-            _write_manifest(root, manifest)
-            if old is not None:
-                for paths in old.files.values():
-                    for p in paths:
-                        (root / p).unlink(missing_ok=True)
+            commit(root, manifest, night)
             written.append(night)
         return written
+
+
+def commit(root: Path, manifest: Manifest, night: Night) -> None:
+    """Make ``night`` (its files written by :func:`write_table`) part of the archive: replace
+    the manifest, then delete the files of the night it replaces."""
+    old = manifest.nights.get(night.night)
+    manifest.nights[night.night] = night
+    _write_manifest(root, manifest)
+    if old is not None:
+        for paths in old.files.values():
+            for p in paths:
+                if p not in night.files.get(Path(p).parts[0], []):
+                    (root / p).unlink(missing_ok=True)
 
 
 # --- pruning the live store -----------------------------------------------------------------

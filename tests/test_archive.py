@@ -103,7 +103,7 @@ def test_a_crash_mid_archive_leaves_the_previous_state(
     report.build(engines.archive_source(str(root)), tmp_path / "before")
     manifest = (root / archive.MANIFEST).read_bytes()
     files = sorted(p for p in root.rglob("*.parquet"))
-    real = archive._write_parquet
+    real = archive.write_table
     calls = []
 
     def failing(*args: object) -> str:
