@@ -112,14 +112,14 @@ def test_a_crash_mid_archive_leaves_the_previous_state(
             raise OSError("disk full")
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(archive, "_write_parquet", failing)
+    monkeypatch.setattr(archive, "write_table", failing)
     with pytest.raises(OSError, match="disk full"):
         archive.archive(fx.engine, root, ["latest"])
     assert (root / archive.MANIFEST).read_bytes() == manifest
     assert all(p.exists() for p in files)
     report.build(engines.archive_source(str(root)), tmp_path / "after")
     same_report(tmp_path / "before", tmp_path / "after")
-    monkeypatch.setattr(archive, "_write_parquet", real)
+    monkeypatch.setattr(archive, "write_table", real)
     archive.archive(fx.engine, root, [])  # a run that writes nothing collects the leftovers
     assert sorted(root.rglob("*.parquet")) == files
 
