@@ -67,6 +67,10 @@ class Source:
         """Rollup ``name`` (:mod:`analysis.rollups`) of these scans, None where not kept."""
         return None
 
+    def rollup_table(self, name: str, scan_id: int) -> ir.Table | None:
+        """Rollup ``name`` of one scan as a table on this engine, None where not kept."""
+        return None
+
     def close(self) -> None:
         self._cache.clear()
         disconnect = getattr(self.con, "disconnect", None)
@@ -142,20 +146,35 @@ class ArchiveSource(Source):
         """Fact table ``name`` over ``nights`` as a DataFrame with the archive's columns."""
         return self.execute(self.facts(name, nights))
 
-    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+    def _rollup_files(self, name: str, scan_ids: Sequence[int]) -> list[str] | None:
         root = self.manifest.root
-        if not self.use_rollups or "://" in root:
+        if not self.use_rollups or "://" in root or not scan_ids:
             return None
         if self._rollups is None:
             self._rollups = rollups.valid(root, self.manifest)
-        nights = [self._night.get(i) for i in scan_ids]
-        found = [self._rollups.get(n) for n in nights if n is not None]
-        if not scan_ids or len(found) != len(scan_ids) or any(f is None for f in found):
+        found = [self._rollups.get(self._night[i]) if i in self._night else None for i in scan_ids]
+        if any(f is None or name not in f for f in found):
             return None
-        parts = [pq.ParquetFile(f"{root}/{f[name]}").read() for f in found if f is not None]
+        return [f"{root}/{f[name]}" for f in found if f is not None]
+
+    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+        paths = self._rollup_files(name, scan_ids)
+        if paths is None:
+            return None
+        parts = [pq.ParquetFile(p).read() for p in paths]
         frame = pa.concat_tables(parts).to_pandas()
         out: pd.DataFrame = frame.astype(object).where(frame.notna(), None)
         return out.reset_index(drop=True)
+
+    def rollup_table(self, name: str, scan_id: int) -> ir.Table | None:
+        paths = self._rollup_files(name, [scan_id])
+        if paths is None:
+            return None
+        table_name = f"{name}_{next(_names)}"
+        if self.engine == "spark":
+            self.con._session.read.parquet(*paths).createOrReplaceTempView(table_name)
+            return self.con.table(table_name)
+        return self.con.read_parquet(paths, table_name=table_name)
 
     def files(self, table: tables.FactTable, scan_ids: list[int]) -> list[str]:
         """One night's query reads that night's partition only: files come from the manifest."""

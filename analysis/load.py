@@ -264,10 +264,11 @@ def _broken(d: ir.Table) -> ir.BooleanValue:
     return (d.outcome == OK) & (d.dane.fill_null("") == DaneStatus.BROKEN.value)
 
 
-def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) -> ir.Table:
-    """``domain``: broken domains (``tlsa-no-match``) of which a TLSA record the host still
-    publishes in ``scan_id`` authenticated the domain's endpoint in an ``earlier`` scan."""
-    ids = list(earlier)
+def matched_records(src: Source, scan_ids: Sequence[int]) -> ir.Table:
+    """``domain, host, usage, selector, mtype, data``: every TLSA record that authenticated an
+    endpoint of the domain's MX host in one of these scans (the ``matched`` rollup keeps the
+    running union, night by night)."""
+    ids = list(scan_ids)
     prev = src.table("domains", ids)
     prev = prev.filter(prev.domain.notnull()).select("scan_id", "line", "domain")
     pdr = src.table("dane", ids)
@@ -278,7 +279,19 @@ def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) 
         "scan_id", "line", host_ordinal="ordinal", host="host_name"
     )
     matched = prev.join(pdr, ["scan_id", "line"]).join(pdm, ["scan_id", "line", "host_ordinal"])
-    matched = matched.select("domain", "host", "usage", "selector", "mtype", "data")
+    return matched.select(*MATCHED_COLUMNS).distinct()
+
+
+MATCHED_COLUMNS = ("domain", "host", "usage", "selector", "mtype", "data")
+
+
+def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) -> ir.Table:
+    """``domain``: broken domains (``tlsa-no-match``) of which a TLSA record the host still
+    publishes in ``scan_id`` authenticated the domain's endpoint in an ``earlier`` scan."""
+    kept = None
+    if [*src.catalog.earlier(earlier[-1]), earlier[-1]] == list(earlier):
+        kept = src.rollup_table("matched", earlier[-1])
+    matched = kept if kept is not None else matched_records(src, earlier)
     cdm = src.table("domain_mx", [scan_id]).select(cur_line="line", host="host_name")
     cur = broken.filter(broken.reason == Reason.TLSA_NO_MATCH.value).select("domain", "line")
     cur = cur.join(cdm, cur.line == cdm.cur_line).select("domain", "host")

@@ -65,7 +65,10 @@ def first_state(src: engines.ArchiveSource, sid: int, night: dt.date, prev: str 
 
 
 def _compute(
-    src: engines.ArchiveSource, night: dt.date, prev_night: dt.date | None, prev_state: str | None
+    src: engines.ArchiveSource,
+    night: dt.date,
+    prev_night: dt.date | None,
+    prev_files: dict[str, str] | None,
 ) -> dict[str, pa.Table]:
     sid = src.manifest.nights[night].scan_id
 
@@ -94,6 +97,12 @@ def _compute(
         )
     )
     out["transitions"] = trans
+    matched = load.matched_records(src, [sid])
+    if prev_files is not None:
+        before = src.con.read_parquet(prev_files["matched"], table_name=f"m_{secrets.token_hex(4)}")
+        matched = matched.union(before.select(*load.MATCHED_COLUMNS), distinct=True)
+    out["matched"] = _arrow(src, matched).sort_by([("domain", "ascending"), ("host", "ascending")])
+    prev_state = None if prev_files is None else prev_files["first_state"]
     state = _arrow(src, first_state(src, sid, night, prev_state)).sort_by("domain")
     out["first_state"] = state
     cols = [c for c, _ in _FIRST]
@@ -120,11 +129,13 @@ def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
                 if not done and entry is not None and entry["chain"] == key:
                     continue
                 prev = nights[k - 1] if k else None
-                prev_state = (
-                    str(root / entries[prev]["files"]["first_state"]) if prev is not None else None
+                prev_files = (
+                    {k: str(root / v) for k, v in entries[prev]["files"].items()}
+                    if prev is not None
+                    else None
                 )
                 files = {}
-                for name, data in _compute(src, night, prev, prev_state).items():
+                for name, data in _compute(src, night, prev, prev_files).items():
                     rel = f"{rollups.DIRECTORY}/{name}/night={night.isoformat()}/part-{key}.parquet"
                     path = root / rel
                     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@
 - ``transitions``: domains per state at the previous night and this one;
 - ``first_state``: per domain ever seen, the first night it had STARTTLS, a secure MX RRset
   and stage ``dane`` (the previous night's state plus this night);
-- ``first_counts``: ``first_state`` counted per combination (what cohorts and lags read).
+- ``first_counts``: ``first_state`` counted per combination (what cohorts and lags read);
+- ``matched``: every TLSA record that ever authenticated a domain's MX host (domain, host,
+  record), the previous night's set plus this night's (what the stale-TLSA cause reads).
 
 A night's rollups hold for the archive's chain of nights up to it (a hash of their scan ids,
 ``chain``): archiving or replacing an earlier night invalidates them, and readers then use the
@@ -27,7 +29,9 @@ from analysis.archive import Manifest
 
 DIRECTORY = "rollups"
 MANIFEST = "_rollups.json"
-NAMES = ("domain_counts", "host_counts", "transitions", "first_state", "first_counts")
+NAMES = (
+    "domain_counts", "host_counts", "transitions", "first_state", "first_counts", "matched",
+)  # fmt: skip
 
 
 def chain(manifest: Manifest, night: dt.date) -> str:

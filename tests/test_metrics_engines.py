@@ -63,9 +63,7 @@ def spark() -> Iterator[Any]:
     session.stop()
 
 
-def test_three_engines_identical_frames(
-    analysis_db: FixtureDb, spark: Any, tmp_path: Path
-) -> None:
+def test_three_engines_identical_frames(analysis_db: FixtureDb, spark: Any, tmp_path: Path) -> None:
     root = tmp_path / "arc"
     archive.archive(analysis_db.engine, root)
     sources = {

@@ -40,7 +40,7 @@ def test_incremental_equals_full_rebuild(fx: FixtureDb, tmp_path: Path) -> None:
         archive.archive(fx.engine, root, [sid])
         assert nightly.refresh(root) == [day]  # each night costs one night's work
     assert nightly.refresh(root) == []
-    for sid in (fx.scan_ids[3], fx.scan_ids[1]):
+    for sid in (fx.scan_ids[3], fx.scan_ids[2], fx.scan_ids[1]):
         build(root, tmp_path / f"inc-{sid}", sid, use_rollups=True)
         build(root, tmp_path / f"raw-{sid}", sid, use_rollups=False)
         identical(tmp_path / f"inc-{sid}", tmp_path / f"raw-{sid}")
@@ -65,10 +65,19 @@ def test_the_report_reads_the_rollups(
             seen.append(name)
         return got
 
+    def spy_table(name: str, scan_id: int) -> object:
+        got = real_table(name, scan_id)
+        if got is not None:
+            seen.append(name)
+        return got
+
+    real_table = src.rollup_table
     monkeypatch.setattr(src, "rollup", spy)
+    monkeypatch.setattr(src, "rollup_table", spy_table)
     report.build(src, tmp_path / "r")
     src.close()
-    assert {"domain_counts", "host_counts", "transitions", "first_counts"} <= set(seen)
+    wanted = {"domain_counts", "host_counts", "transitions", "first_counts", "matched"}
+    assert wanted <= set(seen)
 
 
 def test_replacing_a_night_recomputes_it_and_later_nights(fx: FixtureDb, tmp_path: Path) -> None:
