@@ -222,6 +222,7 @@ def archive_source(
         con = ibis.pyspark.connect(session)
     elif engine == "duckdb":
         con = ibis.duckdb.connect()
+        con.raw_sql("SET enable_progress_bar = false")  # a report prints its own summary
     else:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     return ArchiveSource(manifest, con, engine, owns)

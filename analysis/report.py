@@ -291,38 +291,44 @@ def cell(value: Any) -> str:
     return text
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """Write rows (already in their final order); returns the row count."""
+def cells(column: pd.Series) -> np.ndarray:
+    """A column's CSV cells by :func:`cell`, formatting each distinct value once (most columns
+    hold a handful of values; a per-domain table has millions of rows). A long column of texts
+    (names, inputs) takes :func:`cell`'s text rule column-wise."""
+    kinds = set(map(type, column.dropna()))
+    if kinds == {str} and len(column) > 1000:
+        text = column.fillna("")
+        marked = text.str.startswith(FORMULA_PREFIXES).to_numpy(dtype=bool)
+        return np.where(marked, "'" + text, text).astype(object)
+    if len(kinds) > 1:  # True == 1: distinct values of mixed types must not be merged
+        return np.array([cell(v) for v in column], dtype=object)
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    formatted = np.array([*(cell(v) for v in uniques), ""], dtype=object)
+    return formatted[codes]  # a null's code is -1: the trailing ""
+
+
+def write_csv(path: Path, columns: Sequence[str], frames: Iterable[pd.DataFrame]) -> int:
+    """Write frames (already in their final order) as one CSV; returns the row count."""
     n = 0
     with path.open("w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(columns)
-        for row in rows:
-            w.writerow([cell(v) for v in row])
-            n += 1
+        for frame in frames:
+            w.writerows(zip(*(cells(frame[c]) for c in columns), strict=True))
+            n += len(frame)
     return n
 
 
-def frame_rows(df: pd.DataFrame, columns: Sequence[str]) -> Iterable[tuple[Any, ...]]:
-    """A metrics frame's rows in the published column order."""
-    return df[list(columns)].itertuples(index=False, name=None)
-
-
-def domain_rows(src: Source, scan_id: int) -> Iterable[tuple[Any, ...]]:
-    """``domains.csv`` rows, streamed; TLD and provider added here (the PSL is not SQL)."""
-    cache: dict[str, str] = {}
+def domain_frames(src: Source, scan_id: int) -> Iterable[pd.DataFrame]:
+    """``domains.csv`` as frames, streamed; TLD and provider added here (the PSL is not SQL)."""
+    providers: dict[str, str] = {}
     for frame in load.domain_rows(src, scan_id):
-        for row in frame.itertuples(index=False, name=None):
-            domain, primary = row[2], row[13]
-            tld = domain.rsplit(".", 1)[-1] if domain else None
-            provider = None
-            if primary:
-                if primary not in cache:
-                    if len(cache) > 100_000:
-                        cache.clear()
-                    cache[primary] = psl.provider_of(primary)
-                provider = cache[primary]
-            yield (*row, tld, provider)
+        hosts = [h for h in pd.unique(frame["primary_mx"]) if isinstance(h, str) and h]
+        if len(providers) > 100_000:
+            providers.clear()
+        providers.update({h: psl.provider_of(h) for h in hosts if h not in providers})
+        tld = frame["domain"].str.rsplit(".", n=1).str[-1]
+        yield frame.assign(tld=tld, provider=frame["primary_mx"].map(providers))
 
 
 # --- charts ---------------------------------------------------------------------------------
@@ -539,9 +545,9 @@ def build(source: Source | Engine, out: Path, scan: ScanRef = "latest") -> dict[
     counts: dict[str, int] = {}
     for t in DICTIONARY:
         if t.file == "domains.csv":
-            counts[t.file] = write_csv(out / t.file, t.names, domain_rows(src, sid))
+            counts[t.file] = write_csv(out / t.file, t.names, domain_frames(src, sid))
         else:
-            counts[t.file] = write_csv(out / t.file, t.names, frame_rows(frames[t.file](), t.names))
+            counts[t.file] = write_csv(out / t.file, t.names, [frames[t.file]()])
     day = f["logical_date"].iloc[0] if not f.empty else None
     (out / "README.md").write_text(readme(sid, day, counts), encoding="utf-8")
     save(funnel_chart(f), out / "funnel.png")

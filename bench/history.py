@@ -292,7 +292,8 @@ def _du(path: Path) -> int:
 
 def _timed(code: str) -> tuple[float, int]:
     """Run ``code`` in a fresh interpreter: (wall seconds, its peak RSS in MiB)."""
-    rss = "; import resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    # VmHWM, not ru_maxrss: that starts from the forking parent's size (bench/procstat.py).
+    rss = "; import os; from bench import procstat; print('RSS', procstat.hwm_kib(os.getpid()))"
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code + rss], check=True, cwd=ROOT,
                           capture_output=True, text=True)  # fmt: skip
@@ -308,6 +309,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--spark", action="store_true", help="also report on Spark (local)")
+    ap.add_argument("--skip", default="", metavar="rebuild,raw",
+                    help="leave out the rollups' full rebuild and/or the raw-archive report")
     ap.add_argument("--pg-nights", type=int, default=0, metavar="N",
                     help="also load the first N nights into PostgreSQL and time the "
                          "database-only report and `danescan archive` of one night")
@@ -317,7 +320,10 @@ def main() -> int:
     args = ap.parse_args()
     root = args.dir
     t0 = time.perf_counter()
-    generate(root, args.domains, args.nights, args.seed)
+    if archive.read_manifest(root).nights:  # measure an archive generated before
+        args.nights = len(archive.read_manifest(root).nights)
+    else:
+        generate(root, args.domains, args.nights, args.seed)
     gen = time.perf_counter() - t0
     size = {t.name: _du(root / t.name) for t in tables.FACT_TABLES}
     domain_nights = args.domains * args.nights
@@ -329,8 +335,11 @@ def main() -> int:
         "cpus": os.cpu_count(), "load": os.getloadavg()[0],
     }  # fmt: skip
     pre = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; "
-    out["rebuild_rollups_s"], out["rebuild_rss_mib"] = _timed(
-        pre + f"from analysis import nightly; nightly.refresh({str(root)!r}, rebuild=True)")
+    if not (root / "rollups").is_dir():
+        _timed(pre + f"from analysis import nightly; nightly.refresh({str(root)!r})")
+    if "rebuild" not in args.skip:
+        out["rebuild_rollups_s"], out["rebuild_rss_mib"] = _timed(
+            pre + f"from analysis import nightly; nightly.refresh({str(root)!r}, rebuild=True)")
     rollups_size = sum(p.stat().st_size for p in (root / "rollups").rglob("*.parquet"))
     out["rollup_bytes_per_domain_night"] = round(rollups_size / domain_nights, 1)
     # The newest night once more, incrementally (its predecessor's state is in place).
@@ -343,8 +352,9 @@ def main() -> int:
               "s.use_rollups = {rollups}; report.build(s, Path({out!r})); s.close()")  # fmt: skip
     out["nightly_report_s"], out["nightly_report_rss_mib"] = _timed(
         report.format(engine="duckdb", rollups=True, out=str(root / "report-inc")))
-    out["raw_report_s"], out["raw_report_rss_mib"] = _timed(
-        report.format(engine="duckdb", rollups=False, out=str(root / "report-raw")))
+    if "raw" not in args.skip:
+        out["raw_report_s"], out["raw_report_rss_mib"] = _timed(
+            report.format(engine="duckdb", rollups=False, out=str(root / "report-raw")))
     if args.spark:
         out["spark_report_s"], _ = _timed(
             report.format(engine="spark", rollups=True, out=str(root / "report-spark")))
