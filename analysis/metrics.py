@@ -246,21 +246,17 @@ def funnel_by_from_counts(
 
 def providers_of(host_counts: pd.DataFrame) -> pd.DataFrame:
     """``host, outcome, stage, n`` -> ``group, outcome, stage, n`` with group = provider."""
-    cache: dict[str, str] = {}
-    groups = []
-    for h in host_counts["host"]:
-        key = str(h)
-        if key not in cache:
-            cache[key] = psl.provider_of(key)
-        groups.append(cache[key])
-    out = host_counts.assign(group=groups)
-    agg: dict[tuple[str, str, Any], int] = defaultdict(int)
-    for r in _rows(out):
-        stage = r["stage"] if isinstance(r["stage"], str) else None
-        agg[(str(r["group"]), str(r["outcome"]), stage)] += int(r["n"])
-    return _frame(
-        [(g, o, st, n) for (g, o, st), n in agg.items()], ["group", "outcome", "stage", "n"]
+    hosts = host_counts["host"].astype(str)
+    group = hosts.map({h: psl.provider_of(h) for h in pd.unique(hosts)})
+    stage = host_counts["stage"].map(lambda s: s if isinstance(s, str) else "")
+    out = (
+        host_counts.assign(group=group, stage=stage, n=host_counts["n"].astype("int64"))
+        .groupby(["group", "outcome", "stage"], sort=True)["n"]
+        .sum()
+        .reset_index()
     )
+    out["stage"] = out["stage"].map(lambda s: s or None)
+    return out[["group", "outcome", "stage", "n"]]
 
 
 def funnel_by(

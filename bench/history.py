@@ -320,8 +320,10 @@ def main() -> int:
     args = ap.parse_args()
     root = args.dir
     t0 = time.perf_counter()
-    if archive.read_manifest(root).nights:  # measure an archive generated before
-        args.nights = len(archive.read_manifest(root).nights)
+    before = archive.read_manifest(root).nights
+    if before:  # measure an archive generated before
+        args.nights = len(before)
+        args.domains = before[min(before)].rows["domains"]
     else:
         generate(root, args.domains, args.nights, args.seed)
     gen = time.perf_counter() - t0
