@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sqlalchemy.engine import Engine
@@ -31,6 +34,7 @@ from analysis.catalog import ScanRef
 from analysis.engines import Source
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
 FLOAT_FORMAT = "{:.6f}"
 
 DOMAIN_COLUMNS = (*load.DOMAIN_ROW_COLUMNS, "tld", "provider")
@@ -297,9 +301,12 @@ def cells(column: pd.Series) -> np.ndarray:
     (names, inputs) takes :func:`cell`'s text rule column-wise."""
     kinds = set(map(type, column.dropna()))
     if kinds == {str} and len(column) > 1000:
-        text = column.fillna("")
-        marked = text.str.startswith(FORMULA_PREFIXES).to_numpy(dtype=bool)
-        return np.where(marked, "'" + text, text).astype(object)
+        text = pa.array(column, type=pa.string(), from_pandas=True)
+        marked = pc.match_substring_regex(text, _FORMULA_START)
+        quoted = pc.if_else(marked, pc.binary_join_element_wise("'", text, ""), text)
+        return np.asarray(pc.fill_null(quoted, "").to_numpy(zero_copy_only=False), dtype=object)
+    if kinds == {int} and len(column) > 1000:  # line numbers: str() of each, as cell()
+        return np.array([str(v) if v is not None else "" for v in column], dtype=object)
     if len(kinds) > 1:  # True == 1: distinct values of mixed types must not be merged
         return np.array([cell(v) for v in column], dtype=object)
     codes, uniques = pd.factorize(column, use_na_sentinel=True)
