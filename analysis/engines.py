@@ -16,11 +16,13 @@ same columns with the same types.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import duckdb
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
@@ -222,7 +224,10 @@ def archive_source(
         con = ibis.pyspark.connect(session)
     elif engine == "duckdb":
         con = ibis.duckdb.connect()
-        con.raw_sql("SET enable_progress_bar = false")  # a report prints its own summary
+        # A report prints its own summary. In Jupyter without ipywidgets DuckDB refuses to
+        # touch the setting, and draws no bar there either.
+        with contextlib.suppress(duckdb.Error):
+            con.raw_sql("SET enable_progress_bar = false")
     else:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     return ArchiveSource(manifest, con, engine, owns)
