@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
@@ -202,46 +203,53 @@ def funnel(source: Source | Engine, scan: ScanRef = "latest") -> pd.DataFrame:
     )
 
 
-def _group_rows(counts: pd.DataFrame, key: str) -> dict[str, tuple[int, int, dict[str, int]]]:
-    """group -> (inputs, ok, stage counts) from ``key, outcome, stage, n`` rows."""
-    acc: dict[str, list[Any]] = {}
-    for r in _rows(counts):
-        g = str(r[key])
-        slot = acc.setdefault(g, [0, 0, defaultdict(int)])
-        slot[0] += int(r["n"])
-        if r["outcome"] == Outcome.OK.value:
-            slot[1] += int(r["n"])
-            if isinstance(r["stage"], str):
-                slot[2][r["stage"]] += int(r["n"])
-    return {g: (v[0], v[1], dict(v[2])) for g, v in acc.items()}
-
-
 def funnel_by_from_counts(
     counts: pd.DataFrame, group_by: str, scan_id: int, day: dt.date | None
 ) -> pd.DataFrame:
-    """Pure part of :func:`funnel_by`: ``counts`` has ``group, outcome, stage, n``."""
-    records = []
-    groups = _group_rows(counts, "group")
-    for g in sorted(groups):
-        inputs, ok, stages = groups[g]
-        for stage, rank, n, reached in _ladder_rows(stages):
-            records.append(
-                (
-                    scan_id,
-                    day,
-                    group_by,
-                    g,
-                    inputs,
-                    ok,
-                    stage,
-                    rank,
-                    n,
-                    _share(n, ok),
-                    reached,
-                    _share(reached, ok),
-                )
-            )
-    return _frame(records, FUNNEL_BY_COLUMNS)
+    """Pure part of :func:`funnel_by`: ``counts`` has ``group, outcome, stage, n``.
+
+    Column-wise: a provider table has a group per self-hosted domain (millions of rows)."""
+    c = counts.assign(group=counts["group"].astype(str), n=counts["n"].astype("int64"))
+    inputs = c.groupby("group")["n"].sum()
+    groups = sorted(inputs.index)
+    ok_rows = c[c["outcome"] == Outcome.OK.value]
+    staged = ok_rows.loc[ok_rows["stage"].map(lambda s: isinstance(s, str)).astype(bool)]
+    table = (
+        staged.groupby(["group", "stage"])["n"]
+        .sum()
+        .unstack("stage")
+        .reindex(index=groups, columns=list(STAGES))
+        .fillna(0)
+        .astype("int64")
+    )
+    ok = ok_rows.groupby("group")["n"].sum().reindex(groups, fill_value=0).to_numpy()
+    width = len(STAGES)
+    exact = table.to_numpy()
+    reached = np.cumsum(exact[:, ::-1], axis=1)[:, ::-1]  # at the rung or higher
+    den = np.repeat(ok, width)
+
+    def share(num: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+        return out
+
+    rows = len(groups) * width
+    out = pd.DataFrame(
+        {
+            "scan_id": np.full(rows, scan_id, dtype="int64"),
+            "logical_date": [day] * rows,
+            "group_by": [group_by] * rows,
+            "group": np.repeat(np.array(groups, dtype=object), width),
+            "inputs": np.repeat(inputs.reindex(groups).to_numpy(dtype="int64"), width),
+            "ok": den.astype("int64"),
+            "stage": np.tile(np.array(STAGES, dtype=object), len(groups)),
+            "rank": np.tile(np.arange(width, dtype="int64"), len(groups)),
+            "count": exact.ravel().astype("int64"),
+            "share": share(exact.ravel()),
+            "reached": reached.ravel().astype("int64"),
+            "reached_share": share(reached.ravel()),
+        }
+    )
+    return out[list(FUNNEL_BY_COLUMNS)]
 
 
 def providers_of(host_counts: pd.DataFrame) -> pd.DataFrame:
