@@ -36,6 +36,7 @@ from analysis.engines import Source
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_START = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
 FLOAT_FORMAT = "{:.6f}"
+_CHUNK = 100_000  # rows formatted at once
 
 DOMAIN_COLUMNS = (*load.DOMAIN_ROW_COLUMNS, "tld", "provider")
 
@@ -321,7 +322,9 @@ def write_csv(path: Path, columns: Sequence[str], frames: Iterable[pd.DataFrame]
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(columns)
         for frame in frames:
-            w.writerows(zip(*(cells(frame[c]) for c in columns), strict=True))
+            for start in range(0, len(frame), _CHUNK):  # the cells of one chunk at a time
+                part = frame.iloc[start : start + _CHUNK]
+                w.writerows(zip(*(cells(part[c]) for c in columns), strict=True))
             n += len(frame)
     return n
 
