@@ -1,4 +1,5 @@
-"""``danescan report``: registered into scanner/cli.py's subcommands by :func:`register`."""
+"""``danescan report`` and ``danescan archive`` (registered into scanner/cli.py's subcommands by
+:func:`register`) and ``danescan db prune`` (:func:`add_prune_options`, :func:`cmd_prune`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from pathlib import Path
 from scanner.store import db
 
 EXIT_OK, EXIT_ERROR = 0, 2
+_DB_HELP = f"database URL or SQLite path (default: $DATABASE_URL, then {db.DEFAULT_SQLITE})"
+
+
+def _db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, metavar="URL", help=_DB_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="write the CSV report, its data dictionary and charts for a stored scan",
         description="Write funnel, by-TLD, by-provider, progression, transitions, TLSA "
         "parameters, breakage and per-domain CSVs, README.md (data dictionary) and PNG "
-        "charts for one complete scan.",
+        "charts for one complete scan, from the archive (--archive) or the live database.",
     )
     p.add_argument(
         "--scan",
@@ -26,40 +32,119 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="the scan to report (default: the latest complete scan)",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
+    _db_option(p)
     p.add_argument(
-        "--db",
+        "--archive",
         default=None,
-        metavar="URL",
-        help=f"database URL or SQLite path (default: $DATABASE_URL, then {db.DEFAULT_SQLITE})",
+        metavar="DIR",
+        help="read the Parquet archive at DIR (a path or an hdfs://, s3a:// URI with "
+        "--engine spark) instead of the database",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["duckdb", "spark"],
+        default="duckdb",
+        help="engine for --archive: duckdb (embedded, default) or spark (local, or the "
+        "cluster spark-submit configures)",
     )
     p.set_defaults(func=cmd_report)
 
+    p = subparsers.add_parser(
+        "archive",
+        help="write complete nights from the database to the Parquet archive",
+        description="Write every complete night not yet archived (or the --scan ones, "
+        "replacing their nights) to DIR/<table>/night=YYYY-MM-DD/*.parquet.",
+    )
+    _db_option(p)
+    p.add_argument("--to", required=True, type=Path, metavar="DIR", help="the archive")
+    p.add_argument(
+        "--scan",
+        action="append",
+        default=None,
+        metavar="latest|ID",
+        help="archive this complete scan (repeatable; default: every night not yet archived)",
+    )
+    p.set_defaults(func=cmd_archive)
+
 
 def cmd_report(args: argparse.Namespace) -> int:
-    # pandas and matplotlib load only for this command, not for every `danescan` start; they
-    # are the 'report' extra, absent on a scanning node.
+    # pandas, Ibis and matplotlib load only for this command, not for every `danescan` start;
+    # they are the 'report' extra, absent on a scanning node.
     from scanner import extras
 
-    extras.require("report", "report", "pandas", "matplotlib")
-    from analysis import load, report
+    extras.require("report", "report", "pandas", "matplotlib", "ibis", "duckdb")
+    from analysis import archive, catalog, engines, report
 
-    engine = db.make_engine(db.resolve_url(args.db))
+    engine = None if args.archive is not None else db.make_engine(db.resolve_url(args.db))
     try:
-        counts = report.build(engine, args.out, args.scan)
-    except (load.NoScan, ValueError) as exc:
+        source = (
+            engines.store_source(engine)
+            if engine is not None
+            else engines.archive_source(args.archive, args.engine)
+        )
+        try:
+            counts = report.build(source, args.out, args.scan)
+        finally:
+            source.close()
+    except (archive.ArchiveError, catalog.NoScan, ValueError) as exc:
         print(f"danescan report: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
     total = counts.get("domains.csv", 0)
     print(f"report: {len(counts)} CSV files, {total} domains, README.md and 3 charts in {args.out}")
     return EXIT_OK
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from scanner import extras
+
+    extras.require("archive", "report", "pyarrow", "ibis", "duckdb")
+    from analysis import archive, catalog, nightly
+
+    engine = db.make_engine(db.resolve_url(args.db))
+    try:
+        nights = nightly.archive_nights(engine, args.to, args.scan)
+    except (archive.ArchiveError, catalog.NoScan, ValueError) as exc:
+        print(f"danescan archive: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        engine.dispose()
+    for n in nights:
+        print(f"archive: {n.night} scan {n.scan_id}, {n.rows['domains']} results")
+    if not nights:
+        print(f"archive: every complete night is in {args.to} already")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``danescan db prune --keep-nights N --archive DIR`` (its options: scanner/cli.py)."""
+    from scanner import extras
+
+    extras.require("db prune", "report", "pyarrow")
+    from analysis import archive
+
+    if args.keep_nights is None or args.archive is None:
+        print("danescan db prune: needs --keep-nights N and --archive DIR", file=sys.stderr)
+        return EXIT_ERROR
+    engine = db.make_engine(db.resolve_url(args.db))
+    try:
+        pruned = archive.prune(engine, args.archive, args.keep_nights)
+    except archive.ArchiveError as exc:
+        print(f"danescan db prune: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        engine.dispose()
+    print(f"db prune: {len(pruned)} scans deleted ({', '.join(map(str, pruned)) or 'none'})")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m analysis.cli report ...``) until scanner/cli.py wires it."""
+    """Stand-alone entry (``python -m analysis.cli report ...``)."""
     parser = argparse.ArgumentParser(prog="danescan")
-    register(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,205 +1,121 @@
-"""SQL -> small DataFrames. Every aggregation runs in the database (SQLAlchemy Core GROUP BY).
+"""The aggregations behind every metric, written once as Ibis expressions.
 
-A scan may hold tens of millions of domain results: nothing here fetches one row per domain
-except the explicit per-domain lists (movers, broken domains, :func:`iter_domain_rows`, which
-streams). Queries use the keys and indexes of :mod:`scanner.store.schema` (``scan_id`` first).
-The functions return DataFrames with the columns named in their docstrings; shares and
-reshaping happen in :mod:`analysis.metrics`.
+Each function takes a :class:`~analysis.engines.Source` (DuckDB over the archive, PostgreSQL
+or SQLite over the live store, Spark over the archive) and returns a small DataFrame with the
+columns named in its docstring; the engine does the per-domain work, nothing here fetches one
+row per domain except the explicit per-domain lists (movers, broken domains,
+:func:`domain_rows`, which streams). Shares and reshaping happen in :mod:`analysis.metrics`.
+
+Counting rule: a list that names a domain several times (``a.example``, ``A.EXAMPLE.``) has one
+result per line, but a domain counts once per scan, at its first line (:func:`one_per_domain`);
+lines naming no valid domain count one each.
+Text is never sorted by the engine (PostgreSQL sorts by its collation, DuckDB and Spark by
+code point): frames are sorted in Python.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator, Sequence
-from typing import Any
 
+import ibis
+import ibis.expr.types as ir
 import pandas as pd
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
+from analysis.catalog import NoScan, ScanRef
+from analysis.engines import Source
 from scanner.model import DaneStatus, EndpointStatus, Outcome, Reason, Stage, TlsaStatus
-from scanner.store import schema as s
-from scanner.store.schema import ScanStatus
 
-ScanRef = int | str  # a scan id, or "latest"
+__all__ = ["NoScan", "ScanRef"]
 
 STAGE_RANK: dict[str, int] = {st.value: i for i, st in enumerate(Stage)}
 GREETED = tuple(st.value for st in EndpointStatus if st.greeted)
+OK = Outcome.OK.value
 
 
-class NoScan(LookupError):
-    """The database holds no (complete) scan matching the request."""
-
-
-def _frame(
-    conn: sa.Connection, query: sa.Select[Any, Any, Any] | sa.Select[Any], columns: Sequence[str]
-) -> pd.DataFrame:
-    rows = [tuple(r) for r in conn.execute(query)]
-    return pd.DataFrame.from_records(rows, columns=list(columns))
-
-
-# --- scans ----------------------------------------------------------------------------------
-
-
-def scans(engine: Engine, *, complete_only: bool = True) -> pd.DataFrame:
-    """Scans in logical order: ``scan_id, label, logical_date, status, result_count``.
-
-    ``logical_date`` is the scan's logical date, or the UTC date it started when none was
-    given; ordering is by that date, then id (two scans of one night stay in run order).
-    """
-    c = s.scans.c
-    q = sa.select(c.id, c.label, c.logical_date, c.started_at, c.status, c.result_count)
-    if complete_only:
-        q = q.where(c.status == ScanStatus.COMPLETE.value)
-    with engine.connect() as conn:
-        rows = conn.execute(q).all()
-    records = []
-    for r in rows:
-        day = r.logical_date
-        if day is None and r.started_at is not None:
-            started = r.started_at
-            if started.tzinfo is not None:
-                started = started.astimezone(dt.UTC)
-            day = started.date()
-        records.append((int(r.id), r.label, day, r.status, r.result_count))
-    records.sort(key=lambda x: (x[2] or dt.date.min, x[0]))
-    return pd.DataFrame.from_records(
-        records, columns=["scan_id", "label", "logical_date", "status", "result_count"]
-    )
-
-
-def resolve_scan(engine: Engine, ref: ScanRef) -> int:
-    """``"latest"`` -> the last complete scan in logical order; an id (int or digits) -> itself."""
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        sid = int(ref)
-        with engine.connect() as conn:
-            found = conn.execute(sa.select(s.scans.c.id).where(s.scans.c.id == sid)).first()
-        if found is None:
-            raise NoScan(f"no scan {sid}")
-        return sid
-    if ref != "latest":
-        raise ValueError(f"scan must be an id or 'latest', not {ref!r}")
-    table = scans(engine)
-    if table.empty:
-        raise NoScan("no complete scan in the database")
-    return int(table["scan_id"].iloc[-1])
-
-
-def earlier_scans(engine: Engine, scan_id: int) -> list[int]:
-    """Complete scans before ``scan_id`` in logical order (oldest first)."""
-    table = scans(engine)
-    ids = [int(x) for x in table["scan_id"]]
-    if scan_id not in ids:
-        # An unfinished scan is compared with every complete scan dated before it.
-        everything = scans(engine, complete_only=False)
-        row = everything[everything["scan_id"] == scan_id]
-        if row.empty:
-            raise NoScan(f"no scan {scan_id}")
-        day = row["logical_date"].iloc[0]
-        keep = [
-            int(i)
-            for i, d in zip(table["scan_id"], table["logical_date"], strict=True)
-            if (d, int(i)) < (day, scan_id)
-        ]
-        return keep
-    return ids[: ids.index(scan_id)]
-
-
-def previous_scan(engine: Engine, scan_id: int) -> int | None:
-    before = earlier_scans(engine, scan_id)
-    return before[-1] if before else None
+def _fetch(src: Source, expr: ir.Table, columns: Sequence[str]) -> pd.DataFrame:
+    """Run ``expr``; Python values (None for null), whatever the engine's dtypes."""
+    frame = src.execute(expr.select(*columns))
+    out = frame.astype(object).where(frame.notna(), None)
+    return out.reset_index(drop=True)
 
 
 # --- expressions ----------------------------------------------------------------------------
 
 
-def tld_of(name: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
-    """The last label of a name, in SQL both SQLite and PostgreSQL run.
-
-    ``rtrim(x, <every non-dot character of x>)`` keeps x up to its last dot; what follows is
-    the TLD. (No reverse()/split_part() in SQLite.)
-    """
-    head = sa.func.rtrim(name, sa.func.replace(name, ".", ""))
-    return sa.func.substr(name, sa.func.length(head) + 1)
+def tld(name: ir.StringValue) -> ir.StringValue:
+    """The last label of a name ("" when null)."""
+    return name.re_extract(r"([^.]*)$", 1).fill_null("")
 
 
-def _state(dr: Any) -> sa.ColumnElement[str]:
-    """A domain's place: its stage when ``ok``, else its outcome (the two vocabularies are
-    disjoint)."""
-    return sa.case(
-        (dr.c.outcome == Outcome.OK.value, sa.func.coalesce(dr.c.stage, "")), else_=dr.c.outcome
-    )
+def state(d: ir.Table) -> ir.StringValue:
+    """A domain's place: its stage when ``ok``, else its outcome (disjoint vocabularies)."""
+    return ibis.cases((d.outcome == OK, d.stage.fill_null("")), else_=d.outcome)
 
 
-def _rank(state: sa.ColumnElement[str]) -> sa.ColumnElement[int]:
+def rank(value: ir.StringValue) -> ir.IntegerValue:
     """Ladder rank of a state: plaintext 0 … dane 4; any non-``ok`` outcome -1."""
-    return sa.case(STAGE_RANK, value=state, else_=-1)
+    return value.cases(*STAGE_RANK.items(), else_=-1)
 
 
-def _primary_mx(scan_ids: Sequence[int]) -> sa.Subquery:
-    """The most-preferred MX host per result line: ``ordinal`` 0, since the verdict lists hosts
-    best first (lowest preference, then name; scanner/verdict.py ``MxDecision.hosts``)."""
-    dm = s.domain_mx
-    return (
-        sa.select(dm.c.scan_id, dm.c.line, dm.c.host_name)
-        .where(dm.c.scan_id.in_(list(scan_ids)), dm.c.ordinal == 0)
-        .subquery("primary_mx")
+def one_per_domain(d: ir.Table) -> ir.Table:
+    """Each domain once per scan (its first line); lines without a domain stay, one each."""
+    first = d.line.min().over(group_by=[d.scan_id, d.domain])
+    marked = d.mutate(_first=first)
+    return marked.filter(marked.domain.isnull() | (marked.line == marked._first)).drop("_first")
+
+
+def domains(src: Source, scan_ids: Sequence[int]) -> ir.Table:
+    return one_per_domain(src.table("domains", scan_ids))
+
+
+def _primary_mx(src: Source, scan_ids: Sequence[int]) -> ir.Table:
+    """The most-preferred MX host per result line: ``ordinal`` 0 (scanner/verdict.py lists
+    hosts best first)."""
+    dm = src.table("domain_mx", scan_ids)
+    return dm.filter(dm.ordinal == 0).select(
+        pm_scan=dm.scan_id, pm_line=dm.line, primary_mx=dm.host_name
     )
+
+
+def _count(t: ir.Table, *keys: str) -> ir.Table:
+    return t.group_by(list(keys)).agg(n=t.count().cast("int64"))
 
 
 # --- domain counts --------------------------------------------------------------------------
 
 
-def outcome_stage_counts(engine: Engine, scan_ids: Sequence[int]) -> pd.DataFrame:
-    """``scan_id, outcome, stage, n``: results per outcome and stage (stage None unless ok)."""
-    dr = s.domain_results
-    q = (
-        sa.select(dr.c.scan_id, dr.c.outcome, dr.c.stage, sa.func.count())
-        .where(dr.c.scan_id.in_(list(scan_ids)))
-        .group_by(dr.c.scan_id, dr.c.outcome, dr.c.stage)
-    )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["scan_id", "outcome", "stage", "n"])
+def outcome_stage_counts(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
+    """``scan_id, outcome, stage, n``: domains per outcome and stage (stage None unless ok)."""
+    cols = ["scan_id", "outcome", "stage", "n"]
+    kept = src.rollup("domain_counts", scan_ids)
+    if kept is not None:
+        return kept[cols]
+    return _fetch(src, _count(domains(src, scan_ids), "scan_id", "outcome", "stage"), cols)
 
 
-def tld_counts(engine: Engine, scan_id: int) -> pd.DataFrame:
+def tld_counts(src: Source, scan_id: int) -> pd.DataFrame:
     """``group, outcome, stage, n`` with group = the domain's TLD ("" for invalid input)."""
-    dr, d = s.domain_results, s.domains
-    tld = sa.func.coalesce(tld_of(d.c.name), "").label("grp")
-    q = (
-        sa.select(tld, dr.c.outcome, dr.c.stage, sa.func.count())
-        .select_from(dr.outerjoin(d, d.c.id == dr.c.domain_id))
-        .where(dr.c.scan_id == scan_id)
-        .group_by(tld, dr.c.outcome, dr.c.stage)
-    )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["group", "outcome", "stage", "n"])
+    d = domains(src, [scan_id])
+    expr = _count(d.mutate(group=tld(d.domain)), "group", "outcome", "stage")
+    return _fetch(src, expr, ["group", "outcome", "stage", "n"])
 
 
-def primary_host_counts(engine: Engine, scan_id: int) -> pd.DataFrame:
+def primary_host_counts(src: Source, scan_id: int) -> pd.DataFrame:
     """``host, outcome, stage, n`` with host = the most-preferred MX host ("" when none).
 
-    Grouped by host in SQL; the caller maps hosts onto providers (the PSL is not SQL).
+    Grouped by host in the engine; the caller maps hosts onto providers (the PSL is not SQL).
     """
-    dr = s.domain_results
-    pm = _primary_mx([scan_id])
-    host = sa.func.coalesce(pm.c.host_name, "").label("host")
-    q = (
-        sa.select(host, dr.c.outcome, dr.c.stage, sa.func.count())
-        .select_from(
-            dr.outerjoin(pm, sa.and_(pm.c.scan_id == dr.c.scan_id, pm.c.line == dr.c.line))
-        )
-        .where(dr.c.scan_id == scan_id)
-        .group_by(host, dr.c.outcome, dr.c.stage)
-    )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["host", "outcome", "stage", "n"])
+    d = domains(src, [scan_id])
+    pm = _primary_mx(src, [scan_id])
+    j = d.left_join(pm, [d.scan_id == pm.pm_scan, d.line == pm.pm_line])
+    expr = _count(j.mutate(host=j.primary_mx.fill_null("")), "host", "outcome", "stage")
+    return _fetch(src, expr, ["host", "outcome", "stage", "n"])
 
 
 # --- MX host counts -------------------------------------------------------------------------
 
 
-def host_stage_counts(engine: Engine, scan_ids: Sequence[int]) -> pd.DataFrame:
+def host_stage_counts(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
     """``scan_id, reachable, stage, n``: MX hosts (once per host per scan) per ladder rung.
 
     A host's rung, as for a domain but over its own endpoints (every domain it serves):
@@ -207,71 +123,43 @@ def host_stage_counts(engine: Engine, scan_ids: Sequence[int]) -> pd.DataFrame:
     ``dnssec`` its address records are secure; ``tlsa`` its TLSA RRset is usable; ``dane``
     every greeting endpoint authenticated (RFC 7672 §3). Unreachable hosts have stage None.
     """
-    dm, dres, ep, h = s.domain_mx, s.dane_results, s.endpoints, s.mx_hosts
-    ids = list(scan_ids)
-    greeted = ep.c.status.in_(GREETED)
-    per_host = (
-        sa.select(
-            dm.c.scan_id,
-            dm.c.host_name,
-            sa.func.max(
-                sa.case((sa.and_(greeted, ep.c.status != EndpointStatus.SUCCESS.value), 1), else_=0)
-            ).label("tls_bad"),
-            sa.func.min(
-                sa.case(
-                    (sa.and_(greeted, dres.c.authenticated == sa.true()), 1),
-                    (greeted, 0),
-                    else_=None,
-                )
-            ).label("dane_ok"),
-        )
-        .select_from(
-            dm.join(
-                dres,
-                sa.and_(
-                    dres.c.scan_id == dm.c.scan_id,
-                    dres.c.line == dm.c.line,
-                    dres.c.host_ordinal == dm.c.ordinal,
-                ),
-            ).join(
-                ep,
-                sa.and_(
-                    ep.c.scan_id == dres.c.scan_id,
-                    ep.c.address == dres.c.address,
-                    ep.c.port == dres.c.port,
-                    ep.c.sni == dres.c.sni,
-                ),
-            )
-        )
-        .where(dm.c.scan_id.in_(ids))
-        .group_by(dm.c.scan_id, dm.c.host_name)
-        .subquery("per_host")
+    cols = ["scan_id", "reachable", "stage", "n"]
+    kept = src.rollup("host_counts", scan_ids)
+    if kept is not None:
+        return kept[cols].assign(reachable=kept["reachable"].astype(bool))
+    dm = src.table("domain_mx", scan_ids)
+    dr = src.table("dane", scan_ids)
+    ep = src.table("endpoints", scan_ids)
+    links = dm.select(dm.scan_id, dm.line, host_ordinal=dm.ordinal, host=dm.host_name)
+    per_ep = links.join(dr, ["scan_id", "line", "host_ordinal"]).select(
+        "scan_id", "host", "address", "port", "sni", "authenticated"
     )
-    reachable = sa.func.coalesce(h.c.reachable, sa.false())
-    stage = sa.case(
-        (reachable == sa.false(), None),
-        (sa.func.coalesce(per_host.c.tls_bad, 1) == 1, Stage.PLAINTEXT.value),
-        (sa.func.coalesce(h.c.address_status, "") != "secure", Stage.STARTTLS.value),
-        (h.c.tlsa_status != TlsaStatus.USABLE.value, Stage.DNSSEC.value),
-        (sa.func.coalesce(per_host.c.dane_ok, 0) == 1, Stage.DANE.value),
+    per_ep = per_ep.join(
+        ep.select("scan_id", "address", "port", "sni", "status"),
+        ["scan_id", "address", "port", "sni"],
+    )
+    greeted = per_ep.status.isin(GREETED)
+    per_host = per_ep.group_by(["scan_id", "host"]).agg(
+        tls_bad=ibis.cases(
+            (greeted & (per_ep.status != EndpointStatus.SUCCESS.value), 1), else_=0
+        ).max(),
+        dane_ok=ibis.cases(
+            (greeted & (per_ep.authenticated.fill_null(False)), 1), (greeted, 0), else_=None
+        ).min(),
+    )
+    h = src.table("mx_hosts", scan_ids)
+    j = h.left_join(per_host, [h.scan_id == per_host.scan_id, h.name == per_host.host])
+    reachable = j.reachable.fill_null(False)
+    stage = ibis.cases(
+        (~reachable, ibis.null(str)),
+        (j.tls_bad.fill_null(1) == 1, Stage.PLAINTEXT.value),
+        (j.address_status.fill_null("") != "secure", Stage.STARTTLS.value),
+        (j.tlsa_status != TlsaStatus.USABLE.value, Stage.DNSSEC.value),
+        (j.dane_ok.fill_null(0) == 1, Stage.DANE.value),
         else_=Stage.TLSA.value,
-    ).label("stage")
-    inner = (
-        sa.select(h.c.scan_id, reachable.label("reachable"), stage)
-        .select_from(
-            h.outerjoin(
-                per_host,
-                sa.and_(per_host.c.scan_id == h.c.scan_id, per_host.c.host_name == h.c.name),
-            )
-        )
-        .where(h.c.scan_id.in_(ids))
-        .subquery("host_stage")
     )
-    q = sa.select(inner.c.scan_id, inner.c.reachable, inner.c.stage, sa.func.count()).group_by(
-        inner.c.scan_id, inner.c.reachable, inner.c.stage
-    )
-    with engine.connect() as conn:
-        out = _frame(conn, q, ["scan_id", "reachable", "stage", "n"])
+    rows = j.select(scan_id=j.scan_id, reachable=reachable, stage=stage)
+    out = _fetch(src, _count(rows, "scan_id", "reachable", "stage"), cols)
     out["reachable"] = out["reachable"].astype(bool)
     return out
 
@@ -279,217 +167,174 @@ def host_stage_counts(engine: Engine, scan_ids: Sequence[int]) -> pd.DataFrame:
 # --- transitions ----------------------------------------------------------------------------
 
 
-def _one_per_domain(scan_id: int, name: str) -> sa.Subquery:
-    """Each domain once per scan (its first line, should the input list it twice):
-    ``domain_id, state``."""
-    dr = s.domain_results
-    first = (
-        sa.select(dr.c.domain_id, sa.func.min(dr.c.line).label("line"))
-        .where(dr.c.scan_id == scan_id, dr.c.domain_id.is_not(None))
-        .group_by(dr.c.domain_id)
-        .subquery(f"{name}_first")
+def _states(src: Source, scan_id: int) -> ir.Table:
+    """``domain, state``: each domain of a scan once."""
+    d = domains(src, [scan_id])
+    d = d.filter(d.domain.notnull())
+    return d.select(d.domain, state=state(d))
+
+
+def transition_counts(src: Source, scan_a: int, scan_b: int) -> pd.DataFrame:
+    """``from_state, to_state, n`` over domains (by name) of either scan; a domain missing from
+    one side has state ``absent`` there."""
+    cols = ["from_state", "to_state", "n"]
+    kept = src.rollup("transitions", [scan_b])
+    if kept is not None and not kept.empty and set(kept["scan_a"]) == {scan_a}:
+        return kept[cols]
+    a = _states(src, scan_a).rename(a_domain="domain", a_state="state")
+    b = _states(src, scan_b).rename(b_domain="domain", b_state="state")
+    j = a.outer_join(b, a.a_domain == b.b_domain)
+    pairs = j.select(
+        from_state=j.a_state.fill_null("absent"), to_state=j.b_state.fill_null("absent")
     )
-    return (
-        sa.select(first.c.domain_id, _state(dr).label("state"))
-        .select_from(first.join(dr, sa.and_(dr.c.scan_id == scan_id, dr.c.line == first.c.line)))
-        .subquery(name)
-    )
+    return _fetch(src, _count(pairs, "from_state", "to_state"), cols)
 
 
-def transition_counts(engine: Engine, scan_a: int, scan_b: int) -> pd.DataFrame:
-    """``from_state, to_state, n`` over domains (by ``domain_id``) of either scan; a domain
-    missing from one side has state ``absent`` there."""
-    a = _one_per_domain(scan_a, "a")
-    b = _one_per_domain(scan_b, "b")
-    src = sa.func.coalesce(a.c.state, "absent").label("from_state")
-    dst = sa.func.coalesce(b.c.state, "absent").label("to_state")
-    q = (
-        sa.select(src, dst, sa.func.count())
-        .select_from(a.join(b, a.c.domain_id == b.c.domain_id, full=True))
-        .group_by(src, dst)
-    )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["from_state", "to_state", "n"])
-
-
-def movers(engine: Engine, scan_a: int, scan_b: int) -> pd.DataFrame:
+def movers(src: Source, scan_a: int, scan_b: int) -> pd.DataFrame:
     """``domain, from_state, to_state, from_rank, to_rank`` for domains in both scans whose
-    ladder rank changed (non-``ok`` outcomes rank below ``plaintext``)."""
-    a = _one_per_domain(scan_a, "a")
-    b = _one_per_domain(scan_b, "b")
-    d = s.domains
-    ra, rb = _rank(a.c.state), _rank(b.c.state)
-    q = (
-        sa.select(d.c.name, a.c.state, b.c.state, ra, rb)
-        .select_from(a.join(b, a.c.domain_id == b.c.domain_id).join(d, d.c.id == a.c.domain_id))
-        .where(ra != rb)
-        .order_by(d.c.name)
-    )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["domain", "from_state", "to_state", "from_rank", "to_rank"])
+    ladder rank changed (non-``ok`` outcomes rank below ``plaintext``), sorted by domain."""
+    a = _states(src, scan_a).rename(from_state="state")
+    b = _states(src, scan_b).rename(to_state="state")
+    j = a.join(b, "domain")
+    j = j.mutate(from_rank=rank(j.from_state), to_rank=rank(j.to_state))
+    j = j.filter(j.from_rank != j.to_rank)
+    cols = ["domain", "from_state", "to_state", "from_rank", "to_rank"]
+    return _fetch(src, j, cols).sort_values("domain", kind="stable").reset_index(drop=True)
 
 
 # --- cohorts --------------------------------------------------------------------------------
 
 
-def first_reached(engine: Engine, scan_ids: Sequence[int]) -> pd.DataFrame:
+def first_reached(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
     """``first_starttls, first_dnssec, first_dane, n``: domains grouped by the index (0-based,
     in the order of ``scan_ids``) of the first scan where they had STARTTLS, a secure MX RRset
-    and stage ``dane``; None where never. Per-domain minima in a subquery, then one GROUP BY."""
-    dr = s.domain_results
+    and stage ``dane``; None where never. Per-domain minima, then one GROUP BY."""
+    cols = ["first_starttls", "first_dnssec", "first_dane", "n"]
     ids = list(scan_ids)
     if not ids:
-        return pd.DataFrame(columns=["first_starttls", "first_dnssec", "first_dane", "n"])
-    order = sa.case({sid: i for i, sid in enumerate(ids)}, value=dr.c.scan_id)
+        return pd.DataFrame(columns=cols)
+    kept = src.rollup("first_counts", ids[-1:])
+    if kept is not None and [*src.catalog.earlier(ids[-1]), ids[-1]] == ids:
+        # The rollup names nights; positions count from the first night of the series.
+        night = src.catalog.dates()
+        position = {night[sid]: k for k, sid in enumerate(ids)}
+        out = kept[cols].copy()
+        for c in cols[:3]:
+            out[c] = [None if v is None else position[v] for v in out[c]]
+        return out
+    d = domains(src, ids)
+    d = d.filter(d.domain.notnull())
+    order = d.scan_id.cases(*((sid, k) for k, sid in enumerate(ids)), else_=None)
+    ok = d.outcome == OK
 
-    def first(cond: sa.ColumnElement[bool], name: str) -> sa.Label[Any]:
-        return sa.func.min(sa.case((cond, order), else_=None)).label(name)
+    def first(cond: ir.BooleanValue) -> ir.IntegerValue:
+        return ibis.cases((cond, order), else_=None).min()
 
-    ok = dr.c.outcome == Outcome.OK.value
-    per_domain = (
-        sa.select(
-            dr.c.domain_id,
-            first(sa.and_(ok, dr.c.starttls == sa.true()), "fs"),
-            first(sa.and_(ok, dr.c.dnssec == sa.true()), "fd"),
-            first(sa.and_(ok, dr.c.stage == Stage.DANE.value), "fa"),
-        )
-        .where(dr.c.scan_id.in_(ids), dr.c.domain_id.is_not(None))
-        .group_by(dr.c.domain_id)
-        .subquery("per_domain")
+    per_domain = d.group_by("domain").agg(
+        first_starttls=first(ok & d.starttls.fill_null(False)),
+        first_dnssec=first(ok & d.dnssec.fill_null(False)),
+        first_dane=first(ok & (d.stage == Stage.DANE.value)),
     )
-    p = per_domain.c
-    q = sa.select(p.fs, p.fd, p.fa, sa.func.count()).group_by(p.fs, p.fd, p.fa)
-    with engine.connect() as conn:
-        return _frame(conn, q, ["first_starttls", "first_dnssec", "first_dane", "n"])
+    return _fetch(src, _count(per_domain, *cols[:3]), cols)
 
 
 # --- TLSA -----------------------------------------------------------------------------------
 
 
-def tlsa_parameter_counts(engine: Engine, scan_id: int) -> pd.DataFrame:
+def tlsa_parameter_counts(src: Source, scan_id: int) -> pd.DataFrame:
     """``usage, selector, mtype, records, hosts``: TLSA records of the scan's MX hosts."""
-    t = s.tlsa_records
-    q = (
-        sa.select(
-            t.c.usage,
-            t.c.selector,
-            t.c.mtype,
-            sa.func.count(),
-            sa.func.count(sa.distinct(t.c.host_name)),
-        )
-        .where(t.c.scan_id == scan_id)
-        .group_by(t.c.usage, t.c.selector, t.c.mtype)
+    t = src.table("tlsa", [scan_id])
+    expr = t.group_by(["usage", "selector", "mtype"]).agg(
+        records=t.count().cast("int64"), hosts=t.host_name.nunique().cast("int64")
     )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["usage", "selector", "mtype", "records", "hosts"])
+    return _fetch(src, expr, ["usage", "selector", "mtype", "records", "hosts"])
 
 
-def tlsa_host_counts(engine: Engine, scan_id: int) -> pd.DataFrame:
+def tlsa_host_counts(src: Source, scan_id: int) -> pd.DataFrame:
     """``tlsa_status, records, hosts``: MX hosts per TLSA status and record count."""
-    h = s.mx_hosts
-    q = (
-        sa.select(h.c.tlsa_status, h.c.tlsa_count, sa.func.count())
-        .where(h.c.scan_id == scan_id)
-        .group_by(h.c.tlsa_status, h.c.tlsa_count)
-    )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["tlsa_status", "records", "hosts"])
+    h = src.table("mx_hosts", [scan_id])
+    expr = h.group_by(["tlsa_status", "tlsa_count"]).agg(hosts=h.count().cast("int64"))
+    return _fetch(src, expr.rename(records="tlsa_count"), ["tlsa_status", "records", "hosts"])
 
 
 # --- breakage -------------------------------------------------------------------------------
 
 
-def _broken(dr: Any) -> sa.ColumnElement[bool]:
-    return sa.and_(dr.c.outcome == Outcome.OK.value, dr.c.dane == DaneStatus.BROKEN.value)
+def _broken(d: ir.Table) -> ir.BooleanValue:
+    return (d.outcome == OK) & (d.dane.fill_null("") == DaneStatus.BROKEN.value)
 
 
-def broken_domains(engine: Engine, scan_id: int, earlier: Sequence[int]) -> pd.DataFrame:
-    """``domain, reason, stage, stale``: DANE-broken domains of a scan.
+def matched_records(src: Source, scan_ids: Sequence[int]) -> ir.Table:
+    """``domain, host, usage, selector, mtype, data``: every TLSA record that authenticated an
+    endpoint of the domain's MX host in one of these scans (the ``matched`` rollup keeps the
+    running union, night by night)."""
+    ids = list(scan_ids)
+    prev = src.table("domains", ids)
+    prev = prev.filter(prev.domain.notnull()).select("scan_id", "line", "domain")
+    pdr = src.table("dane", ids)
+    pdr = pdr.filter(pdr.authenticated.fill_null(False)).select(
+        "scan_id", "line", "host_ordinal", "usage", "selector", "mtype", "data"
+    )
+    pdm = src.table("domain_mx", ids).select(
+        "scan_id", "line", host_ordinal="ordinal", host="host_name"
+    )
+    matched = prev.join(pdr, ["scan_id", "line"]).join(pdm, ["scan_id", "line", "host_ordinal"])
+    return matched.select(*MATCHED_COLUMNS).distinct()
+
+
+MATCHED_COLUMNS = ("domain", "host", "usage", "selector", "mtype", "data")
+
+
+def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) -> ir.Table:
+    """``domain``: broken domains (``tlsa-no-match``) of which a TLSA record the host still
+    publishes in ``scan_id`` authenticated the domain's endpoint in an ``earlier`` scan."""
+    kept = None
+    if [*src.catalog.earlier(earlier[-1]), earlier[-1]] == list(earlier):
+        kept = src.rollup_table("matched", earlier[-1])
+    matched = kept if kept is not None else matched_records(src, earlier)
+    cdm = src.table("domain_mx", [scan_id]).select(cur_line="line", host="host_name")
+    cur = broken.filter(broken.reason == Reason.TLSA_NO_MATCH.value).select("domain", "line")
+    cur = cur.join(cdm, cur.line == cdm.cur_line).select("domain", "host")
+    tr = src.table("tlsa", [scan_id]).select(
+        host="host_name", usage="usage", selector="selector", mtype="mtype", data="data"
+    )
+    still = cur.join(matched, ["domain", "host"]).join(
+        tr, ["host", "usage", "selector", "mtype", "data"]
+    )
+    return still.select(stale_domain=still.domain).distinct()
+
+
+def broken_domains(src: Source, scan_id: int, earlier: Sequence[int]) -> pd.DataFrame:
+    """``domain, reason, stage, stale``: DANE-broken domains of a scan, sorted by domain.
 
     ``stale`` (reason ``tlsa-no-match`` only): a TLSA record the host still publishes in this
     scan authenticated this domain's endpoint in one of the ``earlier`` scans, so the record
     matched the certificate seen then and the certificate changed without a TLSA update (the
     classic rollover mistake, RFC 7671 §8.1).
     """
-    dr, d = s.domain_results, s.domains
-    prev = dr.alias("prev")
-    pdr = s.dane_results.alias("pdr")
-    pdm = s.domain_mx.alias("pdm")
-    cdm = s.domain_mx.alias("cdm")
-    tr = s.tlsa_records.alias("tr")
-    ids = list(earlier)
-    stale_q = (
-        sa.select(sa.literal(1))
-        .select_from(
-            prev.join(pdr, sa.and_(pdr.c.scan_id == prev.c.scan_id, pdr.c.line == prev.c.line))
-            .join(
-                pdm,
-                sa.and_(
-                    pdm.c.scan_id == pdr.c.scan_id,
-                    pdm.c.line == pdr.c.line,
-                    pdm.c.ordinal == pdr.c.host_ordinal,
-                ),
-            )
-            .join(
-                cdm,
-                sa.and_(
-                    cdm.c.scan_id == scan_id,
-                    cdm.c.line == dr.c.line,
-                    cdm.c.host_name == pdm.c.host_name,
-                ),
-            )
-            .join(
-                tr,
-                sa.and_(
-                    tr.c.scan_id == scan_id,
-                    tr.c.host_name == cdm.c.host_name,
-                    tr.c.usage == pdr.c.usage,
-                    tr.c.selector == pdr.c.selector,
-                    tr.c.mtype == pdr.c.mtype,
-                    tr.c.data == pdr.c.data,
-                ),
-            )
-        )
-        .where(
-            prev.c.domain_id == dr.c.domain_id,
-            prev.c.scan_id.in_(ids),
-            pdr.c.authenticated == sa.true(),
-        )
-    )
-    stale = (
-        sa.and_(dr.c.reason == Reason.TLSA_NO_MATCH.value, stale_q.exists())
-        if ids
-        else (sa.false())
-    )
-    q = (
-        sa.select(d.c.name, dr.c.reason, dr.c.stage, sa.case((stale, 1), else_=0))
-        .select_from(dr.join(d, d.c.id == dr.c.domain_id))
-        .where(dr.c.scan_id == scan_id, _broken(dr))
-        .order_by(d.c.name)
-    )
-    with engine.connect() as conn:
-        out = _frame(conn, q, ["domain", "reason", "stage", "stale"])
+    d = domains(src, [scan_id])
+    broken = d.filter(_broken(d) & d.domain.notnull())
+    if earlier:
+        st = _stale(src, scan_id, broken, earlier)
+        j = broken.left_join(st, broken.domain == st.stale_domain)
+        rows = j.mutate(stale=j.stale_domain.notnull())
+    else:
+        rows = broken.mutate(stale=ibis.literal(False))
+    out = _fetch(src, rows, ["domain", "reason", "stage", "stale"])
     out["stale"] = out["stale"].astype(bool)
-    return out
+    return out.sort_values("domain", kind="stable").reset_index(drop=True)
 
 
-def repaired_domains(engine: Engine, scan_id: int, since: int) -> pd.DataFrame:
+def repaired_domains(src: Source, scan_id: int, since: int) -> pd.DataFrame:
     """``domain, prev_reason, state``: broken at ``since``, in ``scan_id`` and not broken."""
-    dr, d = s.domain_results, s.domains
-    prev = dr.alias("prev")
-    q = (
-        sa.select(d.c.name, prev.c.reason, _state(dr))
-        .select_from(
-            prev.join(
-                dr, sa.and_(dr.c.domain_id == prev.c.domain_id, dr.c.scan_id == scan_id)
-            ).join(d, d.c.id == dr.c.domain_id)
-        )
-        .where(prev.c.scan_id == since, _broken(prev), sa.not_(_broken(dr)))
-        .distinct()
-        .order_by(d.c.name)
-    )
-    with engine.connect() as conn:
-        return _frame(conn, q, ["domain", "prev_reason", "state"])
+    p = domains(src, [since])
+    p = p.filter(_broken(p) & p.domain.notnull()).select(p_domain="domain", prev_reason="reason")
+    d = domains(src, [scan_id])
+    d = d.filter(~_broken(d) & d.domain.notnull())
+    j = p.join(d, p.p_domain == d.domain)
+    rows = j.select(domain=j.domain, prev_reason=j.prev_reason, state=state(j)).distinct()
+    out = _fetch(src, rows, ["domain", "prev_reason", "state"])
+    return out.sort_values("domain", kind="stable").reset_index(drop=True)
 
 
 # --- per-domain rows ------------------------------------------------------------------------
@@ -500,38 +345,13 @@ DOMAIN_ROW_COLUMNS = (
 )  # fmt: skip
 
 
-def iter_domain_rows(
-    engine: Engine, scan_id: int, chunk: int = 10_000
-) -> Iterator[tuple[Any, ...]]:
-    """Every result line of a scan in line order (``DOMAIN_ROW_COLUMNS``), streamed."""
-    dr, d = s.domain_results, s.domains
-    pm = _primary_mx([scan_id])
-    q = (
-        sa.select(
-            dr.c.line,
-            dr.c.input,
-            d.c.name,
-            dr.c.outcome,
-            dr.c.starttls,
-            dr.c.dnssec,
-            dr.c.tlsa,
-            dr.c.tlsa_unusable,
-            dr.c.dane,
-            dr.c.stage,
-            dr.c.reason,
-            dr.c.mx_status,
-            dr.c.implicit_mx,
-            pm.c.host_name,
-        )
-        .select_from(
-            dr.outerjoin(d, d.c.id == dr.c.domain_id).outerjoin(
-                pm, sa.and_(pm.c.scan_id == dr.c.scan_id, pm.c.line == dr.c.line)
-            )
-        )
-        .where(dr.c.scan_id == scan_id)
-        .order_by(dr.c.line)
-    )
-    with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=chunk).execute(q)
-        for row in result:
-            yield tuple(row)
+def domain_rows(src: Source, scan_id: int) -> Iterator[pd.DataFrame]:
+    """Every result line of a scan in line order (columns ``DOMAIN_ROW_COLUMNS``), streamed
+    as frames (one per batch the engine returns)."""
+    d = src.table("domains", [scan_id])
+    pm = _primary_mx(src, [scan_id])
+    j = d.left_join(pm, [d.scan_id == pm.pm_scan, d.line == pm.pm_line])
+    expr = j.select(*DOMAIN_ROW_COLUMNS).order_by("line")
+    for batch in src.batches(expr):
+        frame = batch.to_pandas()
+        yield frame.astype(object).where(frame.notna(), None)

@@ -1,10 +1,13 @@
 """The published measures: tidy DataFrames, one row per observation, columns as documented.
 
-Counting units are explicit. The domain funnel counts input lines and ``ok`` domains (as the
-public survey does); the MX-host funnel counts each MX host once per scan (closer to the 2020
+Counting units are explicit. The domain funnel counts domains (a domain listed on several
+lines once; each line naming no valid domain once) and ``ok`` domains (as the public survey
+does); the MX-host funnel counts each MX host once per scan (closer to the 2020
 paper, which counted records — the two disagreed by a factor of four, so reports show both,
-labelled in the ``unit`` column). Every function takes an engine and scan references
-(``"latest"`` or an id); the SQL lives in :mod:`analysis.load`, the arithmetic here works on
+labelled in the ``unit`` column). Every function takes a source (:mod:`analysis.engines`: the
+archive on DuckDB or Spark, or the live store; an SQLAlchemy engine stands for the latter) and
+scan references (``"latest"`` or an id of a complete scan); the aggregations are the Ibis
+expressions of :mod:`analysis.load`, the arithmetic here works on
 the small aggregated frames it returns (``*_from_*`` functions are pure and tested alone).
 """
 
@@ -15,11 +18,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from analysis import load, psl
-from analysis.load import ScanRef
+from analysis import engines, load, psl
+from analysis.catalog import ScanRef
+from analysis.engines import Source
 from scanner.model import Outcome, Reason, Stage
 
 STAGES: tuple[str, ...] = tuple(st.value for st in Stage)
@@ -87,17 +92,12 @@ def _frame(records: Iterable[tuple[Any, ...]], columns: Sequence[str]) -> pd.Dat
     return pd.DataFrame.from_records(list(records), columns=list(columns))
 
 
-def _dates(engine: Engine) -> dict[int, dt.date | None]:
-    table = load.scans(engine, complete_only=False)
-    return {int(i): d for i, d in zip(table["scan_id"], table["logical_date"], strict=True)}
-
-
-def _scan_ids(engine: Engine, scans: Sequence[ScanRef] | None) -> list[int]:
+def _scan_ids(src: Source, scans: Sequence[ScanRef] | None) -> list[int]:
     if scans is None:
-        return [int(x) for x in load.scans(engine)["scan_id"]]
-    order = {int(i): k for k, i in enumerate(load.scans(engine, complete_only=False)["scan_id"])}
-    ids = {load.resolve_scan(engine, ref) for ref in scans}
-    return sorted(ids, key=lambda i: order.get(i, len(order)))
+        return src.catalog.complete().ids()
+    order = {sid: k for k, sid in enumerate(src.catalog.ids())}
+    ids = {src.catalog.resolve(ref) for ref in scans}
+    return sorted(ids, key=lambda i: order[i])
 
 
 # --- funnel ---------------------------------------------------------------------------------
@@ -183,112 +183,117 @@ def funnel_from_counts(
     return out
 
 
-def funnel(engine: Engine, scan: ScanRef = "latest") -> pd.DataFrame:
+def funnel(source: Source | Engine, scan: ScanRef = "latest") -> pd.DataFrame:
     """The adoption funnel of one scan, in two units.
 
-    Columns: ``scan_id``; ``logical_date``; ``unit`` (``domains``: input lines and ``ok``
-    domains; ``mx_hosts``: each MX host once per scan); ``level`` (``outcome``: every input
-    line / MX host; ``stage``: ``ok`` domains / reachable MX hosts); ``value`` (the outcome,
+    Columns: ``scan_id``; ``logical_date``; ``unit`` (``domains``: domains, each once, and ``ok``
+    domains; ``mx_hosts``: each MX host once per scan); ``level`` (``outcome``: every
+    domain / MX host; ``stage``: ``ok`` domains / reachable MX hosts); ``value`` (the outcome,
     ``reachable``/``unreachable`` for hosts, or the stage); ``rank`` (order within the level);
     ``count`` (exactly at this value); ``denominator`` (inputs, ``ok`` domains, MX hosts or
     reachable MX hosts); ``share`` (count / denominator); ``reached`` (stage level only: at
     this rung or higher); ``reached_share`` (reached / denominator).
     """
-    sid = load.resolve_scan(engine, scan)
+    src = engines.as_source(source)
+    sid = src.catalog.resolve(scan)
     return funnel_from_counts(
-        load.outcome_stage_counts(engine, [sid]),
-        load.host_stage_counts(engine, [sid]),
-        _dates(engine),
+        load.outcome_stage_counts(src, [sid]),
+        load.host_stage_counts(src, [sid]),
+        src.catalog.dates(),
     )
-
-
-def _group_rows(counts: pd.DataFrame, key: str) -> dict[str, tuple[int, int, dict[str, int]]]:
-    """group -> (inputs, ok, stage counts) from ``key, outcome, stage, n`` rows."""
-    acc: dict[str, list[Any]] = {}
-    for r in _rows(counts):
-        g = str(r[key])
-        slot = acc.setdefault(g, [0, 0, defaultdict(int)])
-        slot[0] += int(r["n"])
-        if r["outcome"] == Outcome.OK.value:
-            slot[1] += int(r["n"])
-            if isinstance(r["stage"], str):
-                slot[2][r["stage"]] += int(r["n"])
-    return {g: (v[0], v[1], dict(v[2])) for g, v in acc.items()}
 
 
 def funnel_by_from_counts(
     counts: pd.DataFrame, group_by: str, scan_id: int, day: dt.date | None
 ) -> pd.DataFrame:
-    """Pure part of :func:`funnel_by`: ``counts`` has ``group, outcome, stage, n``."""
-    records = []
-    groups = _group_rows(counts, "group")
-    for g in sorted(groups):
-        inputs, ok, stages = groups[g]
-        for stage, rank, n, reached in _ladder_rows(stages):
-            records.append(
-                (
-                    scan_id,
-                    day,
-                    group_by,
-                    g,
-                    inputs,
-                    ok,
-                    stage,
-                    rank,
-                    n,
-                    _share(n, ok),
-                    reached,
-                    _share(reached, ok),
-                )
-            )
-    return _frame(records, FUNNEL_BY_COLUMNS)
+    """Pure part of :func:`funnel_by`: ``counts`` has ``group, outcome, stage, n``.
+
+    Column-wise: a provider table has a group per self-hosted domain (millions of rows)."""
+    c = counts.assign(group=counts["group"].astype(str), n=counts["n"].astype("int64"))
+    inputs = c.groupby("group")["n"].sum()
+    groups = sorted(inputs.index)
+    ok_rows = c[c["outcome"] == Outcome.OK.value]
+    staged = ok_rows.loc[ok_rows["stage"].map(lambda s: isinstance(s, str)).astype(bool)]
+    table = (
+        staged.groupby(["group", "stage"])["n"]
+        .sum()
+        .unstack("stage")
+        .reindex(index=groups, columns=list(STAGES))
+        .fillna(0)
+        .astype("int64")
+    )
+    ok = ok_rows.groupby("group")["n"].sum().reindex(groups, fill_value=0).to_numpy()
+    width = len(STAGES)
+    exact = table.to_numpy()
+    reached = np.cumsum(exact[:, ::-1], axis=1)[:, ::-1]  # at the rung or higher
+    den = np.repeat(ok, width)
+
+    def share(num: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+        return out
+
+    rows = len(groups) * width
+    out = pd.DataFrame(
+        {
+            "scan_id": np.full(rows, scan_id, dtype="int64"),
+            "logical_date": [day] * rows,
+            "group_by": [group_by] * rows,
+            "group": np.repeat(np.array(groups, dtype=object), width),
+            "inputs": np.repeat(inputs.reindex(groups).to_numpy(dtype="int64"), width),
+            "ok": den.astype("int64"),
+            "stage": np.tile(np.array(STAGES, dtype=object), len(groups)),
+            "rank": np.tile(np.arange(width, dtype="int64"), len(groups)),
+            "count": exact.ravel().astype("int64"),
+            "share": share(exact.ravel()),
+            "reached": reached.ravel().astype("int64"),
+            "reached_share": share(reached.ravel()),
+        }
+    )
+    return out[list(FUNNEL_BY_COLUMNS)]
 
 
 def providers_of(host_counts: pd.DataFrame) -> pd.DataFrame:
     """``host, outcome, stage, n`` -> ``group, outcome, stage, n`` with group = provider."""
-    cache: dict[str, str] = {}
-    groups = []
-    for h in host_counts["host"]:
-        key = str(h)
-        if key not in cache:
-            cache[key] = psl.provider_of(key)
-        groups.append(cache[key])
-    out = host_counts.assign(group=groups)
-    agg: dict[tuple[str, str, Any], int] = defaultdict(int)
-    for r in _rows(out):
-        stage = r["stage"] if isinstance(r["stage"], str) else None
-        agg[(str(r["group"]), str(r["outcome"]), stage)] += int(r["n"])
-    return _frame(
-        [(g, o, st, n) for (g, o, st), n in agg.items()], ["group", "outcome", "stage", "n"]
+    hosts = host_counts["host"].astype(str)
+    group = hosts.map({h: psl.provider_of(h) for h in pd.unique(hosts)})
+    stage = host_counts["stage"].map(lambda s: s if isinstance(s, str) else "")
+    out = (
+        host_counts.assign(group=group, stage=stage, n=host_counts["n"].astype("int64"))
+        .groupby(["group", "outcome", "stage"], sort=True)["n"]
+        .sum()
+        .reset_index()
     )
+    out["stage"] = out["stage"].map(lambda s: s or None)
+    return out[["group", "outcome", "stage", "n"]]
 
 
 def funnel_by(
-    engine: Engine, scan: ScanRef = "latest", by: Literal["tld", "provider"] = "tld"
+    source: Source | Engine, scan: ScanRef = "latest", by: Literal["tld", "provider"] = "tld"
 ) -> pd.DataFrame:
     """The domain funnel per TLD or per mail provider (unit: domains).
 
     The provider is the registrable domain (shipped PSL snapshot, :mod:`analysis.psl`) of the
     most-preferred MX host; ``""`` when the domain has no MX host (invalid, nxdomain, …).
     Columns: ``scan_id``; ``logical_date``; ``group_by`` (``tld`` or ``provider``); ``group``;
-    ``inputs`` (input lines in the group); ``ok`` (``ok`` domains in the group); ``stage``;
+    ``inputs`` (domains in the group, each once); ``ok`` (``ok`` domains in the group); ``stage``;
     ``rank``; ``count`` (``ok`` domains exactly at the stage); ``share`` (count / ok);
     ``reached`` (at the stage or higher); ``reached_share`` (reached / ok).
     """
-    sid = load.resolve_scan(engine, scan)
+    src = engines.as_source(source)
+    sid = src.catalog.resolve(scan)
     if by == "tld":
-        counts = load.tld_counts(engine, sid)
+        counts = load.tld_counts(src, sid)
     elif by == "provider":
-        counts = providers_of(load.primary_host_counts(engine, sid))
+        counts = providers_of(load.primary_host_counts(src, sid))
     else:
         raise ValueError(f"by must be 'tld' or 'provider', not {by!r}")
-    return funnel_by_from_counts(counts, by, sid, _dates(engine).get(sid))
+    return funnel_by_from_counts(counts, by, sid, src.catalog.dates().get(sid))
 
 
 # --- progression ----------------------------------------------------------------------------
 
 
-def progression(engine: Engine, scans: Sequence[ScanRef] | None = None) -> pd.DataFrame:
+def progression(source: Source | Engine, scans: Sequence[ScanRef] | None = None) -> pd.DataFrame:
     """Shares at each rung over scans (default: every complete scan), x = logical date.
 
     Columns: ``scan_id``; ``logical_date``; ``unit`` (``domains`` or ``mx_hosts``);
@@ -296,11 +301,12 @@ def progression(engine: Engine, scans: Sequence[ScanRef] | None = None) -> pd.Da
     reachable MX hosts); ``share``; ``reached`` (at the stage or higher); ``reached_share``.
     Rows are in logical order of the scans, then unit, then rank.
     """
-    ids = _scan_ids(engine, scans)
+    src = engines.as_source(source)
+    ids = _scan_ids(src, scans)
     full = funnel_from_counts(
-        load.outcome_stage_counts(engine, ids),
-        load.host_stage_counts(engine, ids),
-        _dates(engine),
+        load.outcome_stage_counts(src, ids),
+        load.host_stage_counts(src, ids),
+        src.catalog.dates(),
     )
     order = {sid: k for k, sid in enumerate(ids)}
     out = full[full["level"] == "stage"].drop(columns=["level"]).rename(columns={"value": "stage"})
@@ -330,7 +336,7 @@ def transitions_from_counts(counts: pd.DataFrame, scan_a: int, scan_b: int) -> p
 
 
 def transitions(
-    engine: Engine, scan_a: ScanRef | None = None, scan_b: ScanRef = "latest"
+    source: Source | Engine, scan_a: ScanRef | None = None, scan_b: ScanRef = "latest"
 ) -> pd.DataFrame:
     """Stage at scan A -> stage at scan B over domains (matched by name), as a long matrix.
 
@@ -340,22 +346,23 @@ def transitions(
     ``from_state`` at A); ``row_share`` (count / row_total). Every (from, to) pair of the states
     seen is present (zeros included), rows in ladder order.
     """
-    b = load.resolve_scan(engine, scan_b)
-    a = _resolve_previous(engine, scan_a, b)
-    return transitions_from_counts(load.transition_counts(engine, a, b), a, b)
+    src = engines.as_source(source)
+    b = src.catalog.resolve(scan_b)
+    a = _resolve_previous(src, scan_a, b)
+    return transitions_from_counts(load.transition_counts(src, a, b), a, b)
 
 
-def _resolve_previous(engine: Engine, ref: ScanRef | None, scan: int) -> int:
+def _resolve_previous(src: Source, ref: ScanRef | None, scan: int) -> int:
     if ref is None or ref == "previous":
-        prev = load.previous_scan(engine, scan)
+        prev = src.catalog.previous(scan)
         if prev is None:
             raise load.NoScan(f"no complete scan before scan {scan}")
         return prev
-    return load.resolve_scan(engine, ref)
+    return src.catalog.resolve(ref)
 
 
 def movers(
-    engine: Engine, scan_a: ScanRef | None = None, scan_b: ScanRef = "latest"
+    source: Source | Engine, scan_a: ScanRef | None = None, scan_b: ScanRef = "latest"
 ) -> pd.DataFrame:
     """Domains that climbed or fell between two scans (both scans list them).
 
@@ -363,9 +370,10 @@ def movers(
     (``climbed`` or ``fell``; every non-``ok`` outcome ranks below ``plaintext``); ``steps``
     (rank at B - rank at A). Sorted by direction, then domain.
     """
-    b = load.resolve_scan(engine, scan_b)
-    a = _resolve_previous(engine, scan_a, b)
-    raw = load.movers(engine, a, b)
+    src = engines.as_source(source)
+    b = src.catalog.resolve(scan_b)
+    a = _resolve_previous(src, scan_a, b)
+    raw = load.movers(src, a, b)
     records = []
     for r in _rows(raw):
         steps = int(r["to_rank"]) - int(r["from_rank"])
@@ -400,15 +408,16 @@ def cohorts_from_first(
     return _frame(records, COHORT_COLUMNS)
 
 
-def cohorts(engine: Engine, scans: Sequence[ScanRef] | None = None) -> pd.DataFrame:
+def cohorts(source: Source | Engine, scans: Sequence[ScanRef] | None = None) -> pd.DataFrame:
     """Signing cohorts: domains by the scan where their MX RRset was first seen secure.
 
     Columns: ``scan_id`` and ``logical_date`` of that first signed scan; ``signed`` (domains
     in the cohort); ``reached_dane`` (of those, domains at stage ``dane`` in some scan);
     ``share_reached_dane``. Domains signed in the first scan may have signed before it.
     """
-    ids = _scan_ids(engine, scans)
-    return cohorts_from_first(load.first_reached(engine, ids), ids, _dates(engine))
+    src = engines.as_source(source)
+    ids = _scan_ids(src, scans)
+    return cohorts_from_first(load.first_reached(src, ids), ids, src.catalog.dates())
 
 
 def dane_lags_from_first(first: pd.DataFrame) -> pd.DataFrame:
@@ -429,7 +438,7 @@ def dane_lags_from_first(first: pd.DataFrame) -> pd.DataFrame:
     return _frame([(*k[:3], acc[k], k[3]) for k in keys], LAG_COLUMNS)
 
 
-def dane_lags(engine: Engine, scans: Sequence[ScanRef] | None = None) -> pd.DataFrame:
+def dane_lags(source: Source | Engine, scans: Sequence[ScanRef] | None = None) -> pd.DataFrame:
     """For domains that reached DANE: scans (nights) between first STARTTLS, first signed MX
     RRset and first stage ``dane``.
 
@@ -438,14 +447,15 @@ def dane_lags(engine: Engine, scans: Sequence[ScanRef] | None = None) -> pd.Data
     negative: the later rung came first); ``domains``; ``left_censored`` (the earlier rung was
     already held in the first scan, so the true lag may be longer).
     """
-    ids = _scan_ids(engine, scans)
-    return dane_lags_from_first(load.first_reached(engine, ids))
+    src = engines.as_source(source)
+    ids = _scan_ids(src, scans)
+    return dane_lags_from_first(load.first_reached(src, ids))
 
 
 # --- TLSA -----------------------------------------------------------------------------------
 
 
-def tlsa_parameters(engine: Engine, scan: ScanRef = "latest") -> pd.DataFrame:
+def tlsa_parameters(source: Source | Engine, scan: ScanRef = "latest") -> pd.DataFrame:
     """TLSA parameter combinations (RFC 6698 §2.1: usage, selector, matching type).
 
     Columns: ``scan_id``; ``parameters`` (``"3 1 1"``); ``usage``; ``selector``; ``mtype``;
@@ -453,9 +463,10 @@ def tlsa_parameters(engine: Engine, scan: ScanRef = "latest") -> pd.DataFrame:
     ``hosts`` (MX hosts publishing at least one such record); ``host_share`` (of MX hosts
     publishing any TLSA record). Sorted by records (descending), then parameters.
     """
-    sid = load.resolve_scan(engine, scan)
-    counts = load.tlsa_parameter_counts(engine, sid)
-    hosts = load.tlsa_host_counts(engine, sid)
+    src = engines.as_source(source)
+    sid = src.catalog.resolve(scan)
+    counts = load.tlsa_parameter_counts(src, sid)
+    hosts = load.tlsa_host_counts(src, sid)
     n_hosts = int(hosts[hosts["records"] > 0]["hosts"].sum()) if not hosts.empty else 0
     total = int(counts["records"].sum()) if not counts.empty else 0
     records = []
@@ -478,14 +489,15 @@ def tlsa_parameters(engine: Engine, scan: ScanRef = "latest") -> pd.DataFrame:
     return _frame(records, TLSA_COLUMNS)
 
 
-def tlsa_rollover(engine: Engine, scan: ScanRef = "latest") -> pd.DataFrame:
+def tlsa_rollover(source: Source | Engine, scan: ScanRef = "latest") -> pd.DataFrame:
     """Rollover readiness (RFC 7671 §8.1: publish the next key before switching).
 
     One row. Columns: ``scan_id``; ``hosts_with_tlsa`` (MX hosts with >= 1 TLSA record);
     ``hosts_multiple`` (with more than one record); ``share_multiple``.
     """
-    sid = load.resolve_scan(engine, scan)
-    hosts = load.tlsa_host_counts(engine, sid)
+    src = engines.as_source(source)
+    sid = src.catalog.resolve(scan)
+    hosts = load.tlsa_host_counts(src, sid)
     with_tlsa = int(hosts[hosts["records"] > 0]["hosts"].sum()) if not hosts.empty else 0
     multi = int(hosts[hosts["records"] > 1]["hosts"].sum()) if not hosts.empty else 0
     return _frame([(sid, with_tlsa, multi, _share(multi, with_tlsa))], ROLLOVER_COLUMNS)
@@ -544,7 +556,7 @@ def breakage_from_parts(
 
 
 def breakage(
-    engine: Engine, scan: ScanRef = "latest", since: ScanRef | None = "previous"
+    source: Source | Engine, scan: ScanRef = "latest", since: ScanRef | None = "previous"
 ) -> pd.DataFrame:
     """DANE-broken domains with their cause, and what changed since an earlier scan.
 
@@ -559,13 +571,14 @@ def breakage(
     domains, the reason at ``since``); ``state`` (the stage now, or the outcome when not
     ``ok``). Sorted by status, cause, domain.
     """
-    sid = load.resolve_scan(engine, scan)
+    src = engines.as_source(source)
+    sid = src.catalog.resolve(scan)
     prev = (
-        load.previous_scan(engine, sid)
+        src.catalog.previous(sid)
         if since == "previous"
-        else (None if since is None else load.resolve_scan(engine, since))
+        else (None if since is None else src.catalog.resolve(since))
     )
-    broken = load.broken_domains(engine, sid, load.earlier_scans(engine, sid))
+    broken = load.broken_domains(src, sid, src.catalog.earlier(sid))
     if prev is None:
         none = _frame([], ["domain", "reason", "stage", "stale"])
         return breakage_from_parts(
@@ -573,8 +586,8 @@ def breakage(
         )
     return breakage_from_parts(
         broken,
-        load.broken_domains(engine, prev, load.earlier_scans(engine, prev)),
-        load.repaired_domains(engine, sid, prev),
+        load.broken_domains(src, prev, src.catalog.earlier(prev)),
+        load.repaired_domains(src, sid, prev),
         sid,
         prev,
     )

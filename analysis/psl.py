@@ -15,7 +15,7 @@ the longest matching rule wins, an exception rule (``!``) wins over the wildcard
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import idna
@@ -101,6 +101,7 @@ def registrable_domain(name: str) -> str | None:
     return snapshot().registrable_domain(name)
 
 
+@lru_cache(maxsize=1 << 20)  # the provider table and domains.csv ask for the same hosts
 def provider_of(host: str | None) -> str:
     """The mail provider of an MX host: its registrable domain, else the host name itself;
     ``""`` when there is no host."""

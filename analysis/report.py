@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +23,20 @@ from typing import Any
 import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sqlalchemy.engine import Engine
 
-from analysis import load, metrics, psl
+from analysis import engines, load, metrics, psl
+from analysis.catalog import ScanRef
+from analysis.engines import Source
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
 FLOAT_FORMAT = "{:.6f}"
+_CHUNK = 100_000  # rows formatted at once
 
 DOMAIN_COLUMNS = (*load.DOMAIN_ROW_COLUMNS, "tld", "provider")
 
@@ -65,7 +72,8 @@ DICTIONARY: tuple[Table, ...] = (
             _c(
                 "unit",
                 "text",
-                "`domains` (input lines / ok domains, as the public survey counts) "
+                "`domains` (domains, each once however often listed / ok domains, as the "
+                "public survey counts) "
                 "or `mx_hosts` (each MX host once per scan, as the 2020 paper counted records)",
             ),
             _c(
@@ -82,7 +90,7 @@ DICTIONARY: tuple[Table, ...] = (
             ),
             _c("rank", "int", "order of the value within its level"),
             _c("count", "int", "domains or hosts exactly at this value"),
-            _c("denominator", "int", "inputs, ok domains, MX hosts or reachable MX hosts"),
+            _c("denominator", "int", "domains, ok domains, MX hosts or reachable MX hosts"),
             _c("share", _SHARE, "count / denominator"),
             _c("reached", "int", "stage rows: at this rung or higher (empty for outcomes)"),
             _c("reached_share", _SHARE, "reached / denominator (empty for outcomes)"),
@@ -97,7 +105,7 @@ DICTIONARY: tuple[Table, ...] = (
                 DATE,
                 _c("group_by", "text", f"`{by}`"),
                 _c("group", "text", what_long),
-                _c("inputs", "int", "input lines in the group"),
+                _c("inputs", "int", "domains in the group (each once; invalid lines one each)"),
                 _c("ok", "int", "ok domains in the group"),
                 _c("stage", "text", _STAGES),
                 _c("rank", "int", "0 = plaintext ... 4 = dane"),
@@ -288,37 +296,49 @@ def cell(value: Any) -> str:
     return text
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """Write rows (already in their final order); returns the row count."""
+def cells(column: pd.Series) -> np.ndarray:
+    """A column's CSV cells by :func:`cell`, formatting each distinct value once (most columns
+    hold a handful of values; a per-domain table has millions of rows). A long column of texts
+    (names, inputs) takes :func:`cell`'s text rule column-wise."""
+    kinds = set(map(type, column.dropna()))
+    if kinds == {str} and len(column) > 1000:
+        text = pa.array(column, type=pa.string(), from_pandas=True)
+        marked = pc.match_substring_regex(text, _FORMULA_START)
+        quoted = pc.if_else(marked, pc.binary_join_element_wise("'", text, ""), text)
+        return np.asarray(pc.fill_null(quoted, "").to_numpy(zero_copy_only=False), dtype=object)
+    if kinds == {int} and len(column) > 1000:  # line numbers: str() of each, as cell()
+        return np.array([str(v) if v is not None else "" for v in column], dtype=object)
+    if len(kinds) > 1:  # True == 1: distinct values of mixed types must not be merged
+        return np.array([cell(v) for v in column], dtype=object)
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    formatted = np.array([*(cell(v) for v in uniques), ""], dtype=object)
+    return formatted[codes]  # a null's code is -1: the trailing ""
+
+
+def write_csv(path: Path, columns: Sequence[str], frames: Iterable[pd.DataFrame]) -> int:
+    """Write frames (already in their final order) as one CSV; returns the row count."""
     n = 0
     with path.open("w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(columns)
-        for row in rows:
-            w.writerow([cell(v) for v in row])
-            n += 1
+        for frame in frames:
+            for start in range(0, len(frame), _CHUNK):  # the cells of one chunk at a time
+                part = frame.iloc[start : start + _CHUNK]
+                w.writerows(zip(*(cells(part[c]) for c in columns), strict=True))
+            n += len(frame)
     return n
 
 
-def frame_rows(df: pd.DataFrame, columns: Sequence[str]) -> Iterable[tuple[Any, ...]]:
-    """A metrics frame's rows in the published column order."""
-    return df[list(columns)].itertuples(index=False, name=None)
-
-
-def domain_rows(engine: Engine, scan_id: int) -> Iterable[tuple[Any, ...]]:
-    """``domains.csv`` rows, streamed; TLD and provider added here (the PSL is not SQL)."""
-    cache: dict[str, str] = {}
-    for row in load.iter_domain_rows(engine, scan_id):
-        domain, primary = row[2], row[13]
-        tld = domain.rsplit(".", 1)[-1] if domain else None
-        provider = None
-        if primary:
-            if primary not in cache:
-                if len(cache) > 100_000:
-                    cache.clear()
-                cache[primary] = psl.provider_of(primary)
-            provider = cache[primary]
-        yield (*row, tld, provider)
+def domain_frames(src: Source, scan_id: int) -> Iterable[pd.DataFrame]:
+    """``domains.csv`` as frames, streamed; TLD and provider added here (the PSL is not SQL)."""
+    providers: dict[str, str] = {}
+    for frame in load.domain_rows(src, scan_id):
+        hosts = [h for h in pd.unique(frame["primary_mx"]) if isinstance(h, str) and h]
+        if len(providers) > 100_000:
+            providers.clear()
+        providers.update({h: psl.provider_of(h) for h in hosts if h not in providers})
+        tld = frame["domain"].str.rsplit(".", n=1).str[-1]
+        yield frame.assign(tld=tld, provider=frame["primary_mx"].map(providers))
 
 
 # --- charts ---------------------------------------------------------------------------------
@@ -481,9 +501,12 @@ def readme(scan_id: int, day: Any, counts: dict[str, int]) -> str:
         "0-1 with six decimals. Text cells that begin with `=`, `+`, `-`, `@`, tab or CR are",
         "prefixed with `'` (spreadsheet formula injection); numbers are unchanged.",
         "",
-        "Units: `domains` counts input lines / ok domains (as the public survey does);",
+        "Units: `domains` counts domains (a domain the list names on several lines once, each",
+        "line that names no valid domain once) and ok domains, as the public survey does;",
         "`mx_hosts` counts each MX host once per scan (the 2020 paper counted records; the two",
-        "disagreed by a factor of four). Every table that mixes them says which in `unit`.",
+        "disagreed by a factor of four). funnel.csv and progression.csv hold both, labelled in",
+        "`unit`; tlsa_parameters.csv counts records and MX hosts, tlsa_rollover.csv MX hosts;",
+        "every other table counts domains. domains.csv has one row per input line.",
         "",
     ]
     for t in DICTIONARY:
@@ -502,37 +525,39 @@ def readme(scan_id: int, day: Any, counts: dict[str, int]) -> str:
     return "\n".join(out) + "\n"
 
 
-def build(engine: Engine, out: Path, scan: load.ScanRef = "latest") -> dict[str, int]:
-    """Write every CSV, README.md and the charts for ``scan`` into ``out``; returns the row
-    count per CSV."""
+def build(source: Source | Engine, out: Path, scan: ScanRef = "latest") -> dict[str, int]:
+    """Write every CSV, README.md and the charts for ``scan`` (a complete scan) into ``out``;
+    returns the row count per CSV. ``source``: the archive or the live store
+    (:mod:`analysis.engines`); both give byte-identical CSVs for the same nights."""
+    src = engines.as_source(source)
+    sid = src.catalog.resolve(scan)
     out.mkdir(parents=True, exist_ok=True)
-    sid = load.resolve_scan(engine, scan)
-    earlier = load.earlier_scans(engine, sid)
+    earlier = src.catalog.earlier(sid)
     prev = earlier[-1] if earlier else None
-    series: list[load.ScanRef] = [*earlier, sid]
+    series: list[ScanRef] = [*earlier, sid]
     empty = {t.file: pd.DataFrame(columns=list(t.names)) for t in DICTIONARY}
-    f = metrics.funnel(engine, sid)
-    prog = metrics.progression(engine, series)
-    trans = metrics.transitions(engine, prev, sid) if prev else empty["transitions.csv"]
+    f = metrics.funnel(src, sid)
+    prog = metrics.progression(src, series)
+    trans = metrics.transitions(src, prev, sid) if prev else empty["transitions.csv"]
     frames: dict[str, Callable[[], pd.DataFrame]] = {
         "funnel.csv": lambda: f,
-        "funnel_by_tld.csv": lambda: metrics.funnel_by(engine, sid, "tld"),
-        "funnel_by_provider.csv": lambda: metrics.funnel_by(engine, sid, "provider"),
+        "funnel_by_tld.csv": lambda: metrics.funnel_by(src, sid, "tld"),
+        "funnel_by_provider.csv": lambda: metrics.funnel_by(src, sid, "provider"),
         "progression.csv": lambda: prog,
         "transitions.csv": lambda: trans,
-        "movers.csv": lambda: metrics.movers(engine, prev, sid) if prev else empty["movers.csv"],
-        "cohorts.csv": lambda: metrics.cohorts(engine, series),
-        "dane_lags.csv": lambda: metrics.dane_lags(engine, series),
-        "tlsa_parameters.csv": lambda: metrics.tlsa_parameters(engine, sid),
-        "tlsa_rollover.csv": lambda: metrics.tlsa_rollover(engine, sid),
-        "breakage.csv": lambda: metrics.breakage(engine, sid),
+        "movers.csv": lambda: metrics.movers(src, prev, sid) if prev else empty["movers.csv"],
+        "cohorts.csv": lambda: metrics.cohorts(src, series),
+        "dane_lags.csv": lambda: metrics.dane_lags(src, series),
+        "tlsa_parameters.csv": lambda: metrics.tlsa_parameters(src, sid),
+        "tlsa_rollover.csv": lambda: metrics.tlsa_rollover(src, sid),
+        "breakage.csv": lambda: metrics.breakage(src, sid),
     }
     counts: dict[str, int] = {}
     for t in DICTIONARY:
         if t.file == "domains.csv":
-            counts[t.file] = write_csv(out / t.file, t.names, domain_rows(engine, sid))
+            counts[t.file] = write_csv(out / t.file, t.names, domain_frames(src, sid))
         else:
-            counts[t.file] = write_csv(out / t.file, t.names, frame_rows(frames[t.file](), t.names))
+            counts[t.file] = write_csv(out / t.file, t.names, [frames[t.file]()])
     day = f["logical_date"].iloc[0] if not f.empty else None
     (out / "README.md").write_text(readme(sid, day, counts), encoding="utf-8")
     save(funnel_chart(f), out / "funnel.png")

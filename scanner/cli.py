@@ -165,7 +165,29 @@ def run_options(args: argparse.Namespace) -> Any:
         shard_size=getattr(args, "shard_size", 1000), every=getattr(args, "every", None),
         lease_seconds=args.lease_seconds, dns_log=args.dns_log, shared=not args.no_shared,
         quiet=args.quiet, progress_interval=getattr(args, "progress_interval", 60.0),
-        resolvers=tuple(args.resolver))
+        resolvers=tuple(args.resolver),
+        after_complete=_archiver(args.archive) if getattr(args, "archive", None) else None)
+
+
+def _archiver(directory: Path) -> Callable[[Any, int], None]:
+    """``scan --archive DIR``: each completed night goes to the archive (analysis' job; only
+    this dispatcher may name it). The extra is checked before anything is scanned."""
+    from scanner import extras
+
+    extras.require("scan --archive", "report", "pyarrow", "ibis", "duckdb")
+
+    def archive(engine: Any, scan_id: int) -> None:
+        from analysis import archive as archive_module
+        from analysis import nightly
+
+        try:
+            night = nightly.archive_scan(engine, scan_id, directory)
+        except archive_module.ArchiveError as exc:
+            raise UsageError(f"scan {scan_id} is complete, but archiving it failed: {exc}; "
+                             f"retry with danescan archive --to {directory}") from exc
+        log.info("scan %s archived: night %s in %s", scan_id, night.night, directory)
+
+    return archive
 
 
 def parse_interval(text: str) -> float:
@@ -246,6 +268,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from scanner.store import db
 
+    if args.action == "prune":
+        if args.keep_nights is None or args.archive is None:
+            raise UsageError("db prune needs --keep-nights N and --archive DIR")
+        from analysis import cli as analysis_cli  # the archive belongs to analysis
+
+        return analysis_cli.cmd_prune(args)
     db.upgrade(db.resolve_url(args.db))
     print("database at head")
     return ExitCode.OK
@@ -315,6 +343,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--every", type=parse_interval, default=None, metavar="INTERVAL",
                    help="continuous operation: scan DOMAINS again every INTERVAL (e.g. 24h), "
                         "each run starting when the previous one has finished")
+    p.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                   help="write each completed night to this Parquet archive (needs the "
+                        "'report' extra; see docs/archive.md)")
     p.add_argument("--progress-interval", type=knobs.argparse_type(knobs.positive_float),
                    default=60.0, metavar="SECONDS",
                    help="when stderr is not a terminal: a progress line every SECONDS "
@@ -339,7 +370,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("db", help="database maintenance")
-    p.add_argument("action", choices=["upgrade"], help="upgrade: bring the schema to head")
+    p.add_argument("action", choices=["upgrade", "prune"],
+                   help="upgrade: bring the schema to head; prune: drop archived nights from "
+                        "the database, keeping the newest --keep-nights")
+    p.add_argument("--keep-nights", type=knobs.argparse_type(knobs.positive_int), default=None,
+                   metavar="N", help="prune: keep the newest N nights in the database")
+    p.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                   help="prune: the archive that must hold every pruned night in full")
     add_db_option(p)
     p.set_defaults(func=cmd_db)
 

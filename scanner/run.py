@@ -55,6 +55,8 @@ class RunOptions:
     quiet: bool = False
     progress_interval: float = 60.0
     resolvers: tuple[str, ...] = ()  # as given, passed on to worker processes
+    # Called with (engine, scan id) when a scan ends complete (`scan --archive`).
+    after_complete: Callable[[Engine, int], None] | None = None
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -157,6 +159,7 @@ def finish(engine: Engine, result: batch.BatchResult, *, sole_worker: bool = Tru
             status = (ScanStatus.INCOMPLETE if scans.input_error(engine, result.scan_id)
                       else ScanStatus.COMPLETE)
             scans.finish_scan(engine, result.scan_id, status)
+            scans.analyze(engine)
             return status
         if sole_worker or result.status is ScanStatus.INTERRUPTED:
             scans.mark_interrupted(engine, result.scan_id)
@@ -316,6 +319,8 @@ def _run_and_finish(config: Config, engine: Engine, scan_id: int, opts: RunOptio
             # An incomplete scan's lines are still the verdicts of every line it could read.
             export(engine, scan_id, "jsonl", "domain", out, allow_incomplete=True)
     log.info("scan %s %s", scan_id, status)
+    if status is ScanStatus.COMPLETE and opts.after_complete is not None:
+        opts.after_complete(engine, scan_id)
     return _exit_status(status, engine, scan_id)
 
 

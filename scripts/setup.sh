@@ -8,7 +8,7 @@ cd "$here"
 
 need_pkgs=()
 for pair in nsd:nsd unbound:unbound unbound-control:unbound dig:bind9-dnsutils \
-            dnsperf:dnsperf ldns-dane:ldnsutils posttls-finger:postfix openssl:openssl; do
+            dnsperf:dnsperf ldns-dane:ldnsutils java:openjdk-17-jre-headless posttls-finger:postfix openssl:openssl; do
     cmd=${pair%%:*}; pkg=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_pkgs+=("$pkg")
 done
@@ -39,6 +39,6 @@ if [ -z "$py" ]; then
     exit 1
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[report,test,lint,notebooks]" 2>&1 | grep -v "is ignored: it is neither" || true
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[report,spark,test,lint,notebooks]" 2>&1 | grep -v "is ignored: it is neither" || true
 "$venv/bin/python" -c 'import scanner, danescan_migrations, trio, dns, sqlalchemy, psycopg, pandas, matplotlib'
 echo "danescan set-up: ready ($venv)"

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import idna
@@ -276,6 +277,9 @@ class _Builder:
         self.secure_children: dict[str, list[str]] = {}
         self.manifest: list[dict[str, Any]] = []
         self.provider_hosts: dict[str, list[dict[str, Any]]] = {}
+        # Host -> the TLSA records it published the night before, for a certificate rollover
+        # that forgot the TLSA update (see :func:`previous_tlsa`).
+        self.previous: dict[str, list[str]] = {}
 
     # addresses ------------------------------------------------------------------------------
     def _new_addr(self, behaviour: SmtpBehaviour, cert: _Cert, delay: float) -> _Addr:
@@ -621,7 +625,10 @@ class _Builder:
             if id(c) in seen:
                 continue
             seen.add(id(c))
-            key = self.pki.key(c.label, c.rsa_index)
+            # A rolled-over host serves a key no other kind uses, so it never equals last
+            # night's key of the same address label.
+            label = f"{c.label}-rolled" if c.kind == "stale" else c.label
+            key = self.pki.key(label, c.rsa_index)
             names = [n.rstrip(".") for n in c.names]
             if c.kind in ("ta", "ta-root"):
                 c.issued = self.pki.ca_issued(c.label, names, key, c.kind == "ta-root")
@@ -649,8 +656,8 @@ class _Builder:
             return [pki.tlsa_data(2, 1, 1, self.pki.intermediate)]
         if ref.kind == "ta201":
             return [pki.tlsa_data(2, 0, 1, self.pki.root)]
-        if ref.kind == "311-old":
-            return [pki.tlsa_data_for_spki(3, 1, c.old_spki)]
+        if ref.kind == "311-old":  # last night's record if the host was DANE then, else a key
+            return self.previous.get(ref.host) or [pki.tlsa_data_for_spki(3, 1, c.old_spki)]
         if ref.kind == "pkix":  # §3.1.3: PKIX-TA / PKIX-EE are unusable for SMTP
             return [pki.tlsa_data(0, 0, 1, leaf), pki.tlsa_data(1, 1, 1, leaf)]
         if ref.kind == "malformed":  # SHA-256 digest one byte short
@@ -709,14 +716,54 @@ class _Builder:
         return SmtpEndpoint(a.address, a.behaviour, chains, 25, a.banner_delay, hostname)
 
 
-def build(p: Params, workdir: Path) -> Built:
-    """The whole world for night ``p.night``; certificates are written under workdir/pki."""
-    drafts = plan_domains(p)
+def _placed(p: Params, workdir: Path, drafts: list[DomainDraft]) -> _Builder:
     b = _Builder(p, workdir)
     b.infrastructure()
     b.providers(drafts)
     for d in drafts:
         b.domain(d)
+    return b
+
+
+ROLLED_FROM = ("dane-ee-311", "dane-ee-301", "dane-ee-312")
+
+
+def previous_tlsa(p: Params, workdir: Path, drafts: list[DomainDraft]) -> dict[str, list[str]]:
+    """A certificate rollover across nights: for each domain that is ``tlsa-stale`` tonight
+    and was DANE-EE valid last night, the TLSA records its MX host published last night.
+
+    Tonight the host serves a new key and still publishes those records, which matched last
+    night's certificate (RFC 7671 §8.1: the TLSA update the rollover needed never happened).
+    Last night's world is rebuilt (pure; its certificates go to workdir/previous).
+    """
+    if p.night == 0:
+        return {}
+    before = replace(p, night=p.night - 1)
+    prev_drafts = plan_domains(before)
+    was = {d.name: d.scenario for d in prev_drafts}
+    rolled = {
+        f"mx.{d.name}." for d in drafts if d.scenario == "tlsa-stale" and was[d.name] in ROLLED_FROM
+    }
+    if not rolled:
+        return {}
+    b = _placed(before, workdir / "previous", prev_drafts)
+    b.issue()
+    return {
+        r.host: b.tlsa_rdata(r)
+        for recs in b.zones.values()
+        for r in recs
+        if isinstance(r, _TlsaRef) and r.host in rolled and r.owner == f"_25._tcp.{r.host}"
+    }
+
+
+def build(p: Params, workdir: Path) -> Built:
+    """The whole world for night ``p.night``; certificates are written under workdir/pki."""
+    drafts = plan_domains(p)
+    previous = previous_tlsa(p, workdir, drafts)
+    b = _placed(p, workdir, drafts)
+    b.previous = previous
+    for entry in b.manifest:  # ground truth for the breakage metric's stale_tlsa cause
+        entry["tlsa_rollover"] = f"mx.{entry['domain']}." in previous
     b.issue()
     plan = b.plan()
     assert plan.smtp is not None

@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+import ibis
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 
-from analysis import load, metrics, psl
+from analysis import catalog, engines, load, metrics, psl
 
 if TYPE_CHECKING:
     from tests.analysis_fixture import FixtureDb
@@ -300,23 +300,26 @@ def test_cause_of() -> None:
 
 
 def test_scans_and_resolution(analysis_db: FixtureDb) -> None:
-    e = analysis_db.engine
-    s = load.scans(e)
-    assert col(s, "scan_id") == list(analysis_db.scan_ids)
-    assert load.resolve_scan(e, "latest") == analysis_db.scan_ids[-1]
-    assert load.resolve_scan(e, str(analysis_db.scan_ids[0])) == analysis_db.scan_ids[0]
-    assert load.previous_scan(e, analysis_db.scan_ids[0]) is None
-    assert load.earlier_scans(e, analysis_db.scan_ids[2]) == list(analysis_db.scan_ids[:2])
-    with pytest.raises(load.NoScan):
-        load.resolve_scan(e, 999_999)
+    c = catalog.from_store(analysis_db.engine)
+    assert col(c.frame, "scan_id") == list(analysis_db.scan_ids)
+    assert col(c.frame, "logical_date") == list(analysis_db.dates)
+    assert c.resolve("latest") == analysis_db.scan_ids[-1]
+    assert c.resolve(str(analysis_db.scan_ids[0])) == analysis_db.scan_ids[0]
+    assert c.previous(analysis_db.scan_ids[0]) is None
+    assert c.earlier(analysis_db.scan_ids[2]) == list(analysis_db.scan_ids[:2])
+    with pytest.raises(catalog.NoScan):
+        c.resolve(999_999)
     with pytest.raises(ValueError, match="latest"):
-        load.resolve_scan(e, "newest")
+        c.resolve("newest")
 
 
-def test_tld_of_in_sql(analysis_db: FixtureDb) -> None:
+def test_tld_on_the_engine(analysis_db: FixtureDb) -> None:
     names = ["a.b.alpha", "localhost", "x.co.uk", "trailing.dot.", "xn--bcher-kva.de"]
-    with analysis_db.engine.connect() as conn:
-        got = [conn.execute(sa.select(load.tld_of(sa.literal(n)))).scalar_one() for n in names]
+    src = engines.store_source(analysis_db.engine)
+    try:
+        got = [src.con.execute(load.tld(ibis.literal(n))) for n in names]
+    finally:
+        src.close()
     assert got == ["alpha", "localhost", "uk", "", "de"]
 
 

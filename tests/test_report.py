@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import cli, load, metrics, report
+from analysis import catalog, cli, metrics, report
 
 if TYPE_CHECKING:
     from tests.analysis_fixture import FixtureDb
@@ -166,5 +166,13 @@ def test_cli_report_without_scans(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc = cli.main(["report", "--out", str(tmp_path / "o"), "--db", url])
     assert rc == cli.EXIT_ERROR
     assert "no complete scan" in capsys.readouterr().err
-    with pytest.raises(load.NoScan):
-        load.resolve_scan(db.make_engine(url), "latest")
+    with pytest.raises(catalog.NoScan):
+        catalog.from_store(db.make_engine(url)).resolve("latest")
+
+
+def test_cells_of_a_long_text_column_follow_cell() -> None:
+    texts = [f"d{i}.example" for i in range(3000)] + ["=1+2", "-x", "@a", None, "\tt", "+1"]
+    column = pd.Series(texts, dtype=object)
+    assert list(report.cells(column)) == [report.cell(v) for v in texts]
+    mixed = pd.Series([*range(2000), None, True], dtype=object)  # not only texts: per value
+    assert list(report.cells(mixed)) == [report.cell(v) for v in mixed]

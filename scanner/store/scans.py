@@ -354,6 +354,17 @@ def scan_status(engine: Engine, scan_id: int) -> ScanStatus | None:
     return None if found is None else ScanStatus(found)
 
 
+def analyze(engine: Engine) -> None:
+    """Fresh planner statistics for the tables a scan filled, before anything reads them: a
+    finished night changes their size by a whole scan (autovacuum would come later)."""
+    tables = [t.name for t in s.metadata.sorted_tables if "scan_id" in t.c or t is s.domains]
+    with engine.begin() as conn:
+        if is_postgres(conn):
+            conn.exec_driver_sql(f"ANALYZE {', '.join(tables)}")
+        else:
+            conn.exec_driver_sql("ANALYZE")
+
+
 def delete_scan(engine: Engine, scan_id: int) -> None:
     """Remove a scan and every per-scan row (result tables have no cascading foreign keys)."""
     with engine.begin() as conn:

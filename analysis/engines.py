@@ -1,0 +1,242 @@
+"""Where the metrics run: one :class:`Source` per engine, the same tables on each.
+
+A source offers the fact tables of :mod:`analysis.tables` as Ibis tables restricted to some
+scans, the :class:`~analysis.catalog.Catalog` of scans it holds, and runs expressions. The
+metrics (:mod:`analysis.load`) are Ibis expressions written once; Ibis compiles them to
+
+- DuckDB over the Parquet archive (:func:`archive_source`, the embedded default),
+- PostgreSQL or SQLite over the live store (:func:`store_source`),
+- Spark over the same archive, local or on a cluster (:func:`archive_source` with
+  ``engine="spark"``; the archive may sit on ``hdfs://`` or ``s3a://`` paths).
+
+The store's tables reach Ibis as the very SELECTs the archive is written from
+(:func:`analysis.tables.select`), typed by the archive's schema, so every engine sees the
+same columns with the same types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import duckdb
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy.engine import Engine
+
+from analysis import catalog, rollups, tables
+from analysis.archive import Manifest, read_manifest
+
+EngineName = Literal["duckdb", "spark"]
+ENGINES: tuple[str, ...] = ("duckdb", "spark")
+_names = itertools.count()
+_BATCH = 100_000  # rows per batch when streaming per-domain rows
+NO_NESTED_LOOPS = "SET enable_nestloop = off"
+
+
+class Source:
+    """Fact tables of some scans on one engine."""
+
+    def __init__(self, con: Any, cat: catalog.Catalog) -> None:
+        self.con = con
+        self.catalog = cat
+        self._cache: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
+
+    def table(self, name: str, scan_ids: Sequence[int] = ()) -> ir.Table:
+        """The fact table ``name`` restricted to ``scan_ids`` (certificates: all of them)."""
+        key = (name, tuple(sorted(set(scan_ids))))
+        if key not in self._cache:
+            self._cache[key] = self._open(tables.BY_NAME[name], list(key[1]))
+        return self._cache[key]
+
+    def _open(self, table: tables.FactTable, scan_ids: list[int]) -> ir.Table:
+        raise NotImplementedError
+
+    def execute(self, expr: ir.Table) -> pd.DataFrame:
+        frame: pd.DataFrame = self.con.execute(expr)
+        return frame
+
+    def batches(self, expr: ir.Table) -> pa.RecordBatchReader:
+        return self.con.to_pyarrow_batches(expr)
+
+    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+        """Rollup ``name`` (:mod:`analysis.rollups`) of these scans, None where not kept."""
+        return None
+
+    def rollup_table(self, name: str, scan_id: int) -> ir.Table | None:
+        """Rollup ``name`` of one scan as a table on this engine, None where not kept."""
+        return None
+
+    def close(self) -> None:
+        self._cache.clear()
+        disconnect = getattr(self.con, "disconnect", None)
+        if disconnect is not None:
+            disconnect()
+
+
+def ibis_schema(table: tables.FactTable) -> ibis.Schema:
+    return ibis.Schema.from_pyarrow(tables.arrow_schema(table))
+
+
+class StoreSource(Source):
+    """The live store (PostgreSQL or SQLite)."""
+
+    def __init__(self, engine: Engine) -> None:
+        url = engine.url
+        if url.get_backend_name() == "postgresql":
+            con = ibis.postgres.connect(
+                host=url.host,
+                port=url.port or 5432,
+                user=url.username,
+                password=url.password,
+                database=url.database,
+            )
+            # Every metric reads whole nights: hash and merge joins are linear whatever the
+            # statistics say, while a nested loop planned from a stale estimate (no ANALYZE
+            # since the scan filled the tables) goes quadratic.
+            con.raw_sql(NO_NESTED_LOOPS).close()
+        elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            con = ibis.sqlite.connect(url.database)
+        else:
+            raise ValueError(f"reports read PostgreSQL or an SQLite file, not {url!r}")
+        self.engine = engine
+        super().__init__(con, catalog.from_store(engine))
+
+    def _open(self, table: tables.FactTable, scan_ids: list[int]) -> ir.Table:
+        query = tables.select(table, scan_ids).compile(
+            dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}
+        )
+        return self.con.sql(str(query), schema=ibis_schema(table))
+
+
+class ArchiveSource(Source):
+    """The Parquet archive, on DuckDB or Spark."""
+
+    def __init__(
+        self, manifest: Manifest, con: Any, engine: EngineName, owns_session: bool = True
+    ) -> None:
+        self.manifest = manifest
+        self.engine = engine
+        self.owns_session = owns_session
+        # Off: every measure from the raw archive (the full rebuild the rollups must equal).
+        self.use_rollups = True
+        self._rollups: dict[dt.date, dict[str, str]] | None = None
+        self._night = {n.scan_id: d for d, n in manifest.nights.items()}
+        super().__init__(con, manifest.catalog())
+
+    @property
+    def nights(self) -> list[dt.date]:
+        """The archived nights, oldest first."""
+        return sorted(self.manifest.nights)
+
+    def facts(self, name: str, nights: Sequence[dt.date] | None = None) -> ir.Table:
+        """Fact table ``name`` (:data:`analysis.tables.FACT_TABLES`) over ``nights`` (default:
+        all) as a lazy Ibis table: filter and aggregate it, then ``.to_pandas()``."""
+        chosen = self.nights if nights is None else list(nights)
+        missing = [d.isoformat() for d in chosen if d not in self.manifest.nights]
+        if missing:
+            raise catalog.NoScan(f"nights not in the archive: {', '.join(missing)}")
+        return self.table(name, [self.manifest.nights[d].scan_id for d in chosen])
+
+    def frame(self, name: str, nights: Sequence[dt.date] | None = None) -> pd.DataFrame:
+        """Fact table ``name`` over ``nights`` as a DataFrame with the archive's columns."""
+        return self.execute(self.facts(name, nights))
+
+    def _rollup_files(self, name: str, scan_ids: Sequence[int]) -> list[str] | None:
+        root = self.manifest.root
+        if not self.use_rollups or "://" in root or not scan_ids:
+            return None
+        if self._rollups is None:
+            self._rollups = rollups.valid(root, self.manifest)
+        found = [self._rollups.get(self._night[i]) if i in self._night else None for i in scan_ids]
+        if any(f is None or name not in f for f in found):
+            return None
+        return [f"{root}/{f[name]}" for f in found if f is not None]
+
+    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+        paths = self._rollup_files(name, scan_ids)
+        if paths is None:
+            return None
+        parts = [pq.ParquetFile(p).read() for p in paths]
+        frame = pa.concat_tables(parts).to_pandas()
+        out: pd.DataFrame = frame.astype(object).where(frame.notna(), None)
+        return out.reset_index(drop=True)
+
+    def rollup_table(self, name: str, scan_id: int) -> ir.Table | None:
+        paths = self._rollup_files(name, [scan_id])
+        if paths is None:
+            return None
+        table_name = f"{name}_{next(_names)}"
+        if self.engine == "spark":
+            self.con._session.read.parquet(*paths).createOrReplaceTempView(table_name)
+            return self.con.table(table_name)
+        return self.con.read_parquet(paths, table_name=table_name)
+
+    def files(self, table: tables.FactTable, scan_ids: list[int]) -> list[str]:
+        """One night's query reads that night's partition only: files come from the manifest."""
+        if not table.per_scan:
+            return self.manifest.files(table.name)
+        return self.manifest.files(table.name, [self._night[i] for i in scan_ids])
+
+    def _open(self, table: tables.FactTable, scan_ids: list[int]) -> ir.Table:
+        files = self.files(table, scan_ids)
+        name = f"{table.name}_{next(_names)}"
+        if self.engine == "spark":
+            frame = self.con._session.read.parquet(*files)
+            frame.createOrReplaceTempView(name)
+            t = self.con.table(name)
+        else:
+            t = self.con.read_parquet(files, table_name=name)
+        return t.select(*table.columns).cast(ibis_schema(table))
+
+    def close(self) -> None:
+        if self.owns_session:
+            super().close()
+        else:  # Ibis' disconnect would stop a Spark session the caller still uses
+            self._cache.clear()
+
+    def batches(self, expr: ir.Table) -> pa.RecordBatchReader:
+        if self.engine == "spark":
+            return super().batches(expr)
+        # DuckDB 2.x has no fetch_record_batch, which Ibis' to_pyarrow_batches calls.
+        relation = self.con.con.sql(ibis.to_sql(expr, dialect="duckdb"))
+        return relation.to_arrow_reader(_BATCH)
+
+
+def archive_source(
+    directory: str, engine: EngineName = "duckdb", session: Any = None
+) -> ArchiveSource:
+    """The archive at ``directory`` on DuckDB (default) or Spark (``session``: an existing
+    SparkSession, else one is made: local, or the cluster spark-submit configured)."""
+    manifest = read_manifest(directory)
+    owns = session is None
+    if engine == "spark":
+        if session is None:
+            from pyspark.sql import SparkSession
+
+            session = SparkSession.builder.appName("danescan report").getOrCreate()
+        con = ibis.pyspark.connect(session)
+    elif engine == "duckdb":
+        con = ibis.duckdb.connect()
+        # A report prints its own summary. In Jupyter without ipywidgets DuckDB refuses to
+        # touch the setting, and draws no bar there either.
+        with contextlib.suppress(duckdb.Error):
+            con.raw_sql("SET enable_progress_bar = false")
+    else:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    return ArchiveSource(manifest, con, engine, owns)
+
+
+def store_source(engine: Engine) -> StoreSource:
+    return StoreSource(engine)
+
+
+def as_source(obj: Source | Engine) -> Source:
+    """A source as given, or the live store behind an SQLAlchemy engine."""
+    return obj if isinstance(obj, Source) else StoreSource(obj)
