@@ -1,13 +1,24 @@
 """``danescan report`` and ``danescan archive`` (registered into scanner/cli.py's subcommands by
-:func:`register`) and ``danescan db prune`` (:func:`add_prune_options`, :func:`cmd_prune`)."""
+:func:`register`), ``danescan db prune`` (:func:`cmd_prune`) and ``scan --archive``
+(:func:`archiver`)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from scanner.errors import UsageError
 from scanner.store import db
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Engine
+
+log = logging.getLogger("danescan")
 
 EXIT_OK, EXIT_ERROR = 0, 2
 _DB_HELP = f"database URL or SQLite path (default: $DATABASE_URL, then {db.DEFAULT_SQLITE})"
@@ -116,6 +127,26 @@ def cmd_archive(args: argparse.Namespace) -> int:
     if not nights:
         print(f"archive: every complete night is in {args.to} already")
     return EXIT_OK
+
+
+def archiver(directory: Path) -> Callable[[Engine, int], None]:
+    """``scan --archive DIR``: a function that archives one completed scan's night (and its
+    rollups). The extra is checked now, before anything is scanned."""
+    from scanner import extras
+
+    extras.require("scan --archive", "report", "pyarrow", "ibis", "duckdb")
+
+    def archive_night(engine: Engine, scan_id: int) -> None:
+        from analysis import archive, nightly
+
+        try:
+            night = nightly.archive_scan(engine, scan_id, directory)
+        except archive.ArchiveError as exc:
+            raise UsageError(f"scan {scan_id} is complete, but archiving it failed: {exc}; "
+                             f"retry with danescan archive --to {directory}") from exc
+        log.info("scan %s archived: night %s in %s", scan_id, night.night, directory)
+
+    return archive_night
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

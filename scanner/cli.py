@@ -171,23 +171,10 @@ def run_options(args: argparse.Namespace) -> Any:
 
 def _archiver(directory: Path) -> Callable[[Any, int], None]:
     """``scan --archive DIR``: each completed night goes to the archive (analysis' job; only
-    this dispatcher may name it). The extra is checked before anything is scanned."""
-    from scanner import extras
+    this dispatcher may name it)."""
+    from analysis import cli as analysis_cli
 
-    extras.require("scan --archive", "report", "pyarrow", "ibis", "duckdb")
-
-    def archive(engine: Any, scan_id: int) -> None:
-        from analysis import archive as archive_module
-        from analysis import nightly
-
-        try:
-            night = nightly.archive_scan(engine, scan_id, directory)
-        except archive_module.ArchiveError as exc:
-            raise UsageError(f"scan {scan_id} is complete, but archiving it failed: {exc}; "
-                             f"retry with danescan archive --to {directory}") from exc
-        log.info("scan %s archived: night %s in %s", scan_id, night.night, directory)
-
-    return archive
+    return analysis_cli.archiver(directory)
 
 
 def parse_interval(text: str) -> float:

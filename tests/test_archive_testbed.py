@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from analysis import engines, metrics, nightly
+from analysis import archive, engines, metrics
 from scanner.cli import main
-from scanner.store import db
 from testbed import control
 from tests.test_analysis_testbed import ARGS, DAY0
 
@@ -38,11 +37,12 @@ def rolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, lis
                 world = control.advance(world, night)
             manifests.append(list(world.manifest))
             date = (DAY0 + dt.timedelta(days=night)).isoformat()
+            # `scan --archive` writes each completed night (and its rollups) to the archive.
             assert main(["-q", "scan", str(world.domains_file), "--db", url, "--date", date,
-                         "--resolver", world.resolver, *ARGS]) == 0  # fmt: skip
-            engine = db.make_engine(url)
-            nightly.archive_nights(engine, root)
-            engine.dispose()
+                         "--resolver", world.resolver, "--archive", str(root),
+                         *ARGS]) == 0  # fmt: skip
+            assert sorted(archive.read_manifest(root).nights) == [
+                DAY0 + dt.timedelta(days=k) for k in range(night + 1)]
     finally:
         control.down(wdir)
     yield root, manifests
