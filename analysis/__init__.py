@@ -12,10 +12,11 @@ For notebooks: ``from analysis import open_archive``; ``a = open_archive("archiv
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from analysis.engines import ArchiveSource, EngineName
 
 

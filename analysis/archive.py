@@ -27,23 +27,27 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from analysis import catalog, tables
-from analysis.tables import FactTable
 from scanner.jsontext import dumps
 from scanner.store import scans as store_scans
 from scanner.store import schema as s
 from scanner.store.schema import ScanStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from sqlalchemy.engine import Engine
+
+    from analysis.tables import FactTable
 
 MANIFEST = "_danescan.json"
 _LOCK = ".lock"

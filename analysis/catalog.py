@@ -8,16 +8,19 @@ incomplete scan is refused by name, since its counts would look like a real nigh
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from scanner.store import schema as s
 from scanner.store.schema import ScanStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sqlalchemy.engine import Engine
 
 ScanRef = int | str  # a scan id, or "latest"
 COLUMNS = ("scan_id", "label", "logical_date", "status", "result_count")

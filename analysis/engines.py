@@ -17,21 +17,24 @@ same columns with the same types.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import itertools
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import ibis
 import ibis.expr.types as ir
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy.engine import Engine
 
 from analysis import catalog, rollups, tables
 from analysis.archive import Manifest, read_manifest
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Sequence
+
+    import pandas as pd
+    from sqlalchemy.engine import Engine
 
 EngineName = Literal["duckdb", "spark"]
 ENGINES: tuple[str, ...] = ("duckdb", "spark")

@@ -15,15 +15,19 @@ code point): frames are sorted in Python.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
 
 from analysis.catalog import NoScan, ScanRef
-from analysis.engines import Source
 from scanner.model import DaneStatus, EndpointStatus, Outcome, Reason, Stage, TlsaStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from analysis.engines import Source
 
 __all__ = ["NoScan", "ScanRef"]
 

@@ -13,19 +13,23 @@ the small aggregated frames it returns (``*_from_*`` functions are pure and test
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy.engine import Engine
 
 from analysis import engines, load, psl
-from analysis.catalog import ScanRef
-from analysis.engines import Source
 from scanner.model import Outcome, Reason, Stage
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Iterable, Sequence
+
+    from sqlalchemy.engine import Engine
+
+    from analysis.catalog import ScanRef
+    from analysis.engines import Source
 
 STAGES: tuple[str, ...] = tuple(st.value for st in Stage)
 OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)

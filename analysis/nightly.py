@@ -8,22 +8,27 @@ backfilling a night recomputes it and every later night.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import secrets
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy.engine import Engine
 
 from analysis import archive, catalog, engines, load, rollups
-from analysis.archive import Night
 from scanner.model import Outcome, Stage
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Sequence
+
+    from sqlalchemy.engine import Engine
+
+    from analysis.archive import Night
 
 _FIRST = (("first_starttls", "starttls"), ("first_dnssec", "dnssec"), ("first_dane", "dane"))
 

@@ -15,10 +15,8 @@ import csv
 import datetime as dt
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.dates as mdates
 import numpy as np
@@ -27,11 +25,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sqlalchemy.engine import Engine
 
 from analysis import engines, load, metrics, psl
-from analysis.catalog import ScanRef
-from analysis.engines import Source
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from pathlib import Path
+
+    from sqlalchemy.engine import Engine
+
+    from analysis.catalog import ScanRef
+    from analysis.engines import Source
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_START = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"

@@ -23,9 +23,10 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from analysis.archive import Manifest
+if TYPE_CHECKING:
+    from analysis.archive import Manifest
 
 DIRECTORY = "rollups"
 MANIFEST = "_rollups.json"

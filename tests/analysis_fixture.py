@@ -39,12 +39,12 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy.engine import Engine
 
 from scanner.model import (
     DaneMatch,
@@ -63,6 +63,9 @@ from scanner.verdict import domain_verdict, early_verdict, host_verdict
 from tests.conftest_store import _pg_available
 from tests.store_helpers import PG_ADMIN
 from tests.verdict_factory import certificate, endpoint, host
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 NIGHTS: tuple[dt.date, ...] = tuple(dt.date(2025, 3, d) for d in (1, 2, 3, 4))
 

@@ -136,7 +136,8 @@ def test_transitions_previous_to_latest(analysis_db: FixtureDb) -> None:
     t = metrics.transitions(analysis_db.engine)
     assert list(t.columns) == list(metrics.TRANSITION_COLUMNS)
     n3, n4 = analysis_db.scan_ids[2:]
-    assert set(t["scan_a"]) == {n3} and set(t["scan_b"]) == {n4}
+    assert set(t["scan_a"]) == {n3}
+    assert set(t["scan_b"]) == {n4}
     cells = {(a, b): n for a, b, n in zip(t["from_state"], t["to_state"], t["count"], strict=True)}
     nonzero = {k: v for k, v in cells.items() if v}
     assert nonzero == {
@@ -249,7 +250,8 @@ def test_breakage_latest_since_previous(analysis_db: FixtureDb) -> None:
     b = metrics.breakage(analysis_db.engine)
     assert list(b.columns) == list(metrics.BREAKAGE_COLUMNS)
     n3, n4 = analysis_db.scan_ids[2:]
-    assert set(b["scan_id"]) == {n4} and set(b["since_scan_id"]) == {n3}
+    assert set(b["scan_id"]) == {n4}
+    assert set(b["since_scan_id"]) == {n3}
     assert _breakage_rows(b) == [
         ("i.gamma", "newly_broken", "ta_name_mismatch", "certificate-host-mismatch", "tlsa"),
         ("g.beta", "newly_broken", "tlsa_lookup_failure", "tlsa-lookup-failure", "dnssec"),
@@ -279,7 +281,8 @@ def test_breakage_first_scans(analysis_db: FixtureDb) -> None:
         ("h.alpha", "newly_broken", "bogus_dnssec", "dnssec-invalid", "dnssec"),
     ]
     b1 = metrics.breakage(analysis_db.engine, n1)
-    assert b1.empty and list(b1.columns) == list(metrics.BREAKAGE_COLUMNS)
+    assert b1.empty
+    assert list(b1.columns) == list(metrics.BREAKAGE_COLUMNS)
     explicit = metrics.breakage(analysis_db.engine, "latest", since=n1)
     # Against N1 nothing was broken (h was DANE then): all four are new, none repaired.
     assert set(zip(explicit["domain"], explicit["status"], strict=True)) == {
@@ -373,4 +376,5 @@ def test_psl_idn_rules_and_private_section() -> None:
     assert psl.PublicSuffixList(text, private=True).registrable_domain("me.blog.de") == (
         "me.blog.de"
     )
-    assert psl.provider_of(None) == "" and psl.provider_of("alpha") == "alpha"
+    assert psl.provider_of(None) == ""
+    assert psl.provider_of("alpha") == "alpha"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import filecmp
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow.parquet as pq
@@ -21,7 +21,11 @@ from scanner.store import schema as s
 from scanner.store.writer import Writer
 from scanner.verdict import early_verdict
 from tests import analysis_fixture
-from tests.analysis_fixture import FixtureDb
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.analysis_fixture import FixtureDb
 
 pytest_plugins = ["tests.conftest_store"]
 
@@ -39,7 +43,8 @@ def csvs(directory: Path) -> list[str]:
 
 def same_report(a: Path, b: Path) -> None:
     names = csvs(a)
-    assert names == csvs(b) and len(names) == len(report.DICTIONARY)
+    assert names == csvs(b)
+    assert len(names) == len(report.DICTIONARY)
     _, mismatch, errors = filecmp.cmpfiles(a, b, [*names, "README.md"], shallow=False)
     assert (mismatch, errors) == ([], [])
 
@@ -70,7 +75,9 @@ def test_layout_schema_and_encoding(fx: FixtureDb, tmp_path: Path) -> None:
     # Rows sorted by domain (the invalid line, without a domain, last); 15 lines on N4.
     assert len(got) == 15
     keys = [r["domain"] for r in got if r["domain"] is not None]
-    assert keys == sorted(keys) and got[-1]["domain"] is None and got[-1]["input"] == "=1+2"
+    assert keys == sorted(keys)
+    assert got[-1]["domain"] is None
+    assert got[-1]["input"] == "=1+2"
     # Certificates are stored once per fingerprint across nights.
     certs = [
         sha
@@ -79,7 +86,8 @@ def test_layout_schema_and_encoding(fx: FixtureDb, tmp_path: Path) -> None:
     ]
     with fx.engine.connect() as conn:
         stored = conn.execute(sa.select(s.certificates.c.sha256)).scalars().all()
-    assert sorted(certs) == sorted(stored) and len(set(certs)) == len(certs)
+    assert sorted(certs) == sorted(stored)
+    assert len(set(certs)) == len(certs)
 
 
 def test_only_new_nights_then_replace_on_request(fx: FixtureDb, tmp_path: Path) -> None:
@@ -90,7 +98,8 @@ def test_only_new_nights_then_replace_on_request(fx: FixtureDb, tmp_path: Path) 
     before = set((root / "domains").glob("night=2025-03-04/*.parquet"))
     (again,) = archive.archive(fx.engine, root, ["latest"])
     after = set((root / "domains").glob("night=2025-03-04/*.parquet"))
-    assert len(after) == 1 and after != before  # replaced, old file gone
+    assert len(after) == 1
+    assert after != before
     assert archive.read_manifest(root).nights[again.night].files["domains"] == [
         p.relative_to(root).as_posix() for p in after
     ]
@@ -260,7 +269,8 @@ def test_open_archive_for_researchers(fx: FixtureDb, tmp_path: Path) -> None:
         assert a.nights == list(fx.dates)
         one = a.frame("domains", a.nights[-1:])
         assert list(one.columns) == list(tables.BY_NAME["domains"].columns)
-        assert len(one) == 15 and set(one["scan_id"]) == {fx.scan_ids[3]}
+        assert len(one) == 15
+        assert set(one["scan_id"]) == {fx.scan_ids[3]}
         hosts = a.facts("mx_hosts")  # every night, lazily
         per_night = a.execute(hosts.group_by("scan_id").agg(n=hosts.count()).order_by("scan_id"))
         assert per_night["scan_id"].tolist() == list(fx.scan_ids)

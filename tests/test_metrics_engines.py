@@ -4,8 +4,6 @@ archived from (SQLite and PostgreSQL). One Spark session serves the whole module
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -14,6 +12,9 @@ import pytest
 from analysis import archive, engines, load, metrics
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
     from tests.analysis_fixture import FixtureDb
 
 pytest_plugins = ["tests.conftest_store", "tests.analysis_fixture"]
@@ -76,7 +77,8 @@ def test_three_engines_identical_frames(analysis_db: FixtureDb, spark: Any, tmp_
         got = {name: suite(src, analysis_db.scan_ids[3]) for name, src in sources.items()}
         reference = got["store"]
         assert "stale_tlsa" in reference["breakage"]["cause"].tolist()  # c.beta, repaired
-        assert len(reference["domains"]) == 15 and len(reference["movers"]) > 0
+        assert len(reference["domains"]) == 15
+        assert len(reference["movers"]) > 0
         for name in ("duckdb", "spark"):
             assert got[name].keys() == reference.keys()
             for measure, frame in reference.items():

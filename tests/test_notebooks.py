@@ -10,7 +10,6 @@ kernel through its environment, as it would for a person running ``jupyter``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ nbclient = pytest.importorskip("nbclient")
 kernelspec = pytest.importorskip("ipykernel.kernelspec")
 
 if TYPE_CHECKING:
+
     from tests.analysis_fixture import FixtureDb
 
 pytest_plugins = ["tests.conftest_store", "tests.analysis_fixture"]
@@ -33,10 +33,10 @@ EXPECTED = ("01-adoption-funnel.ipynb", "02-dane-breakage.ipynb", "03-providers-
 
 
 @pytest.fixture(scope="module")
-def kernel_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kernel_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     prefix = tmp_path_factory.mktemp("kernel")
     kernelspec.install(kernel_name=KERNEL, display_name="danescan tests", prefix=str(prefix))
-    yield str(prefix / "share" / "jupyter")
+    return str(prefix / "share" / "jupyter")
 
 
 def test_notebooks_present_and_committed_without_outputs() -> None:
@@ -46,11 +46,14 @@ def test_notebooks_present_and_committed_without_outputs() -> None:
         nbformat.validate(nb)
         for c in nb.cells:
             if c.cell_type == "code":
-                assert c.outputs == [] and c.execution_count is None, path.name
+                assert c.outputs == [], path.name
+                assert c.execution_count is None, path.name
         source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-        assert "DANESCAN_ARCHIVE" in source and "open_archive(" in source
+        assert "DANESCAN_ARCHIVE" in source
+        assert "open_archive(" in source
         # Measures come from analysis, not cell SQL (Ibis row exploration is fine).
-        assert "sqlalchemy" not in source and "sa.select(" not in source
+        assert "sqlalchemy" not in source
+        assert "sa.select(" not in source
 
 
 @pytest.fixture(scope="module")

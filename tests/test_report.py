@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +14,8 @@ import pytest
 from analysis import catalog, cli, metrics, report
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.analysis_fixture import FixtureDb
 
 pytest_plugins = ["tests.conftest_store", "tests.analysis_fixture"]

@@ -4,13 +4,17 @@ report from them is byte-identical to the full rebuild from the raw archive."""
 from __future__ import annotations
 
 import filecmp
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from analysis import archive, engines, nightly, report, rollups
 from tests import analysis_fixture
-from tests.analysis_fixture import FixtureDb
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.analysis_fixture import FixtureDb
 
 
 @pytest.fixture

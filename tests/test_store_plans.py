@@ -4,8 +4,7 @@ statistics are gone (a scan that filled them before any ANALYZE): every query st
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ibis
 import pytest
@@ -14,6 +13,9 @@ import sqlalchemy as sa
 from analysis import engines, report
 from tests import analysis_fixture
 from tests.conftest_store import _pg_available
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.postgres
 
