@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import sqlalchemy as sa
 
+from scanner.store import scans
 from scanner.store import schema as s
 from scanner.store.schema import ScanStatus
 
@@ -47,7 +48,7 @@ class Catalog:
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[Any, ...]]) -> Catalog:
-        rows = sorted(records, key=lambda r: (r[2] or dt.date.min, int(r[0])))
+        rows = sorted(records, key=lambda r: scans.logical_order(r[2], r[0]))
         return cls(pd.DataFrame.from_records(rows, columns=list(COLUMNS)))
 
     def complete(self) -> Catalog:

@@ -328,6 +328,12 @@ def logical_day(logical_date: dt.date | None, started_at: dt.datetime | None) ->
     return None if started is None else started.date()
 
 
+def logical_order(night: dt.date | None, scan_id: int) -> tuple[dt.date, int]:
+    """The one order of scans ("latest" is its last complete scan): by night, then id, so two
+    scans of one night stay in run order and a backfill sorts by the night it measured."""
+    return (night or dt.date.min, int(scan_id))
+
+
 def latest_complete(engine: Engine) -> int | None:
     """What "latest" means everywhere (export, report): the newest complete scan in
     logical-date order (:func:`logical_day`, then id), so a ``--date`` backfill run after a
@@ -340,8 +346,8 @@ def latest_complete(engine: Engine) -> int | None:
         ).all()
     if not rows:
         return None
-    newest = max(rows, key=lambda r: (logical_day(r.logical_date, r.started_at) or dt.date.min,
-                                      r.id))
+    newest = max(rows, key=lambda r: logical_order(logical_day(r.logical_date, r.started_at),
+                                                   r.id))
     return int(newest.id)
 
 
