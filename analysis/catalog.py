@@ -109,14 +109,6 @@ class Catalog:
         return out
 
 
-def _night(logical: dt.date | None, started: dt.datetime | None) -> dt.date | None:
-    if logical is not None or started is None:
-        return logical
-    if started.tzinfo is not None:
-        started = started.astimezone(dt.UTC)
-    return started.date()
-
-
 def from_store(engine: Engine, *, complete_only: bool = False) -> Catalog:
     """The store's scans (all statuses unless ``complete_only``)."""
     c = s.scans.c
@@ -126,6 +118,6 @@ def from_store(engine: Engine, *, complete_only: bool = False) -> Catalog:
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     return Catalog.from_records(
-        (int(r.id), r.label, _night(r.logical_date, r.started_at), r.status, r.result_count)
+        (int(r.id), r.label, scans.logical_day(r.logical_date, r.started_at), r.status, r.result_count)
         for r in rows
     )
