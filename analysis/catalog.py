@@ -7,7 +7,6 @@ incomplete scan is refused by name, since its counts would look like a real nigh
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from scanner.store import schema as s
 from scanner.store.schema import ScanStatus
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Iterable
 
     from sqlalchemy.engine import Engine
