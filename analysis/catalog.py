@@ -118,6 +118,7 @@ def from_store(engine: Engine, *, complete_only: bool = False) -> Catalog:
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     return Catalog.from_records(
-        (int(r.id), r.label, scans.logical_day(r.logical_date, r.started_at), r.status, r.result_count)
+        (int(r.id), r.label, scans.logical_day(r.logical_date, r.started_at), r.status,
+         r.result_count)
         for r in rows
     )
