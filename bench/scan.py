@@ -18,8 +18,9 @@ tens of addresses).
 The other figures:
 - dnsperf: the questions the scan asked (its --dns-log), replayed once on a flushed resolver;
   the domain limit is dnsperf's queries/s divided by the scan's questions per domain.
-- peer: ``posttls-finger -l dane`` for a sample of domains through ``xargs -P`` (each given
-  parallelism), inside a mount namespace whose /etc/resolv.conf names the world's resolver.
+- peer: ``posttls-finger -l dane`` with the scan's timeouts for a sample of domains through
+  ``xargs -P`` (each given parallelism), inside a mount namespace whose /etc/resolv.conf names
+  the world's resolver.
 - ``--workers N`` (N > 1): the same scan with N workers as well.
 - ``--delay``: a second world of the same shape and seed with a latency front before every
   authoritative server and a reply delay in the SMTP servers, scanned with the fronts at zero
@@ -177,10 +178,11 @@ def smtp_capacity(world: control.World, work: Path, seconds: float) -> float:
 MAIN_CF = """\
 smtp_dns_support_level = dnssec
 smtp_tls_security_level = dane
-smtp_connect_timeout = 5s
-smtp_helo_timeout = 10s
-smtp_starttls_timeout = 10s
 """
+# posttls-finger's own timeouts (it ignores main.cf's smtp_*_timeout), set to the scan's
+# (SCAN_FLAGS): -t connect and 220 banner, -T each command. Its defaults (30 s) made one silent
+# server in the sample the whole figure.
+PEER_TIMEOUTS = ("-t", "5", "-T", "10")
 
 
 def peer(world: control.World, work: Path, sample: int, parallel: int) -> float:
@@ -195,7 +197,8 @@ def peer(world: control.World, work: Path, sample: int, parallel: int) -> float:
     (work / "peer-domains.txt").write_text("\n".join(picks) + "\n")
     dnsnet.flush_resolver(world.dir)
     inner = (f"mount --bind {resolv} /etc/resolv.conf && exec xargs -P {parallel} -n 1 "
-             f"posttls-finger -c -l dane < {work / 'peer-domains.txt'}")
+             f"posttls-finger -c -l dane {' '.join(PEER_TIMEOUTS)} "
+             f"< {work / 'peer-domains.txt'}")
     start = time.monotonic()
     subprocess.run(["unshare", "-m", "--", "sh", "-c", inner],
                    env={**os.environ, "MAIL_CONFIG": str(conf)}, stdout=subprocess.DEVNULL,
@@ -212,7 +215,7 @@ def main() -> int:
     ap.add_argument("--world", type=Path, help="use this running world (skip `up`)")
     ap.add_argument("--delay", action="store_true", help="also measure the latency world")
     ap.add_argument("--delay-world", type=Path, help="running world built with --delay")
-    ap.add_argument("--peer-sample", type=int, default=300)
+    ap.add_argument("--peer-sample", type=int, default=1000)
     ap.add_argument("--peer-parallel", type=int, nargs="+", default=[32, 100])
     ap.add_argument("--smtp-seconds", type=float, default=0.0)
     ap.add_argument("--memory-check", action="store_true",
