@@ -79,6 +79,11 @@ def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
+def _refusing(address: str) -> bool:
+    """127.B.0.x: the world's infrastructure and the addresses where nothing listens."""
+    return address.split(".")[2] == "0"
+
+
 def world_shape(world: control.World) -> list[str]:
     """How the world places MX hosts on addresses, from its manifest (issue 19's realism)."""
     own: dict[str, set[str]] = collections.defaultdict(set)  # self-hosted address -> hosts
@@ -97,11 +102,12 @@ def world_shape(world: control.World) -> list[str]:
             if m["provider"]:
                 provider[m["provider"]].update(h["addresses"])
                 continue
-            behaviour["refused" if not h["reachable"] else h["behaviour"]] += 1
+            refused = all(_refusing(a) for a in h["addresses"])
+            behaviour["refused" if refused else h["behaviour"]] += 1
             for a in h["addresses"]:
                 own[a].add(h["name"])
                 own_domains[a].add(m["index"])
-    reachable = {a: hosts for a, hosts in own.items() if ".0." not in a}
+    reachable = {a: hosts for a, hosts in own.items() if not _refusing(a)}
     per_addr = [len(h) for h in reachable.values()]
     alone = sum(1 for n in per_addr if n == 1)
     nets = {a.rsplit(".", 1)[0] for a in reachable}
