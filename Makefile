@@ -1,9 +1,11 @@
-# The two commands of the README's Quick start. Both set up everything they need first.
+# The two commands of the README's Quick start (demo, test); both set up everything they need
+# first. Also: lint (ruff), types (mypy), unit (the tests that need neither the testbed nor
+# PostgreSQL), wheel (CI's wheel job), clean.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint unit clean
+.PHONY: setup demo test lint types unit wheel clean
 
 setup: $(VENV)/.installed
 
@@ -16,10 +18,19 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check scanner analysis testbed tests bench migrations
+	$(VENV)/bin/lint-imports
+
+types: setup
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint types
 	$(VENV)/bin/pytest -q
+
+unit: setup
+	$(VENV)/bin/pytest -q -m "not testbed and not postgres"
+
+wheel: setup
+	.ci/wheel-check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

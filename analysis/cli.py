@@ -36,7 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    # pandas and matplotlib load only for this command, not for every `danescan` start.
+    # pandas and matplotlib load only for this command, not for every `danescan` start; they
+    # are the 'report' extra, absent on a scanning node.
+    from scanner import extras
+
+    extras.require("report", "report", "pandas", "matplotlib")
     from analysis import load, report
 
     engine = db.make_engine(db.resolve_url(args.db))

@@ -12,21 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 from sqlalchemy.engine import Engine
 
 from scanner import pipeline
 from scanner.config import Config
-from scanner.dns import DnsClient
+from scanner.dns import DnsClient, ResolverOutage
 from scanner.model import DomainVerdict
 from scanner.store import scans
 from scanner.store.db import StoreUnavailable
 from scanner.store.schema import ScanStatus
 from scanner.store.writer import WriteBatch, Writer
+
+if TYPE_CHECKING:
+    from scanner.store.politeness import SharedPoliteness
+    from scanner.store.shared import SharedClaims
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +124,8 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
                lease_seconds: float = 600.0, max_open_shards: int = 32,
                db_retry_seconds: float = 300.0, stats: pipeline.ScanStats | None = None,
                handle_signals: bool = True, shared: bool = False,
-               dns_log: str | None = None) -> BatchResult:
+               dns_log: str | None = None,
+               on_scanner: Callable[[pipeline.Scanner], None] | None = None) -> BatchResult:
     """Scan every claimable shard of ``scan_id``; returns how this worker's part ended.
 
     SIGINT/SIGTERM stop claiming and cancel domains in flight; every shard already judged is
@@ -129,6 +135,9 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
     and holds the per-address and per-prefix connection limits across all workers too
     (:mod:`scanner.store.politeness`).
     ``dns_log`` appends every question asked ("name TYPE", dnsperf's input format).
+    ``on_scanner`` hears of the scanner once it is built (the progress display reads it).
+    Our own resolver silent past ``config.resolver_outage_limit`` ends the work
+    ``interrupted`` (resumable): its silence judged nothing.
 
     At most ``max_open_shards`` shards are open: their verdicts wait in memory until the shard
     is whole, so this (not the list's length) bounds the verdicts held. It must also cover
@@ -138,8 +147,6 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
     owner = owner or worker_name()
     stats = stats or pipeline.ScanStats()
     writer = Writer(engine, scan_id, db_retry_seconds=db_retry_seconds)
-    send, receive = trio.open_memory_channel[WriteBatch](4)
-    interrupted = False
     claims = politeness = None
     if shared:
         from scanner.store.politeness import SharedPoliteness
@@ -148,10 +155,30 @@ async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | Non
         claims = SharedClaims(engine, scan_id, owner, lease_seconds=lease_seconds)
         politeness = SharedPoliteness(engine, config.per_address_connections,
                                       config.per_prefix_connections)
+    try:
+        return await _work(config, engine, scan_id, owner, stats, writer, claims, politeness,
+                           lease_seconds=lease_seconds, max_open_shards=max_open_shards,
+                           handle_signals=handle_signals, dns_log=dns_log,
+                           on_scanner=on_scanner)
+    except ResolverOutage as exc:
+        log.error("danescan: %s", exc)
+        return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, str(exc))
+
+
+async def _work(config: Config, engine: Engine, scan_id: int, owner: str,
+                stats: pipeline.ScanStats, writer: Writer, claims: SharedClaims | None,
+                politeness: SharedPoliteness | None, *,
+                lease_seconds: float, max_open_shards: int, handle_signals: bool,
+                dns_log: str | None,
+                on_scanner: Callable[[pipeline.Scanner], None] | None) -> BatchResult:
+    send, receive = trio.open_memory_channel[WriteBatch](4)
+    interrupted = False
     async with DnsClient.open(config) as client:
         with _query_log(client, dns_log):
             scanner = await pipeline.open_scanner(config, client, stats, shared=claims,
                                                   shared_politeness=politeness)
+            if on_scanner is not None:
+                on_scanner(scanner)
             feeder = ShardFeeder(engine, scan_id, owner, send, lease_seconds=lease_seconds,
                                  max_open=max_open_shards)
             try:

@@ -274,7 +274,13 @@ def _scan_ref(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The scanner's own commands: run, they load neither analysis nor the testbed.
+CORE_COMMANDS = frozenset({"scan", "worker", "check", "db", "export"})
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; for one of :data:`CORE_COMMANDS` without the report stack's and the
+    testbed's subcommands (their modules are then not even imported)."""
     parser = _Parser(
         prog="danescan",
         description="Measure how mail domains climb STARTTLS -> DNSSEC -> DANE (RFC 7672).",
@@ -350,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "failed, or incomplete because its list ended early)")
     p.set_defaults(func=cmd_export)
 
-    _register_extras(sub)
+    if command not in CORE_COMMANDS:
+        _register_extras(sub)
     return parser
 
 
@@ -374,15 +381,23 @@ def _expected() -> tuple[type[BaseException], ...]:
     """Errors a user should see as one clear line (bugs keep their traceback)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from scanner.store.db import StoreUnavailable
+    from scanner.dns import ResolverOutage
+    from scanner.extras import MissingExtra
+    from scanner.store.db import DatabaseBusy, DatabaseUrlError, StoreUnavailable
     from scanner.targets import TargetsError
 
-    return (UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
-            KeyboardInterrupt)
+    return (ResolverOutage, UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
+            KeyboardInterrupt, DatabaseUrlError, DatabaseBusy, MissingExtra)
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on a command line (the top-level options take no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
@@ -398,10 +413,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(exc: BaseException) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from scanner.store.db import StoreUnavailable
+    from scanner.dns import ResolverOutage
+    from scanner.extras import MissingExtra
+    from scanner.store.db import DatabaseBusy, DatabaseUrlError, StoreUnavailable
     from scanner.targets import TargetsError
 
-    if isinstance(exc, UsageError):
+    if isinstance(exc, ResolverOutage):
+        print(f"danescan: {exc}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, UsageError | DatabaseUrlError | DatabaseBusy | MissingExtra):
         print(f"danescan: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     if isinstance(exc, TargetsError):

@@ -128,8 +128,9 @@ class Config:
         "--dns-attempts", "sends of one question before the lookup gives up (default "
         "%(default)s)", positive_int))
     dns_deadline: float = _knob(10.0, Option(
-        "--dns-deadline", "seconds one lookup may take from its first send, CD re-query "
-        "included (default %(default)s)", positive_float))
+        "--dns-deadline", "seconds one round of asking may take, from its first send (default "
+        "%(default)s); a question our resolver left unanswered is asked again later, never "
+        "judged at once", positive_float))
     dns_sockets: int = _knob(16, Option(
         "--dns-sockets", "UDP sockets to each resolver; Unbound spreads work over its threads "
         "by client socket (default %(default)s)", positive_int))

@@ -1,48 +1,58 @@
 """The DNS client over a validating resolver: answers with their DNSSEC status (RFC 7672 §2.1.1).
 
 One :class:`DnsClient` per scan keeps a few long-lived, connected UDP sockets to the resolver(s)
-(Unbound spreads load over its threads by client socket) and one reader task per socket. A query
-parks its task in a per-socket table keyed by query ID; the reader checks the echoed question
-and wakes the task with the raw answer, so a query costs no task spawn. Timeouts, retransmits
-and the overall deadline run on trio's clock (dnspython's own timeouts are wall-clock, which
-trio's test clocks cannot drive); an attempt's timeout follows the resolver's measured
-round-trip time (:mod:`scanner.rto`), so a resolver that queues is not sent every question
-twice. A truncated answer (TC) is re-asked over a new TCP connection (RFC 7766 §5).
+(Unbound spreads load over its threads by client socket) and one reader task per socket
+(:mod:`scanner.dnstransport`). A query parks its task in a per-socket table keyed by query ID;
+the reader checks the echoed question and wakes the task with the raw answer, so a query costs
+no task spawn. Timeouts run on trio's clock (dnspython's are wall-clock, which trio's test
+clocks cannot drive); an attempt's timeout follows the resolver's measured round-trip time
+(:mod:`scanner.rto`). A truncated answer (TC) is re-asked over TCP (RFC 7766 §5).
 
-:meth:`DnsClient.lookup` parses answers with the small wire reader of :mod:`scanner.dnswire`
-rather than :func:`dns.message.from_wire`: it is several times cheaper, and it reports a TLSA
-record whose data length does not fit its matching type as text instead of failing the whole
-(secure) answer, as dnspython 2.9 does.
+Deadlines measure the resolver, never us: an attempt's timeout and a round's deadline start
+when the question is sent. Waiting for a ``--dns-rate`` slot, for room in the window of
+questions in flight, or for the end of a resolver outage never counts (:mod:`scanner.dnspace`).
+Silence is not judged on its own: an unanswered question is asked again later and is a fact
+about the name only per :func:`scanner.dnspace.silence_is_final`. While the resolver itself is
+silent (attempts timing out with nothing heard, ICMP port unreachable, its health query
+unanswered), nothing new is sent and no silence counts; a health query every few seconds
+finds it back, and after ``Config.resolver_outage_limit`` seconds :meth:`DnsClient.open`
+raises :class:`ResolverOutage` (the scan stops, resumable).
+
+:mod:`scanner.dnsquery` builds the query and tests each reply, :mod:`scanner.dnswire` reads it.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
+import logging
 import math
 import random
-import socket
-import struct
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import dns.exception
-import dns.message
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
-import dns.rdtypes.ANY.TLSA
 import outcome
 import trio
 
 from scanner.config import Config, ResolverAddress
+from scanner.dnspace import RateSlots, Window, reask_delay, silence_is_final
+from scanner.dnsquery import (
+    Question,
+    authenticated,
+    echoes,
+    query_wire,
+    rcode,
+    response_id,
+    truncated,
+)
+from scanner.dnstransport import Endpoint, UdpEndpoint, tcp_exchange
 from scanner.dnswire import (
     FLAG_AD,
-    FLAG_CD,
-    FLAG_TC,
     Answer,
     WireError,
     encode_name,
@@ -53,13 +63,18 @@ from scanner.dnswire import (
 from scanner.model import DnssecStatus, Lookup
 from scanner.rto import RetransmitTimeout
 
-__all__ = ["DnsClient", "DnsStats", "message_from_wire", "system_resolvers"]
+__all__ = [
+    "DnsClient",
+    "DnsState",
+    "DnsStats",
+    "ResolverCheck",
+    "ResolverOutage",
+    "system_resolvers",
+]
 
-_EDNS_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
-_FLAG_RD = 0x0100
-# OPT pseudo-RR (RFC 6891 §6.1.2): root owner, TYPE 41, CLASS = payload size, TTL carries the
-# extended RCODE/version and the DO bit (RFC 3225 §3), no options.
-_OPT_RR = b"\x00" + struct.pack("!HHIH", 41, _EDNS_PAYLOAD, 0x00008000, 0)
+log = logging.getLogger(__name__)
+
+_ROOT_DNSKEY = Question.make(b"\x00", 48)  # the health query: always in the resolver's cache
 
 # RFC 8914 §4: 6-12 report a DNSSEC validation failure (bogus, signature expired or not yet
 # valid, DNSKEY/RRSIG/NSEC missing, no zone key bit); 22 "No Reachable Authority" and 23
@@ -67,26 +82,83 @@ _OPT_RR = b"\x00" + struct.pack("!HHIH", 41, _EDNS_PAYLOAD, 0x00008000, 0)
 _EDE_DNSSEC = frozenset(range(6, 13))
 _EDE_UNREACHABLE = frozenset({22, 23})
 _TIMER_GRID = 0.01  # s: attempt timeouts fire up to this much late
+# Attempts timing out in a row, with no answer heard between, before the health query asks
+# whether the resolver itself has gone silent.
+_SUSPECT_AFTER = 4
+_PROBE_FIRST = 0.5  # s between health queries while paused, doubling up to _PROBE_MAX
+_PROBE_MAX = 5.0
+
+Connect = Callable[[ResolverAddress], Endpoint]
+
+
+class ResolverOutage(Exception):
+    """Our own resolver answered nothing for ``Config.resolver_outage_limit`` seconds.
+
+    Nothing was judged from its silence; the scan stops and stays resumable.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverCheck:
+    """The start-up check: does the resolver answer at all, and does it validate?"""
+
+    answers: bool
+    validates: bool  # the root DNSKEY RRset came back NOERROR with AD (RFC 4035 §3.2.3)
+    rcode: str | None  # of that answer; None when silent
 
 
 @dataclass(slots=True)
 class DnsStats:
-    """Counters for the benchmark and the scan log (mutable, one per client)."""
+    """Counters for the benchmark, the progress line and the scan log (one per client)."""
 
     queries: int = 0  # UDP datagrams sent, retransmits included
     retries: int = 0  # retransmits after a per-attempt timeout
-    late: int = 0  # answers to an attempt already sent again (the retransmit was not needed)
-    timeouts: int = 0  # queries that got no answer within attempts/deadline
+    late: int = 0  # answers to an attempt already given up on (sent again, or round over)
+    timeouts: int = 0  # questions whose silence became final (scanner.dnspace)
+    reasked: int = 0  # rounds of asking again after a silent round
     tcp_fallbacks: int = 0  # truncated UDP answers re-asked over TCP
     cd_requeries: int = 0  # SERVFAIL answers re-asked with CD (§2.1.1)
     ignored: int = 0  # datagrams matching no pending query (late, spoofed, malformed)
+    window_waits: int = 0  # questions that waited for room in the window
+    rate_waited: float = 0.0  # s questions spent waiting for --dns-rate slots, summed
+    health_queries: int = 0
+    outages: int = 0  # times the resolver went silent and sending paused
+    paused: float = 0.0  # s paused, outages that ended
 
     def text(self, attempt_timeout: float) -> str:
         """One line for the scan's log."""
-        return (f"{self.queries} queries sent, {self.retries} sent again ({self.late} of them "
-                f"needlessly: the first answer came late), {self.timeouts} unanswered, "
+        return (f"{self.queries} queries sent, {self.retries} sent again ({self.late} answers "
+                f"came late), {self.reasked} asked again later, {self.timeouts} unanswered, "
                 f"{self.tcp_fallbacks} over TCP, {self.cd_requeries} CD re-queries, "
-                f"{self.ignored} datagrams ignored; attempt timeout now {attempt_timeout:.2f} s")
+                f"{self.ignored} datagrams ignored, {self.window_waits} waited for the window, "
+                f"{self.rate_waited:.0f} s waited for --dns-rate, {self.outages} resolver "
+                f"outages ({self.paused:.0f} s paused); attempt timeout now "
+                f"{attempt_timeout:.2f} s")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsState:
+    """What the progress line shows about DNS: outage, pacing, adaptation (a snapshot)."""
+
+    paused_for: float | None  # s since the resolver went silent; None while it answers
+    window: int  # questions allowed in flight
+    in_flight: int
+    rate: float  # the --dns-rate cap, q/s; 0 = none
+    paced: bool  # questions are queued for --dns-rate slots: the cap sets the pace
+    reasked: int
+    late: int
+    outages: int
+
+    def text(self) -> str:
+        """A short progress fragment; empty when nothing is worth saying."""
+        parts = []
+        if self.paused_for is not None:
+            parts.append(f"resolver silent {self.paused_for:.0f}s: paused, retrying")
+        if self.paced:
+            parts.append(f"paced by --dns-rate: {self.rate:g} q/s")
+        if self.reasked:
+            parts.append(f"DNS asked again {self.reasked}")
+        return ", ".join(parts)
 
 
 class _Waiter:
@@ -141,22 +213,13 @@ class _Pending:
 
 
 class _Channel:
-    """One connected UDP socket to one resolver, with its table of pending query IDs."""
+    """One endpoint to one resolver, with its table of pending query IDs."""
 
-    __slots__ = ("address", "family", "pending", "sock")
+    __slots__ = ("address", "endpoint", "pending")
 
-    def __init__(self, address: ResolverAddress) -> None:
-        ip = ipaddress.ip_address(address.host)  # a name here would mean a lookup: refuse
-        self.family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    def __init__(self, address: ResolverAddress, endpoint: Endpoint) -> None:
         self.address = address
-        self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        except OSError:
-            pass  # the kernel caps it; the default still works at lower rates
-        # connect(): the kernel then drops datagrams from any other source address.
-        self.sock.connect(_sockaddr(address))
+        self.endpoint = endpoint
         self.pending: dict[int, _Pending] = {}
 
     def new_id(self) -> int:
@@ -167,14 +230,17 @@ class _Channel:
                 return qid
 
 
+# (socket, query ID, resolver index, send time) of one attempt.
+_Sent = tuple[_Channel, int, int, float]
+
+
 def _least_busy(group: list[_Channel]) -> _Channel:
     """The less loaded of two sockets picked at random (the "power of two choices").
 
     Unbound hands each client socket to one of its threads (SO_REUSEPORT hashes the source
-    port), so with a handful of sockets the split is lumpy: 4 sockets gave one thread 3/4 of
-    the queries while the other idled, and queries queued ~0.3 s behind the busy one. A
-    socket on a busy thread accumulates unanswered queries; choosing by that count steers
-    work to the idle thread without knowing which socket landed where.
+    port), so with a handful of sockets the split is lumpy; a socket on a busy thread
+    accumulates unanswered queries, and choosing by that count steers work to the idle thread
+    without knowing which socket landed where.
     """
     n = len(group)
     if n == 1:
@@ -185,94 +251,122 @@ def _least_busy(group: list[_Channel]) -> _Channel:
     return a if len(a.pending) <= len(b.pending) else b
 
 
-def _sockaddr(address: ResolverAddress) -> tuple[str, int]:
-    return (address.host, address.port)
-
-
 class DnsClient:
     """Queries the configured validating resolver(s); use ``async with DnsClient.open(cfg)``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, connect: Connect = UdpEndpoint) -> None:
         if not config.resolvers:
             raise ValueError("no resolver configured")
+        for address in config.resolvers:
+            ipaddress.ip_address(address.host)  # a name here would mean a lookup: refuse
         self._config = config
         self.stats = DnsStats()
         per = max(1, config.dns_sockets)
         # Channels grouped by resolver: attempt k goes to resolver k mod n (failover), and
-        # round-robins over that resolver's sockets.
+        # to the less busy of two of that resolver's sockets.
         self._channels: list[list[_Channel]] = []
         try:
             for address in config.resolvers:
-                self._channels.append([_Channel(address) for _ in range(per)])
+                self._channels.append([_Channel(address, connect(address)) for _ in range(per)])
         except BaseException:
             self._close()
             raise
         # Each resolver's attempt timeout follows its measured round-trip time (scanner.rto);
-        # the ceiling leaves room for a second attempt within the lookup's deadline.
+        # the ceiling leaves room for a second attempt within a round's deadline.
         ceiling = max(config.dns_timeout, config.dns_deadline / 2)
         self._rto = [RetransmitTimeout(config.dns_timeout, ceiling) for _ in config.resolvers]
         # Every question asked (not retransmits or CD re-queries) as "name TYPE" lines, the
         # input format of dnsperf: the benchmark replays a scan's exact mix.
         self.query_log: TextIO | None = None
-        self._rate_interval = 1.0 / config.dns_rate if config.dns_rate > 0 else 0.0
-        self._next_send = 0.0
+        self._rate = RateSlots(config.dns_rate)
+        # Questions in flight, bounded by the window; tasks waiting for room, first come first
+        # served (a counter and a queue of events: the fast path costs two comparisons).
+        self._window = Window()
+        self._in_flight = 0
+        self._room: deque[trio.Event] = deque()
         # Per-attempt timeouts: one heap of (deadline, seq, waiter, generation) served by one
-        # timer task, instead of a cancel scope per attempt (~9 us each, the largest part of a
-        # lookup's CPU after the syscalls). None until open() starts the timer; without it
-        # attempts fall back to trio.move_on_at.
+        # timer task instead of a cancel scope per attempt. None until open() starts the
+        # timer; without it attempts fall back to trio.move_on_at.
         self._timeouts: list[tuple[float, int, _Waiter, int]] | None = None
         self._timeout_seq = 0
         self._timer_scope: trio.CancelScope | None = None
+        # Resolver health: answers heard (any question), attempts timed out in a row with
+        # nothing heard between, outages begun (a round overlapping one never counts).
+        self._heard = 0
+        self._heard_at_timeout = 0
+        self._silent = 0
+        self._epoch = 0
+        self._paused_since: float | None = None
+        self._resumed = trio.Event()
+        self._resumed.set()
+        self._suspicion = trio.Event()
+        self._checked = trio.Event()
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: Config) -> AsyncIterator[DnsClient]:
-        """Open the sockets and start one reader task per socket; close them all on exit."""
-        client = cls(config)
+    async def open(cls, config: Config, *, connect: Connect = UdpEndpoint
+                   ) -> AsyncIterator[DnsClient]:
+        """Open the sockets, start the readers, the timer and the health monitor; close all
+        on exit. Raises :class:`ResolverOutage` (cancelling the body) when the resolver stays
+        silent past ``config.resolver_outage_limit``."""
+        client = cls(config, connect)
         try:
             async with trio.open_nursery() as nursery:
                 for group in client._channels:
                     for chan in group:
-                        nursery.start_soon(client._reader, chan)
+                        await nursery.start(chan.endpoint.serve,
+                                            functools.partial(client._dispatch, chan),
+                                            client._suspect)
                 client._timeouts = []
                 nursery.start_soon(client._timer)
+                nursery.start_soon(client._monitor)
                 yield client
                 nursery.cancel_scope.cancel()
+        except* ResolverOutage as outage:
+            raise outage.exceptions[0] from None
         finally:
             client._close()
 
     def _close(self) -> None:
         for group in self._channels:
             for chan in group:
-                chan.sock.close()
+                chan.endpoint.close()
 
     @property
     def sockets(self) -> int:
         return sum(len(g) for g in self._channels)
 
+    def attempt_timeout(self, resolver: int = 0) -> float:
+        """Seconds the next attempt to the ``resolver``-th resolver waits for its answer."""
+        return self._rto[resolver].timeout
+
+    def state(self) -> DnsState:
+        """Outage, pacing and adaptation now, for the progress line (call inside trio)."""
+        now = trio.current_time()
+        since = self._paused_since
+        return DnsState(
+            paused_for=None if since is None else now - since,
+            window=self._window.limit,
+            in_flight=self._in_flight,
+            rate=self._rate.rate,
+            paced=self._rate.binding(now),
+            reasked=self.stats.reasked,
+            late=self.stats.late,
+            outages=self.stats.outages,
+        )
+
     # -- transport ---------------------------------------------------------------------------
 
-    async def _reader(self, chan: _Channel) -> None:
-        sock = chan.sock
-        # Datagrams are read into one reused buffer and copied out at their size: recv(65535)
-        # allocated 64 KiB per answer and shrank it in place, and the split-off remainders,
-        # interleaved with longer-lived allocations, made the C heap grow for the whole scan.
-        buffer = bytearray(65535)
-        view = memoryview(buffer)
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            # Drain everything queued: one wake-up per burst, not per datagram.
-            while True:
-                try:
-                    size = sock.recv_into(buffer)
-                    data = bytes(view[:size])
-                except BlockingIOError:
-                    break
-                except OSError:
-                    # ICMP port unreachable and the like, reported on a connected UDP socket:
-                    # the affected query simply times out and is retransmitted.
-                    continue
-                self._dispatch(chan, data)
+    def _dispatch(self, chan: _Channel, data: bytes) -> None:
+        # Accept only a response (QR) to a pending ID that echoes our exact question
+        # (RFC 5452 §4.2); anything else is late, spoofed or garbage.
+        qid = response_id(data)
+        entry = chan.pending.get(qid) if qid is not None else None
+        if entry is None or not echoes(data, entry.qname_lower, entry.tail):
+            self.stats.ignored += 1
+            return
+        self._heard += 1
+        entry.waiter.deliver(data)
 
     async def _timer(self) -> None:
         """Wake every waiter whose attempt deadline has passed (see ``_timeouts``)."""
@@ -280,8 +374,8 @@ class DnsClient:
         assert heap is not None
         while True:
             # Wake-ups rounded up to a 10 ms grid: most entries belong to answered queries
-            # (stale), and one wake-up per query would cost what the cancel scopes did.
-            deadline = math.ceil(heap[0][0] / _TIMER_GRID) * _TIMER_GRID if heap else math.inf
+            # (stale), and one wake-up per query would cost what a cancel scope does.
+            deadline = _on_grid(heap[0][0]) if heap else math.inf
             with trio.CancelScope(deadline=deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
@@ -308,55 +402,140 @@ class DnsClient:
         heapq.heappush(heap, (until, self._timeout_seq, waiter, waiter.generation + 1))
         if until < scope.deadline:
             # Rare: attempt deadlines mostly arrive in order.
-            scope.deadline = math.ceil(until / _TIMER_GRID) * _TIMER_GRID
+            scope.deadline = _on_grid(until)
         await waiter.wait()
 
-    def attempt_timeout(self, resolver: int = 0) -> float:
-        """Seconds the next attempt to the ``resolver``-th resolver waits for its answer."""
-        return self._rto[resolver].timeout
-
-    def _dispatch(self, chan: _Channel, data: bytes) -> None:
-        # Accept only a response (QR) to a pending ID that echoes our exact question
-        # (RFC 5452 §4.2); anything else is late, spoofed or garbage.
-        if len(data) < 12 or not data[2] & 0x80:
-            self.stats.ignored += 1
-            return
-        entry = chan.pending.get((data[0] << 8) | data[1])
-        if entry is None or data[4:6] != b"\x00\x01":
-            self.stats.ignored += 1
-            return
-        n = len(entry.qname_lower)
-        if data[12 : 12 + n].lower() != entry.qname_lower or data[12 + n : 16 + n] != entry.tail:
-            self.stats.ignored += 1
-            return
-        entry.waiter.deliver(data)
-
-    async def _rate_wait(self) -> None:
-        # A global token slot per query: callers reserve their send time before sleeping, so
-        # concurrent senders queue up in order instead of bunching.
+    async def _rate_wait(self, waiter: _Waiter) -> float:
+        """Wait for this send's --dns-rate slot, or for an answer to an earlier attempt;
+        returns the seconds waited (never part of a deadline)."""
         now = trio.current_time()
-        slot = max(now, self._next_send)
-        self._next_send = slot + self._rate_interval
-        if slot > now:
-            await trio.sleep_until(slot)
+        slot = self._rate.reserve(now)
+        if slot <= now:
+            return 0.0
+        await self._wait(waiter, slot)
+        waited = trio.current_time() - now
+        self.stats.rate_waited += waited
+        return waited
 
-    async def _exchange(self, name: bytes, rdtype: int, cd: bool, deadline: float) -> bytes | None:
-        """Send the question until an answer arrives; None after the attempts or the deadline."""
-        cfg = self._config
-        tail = struct.pack("!HH", rdtype, 1)
-        question = name + tail
-        flags = _FLAG_RD | (FLAG_CD if cd else 0)
+    # -- asking ------------------------------------------------------------------------------
+
+    async def _ask(self, question: Question) -> bytes | None:
+        """Ask until the resolver answers; None only when its silence about this question is
+        final (:func:`scanner.dnspace.silence_is_final`)."""
         waiter = _Waiter()
-        pending = _Pending(waiter, name.lower(), tail)
-        # (socket, query ID, resolver index, send time) of every attempt.
-        sent: list[tuple[_Channel, int, int, float]] = []
-        resolvers = len(self._channels)
+        pending = _Pending(waiter, question.qname.lower(), question.tail)
+        sent: list[_Sent] = []
+        counted = rounds = 0
         try:
-            for attempt in range(max(1, cfg.dns_attempts)):
+            while True:
+                # The first round retransmits within its deadline; later rounds ask once.
+                attempts = self._config.dns_attempts if not rounds else 1
+                answer, counts = await self._round(question, waiter, pending, sent, attempts)
+                if answer is not None:
+                    return answer
+                rounds += 1
+                counted += counts
+                if silence_is_final(counted):
+                    self.stats.timeouts += 1
+                    return None
+                self.stats.reasked += 1
+                # Every attempt stays registered: an answer that comes meanwhile is taken.
+                await self._wait(waiter, trio.current_time()
+                                 + reask_delay(rounds, self._config.dns_timeout))
+                answer = waiter.wire
+                if answer is not None:
+                    if not truncated(answer):
+                        self._observe(answer, sent, late=True)
+                        return answer
+                    waiter.wire = None  # truncated: the next round goes to TCP
+        finally:
+            for chan, qid, _, _ in sent:
+                chan.pending.pop(qid, None)
+
+    async def _round(self, question: Question, waiter: _Waiter, pending: _Pending,
+                     sent: list[_Sent], attempts: int) -> tuple[bytes | None, bool]:
+        """One round of asking: (answer, False), or (None, whether its silence counts).
+
+        Waits first for the end of an outage and for room in the window; neither counts
+        against the round's deadline, which starts at its first send.
+        """
+        if not self._resumed.is_set():
+            await self._resumed.wait()
+        if self._in_flight < self._window.limit and not self._room:
+            self._in_flight += 1
+        else:
+            await self._wait_for_room()
+        try:
+            epoch = self._epoch
+            answer, heard = await self._attempts(question, waiter, pending, sent, attempts,
+                                                 paced=True)
+            if answer is not None:
+                if self._window.answered() and self._room:
+                    self._hand_over()
+                return answer, False
+        finally:
+            self._in_flight -= 1
+            if self._room:
+                self._hand_over()
+        return None, await self._silence_counts(epoch, heard)
+
+    async def _wait_for_room(self) -> None:
+        """Queue for a place in the window; the place is handed over with the wake-up."""
+        self.stats.window_waits += 1
+        event = trio.Event()
+        self._room.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():  # handed a place while being cancelled: pass it on
+                self._in_flight -= 1
+                self._hand_over()
+            else:
+                self._room.remove(event)
+            raise
+
+    def _hand_over(self) -> None:
+        room = self._room
+        while room and self._in_flight < self._window.limit:
+            self._in_flight += 1
+            room.popleft().set()
+
+    async def _silence_counts(self, epoch: int, heard: int) -> bool:
+        """A silent round counts against the name only if the resolver was answering through
+        it: other answers heard since its first send, or else its health query answered, and
+        no outage overlapping it."""
+        if self._epoch != epoch or not self._resumed.is_set():
+            return False
+        if self._heard > heard:
+            return True
+        checked = self._checked
+        self._suspect()
+        await checked.wait()
+        return self._epoch == epoch and self._resumed.is_set()
+
+    async def _attempts(self, question: Question, waiter: _Waiter, pending: _Pending,
+                        sent: list[_Sent], attempts: int, *, paced: bool
+                        ) -> tuple[bytes | None, int]:
+        """Send the question until an answer arrives or the round's attempts or deadline run
+        out; returns the answer and the count of answers heard at the first send."""
+        cfg = self._config
+        resolvers = len(self._channels)
+        deadline = math.inf
+        heard = self._heard
+        chan, wire, timeout, now = self._channels[0][0], b"", cfg.dns_timeout, 0.0
+        for attempt in range(max(1, attempts)):
+            if attempt and paced and not self._resumed.is_set():
+                break  # the resolver went silent: no retransmits into an outage
+            waited = await self._rate_wait(waiter) if paced and self._rate.rate else 0.0
+            if waiter.wire is None:
                 now = trio.current_time()
-                if now >= deadline:
-                    break
-                if attempt:
+                if not attempt:
+                    deadline = now + cfg.dns_deadline
+                    heard = self._heard
+                else:
+                    deadline += waited  # our own pacing is not the resolver's time
+                    if now >= deadline:
+                        break
                     self.stats.retries += 1
                 resolver = attempt % resolvers
                 chan = _least_busy(self._channels[resolver])
@@ -365,18 +544,13 @@ class DnsClient:
                 # as good as the answer to this one.
                 chan.pending[qid] = pending
                 sent.append((chan, qid, resolver, now))
-                wire = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1) + question + _OPT_RR
-                if self._rate_interval:
-                    await self._rate_wait()
-                    now = trio.current_time()
-                    sent[-1] = (chan, qid, resolver, now)
+                wire = query_wire(qid, question)
                 timeout = self._rto[resolver].timeout
-                until = min(deadline, now + timeout)
-                if not await _send(chan.sock, wire):
-                    await trio.sleep_until(until)
-                    continue
-                self.stats.queries += 1
-                await self._wait(waiter, until)
+                if await _send(chan.endpoint, wire):
+                    self.stats.queries += 1
+                else:
+                    self._suspect()
+                await self._wait(waiter, min(deadline, now + timeout))
                 while waiter.wire is None:
                     # Answers that came meanwhile may have raised the timeout: a burst of
                     # questions sent before any was answered waits as long as the resolver
@@ -385,25 +559,36 @@ class DnsClient:
                     if later <= trio.current_time():
                         break
                     await self._wait(waiter, later)
-                answer = waiter.wire
+            answer = waiter.wire
+            if answer is None:
+                if paced:
+                    self._timed_out(now)
+                continue
+            self._observe(answer, sent)
+            if truncated(answer):
+                self.stats.tcp_fallbacks += 1
+                answer = await self._tcp(chan, wire, pending,
+                                         min(deadline, trio.current_time() + timeout))
                 if answer is None:
+                    waiter.wire = None  # let the next attempt wait afresh
                     continue
-                self._observe(answer, sent)
-                if answer[2] & (FLAG_TC >> 8):
-                    self.stats.tcp_fallbacks += 1
-                    tcp_until = min(deadline, trio.current_time() + timeout)
-                    answer = await self._tcp(chan, wire, pending, tcp_until)
-                    if answer is None:
-                        waiter.wire = None  # let the next attempt wait afresh
-                        continue
-                return answer
-            self.stats.timeouts += 1
-            return None
-        finally:
-            for chan, qid, _, _ in sent:
-                chan.pending.pop(qid, None)
+            return answer, heard
+        return None, heard
 
-    def _observe(self, answer: bytes, sent: list[tuple[_Channel, int, int, float]]) -> None:
+    def _timed_out(self, sent_at: float) -> None:
+        """An attempt went unanswered: a loss for the window (unless the resolver is down:
+        that is no measure of its capacity), and with nothing heard since the last ones, a
+        sign the resolver itself may be silent."""
+        if self._resumed.is_set():
+            self._window.timed_out(trio.current_time(), sent_at)
+        if self._heard != self._heard_at_timeout:
+            self._heard_at_timeout = self._heard
+            self._silent = 0
+        self._silent += 1
+        if self._silent >= _SUSPECT_AFTER:
+            self._suspect()
+
+    def _observe(self, answer: bytes, sent: list[_Sent], *, late: bool = False) -> None:
         """Time the attempt ``answer`` belongs to (its query ID says which) for its resolver."""
         qid = (answer[0] << 8) | answer[1]
         now = trio.current_time()
@@ -412,65 +597,116 @@ class DnsClient:
             return  # two attempts drew the same ID on different sockets: no clean sample
         resolver, at = match[0]
         self._rto[resolver].observe(now - at)
-        if sent[-1][3] > at:
+        if late or sent[-1][3] > at:
             self.stats.late += 1
 
-    async def _tcp(
-        self, chan: _Channel, query: bytes, pending: _Pending, until: float
-    ) -> bytes | None:
+    async def _tcp(self, chan: _Channel, query: bytes, pending: _Pending, until: float
+                   ) -> bytes | None:
         """RFC 7766 §5: a truncated UDP answer is re-asked over TCP (one connection each)."""
         with trio.move_on_at(until):
-            sock = trio.socket.socket(chan.family, socket.SOCK_STREAM)
-            with sock:
-                try:
-                    await sock.connect(_sockaddr(chan.address))
-                    await _send_all(sock, struct.pack("!H", len(query)) + query)
-                    size = struct.unpack("!H", await _recv_exactly(sock, 2))[0]
-                    data = await _recv_exactly(sock, size)
-                except (OSError, EOFError):
-                    return None
-            n = len(pending.qname_lower)
-            if (
-                len(data) >= 12 + n + 4
-                and data[0:2] == query[0:2]
-                and data[12 : 12 + n].lower() == pending.qname_lower
-                and data[12 + n : 16 + n] == pending.tail
-            ):
+            data = await tcp_exchange(chan.address, query)
+            if (data is not None and response_id(data) is not None and data[:2] == query[:2]
+                    and echoes(data, pending.qname_lower, pending.tail)):
                 return data
-            self.stats.ignored += 1
+            self.stats.ignored += data is not None
         return None
+
+    # -- resolver health ---------------------------------------------------------------------
+
+    def _suspect(self) -> None:
+        """Ask the monitor to check the resolver (cheap; many callers may ask at once)."""
+        self._suspicion.set()
+
+    async def _monitor(self) -> None:
+        """On suspicion, send the health query; unanswered, pause sending until it is again."""
+        while True:
+            await self._suspicion.wait()
+            checked, self._checked = self._checked, trio.Event()
+            self._suspicion = trio.Event()
+            if await self._healthy():
+                self._silent = 0
+                checked.set()
+                continue
+            self._epoch += 1
+            self._paused_since = trio.current_time()
+            self._resumed = trio.Event()
+            self.stats.outages += 1
+            checked.set()
+            log.warning("resolver %s is not answering: sending paused, nothing judged from "
+                        "its silence", ", ".join(map(str, self._config.resolvers)))
+            await self._recover(self._paused_since)
+
+    async def _recover(self, since: float) -> None:
+        """Health queries, spaced out, until one is answered or the outage limit passes."""
+        limit = self._config.resolver_outage_limit
+        delay = _PROBE_FIRST
+        while True:
+            left = since + limit - trio.current_time()
+            if left <= 0:
+                raise ResolverOutage(
+                    f"resolver {', '.join(map(str, self._config.resolvers))} has not answered "
+                    f"for {limit:g} s; the scan stops here and can be resumed")
+            await trio.sleep(min(delay, left))
+            if await self._healthy():
+                break
+            delay = min(2 * delay, _PROBE_MAX)
+        now = trio.current_time()
+        self.stats.paused += now - since
+        self._paused_since = None
+        self._silent = 0
+        # A restarted resolver is a new one: its capacity is measured afresh (slow start).
+        self._window = Window()
+        self._resumed.set()
+        log.warning("resolver answers again after %.0f s: sending resumed", now - since)
+
+    async def _healthy(self) -> bool:
+        """The health query: the root DNSKEY, answered from the resolver's cache (its trust
+        anchor), so overload upstream or a dead authority cannot silence it."""
+        self.stats.health_queries += 1
+        return await self._root_dnskey(2) is not None
+
+    async def _root_dnskey(self, attempts: int) -> bytes | None:
+        waiter = _Waiter()
+        pending = _Pending(waiter, _ROOT_DNSKEY.qname, _ROOT_DNSKEY.tail)
+        sent: list[_Sent] = []
+        try:
+            answer, _ = await self._attempts(_ROOT_DNSKEY, waiter, pending, sent, attempts,
+                                             paced=False)
+            return answer
+        finally:
+            for chan, qid, _, _ in sent:
+                chan.pending.pop(qid, None)
 
     # -- public API --------------------------------------------------------------------------
 
-    async def query(
-        self, qname: str, rdtype: str, *, cd: bool = False
-    ) -> dns.message.Message | None:
-        """One question, as a dnspython message (None after retries and deadline ran out)."""
-        deadline = trio.current_time() + self._config.dns_deadline
-        wire = await self._exchange(encode_name(qname), rdtype_code(rdtype), cd, deadline)
-        return None if wire is None else message_from_wire(wire)
+    async def check(self) -> ResolverCheck:
+        """The start-up check (once per scan): the resolver must answer, and it validates if
+        the root DNSKEY RRset comes back with AD (RFC 4035 §3.2.3)."""
+        wire = await self._root_dnskey(self._config.dns_attempts)
+        if wire is None:
+            return ResolverCheck(answers=False, validates=False, rcode=None)
+        code = rcode(wire)
+        return ResolverCheck(answers=True, validates=code == 0 and authenticated(wire),
+                             rcode=rcode_text(code))
 
     async def lookup(self, qname: str, rdtype: str) -> Lookup:
-        """Ask once and classify the answer into the four states of RFC 7672 §2.1.1.
+        """Ask and classify the answer into the four states of RFC 7672 §2.1.1.
 
         * AD set on NOERROR/NXDOMAIN -> secure; without AD -> insecure.
         * SERVFAIL -> re-ask with CD set (checking disabled): an answer with data, NODATA or
           NXDOMAIN means the data exist but failed validation -> bogus; the EDE of the first
           SERVFAIL is kept. EDE 6-12 (RFC 8914 §4.7-4.13) say so explicitly, so they stay
           bogus even if the CD re-query gets nothing.
-        * REFUSED and other RCODEs, timeouts, SERVFAIL again under CD, or EDE 22/23 (no
-          reachable authority, network error: no CD re-query, it cannot help) ->
-          indeterminate. A failure is never "no record".
-
-        The whole lookup, CD re-query included, runs under ``Config.dns_deadline``.
+        * REFUSED and other RCODEs, SERVFAIL again under CD, EDE 22/23 (no reachable
+          authority, network error: no CD re-query, it cannot help), or silence that became
+          final (see the module docstring) -> indeterminate. A failure is never "no record".
         """
         name = encode_name(qname)
         code = rdtype_code(rdtype)
         label = _normal(qname)
         if self.query_log is not None:
             self.query_log.write(f"{label.rstrip('.')}. {rdtype}\n")
-        deadline = trio.current_time() + self._config.dns_deadline
-        wire = await self._exchange(name, code, False, deadline)
+        wire = await self._ask(Question.make(name, code))
         if wire is None:
             return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "TIMEOUT")
         try:
@@ -485,7 +721,7 @@ class DnsClient:
         if rcode != 2 or _EDE_UNREACHABLE.intersection(first.ede_codes):
             return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
         self.stats.cd_requeries += 1
-        cd_wire = await self._exchange(name, code, True, deadline)
+        cd_wire = await self._ask(Question.make(name, code, cd=True))
         second = _parse_or_none(cd_wire, code, label)
         if second is not None and second.rcode in (0, 3):
             return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, second)
@@ -493,11 +729,11 @@ class DnsClient:
             return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, None)
         return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
 
-    async def validates(self) -> bool:
-        """The resolver validates: the root DNSKEY RRset comes back with AD (RFC 4035 §3.2.3)."""
-        deadline = trio.current_time() + self._config.dns_deadline
-        wire = await self._exchange(b"\x00", 48, False, deadline)
-        return wire is not None and wire[3] & 0x0F == 0 and bool(wire[3] & FLAG_AD)
+
+def _on_grid(t: float) -> float:
+    """``t`` rounded up to the timer's grid, never below ``t`` (float rounding could put it
+    a hair earlier, and the timer would spin without the clock moving)."""
+    return max(t, math.ceil(t / _TIMER_GRID) * _TIMER_GRID)
 
 
 def _normal(qname: str) -> str:
@@ -528,66 +764,15 @@ def _to_lookup(
     return Lookup(qname, rdtype, status, rcode, data.records, data.chain, ede_code, ede_text)
 
 
-async def _send(sock: socket.socket, wire: bytes) -> bool:
+async def _send(endpoint: Endpoint, wire: bytes) -> bool:
     while True:
         try:
-            sock.send(wire)
+            endpoint.send(wire)
             return True
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
+            await endpoint.wait_writable()
         except OSError:
             return False
-
-
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        sent = await sock.send(view)
-        view = view[sent:]
-
-
-async def _recv_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = await sock.recv(size - len(buf))
-        if not chunk:
-            raise EOFError("connection closed mid-answer")
-        buf += chunk
-    return bytes(buf)
-
-
-# -- dnspython messages, tolerant of malformed TLSA ----------------------------------------------
-
-
-@dns.immutable.immutable
-class _LenientTLSA(dns.rdtypes.ANY.TLSA.TLSA):
-    """TLSA without dnspython 2.9's length check: RFC 6698 §2.1.3 lengths are judged later
-    (RFC 7672 §3.1.3 / RFC 7671 §5: such a record is unusable, not a broken answer)."""
-
-    _cert_length_by_mtype: dict[int, int] = {}  # noqa: RUF012 (overrides the base attribute)
-
-
-def message_from_wire(wire: bytes) -> dns.message.Message:
-    """:func:`dns.message.from_wire`, retried with a lenient TLSA class if a record fails.
-
-    The retry swaps the TLSA class in dnspython's registry for the duration of one synchronous
-    call (no await inside, and the scanner parses DNS on one thread only).
-    """
-    try:
-        return dns.message.from_wire(wire)
-    except dns.exception.FormError:
-        pass
-    registry: dict[Any, Any] = dns.rdata._rdata_classes
-    key = (dns.rdataclass.IN, dns.rdatatype.TLSA)
-    saved = registry.get(key)
-    registry[key] = _LenientTLSA
-    try:
-        return dns.message.from_wire(wire)
-    finally:
-        if saved is None:
-            del registry[key]
-        else:
-            registry[key] = saved
 
 
 # -- the system's resolver, for the CLI's default -------------------------------------------------

@@ -25,6 +25,7 @@ import trio
 
 from scanner import dane, verdict
 from scanner.config import Config
+from scanner.dns import ResolverCheck
 from scanner.errors import UsageError
 from scanner.lookups import DnsLookups, MxResult, host_stage, mx_stage
 from scanner.model import (
@@ -449,26 +450,31 @@ class ResolverRefused(UsageError):
     """The resolver cannot serve a scan: it does not answer, or it does not validate."""
 
 
-class ResolverCheck(Protocol):
+class CheckedLookups(DnsLookups, Protocol):
     """What :func:`open_scanner` asks of the DNS client before a scan starts."""
 
-    async def validates(self) -> bool: ...
+    async def check(self) -> ResolverCheck: ...
 
 
-async def open_scanner(config: Config, client: DnsLookups, stats: ScanStats | None = None, *,
+async def open_scanner(config: Config, client: CheckedLookups,
+                       stats: ScanStats | None = None, *,
                        shared: SharedCache | None = None,
                        shared_politeness: SharedLimits | None = None,
                        trace: Callable[[str], None] | None = None,
                        prober: Prober = probe) -> Scanner:
-    """A Scanner, complete: the resolver checked (§2.1.1 needs a validating one) and IPv6
-    reachability known. Raises :class:`ResolverRefused`."""
-    check: ResolverCheck = client  # type: ignore[assignment]
-    validating = await check.validates()
+    """A Scanner, complete: the resolver checked (it must answer, even for a STARTTLS-only
+    survey; §2.1.1 needs it to validate) and IPv6 reachability known. Raises
+    :class:`ResolverRefused`."""
+    checked = await client.check()
+    names = ", ".join(map(str, config.resolvers))
+    if not checked.answers:
+        raise ResolverRefused(f"resolver {names} does not answer (no reply to the root DNSKEY "
+                              "query); start it or name another with --resolver")
+    validating = checked.validates
     if not validating and not config.insecure_resolver_ok:
         raise ResolverRefused(
-            f"resolver {', '.join(map(str, config.resolvers))} does not validate DNSSEC "
-            "(no answer with the AD bit for the root DNSKEY: not validating, or not "
-            "answering); use a validating resolver, or "
+            f"resolver {names} does not validate DNSSEC (its answer for the root DNSKEY is "
+            f"{checked.rcode} without the AD bit); use a validating resolver, or "
             "--insecure-resolver-ok for a STARTTLS-only survey")
     ipv6 = config.probe_ipv6 if config.probe_ipv6 is not None else ipv6_reachable()
     return Scanner(config, client, validating=validating, ipv6=ipv6, stats=stats,

@@ -209,12 +209,8 @@ async def _dialogue(
         phase(Phase.GREETING, config.greeting_timeout)
         greeting = await conn.read_reply()
         p.greeting_code, p.banner = greeting.code, greeting.text
-        if greeting.code != 220:
-            if greeting.code >= 400:
-                p.end(EndpointStatus.GREETING_REJECTED, f"greeting {greeting.code}")
-                await _quit(conn, config, scope)
-            else:
-                p.end(EndpointStatus.PROTOCOL_ERROR, f"unexpected greeting {greeting.code}")
+        if await _turned_away(greeting, "greeting", EndpointStatus.GREETING_REJECTED,
+                              f"greeting {greeting.code}", conn, config, scope, p):
             return
 
         phase(Phase.EHLO, config.command_timeout)
@@ -238,12 +234,8 @@ async def _dialogue(
         phase(Phase.STARTTLS, config.command_timeout)
         reply = await conn.command("STARTTLS")
         p.starttls_code = reply.code
-        if reply.code != 220:
-            if reply.code >= 400:
-                p.end(EndpointStatus.STARTTLS_REFUSED, f"starttls {reply.code}: {reply.text}")
-                await _quit(conn, config, scope)
-            else:
-                p.end(EndpointStatus.PROTOCOL_ERROR, f"unexpected starttls reply {reply.code}")
+        if await _turned_away(reply, "starttls reply", EndpointStatus.STARTTLS_REFUSED,
+                              f"starttls {reply.code}: {reply.text}", conn, config, scope, p):
             return
         if conn.buffered:
             # Plaintext sent after the 220 would be read as if it came over TLS (the STARTTLS
@@ -258,6 +250,21 @@ async def _dialogue(
         p.end(EndpointStatus.SUCCESS)
         await _quit(SmtpConnection(tls), config, scope)
         await _close_quietly(tls)
+
+
+async def _turned_away(reply: Reply, what: str, refused: EndpointStatus, detail: str,
+                       conn: SmtpConnection, config: Config, scope: trio.CancelScope,
+                       p: _Progress) -> bool:
+    """Whether ``reply`` (due 220) ends the dialogue: a 4xx/5xx turns us away, politely with
+    QUIT (RFC 5321 §4.2.1); any other code is not SMTP at all."""
+    if reply.code == 220:
+        return False
+    if reply.code >= 400:
+        p.end(refused, detail)
+        await _quit(conn, config, scope)
+    else:
+        p.end(EndpointStatus.PROTOCOL_ERROR, f"unexpected {what} {reply.code}")
+    return True
 
 
 async def _helo_fallback(conn: SmtpConnection, ehlo: Reply, config: Config) -> str:

@@ -1,19 +1,16 @@
 """How long a DNS attempt waits before the question is sent again: RFC 6298's estimator.
 
-A fixed attempt timeout is right only while the resolver answers well within it. A resolver
-that queues (a scan at its limit: on the 2-core bench machine two workers kept its answers up
-to ~2 s behind) then gets every slower question twice, work for nothing at the moment it has
-the least to spare: two workers sent 5,076 of their ~170,000 questions again although the
-first answer was on its way (985 with this estimator). RFC 1536 §1 ("Fast Retransmissions")
-asks stub resolvers for a retransmission policy based on round-trip time estimates for
-exactly this reason.
+A fixed attempt timeout is right only while the resolver answers well within it; a resolver
+that queues under a scan's load would get every slower question twice, work for nothing when
+it has the least to spare. RFC 1536 §1 ("Fast Retransmissions") asks stub resolvers for a
+retransmission policy based on round-trip time estimates for this reason.
 
 So the attempt timeout follows the measured round-trip time as TCP's retransmission timer
 does (RFC 6298 §2): RTO = SRTT + 4 * RTTVAR, never below the configured ``dns_timeout`` (a
 healthy resolver keeps the timeout it always had) and never above ``ceiling``, which leaves
-room for a second attempt within the lookup's deadline. Karn's problem (RFC 6298 §3: an
-answer to a retransmitted segment cannot be timed) does not arise here: every attempt has
-its own query ID, so an answer says which send it belongs to.
+room for a second attempt within a round's deadline. Karn's problem (RFC 6298 §3: an answer
+to a retransmitted segment cannot be timed) does not arise here: every attempt has its own
+query ID, so an answer says which send it belongs to.
 """
 
 from __future__ import annotations

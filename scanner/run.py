@@ -25,12 +25,12 @@ from sqlalchemy.engine import Engine
 
 from scanner import batch, pipeline, progress, runtime
 from scanner.config import Config, ResolverAddress, conflicts, from_options, to_options
-from scanner.dns import DnsClient
+from scanner.dns import DnsClient, ResolverCheck
 from scanner.errors import ExitCode, UsageError
 from scanner.model import STAGE_ORDER, DomainVerdict, Lookup
 from scanner.store import db, scans
 from scanner.store.schema import ScanStatus
-from scanner.targets import TargetsError, read_targets
+from scanner.targets import TargetsError, normalise, read_targets
 
 log = logging.getLogger("danescan")
 
@@ -66,12 +66,15 @@ def _progress(source: Callable[[], progress.Snapshot], opts: RunOptions) -> prog
                              interval=opts.progress_interval)
 
 
-def _notes(scanner: pipeline.Scanner | None, config: Config) -> list[str]:
+def _notes(client: DnsClient | None, scanner: pipeline.Scanner | None) -> list[str]:
+    """What limits or holds the scan now: a silent resolver, pacing, questions asked again."""
     notes = []
-    if config.dns_rate > 0:
-        notes.append(f"paced by --dns-rate: {config.dns_rate:g} q/s")
+    if client is not None:
+        dns = client.state().text()
+        if dns:
+            notes.append(dns)
     if scanner is not None and scanner.connect_pacer.waited > 1.0:
-        notes.append(f"paced by --connect-rate: {config.connect_rate:g}/s")
+        notes.append(f"paced by --connect-rate: {scanner.config.connect_rate:g}/s")
     return notes
 
 
@@ -323,10 +326,14 @@ def _one_worker(config: Config, engine: Engine, scan_id: int,
 
     async def work() -> batch.BatchResult:
         stats = pipeline.ScanStats()
+        running: list[pipeline.Scanner] = []
 
         def snapshot() -> progress.Snapshot:
+            scanner = running[0] if running else None
+            client = scanner.client if scanner is not None else None
             return progress.Snapshot(stats.domains, total, stats.outcomes,
-                                     _notes(None, config))
+                                     _notes(client if isinstance(client, DnsClient) else None,
+                                            scanner))
 
         async with trio.open_nursery() as nursery:
             bar = _progress(snapshot, opts) if _show_progress(opts) else None
@@ -334,7 +341,7 @@ def _one_worker(config: Config, engine: Engine, scan_id: int,
                 await nursery.start(bar.run)
             result = await batch.work(config, engine, scan_id, stats=stats,
                                       lease_seconds=opts.lease_seconds, shared=shared,
-                                      dns_log=opts.dns_log)
+                                      dns_log=opts.dns_log, on_scanner=running.append)
             nursery.cancel_scope.cancel()
         if bar is not None:
             bar.close()
@@ -465,11 +472,13 @@ def scan_to_jsonl(config: Config, opts: RunOptions, source: str) -> ExitCode:
         async def emit(v: DomainVerdict) -> None:
             out.write(lines.line(v) + "\n")
 
-        def snapshot() -> progress.Snapshot:
-            return progress.Snapshot(stats.domains, None, stats.outcomes, _notes(None, config))
-
         async with DnsClient.open(config) as client:
             scanner = await pipeline.open_scanner(config, client, stats)
+
+            def snapshot() -> progress.Snapshot:
+                return progress.Snapshot(stats.domains, None, stats.outcomes,
+                                         _notes(client, scanner))
+
             async with trio.open_nursery() as nursery:
                 bar = _progress(snapshot, opts) if _show_progress(opts) else None
                 if bar is not None:
@@ -517,8 +526,8 @@ class _TracedLookups:
                  f"{f' {records}' if records else ''}")
         return lk
 
-    async def validates(self) -> bool:
-        return await self.client.validates()
+    async def check(self) -> ResolverCheck:
+        return await self.client.check()
 
 
 async def check(config: Config, raw: str, say: Callable[[str], None] | None = None
@@ -527,5 +536,8 @@ async def check(config: Config, raw: str, say: Callable[[str], None] | None = No
     hears each DNS answer and SMTP probe as it happens."""
     async with DnsClient.open(config) as client:
         lookups: Any = client if say is None else _TracedLookups(client, say)
-        scanner = await pipeline.open_scanner(config, lookups, trace=say)
+        if normalise(raw)[0] is None:  # no domain to ask the resolver about
+            scanner = pipeline.Scanner(config, lookups, validating=config.insecure_resolver_ok)
+        else:
+            scanner = await pipeline.open_scanner(config, lookups, trace=say)
         return await scanner.scan_domain(1, raw), scanner

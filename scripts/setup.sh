@@ -40,5 +40,5 @@ if [ -z "$py" ]; then
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[report,test,lint,notebooks]" 2>&1 | grep -v "is ignored: it is neither" || true
-"$venv/bin/python" -c 'import scanner, trio, dns, sqlalchemy, psycopg, pandas' 
+"$venv/bin/python" -c 'import scanner, danescan_migrations, trio, dns, sqlalchemy, psycopg, pandas, matplotlib'
 echo "danescan set-up: ready ($venv)"

@@ -289,10 +289,13 @@ def up(
     greeting_delay: float = 1.5,
     climb: float = world.Params.climb,
     regress: float = world.Params.regress,
+    unbound_options: dict[str, str] | None = None,
 ) -> World:
     """Build and start a world in ``dir``; raises (having stopped what it started) on failure.
 
-    ``climb`` / ``regress``: the share of domains that climb a rung / regress each night."""
+    ``climb`` / ``regress``: the share of domains that climb a rung / regress each night.
+    ``unbound_options``: ``server:`` options for its Unbound (e.g. a small
+    ``num-queries-per-thread``, so that it drops questions under a scan's load)."""
     wdir = Path(dir).resolve()
     if (wdir / STATE).exists():
         raise RuntimeError(f"a world is already up in {wdir}; `down` it first")
@@ -310,6 +313,7 @@ def up(
         "greeting_delay": greeting_delay,
         "climb": climb,
         "regress": regress,
+        "unbound_options": unbound_options or {},
         "resolver": world.infra(blk)["resolver"],
         "smtpd_pid": None,
         "dns_pids": [],
@@ -334,7 +338,8 @@ def _start(wdir: Path, state: dict[str, Any], night: int) -> world.Built:
     proc = _spawn_smtpd(wdir, built.plan.smtp)
     state["smtpd_pid"] = proc.pid
     _save_state(wdir, state)
-    state["dns_pids"] = list(_dnsnet().start(built.plan, wdir, state["seed"]))
+    state["dns_pids"] = list(_dnsnet().start(built.plan, wdir, state["seed"],
+                                             unbound_options=state.get("unbound_options")))
     _save_state(wdir, state)
     _wait_smtpd(wdir, proc)
     state["night"] = night
@@ -379,6 +384,19 @@ def down(dir: Path, keep: bool = False) -> None:
             (wdir / STATE).unlink()
     else:
         shutil.rmtree(wdir, ignore_errors=True)
+
+
+def stop_resolver(w: World) -> None:
+    """Stop the world's Unbound (the scanner's own resolver); everything else keeps running."""
+    _dnsnet().stop_resolver(w.dir)
+
+
+def start_resolver(w: World) -> None:
+    """Start the world's Unbound again, caches empty, with the options it was built with."""
+    pid = _dnsnet().start_resolver(w.dir, w.resolver)
+    state = _state(w.dir)
+    state["dns_pids"] = [p for p in state.get("dns_pids", []) if _pid_alive(int(p))] + [pid]
+    _save_state(w.dir, state)
 
 
 def set_delay(dir: Path, delay: tuple[float, float]) -> None:

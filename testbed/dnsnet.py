@@ -132,8 +132,16 @@ def flush_resolver(workdir: Path) -> None:
 
 def resolver_queries(workdir: Path) -> int:
     """Questions Unbound has received since it started or last reset its statistics
-    (``total.num.queries``), read straight from its control socket: cheap enough to sample
-    twice a second during a scan (unbound-control would fork a process per sample)."""
+    (``total.num.queries``): cheap enough to sample twice a second during a scan."""
+    stats = resolver_stats(workdir)
+    if "total.num.queries" not in stats:
+        raise RuntimeError("unbound: no total.num.queries in its statistics")
+    return int(stats["total.num.queries"])
+
+
+def resolver_stats(workdir: Path) -> dict[str, float]:
+    """Unbound's ``stats_noreset`` (e.g. ``total.requestlist.exceeded``), read straight from
+    its control socket (unbound-control would fork a process per sample)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(5)
         sock.connect(str(workdir.resolve() / "unbound.ctl"))
@@ -141,10 +149,49 @@ def resolver_queries(workdir: Path) -> int:
         chunks = []
         while chunk := sock.recv(1 << 16):
             chunks.append(chunk)
+    out: dict[str, float] = {}
     for line in b"".join(chunks).decode("ascii", "replace").splitlines():
-        if line.startswith("total.num.queries="):
-            return int(line.partition("=")[2])
-    raise RuntimeError("unbound: no total.num.queries in its statistics")
+        key, sep, value = line.partition("=")
+        if sep:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def stop_resolver(workdir: Path) -> None:
+    """Stop the world's Unbound alone (an outage of the scanner's own resolver); the
+    authoritative servers keep running. :func:`start_resolver` brings it back, caches empty."""
+    workdir = workdir.resolve()
+    procs.terminate(_unbound_pids(workdir), str(workdir / "dns" / "unbound" / "unbound.conf"))
+    (workdir / "unbound.ctl").unlink(missing_ok=True)
+
+
+def start_resolver(workdir: Path, resolver: str) -> int:
+    """Start the world's Unbound again with the configuration it had; returns its PID once it
+    answers on ``resolver``."""
+    workdir = workdir.resolve()
+    folder = workdir / "dns" / "unbound"
+    pid_file = workdir / "dns.pids"
+    dead = set(_unbound_pids(workdir, alive_only=False)) - set(_unbound_pids(workdir))
+    kept = [p for p in pid_file.read_text().split() if int(p) not in dead]
+    pid_file.write_text("".join(f"{p}\n" for p in kept))
+    pid = procs.spawn([UNBOUND, "-d", "-c", str(folder / "unbound.conf")],
+                      folder / "unbound.stderr", folder)
+    _record(workdir, [], pid)
+    procs.wait_until(_answers(resolver, 53, "."), pid, "unbound", folder / "unbound.log", 30.0)
+    return pid
+
+
+def _unbound_pids(workdir: Path, *, alive_only: bool = True) -> list[int]:
+    """The recorded PIDs that are (or, with ``alive_only=False``, were) this world's Unbound:
+    every other recorded PID is an authoritative server or a front, alive."""
+    conf = str(workdir / "dns" / "unbound" / "unbound.conf")
+    pids = [int(p) for p in (workdir / "dns.pids").read_text().split()]
+    if alive_only:
+        return [p for p in pids if procs.owned(p, conf)]
+    return [p for p in pids if procs.owned(p, conf) or not procs.alive(p)]
 
 
 # --- zones ----------------------------------------------------------------------------------

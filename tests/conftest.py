@@ -84,3 +84,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, which must test every subject: {report.longrepr}"
+
+
+# What `make unit` leaves out (-m "not testbed and not postgres"): a test is marked by the
+# fixtures it uses, so a new test cannot forget its marker.
+_TESTBED_FIXTURES = frozenset({"world", "make_world"})
+_POSTGRES_FIXTURES = frozenset({"pg_url", "pg_engine"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        # Only str params name a backend (others may be pandas.NA, which has no truth value).
+        params = {p for p in callspec.params.values() if isinstance(p, str)} if callspec else set()
+        if used & _TESTBED_FIXTURES:
+            item.add_marker(pytest.mark.testbed)
+        if used & _POSTGRES_FIXTURES or "postgresql" in params:
+            item.add_marker(pytest.mark.postgres)

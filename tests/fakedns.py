@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import dns.edns
@@ -253,3 +254,99 @@ async def running(host: str = "127.79.0.1") -> AsyncIterator[FakeResolver]:
         await nursery.start(fake.serve)
         yield fake
         nursery.cancel_scope.cancel()
+
+
+@dataclass
+class VirtualNet:
+    """The fake's answers on trio's clock through in-memory endpoints: no sockets, so tests
+    run on ``MockClock(autojump_threshold=0)`` and assert on virtual time.
+
+    ``DnsClient.open(net.config(), connect=net.connect)``. ``down`` drops every query (a
+    stopped or wedged resolver); with ``refusing`` each one also gets ICMP port unreachable.
+    ``sent`` keeps (virtual time, qname, rdtype) of every datagram the client sent.
+    """
+
+    fake: FakeResolver = field(default_factory=FakeResolver)
+    down: bool = False
+    refusing: bool = False
+    sent: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def connect(self, address: ResolverAddress) -> VirtualEndpoint:
+        return VirtualEndpoint(self)
+
+    def config(self, **kw: object) -> Config:
+        return self.fake.config(**kw)
+
+    def times(self, qname: str, rdtype: str) -> list[float]:
+        return [t for t, n, r in self.sent if n == _key(qname) and r == rdtype]
+
+
+class VirtualEndpoint:
+    def __init__(self, net: VirtualNet) -> None:
+        self.net = net
+        self._deliver: Callable[[bytes], None] | None = None
+        self._refused: Callable[[], None] | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def send(self, wire: bytes) -> None:
+        net = self.net
+        query = dns.message.from_wire(wire)
+        q = query.question[0]
+        net.sent.append((trio.current_time(), _key(q.name.to_text()),
+                         dns.rdatatype.to_text(q.rdtype)))
+        if net.down:
+            if net.refusing and self._refused is not None:
+                self._refused()
+            return
+        out = net.fake._answer(query, tcp=False)
+        delay = net.fake._delay(query)
+        assert self._nursery is not None
+        for data in out:
+            self._nursery.start_soon(self._later, delay, data)
+
+    async def _later(self, delay: float, data: bytes) -> None:
+        await trio.sleep(delay)
+        if self._deliver is not None:
+            self._deliver(data)
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def serve(self, deliver: Callable[[bytes], None], refused: Callable[[], None], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._deliver, self._refused = deliver, refused
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def close(self) -> None:
+        self._deliver = None
+
+
+@contextmanager
+def refusing_resolver(host: str = "127.79.0.2") -> Iterator[str]:
+    """A resolver, in a thread, that answers every question REFUSED: it answers (the start-up
+    check passes with --insecure-resolver-ok) and never validates. Yields "IP@PORT"."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if len(data) >= 12:  # header: QR set, RD echoed, RCODE 5; the question echoed
+                sock.sendto(data[:2] + bytes([0x80 | (data[2] & 0x01), 0x05]) + data[4:], addr)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"{host}@{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scanner.cli import main
+from tests.fakedns import refusing_resolver
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +60,13 @@ def test_database_unreachable(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert rc == 2 and "database unavailable" in text
 
 
-def test_resolver_that_does_not_validate(capsys: pytest.CaptureFixture[str]) -> None:
-    # Nothing answers DNS on 127.83.0.1: no AD bit can come back, so nothing can be judged.
+@pytest.mark.parametrize("insecure", [[], ["--insecure-resolver-ok"]])
+def test_resolver_that_does_not_answer(capsys: pytest.CaptureFixture[str],
+                                       insecure: list[str]) -> None:
+    # Nothing answers DNS on 127.83.0.1: refused at start, even for a STARTTLS-only survey.
     rc, text = run(capsys, "check", "example.com", "--resolver", "127.83.0.1",
-                   "--dns-timeout", "0.1")
-    assert rc == 2 and "does not validate DNSSEC" in text
+                   "--dns-timeout", "0.1", *insecure)
+    assert rc == 2 and "does not answer" in text and "127.83.0.1" in text
 
 
 def test_usage_errors_from_a_worker_under_python_m(tmp_path: Path) -> None:
@@ -76,7 +79,7 @@ def test_usage_errors_from_a_worker_under_python_m(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120,
     )
     assert done.returncode == 2
-    assert "does not validate DNSSEC" in done.stderr and "Traceback" not in done.stderr
+    assert "does not answer" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("name", ["exa mple..com", "localhost", "192.0.2.1", "a" * 64 + ".com"])
@@ -93,8 +96,9 @@ def test_truncated_gzip_without_database(capsys: pytest.CaptureFixture[str],
                                   for i in range(20000)))
     (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
     out = tmp_path / "out.jsonl"
-    rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--no-db", "--jsonl", str(out),
-                   "--resolver", "127.83.0.1", "--dns-timeout", "0.1", "--insecure-resolver-ok")
+    with refusing_resolver() as resolver:
+        rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--no-db", "--jsonl", str(out),
+                       "--resolver", resolver, "--dns-timeout", "0.1", "--insecure-resolver-ok")
     assert rc == 4 and "input incomplete" in text and "cut.gz" in text
     # What was readable was judged and kept.
     assert len(out.read_text().splitlines()) > 0
@@ -110,8 +114,9 @@ def test_truncated_gzip_into_the_database(capsys: pytest.CaptureFixture[str],
                                   for i in range(20000)))
     (tmp_path / "cut.gz").write_bytes(data[: len(data) // 2])
     url = f"sqlite:///{tmp_path}/cut.sqlite"
-    rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--db", url, "--workers", "1",
-                   "--resolver", "127.83.0.1", "--dns-timeout", "0.1", "--insecure-resolver-ok")
+    with refusing_resolver() as resolver:
+        rc, text = run(capsys, "scan", str(tmp_path / "cut.gz"), "--db", url, "--workers", "1",
+                       "--resolver", resolver, "--dns-timeout", "0.1", "--insecure-resolver-ok")
     assert rc == 4 and "incomplete" in text and "cut.gz" in text and "after line" in text
     engine = db.make_engine(url)
     with engine.connect() as conn:

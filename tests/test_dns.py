@@ -6,7 +6,6 @@ import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import dns.exception
 import dns.message
 import dns.rdata
 import dns.rdataclass
@@ -15,7 +14,7 @@ import pytest
 import trio
 
 from scanner.config import ResolverAddress
-from scanner.dns import DnsClient, DnsStats, message_from_wire, system_resolvers
+from scanner.dns import DnsClient, DnsStats, ResolverCheck, system_resolvers
 from scanner.dnswire import encode_name, parse_answer
 from scanner.model import DnssecStatus
 from tests.fakedns import FakeResolver, Reply, running
@@ -118,19 +117,22 @@ async def test_refused_is_indeterminate(fake: FakeResolver) -> None:
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "REFUSED")
 
 
-async def test_timeout_after_retries_is_indeterminate(fake: FakeResolver) -> None:
+async def test_silence_is_indeterminate_after_three_rounds(fake: FakeResolver) -> None:
+    # The resolver answers its health query but never this question: a first round of three
+    # attempts, then two later rounds of one (scanner.dnspace), then TIMEOUT.
     fake.add(H, "A", Reply(drop=-1))
     lk, stats = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=3)
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "TIMEOUT")
-    assert len(fake.queries(H, "A")) == 3
-    assert (stats.queries, stats.retries, stats.timeouts) == (3, 2, 1)
+    assert len(fake.queries(H, "A")) == 5
+    assert (stats.retries, stats.reasked, stats.timeouts, stats.outages) == (2, 2, 1, 0)
+    assert stats.health_queries >= 1 and fake.queries(".", "DNSKEY")
 
 
 async def test_deadline_caps_retries(fake: FakeResolver) -> None:
     fake.add(H, "A", Reply(drop=-1))
     lk, _ = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=50, dns_deadline=0.12)
     assert lk.rcode == "TIMEOUT"
-    assert 2 <= len(fake.queries(H, "A")) <= 4
+    assert 2 + 2 <= len(fake.queries(H, "A")) <= 4 + 2
 
 
 async def test_retransmit_after_drop(fake: FakeResolver) -> None:
@@ -184,11 +186,13 @@ async def test_attempts_already_waiting_take_a_raised_timeout(fake: FakeResolver
 
 
 def test_stats_line_names_every_counter() -> None:
-    stats = DnsStats(queries=10, retries=3, late=2, timeouts=1, tcp_fallbacks=4, cd_requeries=5,
-                     ignored=6)
+    stats = DnsStats(queries=10, retries=3, late=2, timeouts=1, reasked=7, tcp_fallbacks=4,
+                     cd_requeries=5, ignored=6, window_waits=8, rate_waited=9.4, outages=1,
+                     paused=31.0)
     assert stats.text(2.5) == (
-        "10 queries sent, 3 sent again (2 of them needlessly: the first answer came late), "
-        "1 unanswered, 4 over TCP, 5 CD re-queries, 6 datagrams ignored; "
+        "10 queries sent, 3 sent again (2 answers came late), 7 asked again later, "
+        "1 unanswered, 4 over TCP, 5 CD re-queries, 6 datagrams ignored, 8 waited for the "
+        "window, 9 s waited for --dns-rate, 1 resolver outages (31 s paused); "
         "attempt timeout now 2.50 s")
 
 
@@ -222,17 +226,15 @@ async def test_mismatched_id_and_question_are_ignored(fake: FakeResolver) -> Non
 
 
 async def test_query_flags_edns_do_and_cd(fake: FakeResolver) -> None:
-    fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.1")]), cd=None)
-    async with DnsClient.open(fake.config()) as client:
-        plain = await client.query(H, "A")
-        checked = await client.query(H, "A", cd=True)
-    assert plain is not None and checked is not None
+    fake.add(H, "A", Reply(rcode="SERVFAIL"))
+    fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.1")]), cd=True)
+    lk, _ = await lookup(fake, H, "A")
     seen = fake.queries(H, "A")
     assert [(q.cd, q.do, q.payload, q.tcp) for q in seen] == [
         (False, True, 1232, False),
         (True, True, 1232, False),
     ]
-    assert plain.answer[0][0].to_text() == "192.0.2.1"
+    assert lk.records == ("192.0.2.1",)
 
 
 async def test_several_sockets_share_the_load(fake: FakeResolver) -> None:
@@ -298,34 +300,23 @@ async def test_malformed_tlsa_keeps_a_secure_answer(fake: FakeResolver) -> None:
     lk, _ = await lookup(fake, H, "TLSA")
     assert lk.status is S.SECURE
     assert sorted(lk.records) == sorted([good, "3 1 1 ff"])
-    async with DnsClient.open(fake.config()) as client:
-        msg = await client.query(H, "TLSA")
-    assert msg is not None
-    assert sorted(rd.to_text() for rd in msg.answer[0]) == sorted([good, "3 1 1 ff"])
 
 
-def test_message_from_wire_restores_dnspython_registry() -> None:
-    import dns.rdata
-
-    before = dns.rdata.get_rdata_class(IN, TLSA)  # type: ignore[no-untyped-call]
-    q = dns.message.make_query("x.example.", "TLSA")
-    r = dns.message.make_response(q)
-    rrset = r.find_rrset(r.answer, q.question[0].name, IN, TLSA, create=True)
-    rrset.add(dns.rdata.GenericRdata(IN, TLSA, b"\x03\x01\x02\x00"), 60)
-    msg = message_from_wire(r.to_wire())
-    assert msg.answer[0][0].to_text() == "3 1 2 00"
-    assert dns.rdata.get_rdata_class(IN, TLSA) is before  # type: ignore[no-untyped-call]
-    with pytest.raises(dns.exception.FormError):
-        dns.message.from_wire(r.to_wire())
-
-
-async def test_validates(fake: FakeResolver) -> None:
-    fake.add(".", "DNSKEY", Reply(ad=True))
-    async with DnsClient.open(fake.config()) as client:
-        assert await client.validates()
-    fake.add(".", "DNSKEY", Reply(ad=False))
-    async with DnsClient.open(fake.config()) as client:
-        assert not await client.validates()
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (Reply(ad=True), ResolverCheck(answers=True, validates=True, rcode="NOERROR")),
+        (Reply(ad=False), ResolverCheck(answers=True, validates=False, rcode="NOERROR")),
+        (Reply(rcode="REFUSED"), ResolverCheck(answers=True, validates=False, rcode="REFUSED")),
+        (Reply(drop=-1), ResolverCheck(answers=False, validates=False, rcode=None)),
+    ],
+    ids=["validating", "not-validating", "refusing", "silent"],
+)
+async def test_start_up_check(fake: FakeResolver, reply: Reply, expected: ResolverCheck) -> None:
+    """#16 §4: "does not answer" and "does not validate" are two facts, told apart."""
+    fake.add(".", "DNSKEY", reply)
+    async with DnsClient.open(fake.config(dns_timeout=0.05)) as client:
+        assert await client.check() == expected
 
 
 # -- wire reader and helpers -----------------------------------------------------------------

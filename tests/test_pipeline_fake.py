@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from scanner.config import Config, ResolverAddress
+from scanner.dns import ResolverCheck
 from scanner.model import DnssecStatus, DomainVerdict, EndpointFacts, EndpointStatus, Lookup
 from scanner.pipeline import ScanStats, open_scanner, run
 
@@ -34,8 +35,8 @@ class FakeResolver:
             return Lookup(qname, rdtype, SECURE, "NOERROR")  # secure NODATA
         return Lookup(qname, rdtype, SECURE, "NOERROR", found)
 
-    async def validates(self) -> bool:
-        return True
+    async def check(self) -> ResolverCheck:
+        return ResolverCheck(answers=True, validates=True, rcode="NOERROR")
 
 
 @dataclass

@@ -100,5 +100,6 @@ def test_alembic_cli_from_migrations_dir(tmp_path: object) -> None:
     target = f"{tmp_path}/cli.sqlite"
     alembic = Path(sys.executable).with_name("alembic")
     env = {**os.environ, "DATABASE_URL": target}
-    subprocess.run([str(alembic), "upgrade", "head"], cwd=db.MIGRATIONS_DIR, env=env, check=True)
+    checkout = Path(__file__).parents[1] / "migrations"
+    subprocess.run([str(alembic), "upgrade", "head"], cwd=checkout, env=env, check=True)
     assert set(schema.metadata.tables) <= _tables(f"sqlite:///{target}")

@@ -1,0 +1,117 @@
+"""Pure rules for pacing the resolver and for when its silence is a fact (no I/O, no clock).
+
+:mod:`scanner.dns` feeds these with trio's clock. Three rules, each measuring the resolver and
+never ourselves (docs/verdicts.md, "Timeouts"):
+
+* :class:`Window`: how many questions may wait for an answer at once. Additive increase,
+  multiplicative decrease, as TCP's congestion control (RFC 5681 §3.1): slow start doubles
+  the window each round trip until the first loss, then it grows by one per window of
+  answers; a loss episode halves it once. A loss is :data:`LOSS_SHARE` of the recent questions
+  timing out: a few slow authorities behind the resolver are not overload, a resolver dropping
+  questions from its full request list times out a large share of them together.
+* :class:`RateSlots`: the ``--dns-rate`` cap as send slots reserved in order.
+* :func:`silence_is_final`: a question the resolver never answered is a fact about the name only
+  after :data:`SILENT_ROUNDS` rounds of asking, spaced by :func:`reask_delay`, each of which
+  the resolver was heard answering through (other answers, or its health query) and in none
+  of which it was paused as down. Anything less is our resolver's silence, asked again later.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "SILENT_ROUNDS",
+    "RateSlots",
+    "Window",
+    "reask_delay",
+    "silence_is_final",
+]
+
+SILENT_ROUNDS = 3  # rounds of asking, with the resolver answering others, before silence counts
+MIN_WINDOW = 16
+INITIAL_WINDOW = 64
+MAX_WINDOW = 65536
+LOSS_SHARE = 0.1  # of the recent questions, timed out
+_KEEP = 1 - 1 / 64  # moving average over about the last 64 questions settled
+
+
+def reask_delay(rounds_done: int, attempt_timeout: float) -> float:
+    """Seconds to wait before asking a silent question again: doubling from one attempt
+    timeout, so a resolver that dropped it under load has drained its backlog meanwhile."""
+    return attempt_timeout * float(1 << max(0, rounds_done - 1))
+
+
+def silence_is_final(counted_rounds: int) -> bool:
+    """Enough rounds in which the resolver answered others but not this question."""
+    return counted_rounds >= SILENT_ROUNDS
+
+
+class Window:
+    """The number of questions allowed in flight at once (AIMD, see the module docstring)."""
+
+    __slots__ = ("_acked", "_loss", "_recovery_from", "limit", "losses", "ssthresh")
+
+    def __init__(self, initial: int = INITIAL_WINDOW) -> None:
+        self.limit = max(MIN_WINDOW, min(MAX_WINDOW, initial))
+        self.ssthresh = math.inf
+        self.losses = 0  # loss episodes (window halvings)
+        self._acked = 0
+        self._loss = 0.0  # share of recent questions that timed out (moving average)
+        self._recovery_from = -math.inf  # timeouts of attempts sent before this are one episode
+
+    def answered(self) -> bool:
+        """One question answered; True when ``limit`` changed."""
+        self._loss *= _KEEP
+        if self.limit >= MAX_WINDOW:
+            return False
+        if self.limit < self.ssthresh:  # slow start: +1 per answer
+            self.limit += 1
+            return True
+        self._acked += 1  # congestion avoidance: +1 per window of answers
+        if self._acked >= self.limit:
+            self._acked = 0
+            self.limit += 1
+            return True
+        return False
+
+    def timed_out(self, now: float, sent_at: float) -> bool:
+        """An attempt sent at ``sent_at`` got no answer by ``now``; True when ``limit`` changed.
+
+        A loss once the recent share of timeouts reaches LOSS_SHARE. Timeouts of attempts sent
+        before the last decrease belong to that episode (RFC 6582's recovery point) and do not
+        halve the window again.
+        """
+        self._loss = self._loss * _KEEP + (1 - _KEEP)
+        if sent_at < self._recovery_from or self._loss < LOSS_SHARE:
+            return False
+        self.losses += 1
+        self.limit = max(MIN_WINDOW, self.limit // 2)
+        self.ssthresh = self.limit
+        self._acked = 0
+        self._recovery_from = now
+        return True
+
+
+class RateSlots:
+    """``rate`` sends per second, each caller reserving the next free slot before it waits:
+    concurrent senders queue in order instead of bunching (0 = no cap)."""
+
+    __slots__ = ("_interval", "_next", "rate")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate if rate > 0 else 0.0
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = -math.inf
+
+    def reserve(self, now: float) -> float:
+        """The time this send may go out (``now`` when the cap is off or not binding)."""
+        if not self._interval:
+            return now
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        return slot
+
+    def binding(self, now: float) -> bool:
+        """Questions are queued for slots: the cap, not the resolver, sets the pace."""
+        return self._next - self._interval > now
