@@ -60,13 +60,14 @@ def render(world: control.World, rounds: list[tuple[Scan, Scan]]) -> str:
            f"(seed {world.seed}), load {load1():.1f} at the end",
            "",
            "| run | wall s | active s | tail s | scanner µs/domain | Unbound µs/domain | "
-           "busy cores (active) | verdicts = world | load (start, end) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "busy cores (active) | Unbound dropped | verdicts = world | load (start, end) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for pair in rounds:
         for r in pair:
             out.append(f"| {r.label} | {r.wall:.1f} | {r.active or 0:.1f} | {r.tail:.1f} | "
                        f"{r.cpu_us:.0f} | {r.part_us('unbound'):.0f} | {r.busy_active:.2f} | "
-                       f"{100 * r.agreement:.2f} % | {r.load[0]:.1f}, {r.load[1]:.1f} |")
+                       f"{r.dropped} | {100 * r.agreement:.2f} % | "
+                       f"{r.load[0]:.1f}, {r.load[1]:.1f} |")
     out.append("")
     for quiet, busy in rounds:
         diff = differing(quiet, busy)

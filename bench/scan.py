@@ -315,7 +315,8 @@ def render(args: argparse.Namespace, world: control.World, runs: list[Scan], que
             f"{one.active or 0:.1f} s = {one.active_rate:.0f} domains/s = "
             f"**{one.active_rate / dns_limit:.2f} of the dnsperf cold limit** (goal >= 0.6); "
             f"the resolver received {one.queries_active} questions meanwhile "
-            f"({one.queries_active / max(1e-9, one.active or 0):.0f} q/s)",
+            f"({one.queries_active / max(1e-9, one.active or 0):.0f} q/s; {one.dropped} dropped "
+            "by its full request list in the whole scan)",
             f"- dnsperf, the scan's {questions} questions on a flushed Unbound: {qps:.0f} q/s "
             f"({lost} lost) = {dns_limit:.0f} domains/s at {questions / one.domains:.2f} "
             f"questions/domain; Unbound + NSD used {dns_cores:.2f} cores meanwhile",

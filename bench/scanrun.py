@@ -154,6 +154,7 @@ class Scan:
     judged_active: int = 0
     queries_active: int = 0
     busy_active: float = 0.0  # cores of the machine busy (any process) in the active phase
+    dropped: int = 0  # questions Unbound's request list could not hold (exceeded + overwritten)
     judged_99: float | None = None  # seconds after the start-up until 99 % were judged
     dns_log: Path | None = None
     progress: list[tuple[float, int]] = field(default_factory=list)  # (s, lines judged)
@@ -179,6 +180,13 @@ class Scan:
         if self.active is None or self.startup is None:
             return 0.0
         return self.wall - self.startup - self.active
+
+
+def unbound_dropped(world: control.World) -> int:
+    """Questions Unbound dropped or replaced because its request list was full, so far."""
+    stats = dnsnet.resolver_stats(world.dir)
+    return round(stats.get("total.requestlist.exceeded", 0)
+                 + stats.get("total.requestlist.overwritten", 0))
 
 
 def _interpolate(samples: list[tuple[float, int]], t: float) -> float:
@@ -236,6 +244,7 @@ def run_scan(world: control.World, label: str, work: Path, *, workers: int = 1,
     dnsnet.flush_resolver(world.dir)
     watch = CpuWatch(world)
     asked_before = dnsnet.resolver_queries(world.dir)
+    dropped_before = unbound_dropped(world)
     load_start = load1()
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL,
@@ -279,7 +288,8 @@ def run_scan(world: control.World, label: str, work: Path, *, workers: int = 1,
     run = Scan(label, workers, len(verdicts), wall, usage.ru_utime + usage.ru_stime,
                peak_kib / 1024, asked[-1][1], parts, (load_start, load_end), verdicts,
                agree / max(1, len(verdicts)), rest[-8:], progress=lines, asked=asked,
-               dns_log=log if dns_log else None)
+               dns_log=log if dns_log else None,
+               dropped=unbound_dropped(world) - dropped_before)
     if lines:
         phases(run, jiffies)
     return run
