@@ -1,0 +1,111 @@
+"""Issue 19 §4: verdicts independent of load. The same scan on a quiet machine and with every
+core saturated by another process; goal: 0 lines with a different verdict.
+
+    .venv/bin/python bench/loaded.py [--domains 20000] [--seed 1] [--world DIR] [--rounds 1]
+
+Each round scans the world once as the machine is (the "quiet" run: other users of the
+machine are not stopped, its load is recorded) and once while one busy loop per core runs
+(``python -c 'while True: pass'``, bounded by ``timeout`` and killed when the scan ends). Each
+scan starts on a flushed resolver (scanrun.py). Verdicts are compared as (outcome, stage) per
+line, between the quiet and the saturated run of each round, and between the quiet runs of
+different rounds (the bench's own noise floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from scanrun import PY, REPO, Difference, Scan, commit, differing, load1, run_scan, world_up
+
+from testbed import control
+
+BUSY_LIMIT = 1800  # s: a busy loop outlives no bench, even one killed before its cleanup
+
+
+def saturated(world: control.World, label: str, work: Path) -> Scan:
+    """The scan while one busy loop per core competes for the CPU."""
+    loops = [subprocess.Popen(["timeout", str(BUSY_LIMIT), PY, "-c", "while True: pass"])
+             for _ in range(os.cpu_count() or 1)]
+    try:
+        return run_scan(world, label, work)
+    finally:
+        for p in loops:
+            p.terminate()  # `timeout` passes the signal on to its loop
+        for p in loops:
+            p.wait()
+
+
+def describe(world: control.World, diff: list[Difference]) -> str:
+    """The differing lines: both verdicts and the world's scenario for each."""
+    parts = []
+    for n, a, b in diff[:12]:
+        m = world.manifest[n - 1] if 0 < n <= len(world.manifest) else {}
+        parts.append(f"line {n} ({m.get('scenario')}, world says {m.get('outcome')}): "
+                     f"{a} vs {b}")
+    more = f"; and {len(diff) - 12} more" if len(diff) > 12 else ""
+    return "; ".join(parts) + more
+
+
+def render(world: control.World, rounds: list[tuple[Scan, Scan]]) -> str:
+    out = [f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, verdicts "
+           f"quiet vs CPU saturated ({os.cpu_count()} busy loops), {world.domains} domains "
+           f"(seed {world.seed}), load {load1():.1f} at the end",
+           "",
+           "| run | wall s | active s | tail s | scanner µs/domain | Unbound µs/domain | "
+           "busy cores (active) | Unbound dropped | verdicts = world | load (start, end) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for pair in rounds:
+        for r in pair:
+            out.append(f"| {r.label} | {r.wall:.1f} | {r.active or 0:.1f} | {r.tail:.1f} | "
+                       f"{r.cpu_us:.0f} | {r.part_us('unbound'):.0f} | {r.busy_active:.2f} | "
+                       f"{r.dropped} | {100 * r.agreement:.2f} % | "
+                       f"{r.load[0]:.1f}, {r.load[1]:.1f} |")
+    out.append("")
+    for quiet, busy in rounds:
+        diff = differing(quiet, busy)
+        out.append(f"- {quiet.label} vs {busy.label}: **{len(diff)} lines with a different "
+                   f"verdict** (goal 0)" + (f": {describe(world, diff)}" if diff else ""))
+    for a, b in itertools.pairwise(rounds):
+        diff = differing(a[0], b[0])
+        out.append(f"- {a[0].label} vs {b[0].label} (noise floor): {len(diff)} lines differ"
+                   + (f": {describe(world, diff)}" if diff else ""))
+    for _, busy in rounds:
+        notes = [s for s in busy.summary if s.startswith(("DNS:", "resolver"))]
+        if notes:
+            out.append(f"- {busy.label}, the scan's summary: " + " / ".join(notes))
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--domains", type=int, default=20_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--world", type=Path, help="use this running world (skip `up`)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="danescan-bench-"))
+    with world_up(args.world, args.domains, args.seed, work) as world:
+        rounds = []
+        for i in range(args.rounds):
+            quiet = run_scan(world, f"quiet {i + 1}", work)
+            busy = saturated(world, f"saturated {i + 1}", work)
+            rounds.append((quiet, busy))
+        report = render(world, rounds)
+    shutil.rmtree(work, ignore_errors=True)
+    print(report)
+    with open(args.results, "a") as f:
+        f.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
