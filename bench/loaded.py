@@ -22,10 +22,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanrun import PY, REPO, Difference, Scan, commit, differing, load1, run_scan, world_up
 
-from testbed import control
+if TYPE_CHECKING:
+    from testbed import control
 
 BUSY_LIMIT = 1800  # s: a busy loop outlives no bench, even one killed before its cleanup
 

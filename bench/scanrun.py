@@ -27,10 +27,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,6 +38,9 @@ import psycopg  # noqa: E402
 from procstat import descendants, hwm_kib  # noqa: E402
 
 from testbed import control, dnsnet  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PY = sys.executable
