@@ -178,7 +178,7 @@ class Config:
     per_prefix_connections: int = _knob(8, Option(
         "--per-prefix", "concurrent SMTP connections per IPv4 /24 or IPv6 /48 (politeness, "
         "default %(default)s), shared like --per-address", positive_int))
-    connect_rate: float = _knob(100.0, Option(
+    connect_rate: float = _knob(300.0, Option(
         "--connect-rate", "new SMTP connections per second, whole process (politeness, "
         "default %(default)s; 0: no cap)", non_negative_float))
     # Cost caps (RFC 7672 sets none; a scanner must, or one domain makes it an amplifier).

@@ -1,33 +1,38 @@
 """A rate limit that paces senders without a queue of its own: ``await pacer.wait()``.
 
-Each caller reserves the next send slot before it sleeps, so concurrent callers go out in
-order, ``1 / rate`` apart, instead of bunching. The wait is ours, not the peer's: callers start
-any deadline after it returns (a deadline measures the peer, never our own queue).
+The slots are :class:`scanner.dnspace.RateSlots` (each caller reserves the next one before it
+sleeps, so senders go out in order instead of bunching). Waiters wake on a coarse grid: a
+backlog of senders then costs one scheduler pass per grid step, not one per send, and the
+rate still holds (no one goes before its slot). The wait is ours, not the peer's: callers
+start any deadline after it returns (a deadline measures the peer, never our own queue).
 """
 
 from __future__ import annotations
 
+import math
+
 import trio
+
+from scanner.dnspace import RateSlots
+
+GRID = 0.05  # s: wake-ups of queued senders are rounded up to this
 
 
 class Pacer:
-    __slots__ = ("_interval", "_next", "waited")
+    __slots__ = ("_slots", "waited")
 
     def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate if rate > 0 else 0.0
-        self._next = 0.0
+        self._slots = RateSlots(rate)
         self.waited = 0.0  # seconds callers spent waiting, all together (progress: "paced")
 
     @property
     def active(self) -> bool:
-        return self._interval > 0
+        return self._slots.rate > 0
 
     async def wait(self) -> None:
-        if not self._interval:
-            return
         now = trio.current_time()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
+        slot = self._slots.reserve(now)
         if slot > now:
-            self.waited += slot - now
-            await trio.sleep_until(slot)
+            wake = math.ceil(slot / GRID) * GRID
+            self.waited += wake - now
+            await trio.sleep_until(wake)

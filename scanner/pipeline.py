@@ -402,13 +402,13 @@ class Scanner:
         return facts
 
     async def _probe_once(self, address: str, sni: str | None) -> EndpointFacts:
-        # This process's limits first, then the scan's across workers: a probe queued here
-        # holds no shared slot another worker could use.
+        # The connection-rate cap first: a probe waiting for its token holds no slot. Then
+        # this process's limits, then the scan's across workers: a probe queued here holds no
+        # shared slot another worker could use. All local waits, before the probe's deadlines.
+        await self.connect_pacer.wait()
         shared = self.shared_politeness
         async with (self.smtp_slots, self.politeness.slot(address),
                     shared.slot(address) if shared is not None else contextlib.nullcontext()):
-            # The global connection-rate cap: a local wait, before the probe's own deadlines.
-            await self.connect_pacer.wait()
             self.stats.probes += 1
             if self.trace is None:
                 return await self.prober(address, self.config.smtp_port, sni, self.config)
