@@ -41,7 +41,8 @@ _UPGRADE = "import scanner.cli\nscanner.cli.main(['-q', 'db', 'upgrade', '--db',
 
 def test_scanning_modules_load_no_report_stack() -> None:
     loaded = _loaded_after(
-        "import scanner, scanner.pipeline, scanner.store.writer, scanner.cli, scanner.extras"
+        "import scanner, scanner.run, scanner.pipeline, scanner.store.writer, scanner.cli, "
+        "scanner.extras"
     )
     assert loaded == []
 
