@@ -164,6 +164,11 @@ class DnsState:
 class _Waiter:
     """One query waiting for its answer; the reader hands the datagram over directly.
 
+    Parked with trio.lowlevel rather than a trio.Event under a cancel scope per attempt: an
+    attempt then costs no scope and no task (one timer task and heap serve them all), the
+    cheaper path measured in bench/RESULTS.md ("Scan", what was tried); tests/test_dns.py and
+    tests/test_pacing.py cover its wake-ups, time-outs and cancellation.
+
     ``generation`` counts the waits: the client's timer wakes a waiter only for the wait its
     deadline was registered for (an earlier attempt's stale deadline must not cut a later one).
     """
