@@ -22,7 +22,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scanrun import REPO, Scan, commit, differing, load1, median, run_scan, world_up
+from scanrun import (
+    REPO,
+    Scan,
+    commit,
+    differing,
+    load1,
+    median,
+    publish,
+    run_scan,
+    world_up,
+)
 
 
 def unpack(ref: str, into: Path) -> str:
@@ -89,9 +99,7 @@ def main() -> int:
             report = render(old_ref, runs, world.domains, world.seed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(report)
-    with open(args.results, "a") as f:
-        f.write(report + "\n")
+    publish(report, args.results)
     return 0
 
 

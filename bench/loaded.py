@@ -24,7 +24,18 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scanrun import PY, REPO, Difference, Scan, commit, differing, load1, run_scan, world_up
+from scanrun import (
+    PY,
+    REPO,
+    Difference,
+    Scan,
+    commit,
+    differing,
+    load1,
+    publish,
+    run_scan,
+    world_up,
+)
 
 if TYPE_CHECKING:
     from testbed import control
@@ -103,9 +114,7 @@ def main() -> int:
             rounds.append((quiet, busy))
         report = render(world, rounds)
     shutil.rmtree(work, ignore_errors=True)
-    print(report)
-    with open(args.results, "a") as f:
-        f.write(report + "\n")
+    publish(report, args.results)
     return 0
 
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scanrun import REPO, Scan, commit, differing, load1, run_scan, world_up
+from scanrun import REPO, Scan, commit, differing, load1, publish, run_scan, world_up
 
 
 def window(run: Scan) -> tuple[float, int]:
@@ -90,9 +90,7 @@ def main() -> int:
             runs.append((unpaced, paced))
         report = render(args.rate, runs, world.domains, world.seed)
     shutil.rmtree(work, ignore_errors=True)
-    print(report)
-    with open(args.results, "a") as f:
-        f.write(report + "\n")
+    publish(report, args.results)
     return 0
 
 

@@ -349,3 +349,11 @@ def commit(repo: Path = REPO) -> str:
                               text=True, capture_output=True).stdout.strip()
     except (subprocess.CalledProcessError, OSError):
         return "unknown"
+
+
+def publish(report: str, results: Path) -> None:
+    """Print a bench's report and append it to RESULTS.md (a ``###`` run heading to move into
+    place, see the note at the top of that file)."""
+    print(report)
+    with open(results, "a") as f:
+        f.write(report + "\n")
