@@ -180,6 +180,19 @@ def test_out_of_range_ede_code_is_not_stored() -> None:
     assert codec.answer_row(v)[1] is None
 
 
+def test_text_is_capped_as_its_column() -> None:
+    """rows.stored caps each field as the schema caps its column (an info cap, else the
+    String length; a Lookup's keys by its JSON columns), and other text at TEXT_MAX."""
+    want = {
+        "banner": 512, "ehlo": 128, "tls_version": 16, "cipher": 128, "error": 512,
+        "detail": 512, "mx_rcode": 16, "mx_ede_text": 512, "records": 65535, "ede_text": 512,
+        "qname": 1024, "cname_chain": 1024, "name": 1024, "tlsa_base": 1024, "sni": 1024,
+    }  # fmt: skip
+    long = "x" * 70_000
+    assert {f: len(rows.stored(long, f) or "") for f in want} == want
+    assert rows.stored(None, "banner") is None
+
+
 links = st.builds(HostVerdict, preference=st.none() | st.integers(0, 65535), host=hosts,
                   endpoints=st.just(()), dane=st.just(()), reachable=st.booleans(),
                   reason=st.none() | enum(Reason))
