@@ -151,6 +151,14 @@ def host_record(h: HostFacts, text: Text = same) -> Record:
     return d
 
 
+def mx_host_record(h: HostFacts, reachable: bool, text: Text = same) -> Record:
+    """An ``mx_hosts`` row's record short of ``scan_id``: the host's facts, and ``reachable``
+    from the verdict that stores the host."""
+    d = host_record(h, text)
+    d["reachable"] = reachable
+    return d
+
+
 def _host_facts(h: HostFacts, text: Text) -> Record:
     """:func:`host_record` short of the raw lookups (flat media and the contract omit them)."""
     return {

@@ -139,6 +139,8 @@ def test_host(h: HostFacts) -> None:
     row = {f: through_json(record[f]) for f in codec.HOST_FIELDS}
     assert codec.host_from_record(row, h.tlsa_records) == h
     assert set(codec.HOST_FIELDS) <= set(schema.mx_hosts.c.keys())
+    # The writer's record: every column but the key's scan_id.
+    assert set(schema.mx_hosts.c.keys()) - set(codec.mx_host_record(h, True)) == {"scan_id"}
 
 
 @given(endpoints)

@@ -89,6 +89,13 @@ _JSON_COLUMNS = frozenset(
     for c in t.c
     if c.type is schema.JSONType
 )
+# Columns whose values are times: stamped as the backend keeps them (RowBuilder.ts).
+_TIME_COLUMNS = frozenset(
+    (t.name, c.name)
+    for t in schema.metadata.tables.values()
+    for c in t.c
+    if c.type is schema.Timestamp
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _DROP = dict.fromkeys([*range(0x20), 0x7F], None)
@@ -149,10 +156,12 @@ def lookup_json(lk: Lookup | None) -> str | None:
     return None if record is None else dumps(record)
 
 
-def _row(table: str, cols: Sequence[str], record: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``record`` (a codec record, plus scan_id and the like) as a row of ``table``."""
+def _row(table: str, cols: Sequence[str], record: Mapping[str, Any],
+         ts: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+    """``record`` (a codec record, plus its key's scan_id) as a row of ``table``."""
     return tuple([
-        dumps(x) if x is not None and (table, c) in _JSON_COLUMNS else x
+        dumps(x) if x is not None and (table, c) in _JSON_COLUMNS
+        else ts(x) if (table, c) in _TIME_COLUMNS else x
         for c in cols
         for x in (record[c],)
     ])
@@ -383,9 +392,9 @@ class RowBuilder:
         return rs
 
     def _host_rows(self, rs: RowSet, name: str, host: HostFacts, reachable: bool) -> None:
-        record = codec.host_record(host, stored)
-        record.update(scan_id=self.scan_id, reachable=reachable)
-        rs.tables["mx_hosts"].append(_row("mx_hosts", MX_HOST_COLS, record))
+        record = codec.mx_host_record(host, reachable, stored)
+        record["scan_id"] = self.scan_id
+        rs.tables["mx_hosts"].append(_row("mx_hosts", MX_HOST_COLS, record, self.ts))
         for i, r in enumerate(host.tlsa_records):
             rs.tables["tlsa_records"].append((self.scan_id, name, i, *codec.tlsa_row(r)))
 
@@ -400,5 +409,5 @@ class RowBuilder:
                 batch_certs.add(fp)
                 rs.tables["certificates"].append(certificate_row(der, self.ts))
         record = codec.endpoint_record(ep, chain, stored, schema.EHLO_LINES_MAX)
-        record.update(scan_id=self.scan_id, sni=sni, probed_at=self.ts(ep.probed_at))
-        rs.tables["endpoints"].append(_row("endpoints", ENDPOINT_COLS, record))
+        record.update(scan_id=self.scan_id, sni=sni)  # the key's: scan, and no SNI as ''
+        rs.tables["endpoints"].append(_row("endpoints", ENDPOINT_COLS, record, self.ts))

@@ -112,7 +112,7 @@ scans = sa.Table(
     sa.Column("input_lines", sa.Integer),
     sa.Column("shard_count", sa.Integer),
     sa.Column("result_count", sa.Integer),
-    sa.Column("counts", JSONType),  # {"outcome": {...}, "stage": {...}} at finish
+    sa.Column("counts", JSONType),  # at finish, per SUMMARY_COLUMNS: {"outcome": {...}, ...}
     _in("status", ScanStatus, "status"),
     sa.Index(None, "status", "id"),
 )
@@ -178,6 +178,8 @@ domain_results = sa.Table(
     # indexes, each would cost the writer an index insertion per result.
     sa.Index(None, "domain_id", "scan_id"),
 )
+# A scan's summary (``scans.counts``) counts its results by these: {column: {value: results}}.
+SUMMARY_COLUMNS: tuple[sa.Column[str], ...] = (domain_results.c.outcome, domain_results.c.stage)
 
 mx_hosts = sa.Table(
     "mx_hosts",
@@ -297,10 +299,11 @@ shared_claims = sa.Table(
     sa.Column("facts", JSONType),
 )
 
-# The tables that hold facts (scanner.codec maps each fact to and from their columns), apart
-# from the scan's bookkeeping (scans, shards, shared_claims) and the name registry (domains).
+# The tables of the facts scanner.codec maps to and from their columns; apart from them are
+# the scan's bookkeeping (scans, shards, shared_claims), the name registry (domains) and the
+# certificates presented (DER by digest, plus columns derived from it for analysis).
 FACT_TABLES: tuple[sa.Table, ...] = (
-    domain_results, domain_mx, mx_hosts, tlsa_records, endpoints, dane_results, certificates,
+    domain_results, domain_mx, mx_hosts, tlsa_records, endpoints, dane_results,
 )  # fmt: skip
 
 
