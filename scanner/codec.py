@@ -28,23 +28,7 @@ from enum import StrEnum
 from operator import itemgetter
 from typing import Any
 
-from scanner.model import (
-    DaneMatch,
-    DaneStatus,
-    DnssecStatus,
-    DomainVerdict,
-    EndpointFacts,
-    EndpointStatus,
-    HostFacts,
-    HostVerdict,
-    Lookup,
-    Outcome,
-    Reason,
-    Stage,
-    TlsaCoverage,
-    TlsaRecord,
-    TlsaStatus,
-)
+from scanner import model
 
 Record = dict[str, Any]
 Text = Callable[[str | None, str], str | None]  # (text, field name) -> cleaned text
@@ -68,7 +52,7 @@ def _enum[E: StrEnum](cls: type[E], v: str | None) -> E | None:
     return None if v is None else cls(v)
 
 
-_CAP = Reason.NOT_PROBED_CAP._value_  # what a cost cap left out (docs/verdicts.md)
+_CAP = model.Reason.NOT_PROBED_CAP._value_  # what a cost cap left out (docs/verdicts.md)
 
 
 def fingerprint(der: bytes) -> str:
@@ -79,7 +63,7 @@ def fingerprint(der: bytes) -> str:
 # -- Lookup (a JSON value inside mx_hosts: a_lookup, aaaa_lookup, tlsa_lookup) ----------------
 
 
-def lookup_record(lk: Lookup | None, text: Text = same) -> Record | None:
+def lookup_record(lk: model.Lookup | None, text: Text = same) -> Record | None:
     if lk is None:
         return None
     return {
@@ -94,14 +78,14 @@ def lookup_record(lk: Lookup | None, text: Text = same) -> Record | None:
     }
 
 
-def lookup_from_record(data: Mapping[Any, Any] | str | None) -> Lookup | None:
+def lookup_from_record(data: Mapping[Any, Any] | str | None) -> model.Lookup | None:
     d: Mapping[Any, Any] | None = _decoded(data)
     if d is None:
         return None
-    return Lookup(
+    return model.Lookup(
         qname=d["qname"],
         rdtype=d["rdtype"],
-        status=DnssecStatus(d["status"]),
+        status=model.DnssecStatus(d["status"]),
         rcode=d["rcode"],
         records=tuple(d["records"]),
         cname_chain=tuple(d["cname_chain"]),
@@ -115,19 +99,19 @@ def lookup_from_record(data: Mapping[Any, Any] | str | None) -> Lookup | None:
 TLSA_FIELDS = ("usage", "selector", "mtype", "data")
 
 
-def tlsa_record(r: TlsaRecord) -> Record:
+def tlsa_record(r: model.TlsaRecord) -> Record:
     """JSON form: the data in hex (docs/verdicts.md)."""
     return {"usage": r.usage, "selector": r.selector, "mtype": r.mtype, "data": r.data.hex()}
 
 
-def tlsa_from_record(d: Mapping[Any, Any]) -> TlsaRecord:
+def tlsa_from_record(d: Mapping[Any, Any]) -> model.TlsaRecord:
     """From the JSON form (data in hex) or a row (data as bytes)."""
     data = d["data"]
-    return TlsaRecord(d["usage"], d["selector"], d["mtype"],
+    return model.TlsaRecord(d["usage"], d["selector"], d["mtype"],
                       bytes.fromhex(data) if isinstance(data, str) else bytes(data))
 
 
-def tlsa_row(r: TlsaRecord) -> tuple[int, int, int, bytes]:
+def tlsa_row(r: model.TlsaRecord) -> tuple[int, int, int, bytes]:
     return (r.usage, r.selector, r.mtype, r.data)
 
 
@@ -141,7 +125,7 @@ HOST_FIELDS = (
 )  # fmt: skip
 
 
-def host_record(h: HostFacts, text: Text = same) -> Record:
+def host_record(h: model.HostFacts, text: Text = same) -> Record:
     """``mx_hosts`` columns that are facts of the host (not ``reachable``, a verdict's), plus
     its TLSA records in their JSON form."""
     d = _host_facts(h, text)
@@ -151,7 +135,15 @@ def host_record(h: HostFacts, text: Text = same) -> Record:
     return d
 
 
-def _host_facts(h: HostFacts, text: Text) -> Record:
+def mx_host_record(h: model.HostFacts, reachable: bool, text: Text = same) -> Record:
+    """An ``mx_hosts`` row's record short of ``scan_id``: the host's facts, and ``reachable``
+    from the verdict that stores the host."""
+    d = host_record(h, text)
+    d["reachable"] = reachable
+    return d
+
+
+def _host_facts(h: model.HostFacts, text: Text) -> Record:
     """:func:`host_record` short of the raw lookups (flat media and the contract omit them)."""
     return {
         "name": text(h.name, "name"),
@@ -165,21 +157,21 @@ def _host_facts(h: HostFacts, text: Text) -> Record:
     }
 
 
-def host_from_record(d: Mapping[Any, Any], records: Sequence[TlsaRecord] | None = None
-                     ) -> HostFacts:
+def host_from_record(d: Mapping[Any, Any], records: Sequence[model.TlsaRecord] | None = None
+                     ) -> model.HostFacts:
     """From a record, or an ``mx_hosts`` row with its TLSA ``records`` read apart."""
     if records is None:
         records = [tlsa_from_record(r) for r in d["tlsa_records"]]
-    return HostFacts(
+    return model.HostFacts(
         name=d["name"],
         a=lookup_from_record(d["a_lookup"]),
         aaaa=lookup_from_record(d["aaaa_lookup"]),
-        address_status=_enum(DnssecStatus, d["address_status"]),
+        address_status=_enum(model.DnssecStatus, d["address_status"]),
         tlsa_base=d["tlsa_base"],
-        tlsa_status=TlsaStatus(d["tlsa_status"]),
+        tlsa_status=model.TlsaStatus(d["tlsa_status"]),
         tlsa_records=tuple(records),
         tlsa_lookup=lookup_from_record(d["tlsa_lookup"]),
-        reason=_enum(Reason, d["reason"]),
+        reason=_enum(model.Reason, d["reason"]),
     )
 
 
@@ -191,7 +183,7 @@ HOST_FLAT_FIELDS = (
 )  # fmt: skip
 
 
-def host_flat(h: HostFacts) -> Record:
+def host_flat(h: model.HostFacts) -> Record:
     """Values of HOST_FLAT_FIELDS; TLSA records in presentation form (RFC 6698 §2.2)."""
     d = _host_facts(h, same)
     d["tlsa_records"] = [r.to_text() for r in h.tlsa_records]
@@ -203,7 +195,7 @@ def host_flat(h: HostFacts) -> Record:
 LINK_FIELDS = ("preference", "reachable", "reason")
 
 
-def link_row(hv: HostVerdict) -> tuple[Any, ...]:
+def link_row(hv: model.HostVerdict) -> tuple[Any, ...]:
     """Values of LINK_FIELDS: the host's place and judgement in one domain's verdict."""
     reason = hv.reason
     return (hv.preference, hv.reachable, None if reason is None else reason._value_)
@@ -212,7 +204,7 @@ def link_row(hv: HostVerdict) -> tuple[Any, ...]:
 def link_fields(d: Mapping[Any, Any]) -> Record:
     """HostVerdict keyword arguments from a domain_mx row (host, endpoints and dane apart)."""
     return {"preference": d["preference"], "reachable": d["reachable"],
-            "reason": _enum(Reason, d["reason"])}
+            "reason": _enum(model.Reason, d["reason"])}
 
 
 def is_capped_link(d: Mapping[Any, Any]) -> bool:
@@ -230,7 +222,7 @@ ENDPOINT_FIELDS = (
 )  # fmt: skip
 
 
-def endpoint_record(ep: EndpointFacts, chain: list[str], text: Text = same,
+def endpoint_record(ep: model.EndpointFacts, chain: list[str], text: Text = same,
                     ehlo_lines: int | None = None) -> Record:
     """``endpoints`` columns; ``chain`` as the medium keeps it (see the module docstring),
     at most ``ehlo_lines`` EHLO lines. ``sni`` stays None here; the table's key spells no
@@ -255,18 +247,18 @@ def endpoint_record(ep: EndpointFacts, chain: list[str], text: Text = same,
     }
 
 
-def endpoint_from_record(d: Mapping[Any, Any], chain: Sequence[bytes]) -> EndpointFacts:
+def endpoint_from_record(d: Mapping[Any, Any], chain: Sequence[bytes]) -> model.EndpointFacts:
     probed = d["probed_at"]
     if isinstance(probed, str):
         probed = dt.datetime.fromisoformat(probed)
     if probed is not None:  # SQLite keeps naive UTC; PostgreSQL answers in its time zone
         probed = probed.replace(tzinfo=dt.UTC) if probed.tzinfo is None else probed.astimezone(
             dt.UTC)
-    return EndpointFacts(
+    return model.EndpointFacts(
         address=d["address"],
         port=d["port"],
         sni=d["sni"] or None,
-        status=EndpointStatus(d["status"]),
+        status=model.EndpointStatus(d["status"]),
         banner=d["banner"],
         greeting_code=d["greeting_code"],
         ehlo=tuple(_decoded(d["ehlo"])),
@@ -281,7 +273,7 @@ def endpoint_from_record(d: Mapping[Any, Any], chain: Sequence[bytes]) -> Endpoi
     )
 
 
-def endpoint_json(ep: EndpointFacts, chain: list[str] | None = None) -> Record:
+def endpoint_json(ep: model.EndpointFacts, chain: list[str] | None = None) -> Record:
     """The record in JSON values, the time as ISO text; the chain as base64 DER (the shared
     cache's form) unless given (fingerprints: export and the contract)."""
     if chain is None:
@@ -296,7 +288,7 @@ def endpoint_chain(d: Mapping[Any, Any]) -> list[str]:
     return list(_decoded(d["chain"]))
 
 
-def endpoint_from_json(d: Mapping[Any, Any]) -> EndpointFacts:
+def endpoint_from_json(d: Mapping[Any, Any]) -> model.EndpointFacts:
     return endpoint_from_record(d, [base64.b64decode(c) for c in d["chain"]])
 
 
@@ -307,7 +299,7 @@ NO_DANE: tuple[None, ...] = (None,) * len(DANE_FIELDS)
 _NO_RECORD = (None,) * len(TLSA_FIELDS)
 
 
-def dane_row(m: DaneMatch | None, text: Text = same) -> tuple[Any, ...]:
+def dane_row(m: model.DaneMatch | None, text: Text = same) -> tuple[Any, ...]:
     """``dane_results`` values in DANE_FIELDS order; all null where DANE did not apply."""
     if m is None:
         return NO_DANE
@@ -329,14 +321,14 @@ def is_capped_dane(d: Mapping[Any, Any]) -> bool:
     return d["authenticated"] is None and d["reason"] == _CAP
 
 
-def dane_from_record(d: Mapping[Any, Any]) -> DaneMatch | None:
+def dane_from_record(d: Mapping[Any, Any]) -> model.DaneMatch | None:
     if d["authenticated"] is None:
         return None
-    return DaneMatch(
+    return model.DaneMatch(
         authenticated=d["authenticated"],
         record=None if d["usage"] is None else tlsa_from_record(d),
         depth=d["depth"],
-        reason=_enum(Reason, d["reason"]),
+        reason=_enum(model.Reason, d["reason"]),
         detail=d["detail"],
     )
 
@@ -352,7 +344,7 @@ RESULT_FIELDS = (
 ANSWER_FIELDS = ("mx_rcode", "mx_ede_code", "mx_ede_text", "error")
 
 
-def result_row(v: DomainVerdict) -> tuple[Any, ...]:
+def result_row(v: model.DomainVerdict) -> tuple[Any, ...]:
     """Values of RESULT_FIELDS (per domain: the writer's hot path, so spelled out)."""
     tlsa, dane, stage, reason, mx = v.tlsa, v.dane, v.stage, v.reason, v.mx_status
     return (
@@ -363,7 +355,7 @@ def result_row(v: DomainVerdict) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def answer_row(v: DomainVerdict, text: Text = same) -> tuple[Any, ...]:
+def answer_row(v: model.DomainVerdict, text: Text = same) -> tuple[Any, ...]:
     """Values of ANSWER_FIELDS: the MX lookup's answer and an internal error's text."""
     rcode, code, ede, error = v.mx_rcode, v.mx_ede_code, v.mx_ede_text, v.error
     if code is None and ede is None and error is None:
@@ -379,15 +371,15 @@ def result_fields(d: Mapping[Any, Any]) -> Record:
     return {
         "input": d["input"],
         "line": d["line"],
-        "outcome": Outcome(d["outcome"]),
+        "outcome": model.Outcome(d["outcome"]),
         "starttls": d["starttls"],
         "dnssec": d["dnssec"],
-        "tlsa": _enum(TlsaCoverage, d["tlsa"]),
+        "tlsa": _enum(model.TlsaCoverage, d["tlsa"]),
         "tlsa_unusable": d["tlsa_unusable"],
-        "dane": _enum(DaneStatus, d["dane"]),
-        "stage": _enum(Stage, d["stage"]),
-        "reason": _enum(Reason, d["reason"]),
-        "mx_status": _enum(DnssecStatus, d["mx_status"]),
+        "dane": _enum(model.DaneStatus, d["dane"]),
+        "stage": _enum(model.Stage, d["stage"]),
+        "reason": _enum(model.Reason, d["reason"]),
+        "mx_status": _enum(model.DnssecStatus, d["mx_status"]),
         "implicit_mx": d["implicit_mx"],
         "mx_rcode": d["mx_rcode"],
         "mx_ede_code": d["mx_ede_code"],
@@ -428,14 +420,14 @@ _endpoint_published = _published(ENDPOINT_CONTRACT)
 _dane_published = _published(DANE_CONTRACT, (*DANE_FIELDS, "record"))
 
 
-def verdict_contract(v: DomainVerdict, hosts: list[Record]) -> Record:
+def verdict_contract(v: model.DomainVerdict, hosts: list[Record]) -> Record:
     """The contract's object for one input line, ``hosts`` its ``mx_hosts`` (the last key:
     ``scanner.verdict.JsonLines`` splices their text in)."""
     return dict(zip(DOMAIN_CONTRACT, (v.input, v.domain, *result_row(v), *answer_row(v),
                                       v.line, hosts), strict=True))
 
 
-def host_contract(hv: HostVerdict) -> Record:
+def host_contract(hv: model.HostVerdict) -> Record:
     """One ``mx_hosts`` entry: the host's record and its link's (whose ``reason``, the
     domain's view of the host, is the published one); the addresses with their family and
     DNSSEC status; the endpoints with their DANE match."""
@@ -453,16 +445,16 @@ def host_contract(hv: HostVerdict) -> Record:
     return _host_published(record)
 
 
-_ANSWERED = (DnssecStatus.SECURE, DnssecStatus.INSECURE)
+_ANSWERED = (model.DnssecStatus.SECURE, model.DnssecStatus.INSECURE)
 
 
-def endpoint_contract(ep: EndpointFacts, m: DaneMatch | None) -> Record:
+def endpoint_contract(ep: model.EndpointFacts, m: model.DaneMatch | None) -> Record:
     record = endpoint_json(ep, [fingerprint(c) for c in ep.chain])
     record["dane"] = dane_contract(m)
     return _endpoint_published(record)
 
 
-def dane_contract(m: DaneMatch | None) -> Record | None:
+def dane_contract(m: model.DaneMatch | None) -> Record | None:
     """The match with its TLSA record as one object; null where DANE did not apply."""
     if m is None:
         return None

@@ -43,8 +43,11 @@ from scanner.config import Config, ResolverAddress
 from scanner.dnspace import RateSlots, Window, reask_delay, silence_is_final
 from scanner.dnsquery import (
     Question,
+    answered,
     authenticated,
+    cd_status,
     echoes,
+    plain_status,
     query_wire,
     rcode,
     response_id,
@@ -76,11 +79,6 @@ log = logging.getLogger(__name__)
 
 _ROOT_DNSKEY = Question.make(b"\x00", 48)  # the health query: always in the resolver's cache
 
-# RFC 8914 §4: 6-12 report a DNSSEC validation failure (bogus, signature expired or not yet
-# valid, DNSKEY/RRSIG/NSEC missing, no zone key bit); 22 "No Reachable Authority" and 23
-# "Network Error" say the resolver never got an answer to validate.
-_EDE_DNSSEC = frozenset(range(6, 13))
-_EDE_UNREACHABLE = frozenset({22, 23})
 _TIMER_GRID = 0.01  # s: attempt timeouts fire up to this much late
 # Attempts timing out in a row, with no answer heard between, before the health query asks
 # whether the resolver itself has gone silent.
@@ -697,14 +695,10 @@ class DnsClient:
     async def lookup(self, qname: str, rdtype: str) -> Lookup:
         """Ask and classify the answer into the four states of RFC 7672 §2.1.1.
 
-        * AD set on NOERROR/NXDOMAIN -> secure; without AD -> insecure.
-        * SERVFAIL -> re-ask with CD set (checking disabled): an answer with data, NODATA or
-          NXDOMAIN means the data exist but failed validation -> bogus; the EDE of the first
-          SERVFAIL is kept. EDE 6-12 (RFC 8914 §4.7-4.13) say so explicitly, so they stay
-          bogus even if the CD re-query gets nothing.
-        * REFUSED and other RCODEs, SERVFAIL again under CD, EDE 22/23 (no reachable
-          authority, network error: no CD re-query, it cannot help), or silence that became
-          final (see the module docstring) -> indeterminate. A failure is never "no record".
+        The rules are :func:`scanner.dnsquery.plain_status` and, after a SERVFAIL that
+        calls for it, :func:`scanner.dnsquery.cd_status` on a re-query with CD set; the EDE
+        of the first answer is kept. Silence that became final (see the module docstring)
+        is indeterminate TIMEOUT, a garbled answer indeterminate FORMERR.
         """
         name = encode_name(qname)
         code = rdtype_code(rdtype)
@@ -719,20 +713,18 @@ class DnsClient:
         except WireError:
             # A garbled answer from our own resolver: no basis for any status but this one.
             return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "FORMERR")
-        rcode = first.rcode
-        if rcode in (0, 3):
-            status = DnssecStatus.SECURE if first.flags & FLAG_AD else DnssecStatus.INSECURE
-            return _to_lookup(label, rdtype, status, first, first)
-        if rcode != 2 or _EDE_UNREACHABLE.intersection(first.ede_codes):
-            return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
+        status = plain_status(first.rcode, bool(first.flags & FLAG_AD), first.ede_codes)
+        if status is not None:
+            return _to_lookup(label, rdtype, status, first,
+                              first if answered(first.rcode) else None)
         self.stats.cd_requeries += 1
         cd_wire = await self._ask(Question.make(name, code, cd=True))
         second = _parse_or_none(cd_wire, code, label)
-        if second is not None and second.rcode in (0, 3):
-            return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, second)
-        if _EDE_DNSSEC.intersection(first.ede_codes):
-            return _to_lookup(label, rdtype, DnssecStatus.BOGUS, first, None)
-        return _to_lookup(label, rdtype, DnssecStatus.INDETERMINATE, first, None)
+        cd_rcode = None if second is None else second.rcode
+        status = cd_status(cd_rcode, first.ede_codes)
+        # The records are the CD answer's where it answered (the data that failed validation).
+        data = second if cd_rcode is not None and answered(cd_rcode) else None
+        return _to_lookup(label, rdtype, status, first, data)
 
 
 def _on_grid(t: float) -> float:

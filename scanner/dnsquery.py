@@ -1,20 +1,29 @@
-"""One DNS question on the wire: the query we send and the tests a reply must pass (pure).
+"""One DNS question on the wire: the query we send, the tests a reply must pass, and what
+its answer says about DNSSEC (pure).
 
 :class:`scanner.dns.DnsClient` is the I/O around these: it picks the socket and the ID,
-waits, and retries per :mod:`scanner.dnspace`.
+waits, retries per :mod:`scanner.dnspace`, and re-asks with CD when :func:`plain_status`
+says so.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from scanner.dnswire import FLAG_AD, FLAG_CD, FLAG_TC
+from scanner.model import DnssecStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 __all__ = [
     "Question",
+    "answered",
     "authenticated",
+    "cd_status",
     "echoes",
+    "plain_status",
     "query_wire",
     "rcode",
     "response_id",
@@ -75,3 +84,43 @@ def rcode(reply: bytes) -> int:
 def authenticated(reply: bytes) -> bool:
     """AD: the validating resolver vouches for the answer (RFC 4035 §3.2.3)."""
     return bool(reply[3] & FLAG_AD)
+
+
+# -- what an answer says (RFC 7672 §2.1.1) ------------------------------------------------------
+
+# RFC 8914 §4: 6-12 report a DNSSEC validation failure (bogus, signature expired or not yet
+# valid, DNSKEY/RRSIG/NSEC missing, no zone key bit); 22 "No Reachable Authority" and 23
+# "Network Error" say the resolver never got an answer to validate.
+_EDE_DNSSEC = frozenset(range(6, 13))
+_EDE_UNREACHABLE = frozenset({22, 23})
+_SERVFAIL = 2
+
+
+def answered(rcode: int) -> bool:
+    """NOERROR or NXDOMAIN: the resolver answered (data, NODATA or a proven denial)."""
+    return rcode in (0, 3)
+
+
+def plain_status(rcode: int, ad: bool, ede_codes: Collection[int]) -> DnssecStatus | None:
+    """The status the answer to the plain question decides; None: ask again with CD.
+
+    An answer is secure with AD, insecure without. SERVFAIL may hide data that failed
+    validation, which only a CD re-query can show; unless an EDE says no authority could be
+    reached (22, 23), when the re-query cannot help. REFUSED and every other RCODE:
+    indeterminate. A failure is never "no record".
+    """
+    if answered(rcode):
+        return DnssecStatus.SECURE if ad else DnssecStatus.INSECURE
+    if rcode != _SERVFAIL or _EDE_UNREACHABLE.intersection(ede_codes):
+        return DnssecStatus.INDETERMINATE
+    return None
+
+
+def cd_status(cd_rcode: int | None, ede_codes: Collection[int]) -> DnssecStatus:
+    """After a SERVFAIL (whose EDE codes are ``ede_codes``), what the CD re-query's RCODE
+    (None: no usable answer) says: an answer under CD means the data exist but failed
+    validation, bogus; EDE 6-12 on the SERVFAIL say so themselves, bogus whatever the
+    re-query got; otherwise indeterminate."""
+    if (cd_rcode is not None and answered(cd_rcode)) or _EDE_DNSSEC.intersection(ede_codes):
+        return DnssecStatus.BOGUS
+    return DnssecStatus.INDETERMINATE

@@ -174,13 +174,17 @@ def domain_verdict(input: str, domain: str, mx_status: DnssecStatus,
     ``mx``: the MX lookup itself, whose RCODE and extended DNS error the verdict keeps.
     """
     hs = tuple(hosts)
-    common: dict[str, Any] = {
-        "input": input, "domain": domain, "mx_status": mx_status, "implicit_mx": implicit_mx,
-        "hosts": hs, "line": line, **_mx_answer(mx),
-    }
+    rcode, ede_code, ede_text = _mx_answer(mx)
+
+    def verdict(outcome: Outcome, reason: Reason | None, **ladder: Any) -> DomainVerdict:
+        return DomainVerdict(input=input, domain=domain, outcome=outcome, reason=reason,
+                             mx_status=mx_status, implicit_mx=implicit_mx, hosts=hs, line=line,
+                             mx_rcode=rcode, mx_ede_code=ede_code, mx_ede_text=ede_text,
+                             **ladder)
+
     if not any(h.reachable for h in hs):
         why = next((h.reason for h in hs if h.reason is not None), Reason.UNREACHABLE)
-        return DomainVerdict(outcome=Outcome.UNREACHABLE, reason=why, **common)
+        return verdict(Outcome.UNREACHABLE, why)
 
     # STARTTLS: every endpoint that greeted offered it and completed the handshake.
     starttls = all(
@@ -189,8 +193,7 @@ def domain_verdict(input: str, domain: str, mx_status: DnssecStatus,
     if not validating:
         # A non-validating resolver cannot tell secure from insecure: DNSSEC facts are unknown.
         stage = Stage.STARTTLS if starttls else Stage.PLAINTEXT
-        return DomainVerdict(outcome=Outcome.OK, starttls=starttls, stage=stage,
-                             reason=_cap_reason(hs), **common)
+        return verdict(Outcome.OK, _cap_reason(hs), starttls=starttls, stage=stage)
 
     # §2.2.1: DANE applies only when the MX RRset is secure; for an implicit MX, the denial of
     # MX and the domain's own address records (RFC 5321 §5.1).
@@ -219,9 +222,8 @@ def domain_verdict(input: str, domain: str, mx_status: DnssecStatus,
                 stage = Stage.TLSA
                 if dane is DaneStatus.VALID:
                     stage = Stage.DANE
-    return DomainVerdict(outcome=Outcome.OK, starttls=starttls, dnssec=dnssec, tlsa=tlsa,
-                         tlsa_unusable=tlsa_unusable, dane=dane, stage=stage, reason=reason,
-                         **common)
+    return verdict(Outcome.OK, reason, starttls=starttls, dnssec=dnssec, tlsa=tlsa,
+                   tlsa_unusable=tlsa_unusable, dane=dane, stage=stage)
 
 
 def _dane_status(hs: tuple[HostVerdict, ...]) -> tuple[DaneStatus, Reason | None]:
@@ -246,10 +248,11 @@ def _cap_reason(hs: tuple[HostVerdict, ...]) -> Reason | None:
     return Reason.NOT_PROBED_CAP if any(is_capped(h) for h in hs) else None
 
 
-def _mx_answer(mx: Lookup | None) -> dict[str, Any]:
+def _mx_answer(mx: Lookup | None) -> tuple[str | None, int | None, str | None]:
+    """The MX lookup's RCODE and extended DNS error (RFC 8914), kept by the verdict."""
     if mx is None:
-        return {}
-    return {"mx_rcode": mx.rcode, "mx_ede_code": mx.ede_code, "mx_ede_text": mx.ede_text}
+        return None, None, None
+    return mx.rcode, mx.ede_code, mx.ede_text
 
 
 def early_verdict(input: str, domain: str | None, outcome: Outcome, reason: Reason | None,
@@ -264,9 +267,10 @@ def early_verdict(input: str, domain: str | None, outcome: Outcome, reason: Reas
     """
     if mx is not None and mx_status is None:
         mx_status = mx.status
+    rcode, ede_code, ede_text = _mx_answer(mx)
     return DomainVerdict(input=input, domain=domain if outcome is not Outcome.INVALID else None,
                          outcome=outcome, reason=reason, mx_status=mx_status, line=line,
-                         **_mx_answer(mx))
+                         mx_rcode=rcode, mx_ede_code=ede_code, mx_ede_text=ede_text)
 
 
 def internal_error_verdict(input: str, domain: str | None, exc: BaseException,

@@ -139,6 +139,8 @@ def test_host(h: HostFacts) -> None:
     row = {f: through_json(record[f]) for f in codec.HOST_FIELDS}
     assert codec.host_from_record(row, h.tlsa_records) == h
     assert set(codec.HOST_FIELDS) <= set(schema.mx_hosts.c.keys())
+    # The writer's record: every column but the key's scan_id.
+    assert set(schema.mx_hosts.c.keys()) - set(codec.mx_host_record(h, True)) == {"scan_id"}
 
 
 @given(endpoints)
@@ -178,6 +180,19 @@ def test_out_of_range_ede_code_is_not_stored() -> None:
     v = DomainVerdict(input="x.example", domain="x.example", outcome=Outcome.BOGUS,
                       mx_ede_code=60000)
     assert codec.answer_row(v)[1] is None
+
+
+def test_text_is_capped_as_its_column() -> None:
+    """rows.stored caps each field as the schema caps its column (an info cap, else the
+    String length; a Lookup's keys by its JSON columns), and other text at TEXT_MAX."""
+    want = {
+        "banner": 512, "ehlo": 128, "tls_version": 16, "cipher": 128, "error": 512,
+        "detail": 512, "mx_rcode": 16, "mx_ede_text": 512, "records": 65535, "ede_text": 512,
+        "qname": 1024, "cname_chain": 1024, "name": 1024, "tlsa_base": 1024, "sni": 1024,
+    }  # fmt: skip
+    long = "x" * 70_000
+    assert {f: len(rows.stored(long, f) or "") for f in want} == want
+    assert rows.stored(None, "banner") is None
 
 
 links = st.builds(HostVerdict, preference=st.none() | st.integers(0, 65535), host=hosts,

@@ -1,4 +1,9 @@
-"""scanner.dns against the in-process fake resolver (tests/fakedns.py): every §2.1.1 branch."""
+"""scanner.dns against the in-process fake resolver (tests/fakedns.py): every §2.1.1 branch.
+
+Tests whose outcome rests on timing (timeouts, late answers, round-trip estimates) run on
+trio's virtual clock (``autojump_clock``) through the fake's in-memory endpoints
+(``fakedns.VirtualNet``): each delay is exact, whatever the load of the machine.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 import trio
+import trio.testing
 
 from scanner.config import ResolverAddress
 from scanner.dns import DnsClient, DnsStats, ResolverCheck, system_resolvers
 from scanner.dnswire import encode_name, parse_answer
 from scanner.model import DnssecStatus
-from tests.fakedns import FakeResolver, Reply, running
+from tests.fakedns import FakeResolver, Reply, VirtualNet, running
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -36,6 +42,17 @@ async def fake() -> AsyncIterator[FakeResolver]:
 
 async def lookup(fake: FakeResolver, qname: str, rdtype: str, **cfg: object):  # type: ignore[no-untyped-def]
     async with DnsClient.open(fake.config(**cfg)) as client:
+        return await client.lookup(qname, rdtype), client.stats
+
+
+@pytest.fixture
+def net(autojump_clock: trio.testing.MockClock) -> VirtualNet:
+    """The fake resolver in memory, on the virtual clock the test runs on."""
+    return VirtualNet()
+
+
+async def vlookup(net: VirtualNet, qname: str, rdtype: str, **cfg: object):  # type: ignore[no-untyped-def]
+    async with DnsClient.open(net.config(**cfg), connect=net.connect) as client:
         return await client.lookup(qname, rdtype), client.stats
 
 
@@ -121,11 +138,12 @@ async def test_refused_is_indeterminate(fake: FakeResolver) -> None:
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "REFUSED")
 
 
-async def test_silence_is_indeterminate_after_three_rounds(fake: FakeResolver) -> None:
+async def test_silence_is_indeterminate_after_three_rounds(net: VirtualNet) -> None:
     # The resolver answers its health query but never this question: a first round of three
     # attempts, then two later rounds of one (scanner.dnspace), then TIMEOUT.
+    fake = net.fake
     fake.add(H, "A", Reply(drop=-1))
-    lk, stats = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=3)
+    lk, stats = await vlookup(net, H, "A", dns_timeout=0.05, dns_attempts=3)
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "TIMEOUT")
     assert len(fake.queries(H, "A")) == 5
     assert (stats.retries, stats.reasked, stats.timeouts, stats.outages) == (2, 2, 1, 0)
@@ -133,38 +151,41 @@ async def test_silence_is_indeterminate_after_three_rounds(fake: FakeResolver) -
     assert fake.queries(".", "DNSKEY")
 
 
-async def test_deadline_caps_retries(fake: FakeResolver) -> None:
+async def test_deadline_caps_retries(net: VirtualNet) -> None:
+    fake = net.fake
     fake.add(H, "A", Reply(drop=-1))
-    lk, _ = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=50, dns_deadline=0.12)
+    lk, _ = await vlookup(net, H, "A", dns_timeout=0.05, dns_attempts=50, dns_deadline=0.12)
     assert lk.rcode == "TIMEOUT"
     assert 2 + 2 <= len(fake.queries(H, "A")) <= 4 + 2
 
 
-async def test_retransmit_after_drop(fake: FakeResolver) -> None:
-    fake.add(H, "A", Reply(drop=1, ad=True, answer=[(H, "A", "192.0.2.7")]))
-    lk, stats = await lookup(fake, H, "A", dns_timeout=0.05)
+async def test_retransmit_after_drop(net: VirtualNet) -> None:
+    net.fake.add(H, "A", Reply(drop=1, ad=True, answer=[(H, "A", "192.0.2.7")]))
+    lk, stats = await vlookup(net, H, "A", dns_timeout=0.05)
     assert (lk.status, lk.records) == (S.SECURE, ("192.0.2.7",))
     assert stats.retries == 1
     assert stats.timeouts == 0
 
 
-async def test_late_answer_to_first_attempt_is_accepted(fake: FakeResolver) -> None:
+async def test_late_answer_to_first_attempt_is_accepted(net: VirtualNet) -> None:
     # Every answer arrives 0.08 s late; attempts time out after 0.05 s. The answer to attempt
     # 1 lands during attempt 2 and must be taken (its ID stays registered).
-    fake.add(H, "A", Reply(delay=0.08, answer=[(H, "A", "192.0.2.8")]))
-    lk, stats = await lookup(fake, H, "A", dns_timeout=0.05, dns_attempts=2)
+    net.fake.add(H, "A", Reply(delay=0.08, answer=[(H, "A", "192.0.2.8")]))
+    lk, stats = await vlookup(net, H, "A", dns_timeout=0.05, dns_attempts=2)
     assert lk.records == ("192.0.2.8",)
     assert stats.retries == 1
 
 
-async def test_slow_resolver_raises_the_attempt_timeout(fake: FakeResolver) -> None:
+async def test_slow_resolver_raises_the_attempt_timeout(net: VirtualNet) -> None:
     # Every answer takes 0.15 s; attempts start at 0.09 s. The first lookup asks twice and
     # takes the late answer to its first attempt, whose ID times the round trip (scanner.rto):
     # the next lookups wait long enough to be asked once each.
+    fake = net.fake
     names = [f"h{i}.example" for i in range(4)]
     for n in names:
         fake.add(n, "A", Reply(delay=0.15, answer=[(n, "A", "192.0.2.9")]))
-    async with DnsClient.open(fake.config(dns_timeout=0.09, dns_attempts=2)) as client:
+    async with DnsClient.open(net.config(dns_timeout=0.09, dns_attempts=2),
+                              connect=net.connect) as client:
         assert client.attempt_timeout() == 0.09
         first = await client.lookup(names[0], "A")
         assert first.records == ("192.0.2.9",)
@@ -177,13 +198,15 @@ async def test_slow_resolver_raises_the_attempt_timeout(fake: FakeResolver) -> N
         assert client.stats.retries == 1
 
 
-async def test_attempts_already_waiting_take_a_raised_timeout(fake: FakeResolver) -> None:
+async def test_attempts_already_waiting_take_a_raised_timeout(net: VirtualNet) -> None:
     # Both questions go out at once with a 0.2 s timeout. The quick one's answer (0.1 s)
     # raises the timeout to 0.3 s before the slow one's attempt expires, so the slow one
     # (0.25 s) waits for its answer instead of being asked twice.
+    fake = net.fake
     fake.add("quick.example", "A", Reply(delay=0.1, answer=[("quick.example", "A", "192.0.2.1")]))
     fake.add("slow.example", "A", Reply(delay=0.25, answer=[("slow.example", "A", "192.0.2.2")]))
-    async with DnsClient.open(fake.config(dns_timeout=0.2, dns_attempts=2)) as client:
+    async with DnsClient.open(net.config(dns_timeout=0.2, dns_attempts=2),
+                              connect=net.connect) as client:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.lookup, "slow.example", "A")
             nursery.start_soon(client.lookup, "quick.example", "A")
@@ -202,9 +225,9 @@ def test_stats_line_names_every_counter() -> None:
         "attempt timeout now 2.50 s")
 
 
-async def test_fast_resolver_keeps_the_configured_attempt_timeout(fake: FakeResolver) -> None:
-    fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.10")]))
-    async with DnsClient.open(fake.config(dns_timeout=0.2)) as client:
+async def test_fast_resolver_keeps_the_configured_attempt_timeout(net: VirtualNet) -> None:
+    net.fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.10")]))
+    async with DnsClient.open(net.config(dns_timeout=0.2), connect=net.connect) as client:
         for _ in range(5):
             await client.lookup(H, "A")
         assert client.attempt_timeout() == 0.2
@@ -318,10 +341,10 @@ async def test_malformed_tlsa_keeps_a_secure_answer(fake: FakeResolver) -> None:
     ],
     ids=["validating", "not-validating", "refusing", "silent"],
 )
-async def test_start_up_check(fake: FakeResolver, reply: Reply, expected: ResolverCheck) -> None:
+async def test_start_up_check(net: VirtualNet, reply: Reply, expected: ResolverCheck) -> None:
     """#16 §4: "does not answer" and "does not validate" are two facts, told apart."""
-    fake.add(".", "DNSKEY", reply)
-    async with DnsClient.open(fake.config(dns_timeout=0.05)) as client:
+    net.fake.add(".", "DNSKEY", reply)
+    async with DnsClient.open(net.config(dns_timeout=0.05), connect=net.connect) as client:
         assert await client.check() == expected
 
 

@@ -1,4 +1,5 @@
-"""scanner.dnsquery: the query we send and the tests a reply must pass, without a network."""
+"""scanner.dnsquery: the query we send, the tests a reply must pass and what its answer says,
+without a network."""
 
 from __future__ import annotations
 
@@ -6,17 +7,24 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scanner.dnsquery import (
     Question,
+    answered,
     authenticated,
+    cd_status,
     echoes,
+    plain_status,
     query_wire,
     rcode,
     response_id,
     truncated,
 )
 from scanner.dnswire import encode_name
+from scanner.model import DnssecStatus
 
 Q = Question.make(encode_name("Mx.Example.com"), 52)
 
@@ -72,3 +80,59 @@ def test_header_bits() -> None:
     assert truncated(reply_to(query, tc=True))
     assert authenticated(reply_to(query, ad=True))
     assert rcode(reply_to(query, rcode=dns.rcode.SERVFAIL)) == 2
+
+
+# -- what an answer says (RFC 7672 §2.1.1; EDE codes: RFC 8914 §4) ------------------------------
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, REFUSED = 0, 1, 2, 3, 5
+
+
+@pytest.mark.parametrize(
+    ("code", "ad", "ede", "status"),
+    [
+        (NOERROR, True, (), DnssecStatus.SECURE),
+        (NXDOMAIN, True, (), DnssecStatus.SECURE),  # an authenticated denial
+        (NOERROR, False, (), DnssecStatus.INSECURE),
+        (NXDOMAIN, False, (), DnssecStatus.INSECURE),
+        (NOERROR, False, (6,), DnssecStatus.INSECURE),  # an answer is an answer, whatever EDE
+        (SERVFAIL, False, (), None),  # re-ask with CD
+        (SERVFAIL, False, (6,), None),
+        (SERVFAIL, False, (9, 7), None),
+        (SERVFAIL, False, (22,), DnssecStatus.INDETERMINATE),  # No Reachable Authority
+        (SERVFAIL, False, (6, 23), DnssecStatus.INDETERMINATE),  # Network Error
+        (REFUSED, False, (), DnssecStatus.INDETERMINATE),
+        (FORMERR, True, (), DnssecStatus.INDETERMINATE),
+    ],
+)
+def test_plain_status(code: int, ad: bool, ede: tuple[int, ...], status: DnssecStatus | None
+                      ) -> None:
+    assert plain_status(code, ad, ede) is status
+
+
+@given(st.integers(0, 15).filter(lambda c: c not in (NOERROR, SERVFAIL, NXDOMAIN)),
+       st.booleans(), st.lists(st.integers(0, 65535), max_size=3))
+def test_any_other_rcode_is_indeterminate(code: int, ad: bool, ede: list[int]) -> None:
+    """A failure is never "no record", and never asked again with CD."""
+    assert plain_status(code, ad, ede) is DnssecStatus.INDETERMINATE
+
+
+@pytest.mark.parametrize(
+    ("cd_code", "ede", "status"),
+    [
+        (NOERROR, (), DnssecStatus.BOGUS),  # data (or NODATA) that failed validation
+        (NXDOMAIN, (), DnssecStatus.BOGUS),
+        (SERVFAIL, (), DnssecStatus.INDETERMINATE),
+        (REFUSED, (), DnssecStatus.INDETERMINATE),
+        (None, (), DnssecStatus.INDETERMINATE),  # no usable answer to the CD question
+        (None, (6,), DnssecStatus.BOGUS),  # DNSSEC Bogus said so already
+        (SERVFAIL, (12,), DnssecStatus.BOGUS),  # NSEC Missing: the last of 6-12
+        (SERVFAIL, (5,), DnssecStatus.INDETERMINATE),  # Indeterminate: not a failure proven
+        (SERVFAIL, (13,), DnssecStatus.INDETERMINATE),  # Cached Error
+    ],
+)
+def test_cd_status(cd_code: int | None, ede: tuple[int, ...], status: DnssecStatus) -> None:
+    assert cd_status(cd_code, ede) is status
+
+
+def test_answered_is_noerror_or_nxdomain() -> None:
+    assert [c for c in range(16) if answered(c)] == [NOERROR, NXDOMAIN]

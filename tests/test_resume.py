@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,28 @@ def wait_until_loaded(proc: subprocess.Popen[str]) -> None:
     raise AssertionError(f"scan exited early with {proc.wait()}")
 
 
+def drain(proc: subprocess.Popen[str]) -> None:
+    """Read the rest of the scan's log apart, so a full pipe never stalls it."""
+    assert proc.stderr is not None
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+
+
+def reached(engine: sa.Engine, proc: subprocess.Popen[str], scan_id: int, done: int) -> bool:
+    """Wait until scan ``scan_id`` holds ``done`` results (a kill point set by the scan's
+    progress, not by the clock): True then, False if the process ends first."""
+    dr = schema.domain_results
+    query = sa.select(sa.func.count()).select_from(dr).where(dr.c.scan_id == scan_id)
+    deadline = time.monotonic() + 120.0
+    while True:
+        if proc.poll() is not None:
+            return False
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one() >= done:
+                return True
+        assert time.monotonic() < deadline, f"scan {scan_id} stalled below {done} results"
+        time.sleep(0.02)  # the polling interval, not a kill point
+
+
 def results(engine: sa.Engine, scan_id: int) -> list[tuple[Any, ...]]:
     dr = schema.domain_results
     cols = [dr.c[name] for name in VERDICT]
@@ -78,13 +101,16 @@ def test_killed_scans_resume_to_the_clean_result(
     lines = [ln for ln in world.domains_file.read_text().splitlines() if ln.strip()]
     assert len(expected) == len(lines)
 
+    # Kill points: after the input is stored, once the scan holds this many results (0: as
+    # soon as it is loaded), each further on, all in the first two thirds of the scan.
     rng = random.Random(20261128)
+    kill_points = sorted(rng.sample(range(len(lines) * 2 // 3), 5))
     proc = danescan("scan", str(world.domains_file), "--label", "killed", *common)
     kills = 0
     while True:
         wait_until_loaded(proc)
-        time.sleep(rng.uniform(0.2, 2.5))
-        if proc.poll() is not None:
+        drain(proc)
+        if not reached(engine, proc, scan_ids(engine)["killed"], kill_points[kills]):
             break  # finished before the kill point
         if kills == 3:
             # One polite stop: SIGTERM flushes what is judged and marks the scan interrupted.

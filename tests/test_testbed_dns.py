@@ -38,7 +38,7 @@ from testbed.spec import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 RESOLVER = "127.77.0.53"
 SEED = 4242
@@ -285,19 +285,23 @@ def test_latency_front_delay_changes_on_hangup(world: tuple[Path, list[int]]) ->
     fronts = [int(p) for p in (workdir / dnsnet.FRONTS_FILE).read_text().split()]
     assert len(fronts) == 1
 
-    def set_delay(low: float, high: float) -> None:
+    def set_delay(low: float, high: float, taken: Callable[[float], bool]) -> None:
+        """Signal the new delay and wait until an answer shows it ``taken``: the front does
+        not acknowledge the signal, and an answer's time is the one sign that it read it."""
         (workdir / DELAY_FILE).write_text(json.dumps([low, high]))
         os.kill(fronts[0], signal.SIGHUP)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10.0
+        while not taken(_front_time("slow.tb1.")):
+            assert time.monotonic() < deadline, f"the front did not take the delay {low}-{high}"
 
     assert min(_front_time("slow.tb1.") for _ in range(3)) >= 0.05
     try:
-        set_delay(0.0, 0.0)
+        set_delay(0.0, 0.0, lambda t: t < 0.04)
         assert max(_front_time("slow.tb1.") for _ in range(3)) < 0.04
-        set_delay(0.2, 0.2)
+        set_delay(0.2, 0.2, lambda t: t >= 0.2)
         assert _front_time("slow.tb1.") >= 0.2
     finally:
-        set_delay(0.05, 0.1)
+        set_delay(0.05, 0.1, lambda t: t >= 0.05)
 
 
 @pytest.mark.testbed

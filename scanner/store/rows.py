@@ -1,9 +1,9 @@
 """Pure conversion of verdicts into table rows (tuples in a fixed column order), no I/O.
 
 Text that came from the network is treated as hostile here, whatever the producer promised:
-control characters and lone surrogates are removed and lengths capped (schema.*_MAX) before
-anything reaches the database. PostgreSQL rejects NUL in text and JSONB, and an unbounded
-banner must not let one server bloat the store.
+control characters and lone surrogates are removed and lengths capped (each column's cap is
+on scanner.store.schema) before anything reaches the database. PostgreSQL rejects NUL in text
+and JSONB, and an unbounded banner must not let one server bloat the store.
 """
 
 from __future__ import annotations
@@ -89,6 +89,13 @@ _JSON_COLUMNS = frozenset(
     for c in t.c
     if c.type is schema.JSONType
 )
+# Columns whose values are times: stamped as the backend keeps them (RowBuilder.ts).
+_TIME_COLUMNS = frozenset(
+    (t.name, c.name)
+    for t in schema.metadata.tables.values()
+    for c in t.c
+    if c.type is schema.Timestamp
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _DROP = dict.fromkeys([*range(0x20), 0x7F], None)
@@ -136,16 +143,12 @@ def sqlite_ts(value: datetime | None) -> str | None:
 
 
 # Untrusted text per field (scanner.codec names the field), capped as its column.
-_CAPS = {
-    "records": 65535, "ede_text": schema.ERROR_MAX, "banner": schema.BANNER_MAX,
-    "ehlo": schema.EHLO_LINE_MAX, "tls_version": 16, "cipher": 128, "error": schema.ERROR_MAX,
-    "detail": schema.DETAIL_MAX, "mx_rcode": 16, "mx_ede_text": schema.ERROR_MAX,
-}  # fmt: skip
+_CAPS = schema.max_chars()
 
 
 def stored(text: str | None, field: str) -> str | None:
-    """``text`` as the store keeps it: cleaned and capped for its column (default 1024)."""
-    return None if text is None else clean(text, _CAPS.get(field, 1024))
+    """``text`` as the store keeps it: cleaned and capped for its column (schema.max_chars)."""
+    return None if text is None else clean(text, _CAPS.get(field, schema.TEXT_MAX))
 
 
 def lookup_json(lk: Lookup | None) -> str | None:
@@ -153,10 +156,12 @@ def lookup_json(lk: Lookup | None) -> str | None:
     return None if record is None else dumps(record)
 
 
-def _row(table: str, cols: Sequence[str], record: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``record`` (a codec record, plus scan_id and the like) as a row of ``table``."""
+def _row(table: str, cols: Sequence[str], record: Mapping[str, Any],
+         ts: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+    """``record`` (a codec record, plus its key's scan_id) as a row of ``table``."""
     return tuple([
-        dumps(x) if x is not None and (table, c) in _JSON_COLUMNS else x
+        dumps(x) if x is not None and (table, c) in _JSON_COLUMNS
+        else ts(x) if (table, c) in _TIME_COLUMNS else x
         for c in cols
         for x in (record[c],)
     ])
@@ -183,8 +188,8 @@ def certificate_row(der: bytes, ts: Any) -> Row:
     not_before = not_after = None
     try:
         cert = x509.load_der_x509_certificate(der)
-        subject = clean(cert.subject.rfc4514_string(), 1024)
-        issuer = clean(cert.issuer.rfc4514_string(), 1024)
+        subject = clean(cert.subject.rfc4514_string(), schema.TEXT_MAX)
+        issuer = clean(cert.issuer.rfc4514_string(), schema.TEXT_MAX)
         not_before = ts(cert.not_valid_before_utc)
         not_after = ts(cert.not_valid_after_utc)
         key = cert.public_key()
@@ -342,7 +347,7 @@ class RowBuilder:
                 host = hv.host
                 name = host_names.get(id(host))
                 if name is None:
-                    name = host_names[id(host)] = clean(host.name, 1024) or ""
+                    name = host_names[id(host)] = clean(host.name, schema.TEXT_MAX) or ""
                     if name not in seen_hosts and host.reason is not _CAPPED_HOST:
                         seen_hosts.add(name)
                         if (scan_id, name) not in self.hosts:
@@ -352,13 +357,14 @@ class RowBuilder:
                 dane = hv.dane
                 for ei, ep in enumerate(hv.endpoints):
                     if ep.status is _CAPPED_ENDPOINT:
-                        sni = clean(ep.sni, 1024) or ""
+                        sni = clean(ep.sni, schema.TEXT_MAX) or ""
                         dane_results.append(
                             (scan_id, line, hi, ei, ep.address, ep.port, sni, *codec.CAPPED_DANE))
                         continue
                     key = ep_keys.get(id(ep))
                     if key is None:
-                        key = ep_keys[id(ep)] = (ep.address, ep.port, clean(ep.sni, 1024) or "")
+                        sni = clean(ep.sni, schema.TEXT_MAX) or ""
+                        key = ep_keys[id(ep)] = (ep.address, ep.port, sni)
                         if key not in seen_eps:
                             seen_eps.add(key)
                             if (scan_id, *key) not in self.endpoints:
@@ -386,9 +392,9 @@ class RowBuilder:
         return rs
 
     def _host_rows(self, rs: RowSet, name: str, host: HostFacts, reachable: bool) -> None:
-        record = codec.host_record(host, stored)
-        record.update(scan_id=self.scan_id, reachable=reachable)
-        rs.tables["mx_hosts"].append(_row("mx_hosts", MX_HOST_COLS, record))
+        record = codec.mx_host_record(host, reachable, stored)
+        record["scan_id"] = self.scan_id
+        rs.tables["mx_hosts"].append(_row("mx_hosts", MX_HOST_COLS, record, self.ts))
         for i, r in enumerate(host.tlsa_records):
             rs.tables["tlsa_records"].append((self.scan_id, name, i, *codec.tlsa_row(r)))
 
@@ -403,5 +409,5 @@ class RowBuilder:
                 batch_certs.add(fp)
                 rs.tables["certificates"].append(certificate_row(der, self.ts))
         record = codec.endpoint_record(ep, chain, stored, schema.EHLO_LINES_MAX)
-        record.update(scan_id=self.scan_id, sni=sni, probed_at=self.ts(ep.probed_at))
-        rs.tables["endpoints"].append(_row("endpoints", ENDPOINT_COLS, record))
+        record.update(scan_id=self.scan_id, sni=sni)  # the key's: scan, and no SNI as ''
+        rs.tables["endpoints"].append(_row("endpoints", ENDPOINT_COLS, record, self.ts))

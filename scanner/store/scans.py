@@ -276,13 +276,13 @@ def remaining_shards(engine: Engine, scan_id: int) -> int:
 def scan_counts(engine: Engine, scan_id: int) -> dict[str, dict[str, int]]:
     """Results per outcome and per stage (stage null -> ``"none"``)."""
     dr = s.domain_results
-    out: dict[str, dict[str, int]] = {"outcome": {}, "stage": {}}
+    out: dict[str, dict[str, int]] = {col.name: {} for col in s.SUMMARY_COLUMNS}
     with engine.connect() as conn:
-        for key, col in (("outcome", dr.c.outcome), ("stage", dr.c.stage)):
+        for col in s.SUMMARY_COLUMNS:
             for value, n in conn.execute(
                 sa.select(col, sa.func.count()).where(dr.c.scan_id == scan_id).group_by(col)
             ):
-                out[key][value if value is not None else "none"] = int(n)
+                out[col.name][value if value is not None else "none"] = int(n)
     return out
 
 
@@ -298,7 +298,7 @@ def finish_scan(
         scan_id,
         status,
         finished_at=_now(),
-        result_count=sum(counts["outcome"].values()),
+        result_count=sum(counts[s.SUMMARY_COLUMNS[0].name].values()),  # each result once
         counts=counts,
     )
     return counts

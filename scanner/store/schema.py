@@ -71,12 +71,18 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 
 # Caps for text that comes from the network (hostile input): the writer truncates to these.
+# A fact column's cap is on the column: ``info={"max_chars": n}`` (for a JSON list, per
+# element), else the length of its String type, else TEXT_MAX. Text inside a JSON object
+# column is capped per key: ``info={"key_max_chars": {key: n}}``. See :func:`max_chars`.
 BANNER_MAX = 512
 EHLO_LINE_MAX = 128
 EHLO_LINES_MAX = 64
 ERROR_MAX = 512
 DETAIL_MAX = 512
 INPUT_MAX = 1024
+TEXT_MAX = 1024
+RECORDS_MAX = 65535  # one answer record of a lookup, in presentation form
+_LOOKUP_CAPS = {"key_max_chars": {"records": RECORDS_MAX, "ede_text": ERROR_MAX}}
 
 
 def _in(column: str, enum: type[StrEnum], name: str) -> sa.CheckConstraint:
@@ -106,7 +112,7 @@ scans = sa.Table(
     sa.Column("input_lines", sa.Integer),
     sa.Column("shard_count", sa.Integer),
     sa.Column("result_count", sa.Integer),
-    sa.Column("counts", JSONType),  # {"outcome": {...}, "stage": {...}} at finish
+    sa.Column("counts", JSONType),  # at finish, per SUMMARY_COLUMNS: {"outcome": {...}, ...}
     _in("status", ScanStatus, "status"),
     sa.Index(None, "status", "id"),
 )
@@ -160,8 +166,8 @@ domain_results = sa.Table(
     # The MX lookup's own answer, kept for every outcome it decided (bogus, dns_failure, ...).
     sa.Column("mx_rcode", sa.String(16)),
     sa.Column("mx_ede_code", sa.Integer),  # RFC 8914 §2: a 16-bit INFO-CODE
-    sa.Column("mx_ede_text", sa.Text),
-    sa.Column("error", sa.Text),  # internal_error: the exception's type and message
+    sa.Column("mx_ede_text", sa.Text, info={"max_chars": ERROR_MAX}),
+    sa.Column("error", sa.Text, info={"max_chars": ERROR_MAX}),  # internal_error: type and message
     _in("outcome", Outcome, "outcome"),
     _in("tlsa", TlsaCoverage, "tlsa"),
     _in("dane", DaneStatus, "dane"),
@@ -172,6 +178,8 @@ domain_results = sa.Table(
     # indexes, each would cost the writer an index insertion per result.
     sa.Index(None, "domain_id", "scan_id"),
 )
+# A scan's summary (``scans.counts``) counts its results by these: {column: {value: results}}.
+SUMMARY_COLUMNS: tuple[sa.Column[str], ...] = (domain_results.c.outcome, domain_results.c.stage)
 
 mx_hosts = sa.Table(
     "mx_hosts",
@@ -180,12 +188,12 @@ mx_hosts = sa.Table(
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("address_status", sa.String(16)),
     sa.Column("addresses", JSONType, nullable=False),  # ["192.0.2.1", "2001:db8::1"]
-    sa.Column("a_lookup", JSONType),  # scanner.model.Lookup as an object
-    sa.Column("aaaa_lookup", JSONType),
+    sa.Column("a_lookup", JSONType, info=_LOOKUP_CAPS),  # scanner.model.Lookup as an object
+    sa.Column("aaaa_lookup", JSONType, info=_LOOKUP_CAPS),
     sa.Column("tlsa_base", sa.Text),
     sa.Column("tlsa_status", sa.String(16), nullable=False),
     sa.Column("tlsa_count", sa.SmallInteger, nullable=False),
-    sa.Column("tlsa_lookup", JSONType),
+    sa.Column("tlsa_lookup", JSONType, info=_LOOKUP_CAPS),
     sa.Column("reachable", sa.Boolean),
     sa.Column("reason", sa.String(32)),
     _in("tlsa_status", TlsaStatus, "tlsa_status"),
@@ -226,15 +234,15 @@ endpoints = sa.Table(
     sa.Column("sni", sa.Text, primary_key=True),  # '' when no SNI was sent
     sa.Column("family", sa.SmallInteger, nullable=False),
     sa.Column("status", sa.String(24), nullable=False),
-    sa.Column("banner", sa.Text),
+    sa.Column("banner", sa.Text, info={"max_chars": BANNER_MAX}),
     sa.Column("greeting_code", sa.SmallInteger),
-    sa.Column("ehlo", JSONType, nullable=False),
+    sa.Column("ehlo", JSONType, nullable=False, info={"max_chars": EHLO_LINE_MAX}),
     sa.Column("starttls_offered", sa.Boolean),
     sa.Column("starttls_code", sa.SmallInteger),
     sa.Column("tls_version", sa.String(16)),
     sa.Column("cipher", sa.String(128)),
     sa.Column("chain", JSONType, nullable=False),  # certificate SHA-256 hex, leaf first
-    sa.Column("error", sa.Text),
+    sa.Column("error", sa.Text, info={"max_chars": ERROR_MAX}),
     sa.Column("probed_at", Timestamp),
     sa.Column("attempts", sa.SmallInteger, nullable=False),
     _in("status", EndpointStatus, "status"),
@@ -259,7 +267,7 @@ dane_results = sa.Table(
     sa.Column("data", sa.LargeBinary),
     sa.Column("depth", sa.SmallInteger),  # ... and the chain position it matched (0 = leaf)
     sa.Column("reason", sa.String(32)),
-    sa.Column("detail", sa.Text),
+    sa.Column("detail", sa.Text, info={"max_chars": DETAIL_MAX}),
 )
 
 certificates = sa.Table(
@@ -290,3 +298,29 @@ shared_claims = sa.Table(
     sa.Column("lease_expires", Timestamp),
     sa.Column("facts", JSONType),
 )
+
+# The tables of the facts scanner.codec maps to and from their columns; apart from them are
+# the scan's bookkeeping (scans, shards, shared_claims), the name registry (domains) and the
+# certificates presented (DER by digest, plus columns derived from it for analysis).
+FACT_TABLES: tuple[sa.Table, ...] = (
+    domain_results, domain_mx, mx_hosts, tlsa_records, endpoints, dane_results,
+)  # fmt: skip
+
+
+def max_chars() -> dict[str, int]:
+    """Field name -> the cap of untrusted text stored under it, from the fact columns (see the
+    caps above); a name capped differently by two columns is a schema error."""
+    caps: dict[str, int] = {}
+
+    def put(name: str, n: int) -> None:
+        if caps.setdefault(name, n) != n:
+            raise RuntimeError(f"{name!r} is capped at {caps[name]} and at {n}")
+
+    for table in FACT_TABLES:
+        for c in table.c:
+            n = c.info.get("max_chars") or getattr(c.type, "length", None)
+            if n is not None:
+                put(c.name, n)
+            for key, m in c.info.get("key_max_chars", {}).items():
+                put(key, m)
+    return caps
