@@ -27,6 +27,8 @@ from scanner.model import DaneStatus, EndpointStatus, Outcome, Reason, Stage, Tl
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    import pyarrow as pa
+
     from analysis.engines import Source
 
 __all__ = ["NoScan", "ScanRef"]
@@ -349,13 +351,17 @@ DOMAIN_ROW_COLUMNS = (
 )  # fmt: skip
 
 
-def domain_rows(src: Source, scan_id: int) -> Iterator[pd.DataFrame]:
+def domain_batches(src: Source, scan_id: int) -> Iterator[pa.RecordBatch]:
     """Every result line of a scan in line order (columns ``DOMAIN_ROW_COLUMNS``), streamed
-    as frames (one per batch the engine returns)."""
+    as the Arrow batches the engine returns."""
     d = src.table("domains", [scan_id])
     pm = _primary_mx(src, [scan_id])
     j = d.left_join(pm, [d.scan_id == pm.pm_scan, d.line == pm.pm_line])
-    expr = j.select(*DOMAIN_ROW_COLUMNS).order_by("line")
-    for batch in src.batches(expr):
+    yield from src.batches(j.select(*DOMAIN_ROW_COLUMNS).order_by("line"))
+
+
+def domain_rows(src: Source, scan_id: int) -> Iterator[pd.DataFrame]:
+    """:func:`domain_batches` as frames, Python values (None for null)."""
+    for batch in domain_batches(src, scan_id):
         frame = batch.to_pandas()
         yield frame.astype(object).where(frame.notna(), None)

@@ -66,17 +66,20 @@ class PublicSuffixList:
 
     def public_suffix(self, name: str) -> str:
         """The public suffix of ``name`` (lower case, no trailing dot)."""
-        labels = name.lower().rstrip(".").split(".")
-        n = len(labels)
-        for i in range(n):
-            candidate = ".".join(labels[i:])
+        clean = name.lower().rstrip(".")
+        start = 0  # candidates from the whole name down to the last label, without a split
+        while True:
+            candidate = clean[start:]
+            dot = clean.find(".", start)
             if candidate in self.exception:
-                return ".".join(labels[i + 1 :])
+                return clean[dot + 1 :] if dot >= 0 else ""
             if candidate in self.exact:
                 return candidate
-            if i + 1 < n and ".".join(labels[i + 1 :]) in self.wildcard:
+            if dot < 0:
+                return candidate  # the implicit "*" rule: the last label
+            if clean[dot + 1 :] in self.wildcard:
                 return candidate
-        return labels[-1]  # the implicit "*" rule
+            start = dot + 1
 
     def registrable_domain(self, name: str) -> str | None:
         """Public suffix plus one label; None when ``name`` is itself a public suffix."""
