@@ -72,6 +72,10 @@ class Source:
         """Rollup ``name`` (:mod:`analysis.rollups`) of these scans, None where not kept."""
         return None
 
+    def rollup_arrow(self, name: str, scan_ids: Sequence[int]) -> pa.Table | None:
+        """:meth:`rollup` as an Arrow table."""
+        return None
+
     def rollup_table(self, name: str, scan_id: int) -> ir.Table | None:
         """Rollup ``name`` of one scan as a table on this engine, None where not kept."""
         return None
@@ -162,12 +166,17 @@ class ArchiveSource(Source):
             return None
         return [f"{root}/{f[name]}" for f in found if f is not None]
 
-    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+    def rollup_arrow(self, name: str, scan_ids: Sequence[int]) -> pa.Table | None:
         paths = self._rollup_files(name, scan_ids)
         if paths is None:
             return None
-        parts = [pq.ParquetFile(p).read() for p in paths]
-        frame = pa.concat_tables(parts).to_pandas()
+        return pa.concat_tables([pq.ParquetFile(p).read() for p in paths])
+
+    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+        kept = self.rollup_arrow(name, scan_ids)
+        if kept is None:
+            return None
+        frame = kept.to_pandas()
         out: pd.DataFrame = frame.astype(object).where(frame.notna(), None)
         return out.reset_index(drop=True)
 

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from analysis import psl
 from analysis.catalog import NoScan, ScanRef
 from scanner.model import DaneStatus, EndpointStatus, Outcome, Reason, Stage, TlsaStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
-
-    import pyarrow as pa
+    from collections.abc import Iterable, Iterator, Sequence
 
     from analysis.engines import Source
 
@@ -99,11 +100,29 @@ def outcome_stage_counts(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
     return _fetch(src, _count(domains(src, scan_ids), "scan_id", "outcome", "stage"), cols)
 
 
+GROUP_COLUMNS = ("group", "outcome", "stage", "n")
+
+
+def group_counts(src: Source, scan_id: int, by: str) -> pd.DataFrame:
+    """``group, outcome, stage, n``: domains per TLD (``by="tld"``) or per mail provider
+    (``by="provider"``), from the night's rollup where kept."""
+    cols = list(GROUP_COLUMNS)
+    kept = src.rollup(f"{by}_counts", [scan_id])
+    if kept is not None:
+        return kept[cols]
+    if by == "tld":
+        return tld_counts(src, scan_id)
+    if by == "provider":
+        hosts = primary_host_counts(src, scan_id)
+        return providers_of(hosts, provider_map(src, scan_id, hosts["host"]))
+    raise ValueError(f"by must be 'tld' or 'provider', not {by!r}")
+
+
 def tld_counts(src: Source, scan_id: int) -> pd.DataFrame:
     """``group, outcome, stage, n`` with group = the domain's TLD ("" for invalid input)."""
     d = domains(src, [scan_id])
     expr = _count(d.mutate(group=tld(d.domain)), "group", "outcome", "stage")
-    return _fetch(src, expr, ["group", "outcome", "stage", "n"])
+    return _fetch(src, expr, list(GROUP_COLUMNS))
 
 
 def primary_host_counts(src: Source, scan_id: int) -> pd.DataFrame:
@@ -116,6 +135,46 @@ def primary_host_counts(src: Source, scan_id: int) -> pd.DataFrame:
     j = d.left_join(pm, [d.scan_id == pm.pm_scan, d.line == pm.pm_line])
     expr = _count(j.mutate(host=j.primary_mx.fill_null("")), "host", "outcome", "stage")
     return _fetch(src, expr, ["host", "outcome", "stage", "n"])
+
+
+def providers_for(hosts: pa.Array, known: pa.Table | None = None) -> pa.Array:
+    """The provider (:func:`analysis.psl.provider_of`) of each of ``hosts`` (distinct, no
+    nulls), taken from ``known`` (``host, provider``) where it holds the host."""
+    if known is None:
+        return pa.array([psl.provider_of(h) for h in hosts.to_pylist()], type=pa.string())
+    names, providers = (known.column(c).combine_chunks() for c in ("host", "provider"))
+    found = pc.take(providers, pc.index_in(hosts, value_set=names))
+    if found.null_count == 0:
+        return found
+    missing = pc.filter(hosts, pc.is_null(found))
+    extra = pa.table({"host": missing, "provider": providers_for(missing)})
+    return providers_for(hosts, pa.concat_tables([known.select(["host", "provider"]), extra]))
+
+
+def provider_map(src: Source, scan_id: int, hosts: Iterable[str]) -> pa.Table:
+    """``host, provider`` for these hosts, from the night's ``providers`` rollup where kept."""
+    distinct = pa.array(pd.unique(pd.Series(list(hosts), dtype=object)), type=pa.string())
+    distinct = distinct.drop_null()
+    known = src.rollup_arrow("providers", [scan_id])
+    return pa.table({"host": distinct, "provider": providers_for(distinct, known)})
+
+
+def providers_of(host_counts: pd.DataFrame, providers: pa.Table) -> pd.DataFrame:
+    """``host, outcome, stage, n`` -> ``group, outcome, stage, n`` with group = provider
+    (``providers``: ``host, provider`` for every host)."""
+    hosts = host_counts["host"].astype(str)
+    mapping = dict(zip(providers.column("host").to_pylist(),
+                       providers.column("provider").to_pylist(), strict=True))  # fmt: skip
+    group = hosts.map(mapping)
+    stage = host_counts["stage"].map(lambda s: s if isinstance(s, str) else "")
+    out = (
+        host_counts.assign(group=group, stage=stage, n=host_counts["n"].astype("int64"))
+        .groupby(["group", "outcome", "stage"], sort=True)["n"]
+        .sum()
+        .reset_index()
+    )
+    out["stage"] = out["stage"].map(lambda s: s or None)
+    return out[list(GROUP_COLUMNS)]
 
 
 # --- MX host counts -------------------------------------------------------------------------
@@ -291,13 +350,20 @@ def matched_records(src: Source, scan_ids: Sequence[int]) -> ir.Table:
 MATCHED_COLUMNS = ("domain", "host", "usage", "selector", "mtype", "data")
 
 
-def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) -> ir.Table:
+def _stale(
+    src: Source,
+    scan_id: int,
+    broken: ir.Table,
+    earlier: Sequence[int],
+    matched: ir.Table | None,
+) -> ir.Table:
     """``domain``: broken domains (``tlsa-no-match``) of which a TLSA record the host still
-    publishes in ``scan_id`` authenticated the domain's endpoint in an ``earlier`` scan."""
-    kept = None
-    if [*src.catalog.earlier(earlier[-1]), earlier[-1]] == list(earlier):
-        kept = src.rollup_table("matched", earlier[-1])
-    matched = kept if kept is not None else matched_records(src, earlier)
+    publishes in ``scan_id`` authenticated the domain's endpoint in an ``earlier`` scan
+    (``matched``: those records, when the caller has them)."""
+    if matched is None and [*src.catalog.earlier(earlier[-1]), earlier[-1]] == list(earlier):
+        matched = src.rollup_table("matched", earlier[-1])
+    if matched is None:
+        matched = matched_records(src, earlier)
     cdm = src.table("domain_mx", [scan_id]).select(cur_line="line", host="host_name")
     cur = broken.filter(broken.reason == Reason.TLSA_NO_MATCH.value).select("domain", "line")
     cur = cur.join(cdm, cur.line == cdm.cur_line).select("domain", "host")
@@ -310,36 +376,58 @@ def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) 
     return still.select(stale_domain=still.domain).distinct()
 
 
-def broken_domains(src: Source, scan_id: int, earlier: Sequence[int]) -> pd.DataFrame:
+BROKEN_COLUMNS = ("domain", "reason", "stage", "stale")
+REPAIRED_COLUMNS = ("domain", "prev_reason", "state")
+
+
+def broken_domains(
+    src: Source, scan_id: int, earlier: Sequence[int], matched: ir.Table | None = None
+) -> pd.DataFrame:
     """``domain, reason, stage, stale``: DANE-broken domains of a scan, sorted by domain.
 
     ``stale`` (reason ``tlsa-no-match`` only): a TLSA record the host still publishes in this
     scan authenticated this domain's endpoint in one of the ``earlier`` scans, so the record
     matched the certificate seen then and the certificate changed without a TLSA update (the
-    classic rollover mistake, RFC 7671 §8.1).
+    classic rollover mistake, RFC 7671 §8.1). ``matched``: the records that authenticated in
+    the ``earlier`` scans (:func:`matched_records`), when the caller keeps them. The night's
+    ``broken`` rollup answers when ``earlier`` is every scan before this one.
     """
-    d = domains(src, [scan_id])
-    broken = d.filter(_broken(d) & d.domain.notnull())
-    if earlier:
-        st = _stale(src, scan_id, broken, earlier)
-        j = broken.left_join(st, broken.domain == st.stale_domain)
-        rows = j.mutate(stale=j.stale_domain.notnull())
+    cols = list(BROKEN_COLUMNS)
+    kept = None
+    if matched is None and list(earlier) == src.catalog.earlier(scan_id):
+        kept = src.rollup("broken", [scan_id])
+    if kept is not None:
+        out = kept[cols]
     else:
-        rows = broken.mutate(stale=ibis.literal(False))
-    out = _fetch(src, rows, ["domain", "reason", "stage", "stale"])
-    out["stale"] = out["stale"].astype(bool)
+        d = domains(src, [scan_id])
+        broken = d.filter(_broken(d) & d.domain.notnull())
+        if earlier:
+            st = _stale(src, scan_id, broken, earlier, matched)
+            j = broken.left_join(st, broken.domain == st.stale_domain)
+            rows = j.mutate(stale=j.stale_domain.notnull())
+        else:
+            rows = broken.mutate(stale=ibis.literal(False))
+        out = _fetch(src, rows, cols)
+    out = out.assign(stale=out["stale"].astype(bool))
     return out.sort_values("domain", kind="stable").reset_index(drop=True)
 
 
 def repaired_domains(src: Source, scan_id: int, since: int) -> pd.DataFrame:
-    """``domain, prev_reason, state``: broken at ``since``, in ``scan_id`` and not broken."""
-    p = domains(src, [since])
-    p = p.filter(_broken(p) & p.domain.notnull()).select(p_domain="domain", prev_reason="reason")
-    d = domains(src, [scan_id])
-    d = d.filter(~_broken(d) & d.domain.notnull())
-    j = p.join(d, p.p_domain == d.domain)
-    rows = j.select(domain=j.domain, prev_reason=j.prev_reason, state=state(j)).distinct()
-    out = _fetch(src, rows, ["domain", "prev_reason", "state"])
+    """``domain, prev_reason, state``: broken at ``since``, in ``scan_id`` and not broken
+    (the night's ``repaired`` rollup answers when ``since`` is the previous scan)."""
+    cols = list(REPAIRED_COLUMNS)
+    kept = src.rollup("repaired", [scan_id]) if since == src.catalog.previous(scan_id) else None
+    if kept is not None:
+        out = kept[cols]
+    else:
+        p = domains(src, [since])
+        p = p.filter(_broken(p) & p.domain.notnull())
+        p = p.select(p_domain="domain", prev_reason="reason")
+        d = domains(src, [scan_id])
+        d = d.filter(~_broken(d) & d.domain.notnull())
+        j = p.join(d, p.p_domain == d.domain)
+        rows = j.select(domain=j.domain, prev_reason=j.prev_reason, state=state(j)).distinct()
+        out = _fetch(src, rows, cols)
     return out.sort_values("domain", kind="stable").reset_index(drop=True)
 
 

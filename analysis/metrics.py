@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from analysis import engines, load, psl
+from analysis import engines, load
 from scanner.model import Outcome, Reason, Stage
 
 if TYPE_CHECKING:
@@ -256,21 +256,6 @@ def funnel_by_from_counts(
     return out[list(FUNNEL_BY_COLUMNS)]
 
 
-def providers_of(host_counts: pd.DataFrame) -> pd.DataFrame:
-    """``host, outcome, stage, n`` -> ``group, outcome, stage, n`` with group = provider."""
-    hosts = host_counts["host"].astype(str)
-    group = hosts.map({h: psl.provider_of(h) for h in pd.unique(hosts)})
-    stage = host_counts["stage"].map(lambda s: s if isinstance(s, str) else "")
-    out = (
-        host_counts.assign(group=group, stage=stage, n=host_counts["n"].astype("int64"))
-        .groupby(["group", "outcome", "stage"], sort=True)["n"]
-        .sum()
-        .reset_index()
-    )
-    out["stage"] = out["stage"].map(lambda s: s or None)
-    return out[["group", "outcome", "stage", "n"]]
-
-
 def funnel_by(
     source: Source | Engine, scan: ScanRef = "latest", by: Literal["tld", "provider"] = "tld"
 ) -> pd.DataFrame:
@@ -285,12 +270,7 @@ def funnel_by(
     """
     src = engines.as_source(source)
     sid = src.catalog.resolve(scan)
-    if by == "tld":
-        counts = load.tld_counts(src, sid)
-    elif by == "provider":
-        counts = providers_of(load.primary_host_counts(src, sid))
-    else:
-        raise ValueError(f"by must be 'tld' or 'provider', not {by!r}")
+    counts = load.group_counts(src, sid, by)
     return funnel_by_from_counts(counts, by, sid, src.catalog.dates().get(sid))
 
 

@@ -15,6 +15,7 @@ the longest matching rule wins, an exception rule (``!``) wins over the wildcard
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache, lru_cache
 from importlib import resources
 
@@ -93,11 +94,20 @@ class PublicSuffixList:
         return f"{head.rsplit('.', 1)[-1]}.{suffix}"
 
 
+def _text() -> str:
+    return resources.files("analysis.data").joinpath(SNAPSHOT).read_text(encoding="utf-8")
+
+
 @cache
 def snapshot(private: bool = False) -> PublicSuffixList:
     """The shipped snapshot, parsed once per process."""
-    text = resources.files("analysis.data").joinpath(SNAPSHOT).read_text(encoding="utf-8")
-    return PublicSuffixList(text, private=private)
+    return PublicSuffixList(_text(), private=private)
+
+
+@cache
+def identity() -> str:
+    """A short hash of the shipped snapshot: what results derived from it depend on."""
+    return hashlib.sha256(_text().encode("utf-8")).hexdigest()[:12]
 
 
 def registrable_domain(name: str) -> str | None:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis import engines, load, metrics, psl
+from analysis import engines, load, metrics
 from analysis.csvfile import cell, write_csv
 
 if TYPE_CHECKING:
@@ -269,17 +269,18 @@ CHARTS = (
 
 def domain_batches(src: Source, scan_id: int) -> Iterator[pa.RecordBatch]:
     """``domains.csv`` as Arrow batches, streamed; TLD and provider added here (the PSL is
-    not SQL), each distinct MX host looked up once."""
+    not SQL; the night's provider map where the archive keeps one)."""
+    known = src.rollup_arrow("providers", [scan_id])
     for batch in load.domain_batches(src, scan_id):
         domain = batch.column("domain").cast(pa.string())
         hosts = batch.column("primary_mx").cast(pa.string())
-        known = pc.unique(hosts).drop_null()
-        providers = pa.array([psl.provider_of(h) for h in known.to_pylist()], type=pa.string())
+        distinct = pc.unique(hosts).drop_null()
+        providers = load.providers_for(distinct, known)
         yield pa.RecordBatch.from_arrays(
             [
                 *(batch.column(c) for c in load.DOMAIN_ROW_COLUMNS),
                 pc.replace_substring_regex(domain, r"^.*\.", ""),  # the last label
-                pc.take(providers, pc.index_in(hosts, value_set=known)),
+                pc.take(providers, pc.index_in(hosts, value_set=distinct)),
             ],
             names=list(DOMAIN_COLUMNS),
         )
