@@ -62,13 +62,14 @@ def cell(value: Any) -> str:
 
 
 def cells(column: pd.Series) -> np.ndarray:
-    """A column's cells by :func:`cell`, as text (the reference :func:`arrow_cells` follows)."""
+    """A column's cells as the file holds them (:func:`arrow_cells`)."""
     return np.asarray(arrow_cells(column).to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _text(text: pa.Array) -> pa.Array:
     marked = pc.match_substring_regex(text, _FORMULA_START)
-    return pc.fill_null(pc.if_else(marked, pc.binary_join_element_wise("'", text, ""), text), "")
+    cells = pc.if_else(marked, pc.binary_join_element_wise("'", text, ""), text)
+    return _quoted(pc.fill_null(cells, ""))
 
 
 def _by_value(values: Sequence[Any]) -> pa.Array:
@@ -76,10 +77,10 @@ def _by_value(values: Sequence[Any]) -> pa.Array:
     column = pd.Series(values, dtype=object)
     kinds = set(map(type, column.dropna()))
     if len(kinds) > 1:  # True == 1: distinct values of mixed types must not be merged
-        return pa.array([cell(v) for v in column], type=pa.string())
+        return _quoted(pa.array([cell(v) for v in column], type=pa.string()))
     codes, uniques = pd.factorize(column, use_na_sentinel=True)
     formatted = np.array([*(cell(v) for v in uniques), ""], dtype=object)
-    return pa.array(formatted[codes], type=pa.string())  # a null's code is -1: the ""
+    return _quoted(pa.array(formatted[codes], type=pa.string()))  # null's code -1: the ""
 
 
 def _arrow(values: pa.Array) -> pa.Array:
@@ -98,7 +99,8 @@ def _arrow(values: pa.Array) -> pa.Array:
 
 
 def arrow_cells(column: Column) -> pa.Array:
-    """A whole column's cells (Arrow strings, no nulls) by :func:`cell`."""
+    """A whole column's cells (Arrow strings, no nulls) by :func:`cell`, quoted where needed
+    (only text can hold a quote, comma or line break)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if isinstance(column, pa.Array):
@@ -129,7 +131,7 @@ def _quoted(text: pa.Array) -> pa.Array:
 
 def _lines(columns: Sequence[pa.Array]) -> bytes | memoryview:
     """Rows of cell texts as CSV lines, each ending in ``\\n``, as one buffer."""
-    joined = pc.binary_join_element_wise(*(_quoted(c) for c in columns), ",")
+    joined = pc.binary_join_element_wise(*columns, ",")
     lines = pc.binary_join_element_wise(joined, "", "\n")  # line + "\n" + ""
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
@@ -158,7 +160,7 @@ def write_csv(
         raise ValueError("a CSV file of the report has at least two columns")
     n = 0
     with path.open("wb") as fh:
-        fh.write(_lines([pa.array([name]) for name in columns]))
+        fh.write(_lines([_quoted(pa.array([name])) for name in columns]))
         for frame in frames:
             for start in range(0, len(frame), _CHUNK):  # the cells of one chunk at a time
                 part = (

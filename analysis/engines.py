@@ -31,7 +31,7 @@ from analysis.archive import Manifest, read_manifest
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import pandas as pd
     from sqlalchemy.engine import Engine
@@ -50,6 +50,30 @@ class Source:
         self.con = con
         self.catalog = cat
         self._cache: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
+        self._views: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
+        self._temporary: list[str] = []
+        # On: a view asked for several times is computed once (the nightly job reads one
+        # night's per-domain view for every rollup), where the engine can hold it.
+        self.materialize = False
+
+    def view(self, name: str, scan_ids: Sequence[int], build: Callable[[], ir.Table]) -> ir.Table:
+        """The table ``build()`` makes, named ``name`` over ``scan_ids``; kept as the engine's
+        own temporary table when :attr:`materialize` is on and the engine can."""
+        key = (name, tuple(scan_ids))
+        if key not in self._views:
+            expr = build()
+            self._views[key] = self._materialized(expr) if self.materialize else expr
+        return self._views[key]
+
+    def _materialized(self, expr: ir.Table) -> ir.Table:
+        return expr
+
+    def release_views(self) -> None:
+        """Forget the views (and drop the temporary tables that hold them)."""
+        for name in self._temporary:
+            self.con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
+        self._temporary.clear()
+        self._views.clear()
 
     def table(self, name: str, scan_ids: Sequence[int] = ()) -> ir.Table:
         """The fact table ``name`` restricted to ``scan_ids`` (certificates: all of them)."""
@@ -82,6 +106,7 @@ class Source:
 
     def close(self) -> None:
         self._cache.clear()
+        self._views.clear()
         disconnect = getattr(self.con, "disconnect", None)
         if disconnect is not None:
             disconnect()
@@ -212,6 +237,15 @@ class ArchiveSource(Source):
             super().close()
         else:  # Ibis' disconnect would stop a Spark session the caller still uses
             self._cache.clear()
+            self._views.clear()
+
+    def _materialized(self, expr: ir.Table) -> ir.Table:
+        if self.engine != "duckdb":
+            return expr
+        name = f"_view_{next(_names)}"
+        table: ir.Table = self.con.create_table(name, expr, temp=True)
+        self._temporary.append(name)
+        return table
 
     def batches(self, expr: ir.Table) -> pa.RecordBatchReader:
         if self.engine == "spark":

@@ -150,22 +150,32 @@ _BROKEN = pa.schema(
 _REPAIRED = pa.schema(
     [("domain", pa.string()), ("prev_reason", pa.string()), ("state", pa.string())]
 )
+_MOVERS = pa.schema(
+    [("domain", pa.string()), ("from_state", pa.string()), ("to_state", pa.string()),
+     ("from_rank", pa.int64()), ("to_rank", pa.int64())]
+)  # fmt: skip
 
 
 def _breakage(
     src: engines.ArchiveSource, sid: int, prev: int | None, prev_files: dict[str, str] | None
 ) -> dict[str, pa.Table]:
-    """Broken domains (stale against every earlier night: the previous night's ``matched``)
-    and those repaired since the previous night."""
+    """Broken domains (stale against every earlier night: the previous night's ``matched``),
+    those repaired since the previous night, and the domains that moved since then."""
     if prev is None or prev_files is None:
         broken = load.broken_domains(src, sid, [])
         repaired = pd.DataFrame({c: [] for c in load.REPAIRED_COLUMNS})
+        movers = pd.DataFrame({c: [] for c in _MOVERS.names})
     else:
         table = f"m_{secrets.token_hex(4)}"
         matched = src.con.read_parquet(prev_files["matched"], table_name=table)
         broken = load.broken_domains(src, sid, [prev], matched=matched)
         repaired = load.repaired_domains(src, sid, prev)
-    return {"broken": _typed(broken, _BROKEN), "repaired": _typed(repaired, _REPAIRED)}
+        movers = load.movers(src, prev, sid)
+    return {
+        "broken": _typed(broken, _BROKEN),
+        "repaired": _typed(repaired, _REPAIRED),
+        "movers": _typed(movers, _MOVERS),
+    }
 
 
 def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
@@ -177,6 +187,7 @@ def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
         entries = {} if rebuild else rollups.read(root)
         src = engines.ArchiveSource(manifest, ibis.duckdb.connect(), "duckdb")
         src.use_rollups = False
+        src.materialize = True
         done: list[dt.date] = []
         nights = sorted(manifest.nights)
         try:
@@ -192,7 +203,9 @@ def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
                     else None
                 )
                 files = {}
-                for name, data in _compute(src, night, prev, prev_files).items():
+                computed = _compute(src, night, prev, prev_files)
+                src.release_views()  # one night's views at a time
+                for name, data in computed.items():
                     rel = f"{rollups.DIRECTORY}/{name}/night={night.isoformat()}/part-{key}.parquet"
                     path = root / rel
                     path.parent.mkdir(parents=True, exist_ok=True)

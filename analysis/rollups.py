@@ -4,7 +4,8 @@
 
 - ``domain_counts``: domains per outcome and stage (``load.outcome_stage_counts`` of the night);
 - ``host_counts``: MX hosts per reachability and stage (``load.host_stage_counts``);
-- ``transitions``: domains per state at the previous night and this one;
+- ``transitions``: domains per state at the previous night and this one; ``movers``: the
+  domains whose ladder rank changed between them;
 - ``first_state``: per domain ever seen, the first night it had STARTTLS, a secure MX RRset
   and stage ``dane`` (the previous night's state plus this night);
 - ``first_counts``: ``first_state`` counted per combination (what cohorts and lags read);
@@ -42,7 +43,7 @@ DIRECTORY = "rollups"
 MANIFEST = "_rollups.json"
 NAMES = (
     "domain_counts", "host_counts", "transitions", "first_state", "first_counts", "matched",
-    "tld_counts", "provider_counts", "providers", "broken", "repaired",
+    "tld_counts", "provider_counts", "providers", "broken", "repaired", "movers",
 )  # fmt: skip
 
 
