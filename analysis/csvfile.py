@@ -66,17 +66,45 @@ def cells(column: pd.Series) -> np.ndarray:
     return np.asarray(arrow_cells(column).to_numpy(zero_copy_only=False), dtype=object)
 
 
+_FORMULA_BYTES = np.frombuffer("".join(FORMULA_PREFIXES).encode("ascii"), dtype=np.uint8)
+_QUOTE_BYTES = np.frombuffer(b'",\n\r', dtype=np.uint8)
+
+
+def _bytes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes a string array's values span, and each value's start in them."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)
+    offsets = offsets[text.offset : text.offset + len(text) + 1]
+    data = text.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return raw[offsets[0] : offsets[-1]], offsets[:-1] - offsets[0]
+
+
+def _may_start_formula(text: pa.Array) -> bool:
+    """False when no value begins with a formula prefix (a scan of first bytes; the prefixes
+    are ASCII, so a first byte is a first character)."""
+    raw, starts = _bytes(text)
+    lengths = np.diff(np.append(starts, len(raw)))
+    return bool(np.isin(raw[starts[lengths > 0]], _FORMULA_BYTES).any())
+
+
+def _may_need_quotes(text: pa.Array) -> bool:
+    """False when no value holds a byte that makes a field quoted (one scan of the bytes)."""
+    return bool(np.isin(_bytes(text)[0], _QUOTE_BYTES).any())
+
+
 def _text(text: pa.Array) -> pa.Array:
-    marked = pc.match_substring_regex(text, _FORMULA_START)
-    cells = pc.if_else(marked, pc.binary_join_element_wise("'", text, ""), text)
-    return _quoted(pc.fill_null(cells, ""))
+    if _may_start_formula(text):
+        marked = pc.match_substring_regex(text, _FORMULA_START)
+        text = pc.if_else(marked, pc.binary_join_element_wise("'", text, ""), text)
+    return _quoted(pc.fill_null(text, ""))
 
 
-def _by_value(values: Sequence[Any]) -> pa.Array:
+def _by_value(values: Sequence[Any] | pd.Series, mixed: bool | None = None) -> pa.Array:
     """:func:`cell` once per distinct value (a column of few values, or of mixed types)."""
-    column = pd.Series(values, dtype=object)
-    kinds = set(map(type, column.dropna()))
-    if len(kinds) > 1:  # True == 1: distinct values of mixed types must not be merged
+    column = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
+    if mixed is None:
+        mixed = len(set(map(type, column.dropna()))) > 1
+    if mixed:  # True == 1: distinct values of mixed types must not be merged
         return _quoted(pa.array([cell(v) for v in column], type=pa.string()))
     codes, uniques = pd.factorize(column, use_na_sentinel=True)
     formatted = np.array([*(cell(v) for v in uniques), ""], dtype=object)
@@ -111,7 +139,7 @@ def arrow_cells(column: Column) -> pa.Array:
         kinds = set(map(type, column.dropna()))
         if kinds in ({str}, {int}, {bool}):
             return _arrow(pa.array(column, from_pandas=True))
-        return _by_value(list(column))
+        return _by_value(column, len(kinds) > 1)
     if pd.api.types.is_bool_dtype(column.dtype) or pd.api.types.is_integer_dtype(column.dtype):
         return _arrow(pa.array(column, from_pandas=True))
     if pd.api.types.is_float_dtype(column.dtype):  # one format call per distinct value
@@ -122,6 +150,8 @@ def arrow_cells(column: Column) -> pa.Array:
 
 
 def _quoted(text: pa.Array) -> pa.Array:
+    if not _may_need_quotes(text):
+        return text
     needs = pc.match_substring_regex(text, _NEEDS_QUOTES)
     if not pc.any(needs).as_py():
         return text

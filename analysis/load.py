@@ -458,13 +458,21 @@ DOMAIN_ROW_COLUMNS = (
 )  # fmt: skip
 
 
-def domain_batches(src: Source, scan_id: int) -> Iterator[pa.RecordBatch]:
-    """Every result line of a scan in line order (columns ``DOMAIN_ROW_COLUMNS``), streamed
-    as the Arrow batches the engine returns."""
+def domain_batches(
+    src: Source, scan_id: int, providers: ir.Table | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Every result line of a scan in line order (columns ``DOMAIN_ROW_COLUMNS``, and
+    ``provider`` from ``providers``, a ``host, provider`` table, when given), streamed as the
+    Arrow batches the engine returns."""
     d = src.table("domains", [scan_id])
     pm = _primary_mx(src, [scan_id])
     j = d.left_join(pm, [d.scan_id == pm.pm_scan, d.line == pm.pm_line])
-    yield from src.batches(j.select(*DOMAIN_ROW_COLUMNS).order_by("line"))
+    columns = list(DOMAIN_ROW_COLUMNS)
+    if providers is not None:
+        p = providers.select(p_host="host", provider="provider")
+        j = j.left_join(p, j.primary_mx == p.p_host)
+        columns.append("provider")
+    yield from src.batches(j.select(*columns).order_by("line"))
 
 
 def domain_rows(src: Source, scan_id: int) -> Iterator[pd.DataFrame]:

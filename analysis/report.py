@@ -269,18 +269,20 @@ CHARTS = (
 
 def domain_batches(src: Source, scan_id: int) -> Iterator[pa.RecordBatch]:
     """``domains.csv`` as Arrow batches, streamed; TLD and provider added here (the PSL is
-    not SQL; the night's provider map where the archive keeps one)."""
-    known = src.rollup_arrow("providers", [scan_id])
-    for batch in load.domain_batches(src, scan_id):
-        domain = batch.column("domain").cast(pa.string())
-        hosts = batch.column("primary_mx").cast(pa.string())
-        distinct = pc.unique(hosts).drop_null()
-        providers = load.providers_for(distinct, known)
+    not SQL: the engine joins the night's provider map where the archive keeps one)."""
+    known = src.rollup_table("providers", scan_id)
+    for batch in load.domain_batches(src, scan_id, known):
+        if known is not None:
+            provider = batch.column("provider")
+        else:
+            hosts = batch.column("primary_mx").cast(pa.string())
+            distinct = pc.unique(hosts).drop_null()
+            provider = pc.take(load.providers_for(distinct), pc.index_in(hosts, value_set=distinct))
         yield pa.RecordBatch.from_arrays(
             [
                 *(batch.column(c) for c in load.DOMAIN_ROW_COLUMNS),
-                pc.replace_substring_regex(domain, r"^.*\.", ""),  # the last label
-                pc.take(providers, pc.index_in(hosts, value_set=distinct)),
+                pc.replace_substring_regex(batch.column("domain").cast(pa.string()), r"^.*\.", ""),
+                provider,
             ],
             names=list(DOMAIN_COLUMNS),
         )
