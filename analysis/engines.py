@@ -51,7 +51,7 @@ class Source:
         self.catalog = cat
         self._cache: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
         self._views: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
-        self._temporary: list[str] = []
+        self._temporary: dict[tuple[str, tuple[int, ...]], str] = {}
         # On: a view asked for several times is computed once (the nightly job reads one
         # night's per-domain view for every rollup), where the engine can hold it.
         self.materialize = False
@@ -62,18 +62,21 @@ class Source:
         key = (name, tuple(scan_ids))
         if key not in self._views:
             expr = build()
-            self._views[key] = self._materialized(expr) if self.materialize else expr
+            self._views[key] = self._materialized(key, expr) if self.materialize else expr
         return self._views[key]
 
-    def _materialized(self, expr: ir.Table) -> ir.Table:
+    def _materialized(self, key: tuple[str, tuple[int, ...]], expr: ir.Table) -> ir.Table:
         return expr
 
-    def release_views(self) -> None:
-        """Forget the views (and drop the temporary tables that hold them)."""
-        for name in self._temporary:
-            self.con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
-        self._temporary.clear()
-        self._views.clear()
+    def release_views(self, keep: Sequence[int] = ()) -> None:
+        """Forget the views (and drop the temporary tables that hold them), but those over
+        exactly the scans ``keep`` (the nightly job keeps tonight's for the next night)."""
+        kept = tuple(keep)
+        for key in [k for k in self._views if k[1] != kept]:
+            name = self._temporary.pop(key, None)
+            if name is not None:
+                self.con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
+            del self._views[key]
 
     def table(self, name: str, scan_ids: Sequence[int] = ()) -> ir.Table:
         """The fact table ``name`` restricted to ``scan_ids`` (certificates: all of them)."""
@@ -107,6 +110,7 @@ class Source:
     def close(self) -> None:
         self._cache.clear()
         self._views.clear()
+        self._temporary.clear()
         disconnect = getattr(self.con, "disconnect", None)
         if disconnect is not None:
             disconnect()
@@ -238,13 +242,14 @@ class ArchiveSource(Source):
         else:  # Ibis' disconnect would stop a Spark session the caller still uses
             self._cache.clear()
             self._views.clear()
+            self._temporary.clear()
 
-    def _materialized(self, expr: ir.Table) -> ir.Table:
+    def _materialized(self, key: tuple[str, tuple[int, ...]], expr: ir.Table) -> ir.Table:
         if self.engine != "duckdb":
             return expr
         name = f"_view_{next(_names)}"
         table: ir.Table = self.con.create_table(name, expr, temp=True)
-        self._temporary.append(name)
+        self._temporary[key] = name
         return table
 
     def batches(self, expr: ir.Table) -> pa.RecordBatchReader:

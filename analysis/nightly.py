@@ -204,7 +204,8 @@ def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
                 )
                 files = {}
                 computed = _compute(src, night, prev, prev_files)
-                src.release_views()  # one night's views at a time
+                # Tonight's views serve the next night's transitions, movers and repairs.
+                src.release_views(keep=[manifest.nights[night].scan_id])
                 for name, data in computed.items():
                     rel = f"{rollups.DIRECTORY}/{name}/night={night.isoformat()}/part-{key}.parquet"
                     path = root / rel
