@@ -31,7 +31,7 @@ from analysis.archive import Manifest, read_manifest
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import pandas as pd
     from sqlalchemy.engine import Engine
@@ -50,6 +50,33 @@ class Source:
         self.con = con
         self.catalog = cat
         self._cache: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
+        self._views: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
+        self._temporary: dict[tuple[str, tuple[int, ...]], str] = {}
+        # On: a view asked for several times is computed once (the nightly job reads one
+        # night's per-domain view for every rollup), where the engine can hold it.
+        self.materialize = False
+
+    def view(self, name: str, scan_ids: Sequence[int], build: Callable[[], ir.Table]) -> ir.Table:
+        """The table ``build()`` makes, named ``name`` over ``scan_ids``; kept as the engine's
+        own temporary table when :attr:`materialize` is on and the engine can."""
+        key = (name, tuple(scan_ids))
+        if key not in self._views:
+            expr = build()
+            self._views[key] = self._materialized(key, expr) if self.materialize else expr
+        return self._views[key]
+
+    def _materialized(self, key: tuple[str, tuple[int, ...]], expr: ir.Table) -> ir.Table:
+        return expr
+
+    def release_views(self, keep: Sequence[int] = ()) -> None:
+        """Forget the views (and drop the temporary tables that hold them), but those over
+        exactly the scans ``keep`` (the nightly job keeps tonight's for the next night)."""
+        kept = tuple(keep)
+        for key in [k for k in self._views if k[1] != kept]:
+            name = self._temporary.pop(key, None)
+            if name is not None:
+                self.con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
+            del self._views[key]
 
     def table(self, name: str, scan_ids: Sequence[int] = ()) -> ir.Table:
         """The fact table ``name`` restricted to ``scan_ids`` (certificates: all of them)."""
@@ -72,12 +99,18 @@ class Source:
         """Rollup ``name`` (:mod:`analysis.rollups`) of these scans, None where not kept."""
         return None
 
+    def rollup_arrow(self, name: str, scan_ids: Sequence[int]) -> pa.Table | None:
+        """:meth:`rollup` as an Arrow table."""
+        return None
+
     def rollup_table(self, name: str, scan_id: int) -> ir.Table | None:
         """Rollup ``name`` of one scan as a table on this engine, None where not kept."""
         return None
 
     def close(self) -> None:
         self._cache.clear()
+        self._views.clear()
+        self._temporary.clear()
         disconnect = getattr(self.con, "disconnect", None)
         if disconnect is not None:
             disconnect()
@@ -162,12 +195,17 @@ class ArchiveSource(Source):
             return None
         return [f"{root}/{f[name]}" for f in found if f is not None]
 
-    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+    def rollup_arrow(self, name: str, scan_ids: Sequence[int]) -> pa.Table | None:
         paths = self._rollup_files(name, scan_ids)
         if paths is None:
             return None
-        parts = [pq.ParquetFile(p).read() for p in paths]
-        frame = pa.concat_tables(parts).to_pandas()
+        return pa.concat_tables([pq.ParquetFile(p).read() for p in paths])
+
+    def rollup(self, name: str, scan_ids: Sequence[int]) -> pd.DataFrame | None:
+        kept = self.rollup_arrow(name, scan_ids)
+        if kept is None:
+            return None
+        frame = kept.to_pandas()
         out: pd.DataFrame = frame.astype(object).where(frame.notna(), None)
         return out.reset_index(drop=True)
 
@@ -203,6 +241,16 @@ class ArchiveSource(Source):
             super().close()
         else:  # Ibis' disconnect would stop a Spark session the caller still uses
             self._cache.clear()
+            self._views.clear()
+            self._temporary.clear()
+
+    def _materialized(self, key: tuple[str, tuple[int, ...]], expr: ir.Table) -> ir.Table:
+        if self.engine != "duckdb":
+            return expr
+        name = f"_view_{next(_names)}"
+        table: ir.Table = self.con.create_table(name, expr, temp=True)
+        self._temporary[key] = name
+        return table
 
     def batches(self, expr: ir.Table) -> pa.RecordBatchReader:
         if self.engine == "spark":

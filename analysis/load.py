@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from analysis import psl
 from analysis.catalog import NoScan, ScanRef
 from scanner.model import DaneStatus, EndpointStatus, Outcome, Reason, Stage, TlsaStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from analysis.engines import Source
 
@@ -69,7 +72,8 @@ def one_per_domain(d: ir.Table) -> ir.Table:
 
 
 def domains(src: Source, scan_ids: Sequence[int]) -> ir.Table:
-    return one_per_domain(src.table("domains", scan_ids))
+    """The ``domains`` table of these scans, each domain once (:func:`one_per_domain`)."""
+    return src.view("domains", scan_ids, lambda: one_per_domain(src.table("domains", scan_ids)))
 
 
 def _primary_mx(src: Source, scan_ids: Sequence[int]) -> ir.Table:
@@ -97,11 +101,29 @@ def outcome_stage_counts(src: Source, scan_ids: Sequence[int]) -> pd.DataFrame:
     return _fetch(src, _count(domains(src, scan_ids), "scan_id", "outcome", "stage"), cols)
 
 
+GROUP_COLUMNS = ("group", "outcome", "stage", "n")
+
+
+def group_counts(src: Source, scan_id: int, by: str) -> pd.DataFrame:
+    """``group, outcome, stage, n``: domains per TLD (``by="tld"``) or per mail provider
+    (``by="provider"``), from the night's rollup where kept."""
+    cols = list(GROUP_COLUMNS)
+    kept = src.rollup(f"{by}_counts", [scan_id])
+    if kept is not None:
+        return kept[cols]
+    if by == "tld":
+        return tld_counts(src, scan_id)
+    if by == "provider":
+        hosts = primary_host_counts(src, scan_id)
+        return providers_of(hosts, provider_map(src, scan_id, hosts["host"]))
+    raise ValueError(f"by must be 'tld' or 'provider', not {by!r}")
+
+
 def tld_counts(src: Source, scan_id: int) -> pd.DataFrame:
     """``group, outcome, stage, n`` with group = the domain's TLD ("" for invalid input)."""
     d = domains(src, [scan_id])
     expr = _count(d.mutate(group=tld(d.domain)), "group", "outcome", "stage")
-    return _fetch(src, expr, ["group", "outcome", "stage", "n"])
+    return _fetch(src, expr, list(GROUP_COLUMNS))
 
 
 def primary_host_counts(src: Source, scan_id: int) -> pd.DataFrame:
@@ -114,6 +136,60 @@ def primary_host_counts(src: Source, scan_id: int) -> pd.DataFrame:
     j = d.left_join(pm, [d.scan_id == pm.pm_scan, d.line == pm.pm_line])
     expr = _count(j.mutate(host=j.primary_mx.fill_null("")), "host", "outcome", "stage")
     return _fetch(src, expr, ["host", "outcome", "stage", "n"])
+
+
+def providers_for(hosts: pa.Array, known: pa.Table | None = None) -> pa.Array:
+    """The provider (:func:`analysis.psl.provider_of`) of each of ``hosts`` (distinct, no
+    nulls), taken from ``known`` (``host, provider``) where it holds the host."""
+    if known is None:
+        return pa.array([psl.provider_of(h) for h in hosts.to_pylist()], type=pa.string())
+    names, providers = (known.column(c).combine_chunks() for c in ("host", "provider"))
+    found = pc.take(providers, pc.index_in(hosts, value_set=names))
+    if found.null_count == 0:
+        return found
+    missing = pc.filter(hosts, pc.is_null(found))
+    extra = pa.table({"host": missing, "provider": providers_for(missing)})
+    return providers_for(hosts, pa.concat_tables([known.select(["host", "provider"]), extra]))
+
+
+def provider_map(src: Source, scan_id: int, hosts: Iterable[str]) -> pa.Table:
+    """``host, provider`` for these hosts, from the night's ``providers`` rollup where kept."""
+    distinct = pa.array(pd.unique(pd.Series(list(hosts), dtype=object)), type=pa.string())
+    distinct = distinct.drop_null()
+    known = src.rollup_arrow("providers", [scan_id])
+    return pa.table({"host": distinct, "provider": providers_for(distinct, known)})
+
+
+def providers_of(host_counts: pd.DataFrame, providers: pa.Table) -> pd.DataFrame:
+    """``host, outcome, stage, n`` -> ``group, outcome, stage, n`` with group = provider
+    (``providers``: ``host, provider`` for every host), sorted; column-wise (a provider per
+    self-hosted domain: hundreds of thousands of hosts a night)."""
+    host = pa.array(host_counts["host"].astype(str).to_numpy(dtype=object), type=pa.string())
+    names, known = (providers.column(c).combine_chunks() for c in ("host", "provider"))
+    stage = pa.array(
+        host_counts["stage"].to_numpy(dtype=object), type=pa.string(), from_pandas=True
+    )
+    rows = pa.table(
+        {
+            "group": pc.take(known, pc.index_in(host, value_set=names)),
+            "outcome": pa.array(host_counts["outcome"].to_numpy(dtype=object), type=pa.string()),
+            "stage": pc.fill_null(stage, ""),  # grouped as a value, null again below
+            "n": pa.array(host_counts["n"].to_numpy(dtype="int64")),
+        }
+    )
+    keys = ["group", "outcome", "stage"]
+    summed = rows.group_by(keys, use_threads=False).aggregate([("n", "sum")])
+    summed = summed.sort_by([(k, "ascending") for k in keys])  # code point order
+    blank = pc.equal(summed.column("stage"), "")
+    out: pd.DataFrame = pa.table(
+        {
+            "group": summed.column("group"),
+            "outcome": summed.column("outcome"),
+            "stage": pc.if_else(blank, pa.scalar(None, pa.string()), summed.column("stage")),
+            "n": summed.column("n_sum"),
+        }
+    ).to_pandas()
+    return out[list(GROUP_COLUMNS)]
 
 
 # --- MX host counts -------------------------------------------------------------------------
@@ -196,13 +272,17 @@ def transition_counts(src: Source, scan_a: int, scan_b: int) -> pd.DataFrame:
 
 def movers(src: Source, scan_a: int, scan_b: int) -> pd.DataFrame:
     """``domain, from_state, to_state, from_rank, to_rank`` for domains in both scans whose
-    ladder rank changed (non-``ok`` outcomes rank below ``plaintext``), sorted by domain."""
+    ladder rank changed (non-``ok`` outcomes rank below ``plaintext``), sorted by domain (the
+    night's ``movers`` rollup answers when ``scan_a`` is the previous scan)."""
+    cols = ["domain", "from_state", "to_state", "from_rank", "to_rank"]
+    kept = src.rollup("movers", [scan_b]) if scan_a == src.catalog.previous(scan_b) else None
+    if kept is not None:
+        return kept[cols].sort_values("domain", kind="stable").reset_index(drop=True)
     a = _states(src, scan_a).rename(from_state="state")
     b = _states(src, scan_b).rename(to_state="state")
     j = a.join(b, "domain")
     j = j.mutate(from_rank=rank(j.from_state), to_rank=rank(j.to_state))
     j = j.filter(j.from_rank != j.to_rank)
-    cols = ["domain", "from_state", "to_state", "from_rank", "to_rank"]
     return _fetch(src, j, cols).sort_values("domain", kind="stable").reset_index(drop=True)
 
 
@@ -289,13 +369,20 @@ def matched_records(src: Source, scan_ids: Sequence[int]) -> ir.Table:
 MATCHED_COLUMNS = ("domain", "host", "usage", "selector", "mtype", "data")
 
 
-def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) -> ir.Table:
+def _stale(
+    src: Source,
+    scan_id: int,
+    broken: ir.Table,
+    earlier: Sequence[int],
+    matched: ir.Table | None,
+) -> ir.Table:
     """``domain``: broken domains (``tlsa-no-match``) of which a TLSA record the host still
-    publishes in ``scan_id`` authenticated the domain's endpoint in an ``earlier`` scan."""
-    kept = None
-    if [*src.catalog.earlier(earlier[-1]), earlier[-1]] == list(earlier):
-        kept = src.rollup_table("matched", earlier[-1])
-    matched = kept if kept is not None else matched_records(src, earlier)
+    publishes in ``scan_id`` authenticated the domain's endpoint in an ``earlier`` scan
+    (``matched``: those records, when the caller has them)."""
+    if matched is None and [*src.catalog.earlier(earlier[-1]), earlier[-1]] == list(earlier):
+        matched = src.rollup_table("matched", earlier[-1])
+    if matched is None:
+        matched = matched_records(src, earlier)
     cdm = src.table("domain_mx", [scan_id]).select(cur_line="line", host="host_name")
     cur = broken.filter(broken.reason == Reason.TLSA_NO_MATCH.value).select("domain", "line")
     cur = cur.join(cdm, cur.line == cdm.cur_line).select("domain", "host")
@@ -308,36 +395,58 @@ def _stale(src: Source, scan_id: int, broken: ir.Table, earlier: Sequence[int]) 
     return still.select(stale_domain=still.domain).distinct()
 
 
-def broken_domains(src: Source, scan_id: int, earlier: Sequence[int]) -> pd.DataFrame:
+BROKEN_COLUMNS = ("domain", "reason", "stage", "stale")
+REPAIRED_COLUMNS = ("domain", "prev_reason", "state")
+
+
+def broken_domains(
+    src: Source, scan_id: int, earlier: Sequence[int], matched: ir.Table | None = None
+) -> pd.DataFrame:
     """``domain, reason, stage, stale``: DANE-broken domains of a scan, sorted by domain.
 
     ``stale`` (reason ``tlsa-no-match`` only): a TLSA record the host still publishes in this
     scan authenticated this domain's endpoint in one of the ``earlier`` scans, so the record
     matched the certificate seen then and the certificate changed without a TLSA update (the
-    classic rollover mistake, RFC 7671 §8.1).
+    classic rollover mistake, RFC 7671 §8.1). ``matched``: the records that authenticated in
+    the ``earlier`` scans (:func:`matched_records`), when the caller keeps them. The night's
+    ``broken`` rollup answers when ``earlier`` is every scan before this one.
     """
-    d = domains(src, [scan_id])
-    broken = d.filter(_broken(d) & d.domain.notnull())
-    if earlier:
-        st = _stale(src, scan_id, broken, earlier)
-        j = broken.left_join(st, broken.domain == st.stale_domain)
-        rows = j.mutate(stale=j.stale_domain.notnull())
+    cols = list(BROKEN_COLUMNS)
+    kept = None
+    if matched is None and list(earlier) == src.catalog.earlier(scan_id):
+        kept = src.rollup("broken", [scan_id])
+    if kept is not None:
+        out = kept[cols]
     else:
-        rows = broken.mutate(stale=ibis.literal(False))
-    out = _fetch(src, rows, ["domain", "reason", "stage", "stale"])
-    out["stale"] = out["stale"].astype(bool)
+        d = domains(src, [scan_id])
+        broken = d.filter(_broken(d) & d.domain.notnull())
+        if earlier:
+            st = _stale(src, scan_id, broken, earlier, matched)
+            j = broken.left_join(st, broken.domain == st.stale_domain)
+            rows = j.mutate(stale=j.stale_domain.notnull())
+        else:
+            rows = broken.mutate(stale=ibis.literal(False))
+        out = _fetch(src, rows, cols)
+    out = out.assign(stale=out["stale"].astype(bool))
     return out.sort_values("domain", kind="stable").reset_index(drop=True)
 
 
 def repaired_domains(src: Source, scan_id: int, since: int) -> pd.DataFrame:
-    """``domain, prev_reason, state``: broken at ``since``, in ``scan_id`` and not broken."""
-    p = domains(src, [since])
-    p = p.filter(_broken(p) & p.domain.notnull()).select(p_domain="domain", prev_reason="reason")
-    d = domains(src, [scan_id])
-    d = d.filter(~_broken(d) & d.domain.notnull())
-    j = p.join(d, p.p_domain == d.domain)
-    rows = j.select(domain=j.domain, prev_reason=j.prev_reason, state=state(j)).distinct()
-    out = _fetch(src, rows, ["domain", "prev_reason", "state"])
+    """``domain, prev_reason, state``: broken at ``since``, in ``scan_id`` and not broken
+    (the night's ``repaired`` rollup answers when ``since`` is the previous scan)."""
+    cols = list(REPAIRED_COLUMNS)
+    kept = src.rollup("repaired", [scan_id]) if since == src.catalog.previous(scan_id) else None
+    if kept is not None:
+        out = kept[cols]
+    else:
+        p = domains(src, [since])
+        p = p.filter(_broken(p) & p.domain.notnull())
+        p = p.select(p_domain="domain", prev_reason="reason")
+        d = domains(src, [scan_id])
+        d = d.filter(~_broken(d) & d.domain.notnull())
+        j = p.join(d, p.p_domain == d.domain)
+        rows = j.select(domain=j.domain, prev_reason=j.prev_reason, state=state(j)).distinct()
+        out = _fetch(src, rows, cols)
     return out.sort_values("domain", kind="stable").reset_index(drop=True)
 
 
@@ -349,13 +458,25 @@ DOMAIN_ROW_COLUMNS = (
 )  # fmt: skip
 
 
-def domain_rows(src: Source, scan_id: int) -> Iterator[pd.DataFrame]:
-    """Every result line of a scan in line order (columns ``DOMAIN_ROW_COLUMNS``), streamed
-    as frames (one per batch the engine returns)."""
+def domain_batches(
+    src: Source, scan_id: int, providers: ir.Table | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Every result line of a scan in line order (columns ``DOMAIN_ROW_COLUMNS``, and
+    ``provider`` from ``providers``, a ``host, provider`` table, when given), streamed as the
+    Arrow batches the engine returns."""
     d = src.table("domains", [scan_id])
     pm = _primary_mx(src, [scan_id])
     j = d.left_join(pm, [d.scan_id == pm.pm_scan, d.line == pm.pm_line])
-    expr = j.select(*DOMAIN_ROW_COLUMNS).order_by("line")
-    for batch in src.batches(expr):
+    columns = list(DOMAIN_ROW_COLUMNS)
+    if providers is not None:
+        p = providers.select(p_host="host", provider="provider")
+        j = j.left_join(p, j.primary_mx == p.p_host)
+        columns.append("provider")
+    yield from src.batches(j.select(*columns).order_by("line"))
+
+
+def domain_rows(src: Source, scan_id: int) -> Iterator[pd.DataFrame]:
+    """:func:`domain_batches` as frames, Python values (None for null)."""
+    for batch in domain_batches(src, scan_id):
         frame = batch.to_pandas()
         yield frame.astype(object).where(frame.notna(), None)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from analysis import engines, load, psl
+from analysis import engines, load
 from scanner.model import Outcome, Reason, Stage
 
 if TYPE_CHECKING:
@@ -213,22 +215,22 @@ def funnel_by_from_counts(
     """Pure part of :func:`funnel_by`: ``counts`` has ``group, outcome, stage, n``.
 
     Column-wise: a provider table has a group per self-hosted domain (millions of rows)."""
-    c = counts.assign(group=counts["group"].astype(str), n=counts["n"].astype("int64"))
-    inputs = c.groupby("group")["n"].sum()
-    groups = sorted(inputs.index)
-    ok_rows = c[c["outcome"] == Outcome.OK.value]
-    staged = ok_rows.loc[ok_rows["stage"].map(lambda s: isinstance(s, str)).astype(bool)]
-    table = (
-        staged.groupby(["group", "stage"])["n"]
-        .sum()
-        .unstack("stage")
-        .reindex(index=groups, columns=list(STAGES))
-        .fillna(0)
-        .astype("int64")
-    )
-    ok = ok_rows.groupby("group")["n"].sum().reindex(groups, fill_value=0).to_numpy()
-    width = len(STAGES)
-    exact = table.to_numpy()
+    group = pa.array(counts["group"].astype(str).to_numpy(dtype=object), type=pa.string())
+    distinct = pc.unique(group)
+    groups = distinct.take(pc.sort_indices(distinct))  # code point order, as sorted()
+    codes = pc.index_in(group, value_set=groups).to_numpy(zero_copy_only=False)
+    n = counts["n"].to_numpy(dtype="int64")
+    ok_row = (counts["outcome"] == Outcome.OK.value).to_numpy(dtype=bool)
+    stage = counts["stage"].map({s: k for k, s in enumerate(STAGES)})
+    rung = stage.fillna(-1).to_numpy(dtype="int64")  # -1: no stage (not ok, or unknown)
+    width, size = len(STAGES), len(groups)
+    inputs = np.zeros(size, dtype="int64")
+    np.add.at(inputs, codes, n)
+    ok = np.zeros(size, dtype="int64")
+    np.add.at(ok, codes[ok_row], n[ok_row])
+    exact = np.zeros((size, width), dtype="int64")
+    staged = ok_row & (rung >= 0)
+    np.add.at(exact, (codes[staged], rung[staged]), n[staged])
     reached = np.cumsum(exact[:, ::-1], axis=1)[:, ::-1]  # at the rung or higher
     den = np.repeat(ok, width)
 
@@ -236,39 +238,31 @@ def funnel_by_from_counts(
         out: np.ndarray = np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
         return out
 
-    rows = len(groups) * width
+    rows = size * width
+    texts = pa.table(
+        {
+            "group_by": pa.array([group_by] * rows, type=pa.string()),
+            "group": groups.take(pa.array(np.repeat(np.arange(size), width))),
+            "stage": pa.array(np.tile(np.array(STAGES, dtype=object), size), type=pa.string()),
+        }
+    ).to_pandas()
     out = pd.DataFrame(
         {
             "scan_id": np.full(rows, scan_id, dtype="int64"),
-            "logical_date": [day] * rows,
-            "group_by": [group_by] * rows,
-            "group": np.repeat(np.array(groups, dtype=object), width),
-            "inputs": np.repeat(inputs.reindex(groups).to_numpy(dtype="int64"), width),
+            "logical_date": pd.Series([day] * rows, dtype=object),
+            "group_by": texts["group_by"],
+            "group": texts["group"],
+            "inputs": np.repeat(inputs, width),
             "ok": den.astype("int64"),
-            "stage": np.tile(np.array(STAGES, dtype=object), len(groups)),
-            "rank": np.tile(np.arange(width, dtype="int64"), len(groups)),
-            "count": exact.ravel().astype("int64"),
+            "stage": texts["stage"],
+            "rank": np.tile(np.arange(width, dtype="int64"), size),
+            "count": exact.ravel(),
             "share": share(exact.ravel()),
-            "reached": reached.ravel().astype("int64"),
+            "reached": reached.ravel(),
             "reached_share": share(reached.ravel()),
         }
     )
     return out[list(FUNNEL_BY_COLUMNS)]
-
-
-def providers_of(host_counts: pd.DataFrame) -> pd.DataFrame:
-    """``host, outcome, stage, n`` -> ``group, outcome, stage, n`` with group = provider."""
-    hosts = host_counts["host"].astype(str)
-    group = hosts.map({h: psl.provider_of(h) for h in pd.unique(hosts)})
-    stage = host_counts["stage"].map(lambda s: s if isinstance(s, str) else "")
-    out = (
-        host_counts.assign(group=group, stage=stage, n=host_counts["n"].astype("int64"))
-        .groupby(["group", "outcome", "stage"], sort=True)["n"]
-        .sum()
-        .reset_index()
-    )
-    out["stage"] = out["stage"].map(lambda s: s or None)
-    return out[["group", "outcome", "stage", "n"]]
 
 
 def funnel_by(
@@ -285,12 +279,7 @@ def funnel_by(
     """
     src = engines.as_source(source)
     sid = src.catalog.resolve(scan)
-    if by == "tld":
-        counts = load.tld_counts(src, sid)
-    elif by == "provider":
-        counts = providers_of(load.primary_host_counts(src, sid))
-    else:
-        raise ValueError(f"by must be 'tld' or 'provider', not {by!r}")
+    counts = load.group_counts(src, sid, by)
     return funnel_by_from_counts(counts, by, sid, src.catalog.dates().get(sid))
 
 

@@ -113,7 +113,69 @@ def _compute(
     cols = [c for c, _ in _FIRST]
     counts = state.group_by(cols, use_threads=False).aggregate([([], "count_all")])
     out["first_counts"] = counts.select([*cols, "count_all"]).rename_columns([*cols, "n"])
+    out.update(_groups(src, sid, prev_files))
+    out.update(_breakage(src, sid, a, prev_files))
     return out
+
+
+def _typed(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+_GROUPS = pa.schema(
+    [("group", pa.string()), ("outcome", pa.string()), ("stage", pa.string()), ("n", pa.int64())]
+)
+
+
+def _groups(
+    src: engines.ArchiveSource, sid: int, prev_files: dict[str, str] | None
+) -> dict[str, pa.Table]:
+    """The TLD and provider funnels' counts, and the night's provider map: the PSL runs only
+    for the hosts the previous night's map does not hold."""
+    hosts = load.primary_host_counts(src, sid)
+    distinct = pa.array(pd.unique(hosts["host"].astype(str)), type=pa.string())
+    known = None if prev_files is None else pq.read_table(prev_files["providers"])
+    providers = pa.table({"host": distinct, "provider": load.providers_for(distinct, known)})
+    return {
+        "tld_counts": _typed(load.tld_counts(src, sid), _GROUPS),
+        "provider_counts": _typed(load.providers_of(hosts, providers), _GROUPS),
+        "providers": providers.sort_by("host"),
+    }
+
+
+_BROKEN = pa.schema(
+    [("domain", pa.string()), ("reason", pa.string()), ("stage", pa.string()),
+     ("stale", pa.bool_())]
+)  # fmt: skip
+_REPAIRED = pa.schema(
+    [("domain", pa.string()), ("prev_reason", pa.string()), ("state", pa.string())]
+)
+_MOVERS = pa.schema(
+    [("domain", pa.string()), ("from_state", pa.string()), ("to_state", pa.string()),
+     ("from_rank", pa.int64()), ("to_rank", pa.int64())]
+)  # fmt: skip
+
+
+def _breakage(
+    src: engines.ArchiveSource, sid: int, prev: int | None, prev_files: dict[str, str] | None
+) -> dict[str, pa.Table]:
+    """Broken domains (stale against every earlier night: the previous night's ``matched``),
+    those repaired since the previous night, and the domains that moved since then."""
+    if prev is None or prev_files is None:
+        broken = load.broken_domains(src, sid, [])
+        repaired = pd.DataFrame({c: [] for c in load.REPAIRED_COLUMNS})
+        movers = pd.DataFrame({c: [] for c in _MOVERS.names})
+    else:
+        table = f"m_{secrets.token_hex(4)}"
+        matched = src.con.read_parquet(prev_files["matched"], table_name=table)
+        broken = load.broken_domains(src, sid, [prev], matched=matched)
+        repaired = load.repaired_domains(src, sid, prev)
+        movers = load.movers(src, prev, sid)
+    return {
+        "broken": _typed(broken, _BROKEN),
+        "repaired": _typed(repaired, _REPAIRED),
+        "movers": _typed(movers, _MOVERS),
+    }
 
 
 def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
@@ -125,13 +187,14 @@ def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
         entries = {} if rebuild else rollups.read(root)
         src = engines.ArchiveSource(manifest, ibis.duckdb.connect(), "duckdb")
         src.use_rollups = False
+        src.materialize = True
         done: list[dt.date] = []
         nights = sorted(manifest.nights)
         try:
             for k, night in enumerate(nights):
                 key = rollups.chain(manifest, night)
                 entry = entries.get(night)
-                if not done and entry is not None and entry["chain"] == key:
+                if not done and rollups.current(entry, key):
                     continue
                 prev = nights[k - 1] if k else None
                 prev_files = (
@@ -140,7 +203,10 @@ def refresh(directory: str | Path, *, rebuild: bool = False) -> list[dt.date]:
                     else None
                 )
                 files = {}
-                for name, data in _compute(src, night, prev, prev_files).items():
+                computed = _compute(src, night, prev, prev_files)
+                # Tonight's views serve the next night's transitions, movers and repairs.
+                src.release_views(keep=[manifest.nights[night].scan_id])
+                for name, data in computed.items():
                     rel = f"{rollups.DIRECTORY}/{name}/night={night.isoformat()}/part-{key}.parquet"
                     path = root / rel
                     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ the longest matching rule wins, an exception rule (``!``) wins over the wildcard
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache, lru_cache
 from importlib import resources
 
@@ -66,17 +67,20 @@ class PublicSuffixList:
 
     def public_suffix(self, name: str) -> str:
         """The public suffix of ``name`` (lower case, no trailing dot)."""
-        labels = name.lower().rstrip(".").split(".")
-        n = len(labels)
-        for i in range(n):
-            candidate = ".".join(labels[i:])
+        clean = name.lower().rstrip(".")
+        start = 0  # candidates from the whole name down to the last label, without a split
+        while True:
+            candidate = clean[start:]
+            dot = clean.find(".", start)
             if candidate in self.exception:
-                return ".".join(labels[i + 1 :])
+                return clean[dot + 1 :] if dot >= 0 else ""
             if candidate in self.exact:
                 return candidate
-            if i + 1 < n and ".".join(labels[i + 1 :]) in self.wildcard:
+            if dot < 0:
+                return candidate  # the implicit "*" rule: the last label
+            if clean[dot + 1 :] in self.wildcard:
                 return candidate
-        return labels[-1]  # the implicit "*" rule
+            start = dot + 1
 
     def registrable_domain(self, name: str) -> str | None:
         """Public suffix plus one label; None when ``name`` is itself a public suffix."""
@@ -90,11 +94,20 @@ class PublicSuffixList:
         return f"{head.rsplit('.', 1)[-1]}.{suffix}"
 
 
+def _text() -> str:
+    return resources.files("analysis.data").joinpath(SNAPSHOT).read_text(encoding="utf-8")
+
+
 @cache
 def snapshot(private: bool = False) -> PublicSuffixList:
     """The shipped snapshot, parsed once per process."""
-    text = resources.files("analysis.data").joinpath(SNAPSHOT).read_text(encoding="utf-8")
-    return PublicSuffixList(text, private=private)
+    return PublicSuffixList(_text(), private=private)
+
+
+@cache
+def identity() -> str:
+    """A short hash of the shipped snapshot: what results derived from it depend on."""
+    return hashlib.sha256(_text().encode("utf-8")).hexdigest()[:12]
 
 
 def registrable_domain(name: str) -> str | None:

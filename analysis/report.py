@@ -1,20 +1,13 @@
 """``danescan report``: the published CSVs, their data dictionary (README.md) and PNG charts.
 
-CSV rules (the files are read by people in spreadsheets and by scripts):
-- fixed column names and order (:data:`DICTIONARY`), UTF-8 without BOM, ``\\n`` line ends;
-- dates ISO 8601; booleans ``true``/``false``; empty cell for null; floats with six decimals;
-- deterministic: every table is sorted, so one database gives byte-identical files;
-- text cells beginning with ``=``, ``+``, ``-``, ``@``, tab or CR get a leading ``'`` so no
-  spreadsheet runs them as a formula (OWASP "CSV injection"); numbers are never touched.
+Fixed column names and order (:data:`DICTIONARY`); deterministic: every table is sorted, so
+one database gives byte-identical files; cells and quoting by :mod:`analysis.csvfile`, one
+writer for every engine.
 Charts use matplotlib's Agg canvas directly (no pyplot, no global backend switch).
 """
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
-import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,21 +19,17 @@ import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis import engines, load, metrics, psl
+from analysis import engines, load, metrics
+from analysis.csvfile import cell, write_csv
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from sqlalchemy.engine import Engine
 
     from analysis.catalog import ScanRef
     from analysis.engines import Source
-
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-_FORMULA_START = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
-FLOAT_FORMAT = "{:.6f}"
-_CHUNK = 100_000  # rows formatted at once
 
 DOMAIN_COLUMNS = (*load.DOMAIN_ROW_COLUMNS, "tld", "provider")
 
@@ -275,74 +264,28 @@ CHARTS = (
 )
 
 
-# --- cells and files ------------------------------------------------------------------------
+# --- per-domain rows ------------------------------------------------------------------------
 
 
-def cell(value: Any) -> str:
-    """One CSV cell by the rules in the module docstring."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return ""
-    if isinstance(value, bool | np.bool_):
-        return "true" if value else "false"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        if math.isnan(f):
-            return ""
-        text = FLOAT_FORMAT.format(f)
-        return "0.000000" if text == "-0.000000" else text
-    if isinstance(value, dt.datetime | dt.date | pd.Timestamp):
-        return value.isoformat()
-    text = str(value)
-    if text.startswith(FORMULA_PREFIXES):
-        return "'" + text
-    return text
-
-
-def cells(column: pd.Series) -> np.ndarray:
-    """A column's CSV cells by :func:`cell`, formatting each distinct value once (most columns
-    hold a handful of values; a per-domain table has millions of rows). A long column of texts
-    (names, inputs) takes :func:`cell`'s text rule column-wise."""
-    kinds = set(map(type, column.dropna()))
-    if kinds == {str} and len(column) > 1000:
-        text = pa.array(column, type=pa.string(), from_pandas=True)
-        marked = pc.match_substring_regex(text, _FORMULA_START)
-        quoted = pc.if_else(marked, pc.binary_join_element_wise("'", text, ""), text)
-        return np.asarray(pc.fill_null(quoted, "").to_numpy(zero_copy_only=False), dtype=object)
-    if kinds == {int} and len(column) > 1000:  # line numbers: str() of each, as cell()
-        return np.array([str(v) if v is not None else "" for v in column], dtype=object)
-    if len(kinds) > 1:  # True == 1: distinct values of mixed types must not be merged
-        return np.array([cell(v) for v in column], dtype=object)
-    codes, uniques = pd.factorize(column, use_na_sentinel=True)
-    formatted = np.array([*(cell(v) for v in uniques), ""], dtype=object)
-    return formatted[codes]  # a null's code is -1: the trailing ""
-
-
-def write_csv(path: Path, columns: Sequence[str], frames: Iterable[pd.DataFrame]) -> int:
-    """Write frames (already in their final order) as one CSV; returns the row count."""
-    n = 0
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(columns)
-        for frame in frames:
-            for start in range(0, len(frame), _CHUNK):  # the cells of one chunk at a time
-                part = frame.iloc[start : start + _CHUNK]
-                w.writerows(zip(*(cells(part[c]) for c in columns), strict=True))
-            n += len(frame)
-    return n
-
-
-def domain_frames(src: Source, scan_id: int) -> Iterable[pd.DataFrame]:
-    """``domains.csv`` as frames, streamed; TLD and provider added here (the PSL is not SQL)."""
-    providers: dict[str, str] = {}
-    for frame in load.domain_rows(src, scan_id):
-        hosts = [h for h in pd.unique(frame["primary_mx"]) if isinstance(h, str) and h]
-        if len(providers) > 100_000:
-            providers.clear()
-        providers.update({h: psl.provider_of(h) for h in hosts if h not in providers})
-        tld = frame["domain"].str.rsplit(".", n=1).str[-1]
-        yield frame.assign(tld=tld, provider=frame["primary_mx"].map(providers))
+def domain_batches(src: Source, scan_id: int) -> Iterator[pa.RecordBatch]:
+    """``domains.csv`` as Arrow batches, streamed; TLD and provider added here (the PSL is
+    not SQL: the engine joins the night's provider map where the archive keeps one)."""
+    known = src.rollup_table("providers", scan_id)
+    for batch in load.domain_batches(src, scan_id, known):
+        if known is not None:
+            provider = batch.column("provider")
+        else:
+            hosts = batch.column("primary_mx").cast(pa.string())
+            distinct = pc.unique(hosts).drop_null()
+            provider = pc.take(load.providers_for(distinct), pc.index_in(hosts, value_set=distinct))
+        yield pa.RecordBatch.from_arrays(
+            [
+                *(batch.column(c) for c in load.DOMAIN_ROW_COLUMNS),
+                pc.replace_substring_regex(batch.column("domain").cast(pa.string()), r"^.*\.", ""),
+                provider,
+            ],
+            names=list(DOMAIN_COLUMNS),
+        )
 
 
 # --- charts ---------------------------------------------------------------------------------
@@ -559,7 +502,7 @@ def build(source: Source | Engine, out: Path, scan: ScanRef = "latest") -> dict[
     counts: dict[str, int] = {}
     for t in DICTIONARY:
         if t.file == "domains.csv":
-            counts[t.file] = write_csv(out / t.file, t.names, domain_frames(src, sid))
+            counts[t.file] = write_csv(out / t.file, t.names, domain_batches(src, sid))
         else:
             counts[t.file] = write_csv(out / t.file, t.names, [frames[t.file]()])
     day = f["logical_date"].iloc[0] if not f.empty else None

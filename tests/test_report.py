@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from analysis import catalog, cli, metrics, report
+from analysis import catalog, cli, csvfile, metrics, report
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,7 +57,7 @@ def read(path: Path) -> list[list[str]]:
     ],
 )
 def test_cell(value: object, text: str) -> None:
-    assert report.cell(value) == text
+    assert csvfile.cell(value) == text
 
 
 def test_dictionary_matches_metrics_columns() -> None:
@@ -112,7 +116,7 @@ def test_report_neutralises_formulas(analysis_db: FixtureDb, tmp_path: Path) -> 
     for path in tmp_path.glob("*.csv"):
         for r in read(path)[1:]:
             for c in r:
-                assert not c.startswith(report.FORMULA_PREFIXES) or _is_number(c), (path, c)
+                assert not c.startswith(csvfile.FORMULA_PREFIXES) or _is_number(c), (path, c)
 
 
 def _is_number(text: str) -> bool:
@@ -174,6 +178,48 @@ def test_cli_report_without_scans(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cells_of_a_long_text_column_follow_cell() -> None:
     texts = [f"d{i}.example" for i in range(3000)] + ["=1+2", "-x", "@a", None, "\tt", "+1"]
     column = pd.Series(texts, dtype=object)
-    assert list(report.cells(column)) == [report.cell(v) for v in texts]
+    assert list(csvfile.cells(column)) == [csvfile.cell(v) for v in texts]
     mixed = pd.Series([*range(2000), None, True], dtype=object)  # not only texts: per value
-    assert list(report.cells(mixed)) == [report.cell(v) for v in mixed]
+    assert list(csvfile.cells(mixed)) == [csvfile.cell(v) for v in mixed]
+
+
+_TEXT = st.text(alphabet=st.sampled_from('ab,"\n\r\t =+-@\'é;\x00\u2028'), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), _TEXT),
+            st.one_of(st.none(), st.integers(-(2**40), 2**40)),
+            st.one_of(st.none(), st.booleans()),
+            st.one_of(st.none(), st.floats(allow_infinity=False), st.just(-0.0)),
+            st.one_of(st.none(), st.dates()),
+        ),
+        max_size=30,
+    )
+)
+def test_writer_matches_the_csv_module(tmp_path_factory: pytest.TempPathFactory,
+                                       rows: list[tuple[object, ...]]) -> None:  # fmt: skip
+    """Byte for byte what csv.writer writes from :func:`csvfile.cell` of each value, for
+    pandas frames and for Arrow batches alike."""
+    names = ["text", "int", "flag", "share", "day"]
+    path = tmp_path_factory.mktemp("csv") / "t.csv"
+    expected = io.StringIO()
+    w = csv.writer(expected, lineterminator="\n")
+    w.writerow(names)
+    w.writerows([[csvfile.cell(v) for v in r] for r in rows])
+    frame = pd.DataFrame.from_records(rows, columns=names)
+    frame["int"] = frame["int"].astype("Int64")
+    assert csvfile.write_csv(path, names, [frame]) == len(rows)
+    assert path.read_bytes() == expected.getvalue().encode("utf-8")
+    batch = pa.RecordBatch.from_pydict(
+        {n: [r[k] for r in rows] for k, n in enumerate(names) if n in ("text", "int", "flag")},
+        schema=pa.schema([("text", pa.string()), ("int", pa.int64()), ("flag", pa.bool_())]),
+    )
+    csvfile.write_csv(path, names[:3], [batch, batch.slice(1)])
+    expected = io.StringIO()
+    w = csv.writer(expected, lineterminator="\n")
+    w.writerow(names[:3])
+    w.writerows([[csvfile.cell(v) for v in r[:3]] for r in [*rows, *rows[1:]]])
+    assert path.read_bytes() == expected.getvalue().encode("utf-8")
