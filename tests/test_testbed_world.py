@@ -1,4 +1,5 @@
-"""The world generator, pure: determinism, manifest vs the contract, sharing shape, nights."""
+"""The world generator, pure: determinism, manifest vs the contract, nights (hosting shape:
+test_testbed_hosting.py)."""
 
 from __future__ import annotations
 
