@@ -4,7 +4,10 @@ Everything is derived from (world seed, label): ECDSA keys from a hashed scalar,
 signed deterministically (RFC 6979 for ECDSA, PKCS#1 v1.5 for RSA), fixed serials and dates, so
 the same seed gives byte-identical certificates and therefore identical TLSA digests in the zones.
 RSA keys cannot be derived cheaply; they come from a small pool whose primes are drawn from a
-seeded generator and cached on disk (the first world on a machine pays ~1 s once).
+seeded generator and cached on disk (the first world on a machine pays ~1 s once). A world with
+tens of thousands of addresses has as many leaves: ordinary ones share KEY_POOL_SIZE ECDSA keys
+(`Pki.pool_key`; a key pair signs many leaves), each key written once. DANE needs only that a
+host's TLSA names what that host serves, and every leaf still differs (names, serial).
 
 DANE-TA (RFC 7672 §3.1.2) needs a CA hierarchy: one root and one intermediate per world; leaves
 issued by the intermediate carry the MX host names as SANs. DANE-EE leaves (§3.1.1) are
@@ -34,6 +37,7 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 NOT_BEFORE = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 NOT_AFTER = dt.datetime(2099, 12, 31, tzinfo=dt.UTC)
 RSA_POOL_SIZE = 8
+KEY_POOL_SIZE = 1024
 RSA_BITS = 2048
 _RSA_CACHE = Path(os.environ.get("DANESCAN_CACHE", "/tmp/danescan-cache")) / "rsa-pool"
 _P256_ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
@@ -199,6 +203,8 @@ class Pki:
     def __init__(self, directory: Path, seed: int) -> None:
         self.directory = directory
         self.seed = seed
+        self._key_files: dict[bytes, str] = {}  # SPKI DER -> the key's PEM file
+        self._pool: dict[int, PrivateKey] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self.root_key: PrivateKey = rsa_key(seed)
         root_name = f"danescan testbed root CA {seed}"
@@ -230,6 +236,14 @@ class Pki:
             return rsa_key(rsa_key_index)
         return ec_key(self.seed, label)
 
+    def pool_key(self, index: int) -> PrivateKey:
+        """Pool key ``index % KEY_POOL_SIZE``, for leaves that need no key of their own."""
+        i = index % KEY_POOL_SIZE
+        key = self._pool.get(i)
+        if key is None:
+            key = self._pool[i] = ec_key(self.seed, f"key-pool-{i}")
+        return key
+
     def self_signed(self, label: str, names: list[str], key: PrivateKey) -> Issued:
         """A DANE-EE style leaf: self-signed, names only for the humans reading it."""
         cn = names[0] if names else label
@@ -255,15 +269,24 @@ class Pki:
 
     def _issue(self, label: str, key: PrivateKey, certs: list[x509.Certificate]) -> Issued:
         cert_path = self._write_pem(f"{label}.crt.pem", certs)
-        key_path = self.directory / f"{label}.key.pem"
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
+        return Issued(Chain(cert=str(cert_path), key=self._key_file(key)), tuple(certs))
+
+    def _key_file(self, key: PrivateKey) -> str:
+        """The key's PEM file, written once however many leaves it signs."""
+        spki = key_spki_der(key)
+        path = self._key_files.get(spki)
+        if path is None:
+            name = f"key-{hashlib.sha256(spki).hexdigest()[:24]}.key.pem"
+            file = self.directory / name
+            file.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
             )
-        )
-        return Issued(Chain(cert=str(cert_path), key=str(key_path)), tuple(certs))
+            path = self._key_files[spki] = str(file)
+        return path
 
     def _write_pem(self, filename: str, certs: list[x509.Certificate]) -> str:
         path = self.directory / filename

@@ -54,6 +54,8 @@ ADVERTISES_STARTTLS = frozenset(
 )
 
 _NEEDS_NO_CHAIN = frozenset({SmtpBehaviour.STARTTLS_454, SmtpBehaviour.TLS_FAIL})
+# The behaviours that complete a handshake, so present a certificate chain.
+PRESENTS_CHAIN = ADVERTISES_STARTTLS - _NEEDS_NO_CHAIN
 
 _GARBAGE = (
     b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

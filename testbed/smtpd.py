@@ -3,6 +3,8 @@
 Run as ``python -m testbed.smtpd SPEC.json`` (SPEC.json = ``testbed.spec.to_json(SmtpSpec)``):
 it binds a listener per endpoint, prints ``ready`` and serves until SIGTERM, appending one JSON
 line per session to ``spec.session_log``. What each endpoint says is `testbed.smtpbehaviours`.
+More listeners than one process has descriptors for are served by child processes
+(`testbed.smtpshards`), behind the same pid, the same ``ready`` and the same log.
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ import socket
 import ssl
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import trio
 
+from testbed import smtpshards
 from testbed.smtpbehaviours import Endpoint, Record, Session, Settings, close, note_sni
 from testbed.spec import Chain, SmtpEndpoint, SmtpSpec, read_delay, smtp_spec_from_json
 
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 FLUSH_INTERVAL = 0.5
 FLUSH_LINES = 4096  # flush early when a burst fills the buffer
+# Descriptors kept for sessions (and the log, the epoll set) on top of one per listener: a
+# scan's connections in flight stay below its concurrency (2,000 by default).
+SESSION_DESCRIPTORS = 4096
 # accept() errors that mean "out of resources for now", not "this listener is broken".
 _TRANSIENT_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -153,17 +159,41 @@ class SessionLog:
         os.close(self._fd)
 
 
-def raise_nofile_limit() -> None:
-    """Thousands of listeners plus thousands of sessions need far more than 1024 descriptors."""
+def raise_nofile_limit(needed: int = 0) -> int:
+    """Raise the descriptor limit as far as allowed, past the hard limit if ``needed`` is
+    larger and the process may (CAP_SYS_RESOURCE, up to fs.nr_open); returns the soft limit.
+
+    A world has a listener per SMTP address (tens of thousands in a large one) plus a
+    descriptor per open session, far more than the usual 1,024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= hard:
-        return
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed
+        except (ValueError, OSError):
+            pass  # not privileged: the hard limit it is
+    target = (1 << 20) if hard == resource.RLIM_INFINITY else hard
+    if soft >= target:
+        return soft
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):
-        pass  # keep the soft limit; accept() backs off on EMFILE
+        return soft  # keep the soft limit; accept() backs off on EMFILE
+    return target
+
+
+def check_descriptors(listeners: int) -> None:
+    """BindError, before anything is bound, if the listeners and SESSION_DESCRIPTORS sessions
+    cannot have a descriptor each (rather than EMFILE half-way through binding)."""
+    needed = listeners + SESSION_DESCRIPTORS
+    limit = raise_nofile_limit(needed)
+    if limit < needed:
+        raise BindError(
+            f"{listeners} listeners and {SESSION_DESCRIPTORS} sessions need {needed} file "
+            f"descriptors; the limit is {limit} (raise `ulimit -n`, or run a smaller world)"
+        )
 
 
 def _listen(endpoint: SmtpEndpoint) -> trio.SocketListener:
@@ -243,15 +273,17 @@ async def serve(
     handshake_timeout: float = 30.0,
     session_lifetime: float = 600.0,
     delay_file: str | None = None,
+    hangup_also: Sequence[trio.Process] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serves every endpoint of ``spec`` until cancelled; ``started()`` once all are bound.
+    A SIGHUP rereads ``delay_file`` and is passed on to the processes in ``hangup_also``.
 
     Raises `ChainError` or `BindError` (before ``started()``) if a chain cannot be loaded or a
     listener cannot be opened. On
     cancellation every open session is logged with ``end`` = "shutdown" and the log flushed.
     """
-    raise_nofile_limit()
+    check_descriptors(len(spec.endpoints))
     reply_delay = read_delay(delay_file, spec.reply_delay)
     settings = Settings(idle_timeout, handshake_timeout, session_lifetime, reply_delay)
     contexts = TlsContexts()
@@ -264,7 +296,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(log.run)
             if delay_file:
-                nursery.start_soon(_reload_on_hangup, settings, delay_file)
+                nursery.start_soon(_reload_on_hangup, settings, delay_file, hangup_also)
             for listener, ep in zip(listeners, endpoints, strict=True):
                 nursery.start_soon(_accept_loop, listener, ep, log, nursery)
             task_status.started()
@@ -274,23 +306,73 @@ async def serve(
         log.close()
 
 
-async def _reload_on_hangup(settings: Settings, delay_file: str) -> None:
+async def _reload_on_hangup(
+    settings: Settings, delay_file: str, also: Sequence[trio.Process]
+) -> None:
     """SIGHUP: take the reply delay from ``delay_file`` again (`testbed.control.set_delay`)."""
     with trio.open_signal_receiver(signal.SIGHUP) as hangups:
         async for _ in hangups:
             settings.reply_delay = read_delay(delay_file, settings.reply_delay)
+            for proc in also:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGHUP)
 
 
-async def _run(spec: SmtpSpec, idle_timeout: float, delay_file: str | None) -> None:
+async def _run(
+    spec: SmtpSpec,
+    idle_timeout: float,
+    delay_file: str | None,
+    children: list[list[str]],
+    is_child: bool,
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            procs: list[trio.Process] = []
+            if children:
+                procs = await nursery.start(smtpshards.run_children, children)
             await nursery.start(
-                partial(serve, spec, idle_timeout=idle_timeout, delay_file=delay_file)
+                partial(
+                    serve,
+                    spec,
+                    idle_timeout=idle_timeout,
+                    delay_file=delay_file,
+                    hangup_also=procs,
+                )
             )
             print("ready", flush=True)
+            if is_child:
+                nursery.start_soon(_cancel_after, smtpshards.exit_with_parent, nursery)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _cancel_after(wait: Callable[[], Awaitable[None]], nursery: trio.Nursery) -> None:
+    await wait()
+    nursery.cancel_scope.cancel()
+
+
+def _sharded(
+    spec: SmtpSpec, args: argparse.Namespace, argv: list[str]
+) -> tuple[SmtpSpec, list[list[str]]]:
+    """This process's endpoints, and the commands of the child shards it must start."""
+    if args.shard:
+        return smtpshards.shard(spec, *smtpshards.parse_shard(args.shard)), []
+    per_process = args.listeners_per_process
+    if per_process is None:
+        per_process = raise_nofile_limit(len(spec.endpoints) + SESSION_DESCRIPTORS)
+        per_process -= SESSION_DESCRIPTORS
+    count = smtpshards.shard_count(len(spec.endpoints), per_process)
+    base = [sys.executable, "-m", "testbed.smtpd", *argv]
+    children = [[*base, "--shard", f"{i}/{count}"] for i in range(1, count)]
+    return smtpshards.shard(spec, 0, count), children
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside nested groups (each nursery wraps its own)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,14 +380,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="SmtpSpec as JSON (testbed.spec.to_json)")
     parser.add_argument("--idle-timeout", type=float, default=60.0)
     parser.add_argument("--delay-file", help="reply delay [low, high], read at start and on SIGHUP")
+    parser.add_argument(
+        "--listeners-per-process",
+        type=int,
+        default=None,
+        help="listeners per process before children serve the rest (default: what the "
+        "descriptor limit allows)",
+    )
+    parser.add_argument("--shard", help=argparse.SUPPRESS)  # I/K: a child started by its parent
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     with open(args.spec, encoding="utf-8") as fh:
         spec = smtp_spec_from_json(json.load(fh))
     failed: list[BaseException] = []
     try:
-        trio.run(_run, spec, args.idle_timeout, args.delay_file)
-    except* (BindError, ChainError) as group:
-        failed.extend(group.exceptions)
+        mine, children = _sharded(spec, args, argv)
+        trio.run(_run, mine, args.idle_timeout, args.delay_file, children, bool(args.shard))
+    except* (BindError, ChainError, smtpshards.ShardError, ValueError) as group:
+        failed.extend(_leaves(group))
     for exc in failed:
         print(f"testbed.smtpd: {exc}", file=sys.stderr)
     return 2 if failed else 0

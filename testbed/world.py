@@ -3,10 +3,13 @@ except writing the PEM files of the certificates the plan points at.
 
 Addresses inside the world's 127.<block>.0.0/16:
   .0.1 resolver, .0.2 root, .0.3 TLDs, .0.4 domains, .0.5 zones below domains,
-  .0.10 / .0.11 / .0.12 fault servers (drop, servfail, truncate), .0.100-.0.250 addresses where
+  .0.10 / .0.11 / .0.12 fault servers (drop, servfail, truncate), .0.100-.0.249 addresses where
   nothing listens (SMTP connect refused), .1.1-.254.254 SMTP endpoints (spread over /24s).
-Certificates are per MX host (providers) or per shared address (the self-hosted tail shares
-addresses the way shared hosting does, ~6 hosts per address, one multi-SAN leaf), never per domain.
+Hosting shape (issue 19: a world where thousands of hosts share an address measures the
+scanner's politeness limit, not the scanner): most self-hosted MX hosts sit alone on an address
+of their own, the rest share one with 1-3 others (a small shared-hosting box, one multi-SAN
+leaf); a provider's MX host is on tens of addresses sized by its customers, one certificate per
+host. Certificates are per address (self-hosted) or per MX host (providers), never per domain.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import idna
 
 from testbed import pki, scenarios
 from testbed.scenarios import PROVIDER_KINDS, PROVIDER_ORDER, PROVIDER_SCENARIOS, SCENARIOS
+from testbed.smtpbehaviours import PRESENTS_CHAIN
 from testbed.spec import (
     Chain,
     DnsFault,
@@ -52,11 +56,19 @@ SIGNED_TLDS = ("alpha", "beta", "gamma", "delta")
 TLD_SHARES = (0.4, 0.3, 0.15, 0.15)
 UNSIGNED_TLD = "plainland"
 PROVIDER_NAMES = ("postbox", "mailhaus", "relaywerk", "inboxen", "sendly", "courier", "letterbox")
-HOSTS_PER_ADDRESS = 6
+# Self-hosted MX hosts: this share of them alone on an address, the others on addresses of
+# SHARED_SIZES hosts (drawn per address from the seed), while the block has room (`fitted_alone`).
+HOSTS_ALONE = 0.7
+SHARED_SIZES = (2, 3, 4)
+SMTP_ADDRESSES = 254 * 254  # 127.B.1.1-127.B.254.254
+REFUSING_ADDRESSES = 150  # 127.B.0.100-127.B.0.249, one host each until they wrap
 # The "many-mx" scenario (issue 21): one domain listing hundreds of MX hosts on few addresses.
 MANY_MX_HOSTS = 300
 MANY_MX_ADDRESSES = 3
-PROVIDER_MAX_ADDRESSES = 8  # per MX host
+# A provider's MX host: one address per PROVIDER_CUSTOMERS_PER_ADDRESS customer domains, at
+# least 2 and at most PROVIDER_MAX_ADDRESSES (a big provider's MX name answers with tens of A).
+PROVIDER_MAX_ADDRESSES = 32
+PROVIDER_CUSTOMERS_PER_ADDRESS = 100
 SOA_TIMERS = "3600 600 86400 300"
 
 _WORDS_A = (
@@ -125,10 +137,37 @@ def addr(block: int, index: int) -> str:
     the self-hosted tail is spread over as many networks as it has servers, so a scanner's
     per-/24 politeness limit binds here the way it binds there, not on four crowded /24s.
     """
-    host, net = divmod(index, 254)
-    if host + 1 > 254:
+    if not 0 <= index < SMTP_ADDRESSES:
         raise ValueError("world too large for its /16")
+    host, net = divmod(index, 254)
     return f"127.{block}.{net + 1}.{host + 1}"
+
+
+def address_alone(hosts_alone: float) -> float:
+    """The chance that a new self-hosted address is drawn for one host, such that a share
+    ``hosts_alone`` of the hosts end up alone (the others fill SHARED_SIZES addresses)."""
+    shared = sum(SHARED_SIZES) / len(SHARED_SIZES)
+    return hosts_alone * shared / (1.0 - hosts_alone + hosts_alone * shared)
+
+
+def fitted_alone(hosts: int, room: int) -> float:
+    """`address_alone` for ``hosts`` self-hosted hosts on at most ``room`` addresses: as drawn
+    for `HOSTS_ALONE` if they fit, else fewer alone so that they do (a 300k world holds ~84,000
+    self-hosted hosts; the /16 has 64,516 SMTP addresses). ValueError if even no host alone
+    would not fit."""
+    want = address_alone(HOSTS_ALONE)
+    shared = sum(SHARED_SIZES) / len(SHARED_SIZES)
+    if room <= 0 or hosts / room > shared:
+        raise ValueError(f"{hosts} self-hosted MX hosts do not fit {room} addresses of a /16")
+    # Expected hosts per address a + (1 - a) * shared must reach hosts / room.
+    return min(want, (shared - hosts / room) / (shared - 1.0))
+
+
+def _hosts_on(p: float, u: float) -> int:
+    """Hosts an address takes: 1 with chance ``p``, else one of SHARED_SIZES (u uniform)."""
+    if u < p:
+        return 1
+    return SHARED_SIZES[min(len(SHARED_SIZES) - 1, int((u - p) / (1.0 - p) * len(SHARED_SIZES)))]
 
 
 def infra(block: int) -> dict[str, str]:
@@ -243,6 +282,11 @@ class _Cert:
     old_spki: bytes = b""
 
 
+# Leaves whose scenario compares keys (a rollover's old and new key, an SNI decoy's) get a key
+# of their own; the others share `pki.Pki.pool_key` keys.
+_OWN_KEY = frozenset({"stale", "sni"})
+
+
 @dataclass
 class _Addr:
     address: str
@@ -262,12 +306,14 @@ class _TlsaRef:
 
 
 class _Builder:
-    def __init__(self, p: Params, workdir: Path) -> None:
+    def __init__(self, p: Params, workdir: Path, alone: float) -> None:
         self.p = p
+        self.alone = alone  # chance that a new self-hosted address is for one host
         self.ip = infra(p.block)
         self.pki = pki.Pki(workdir / "pki", p.seed)
         self.addrs: list[_Addr] = []
-        self.pools: dict[tuple[str, str, float], _Addr] = {}
+        self.pools: dict[tuple[str, str, float], tuple[_Addr, int]] = {}  # -> address, room
+        self.self_hosted: list[_Addr] = []  # the addresses `pooled` opened
         self.host_cert: dict[str, _Cert] = {}
         self.v6_hosts: list[str] = []
         self.refused_next = 0
@@ -283,7 +329,9 @@ class _Builder:
 
     # addresses ------------------------------------------------------------------------------
     def _new_addr(self, behaviour: SmtpBehaviour, cert: _Cert, delay: float) -> _Addr:
-        a = _Addr(addr(self.p.block, len(self.addrs)), behaviour, delay, cert)
+        n = len(self.addrs)
+        # Past the block's end the world is placed again with more sharing (see `_placed`).
+        a = _Addr(addr(self.p.block, n) if n < SMTP_ADDRESSES else "", behaviour, delay, cert)
         self.addrs.append(a)
         return a
 
@@ -294,14 +342,17 @@ class _Builder:
         return _Cert(label, kind, [], rsa)
 
     def pooled(self, host: str, behaviour: SmtpBehaviour, kind: str) -> str:
-        """Place a self-hosted MX host on a shared address of its profile; returns the address."""
+        """Place a self-hosted MX host on an address of its profile, alone or shared with a few
+        others as drawn for that address; returns the address."""
         delay = self.p.greeting_delay if behaviour is SmtpBehaviour.TARPIT else 0.0
         key = (behaviour.value, kind, delay)
-        a = self.pools.get(key)
-        if a is None or len(a.hosts) >= HOSTS_PER_ADDRESS:
+        a, room = self.pools.get(key, (None, 0))
+        if a is None or len(a.hosts) >= room:
             n = len(self.addrs)
             a = self._new_addr(behaviour, self._new_cert(kind, f"addr-{n}", n), delay)
-            self.pools[key] = a
+            room = _hosts_on(self.alone, unit(self.p.seed, "hosts-on", n))
+            self.pools[key] = (a, room)
+            self.self_hosted.append(a)
         a.hosts.append(host)
         a.cert.names.append(host)
         self.host_cert[host] = a.cert
@@ -309,7 +360,7 @@ class _Builder:
 
     def refused(self) -> str:
         """An address in the block where nothing listens (connect refused)."""
-        k = self.refused_next // HOSTS_PER_ADDRESS % 150
+        k = self.refused_next % REFUSING_ADDRESSES
         self.refused_next += 1
         return f"127.{self.p.block}.0.{100 + k}"
 
@@ -376,7 +427,11 @@ class _Builder:
             signing = Signing(self.algorithm(origin), key_id=origin) if kind.signed else None
             z = self.zone(origin, "domains", signing, f"ns-dom.nic.{tld}.")
             self.delegate(f"{tld}.", origin, f"ns-dom.nic.{tld}.", kind.signed)
-            n_addr = max(2, min(PROVIDER_MAX_ADDRESSES, math.ceil(counts.get(kind_name, 0) / 400)))
+            customers = counts.get(kind_name, 0)
+            n_addr = max(
+                2,
+                min(PROVIDER_MAX_ADDRESSES, math.ceil(customers / PROVIDER_CUSTOMERS_PER_ADDRESS)),
+            )
             hosts = []
             for h in (1, 2):
                 host = f"mx{h}.{origin}"
@@ -622,13 +677,16 @@ class _Builder:
         seen: set[int] = set()
         for a in self.addrs:
             c = a.cert
-            if id(c) in seen:
-                continue
+            if id(c) in seen or a.behaviour not in PRESENTS_CHAIN:
+                continue  # an address that never completes a handshake needs no certificate
             seen.add(id(c))
             # A rolled-over host serves a key no other kind uses, so it never equals last
             # night's key of the same address label.
             label = f"{c.label}-rolled" if c.kind == "stale" else c.label
-            key = self.pki.key(label, c.rsa_index)
+            if c.kind in _OWN_KEY or c.rsa_index is not None:
+                key = self.pki.key(label, c.rsa_index)
+            else:
+                key = self.pki.pool_key(len(seen))
             names = [n.rstrip(".") for n in c.names]
             if c.kind in ("ta", "ta-root"):
                 c.issued = self.pki.ca_issued(c.label, names, key, c.kind == "ta-root")
@@ -707,22 +765,38 @@ class _Builder:
 
     def _endpoint(self, a: _Addr) -> SmtpEndpoint:
         c = a.cert
-        assert c.issued is not None
+        if c.issued is None:  # never completes a handshake (see `issue`)
+            return SmtpEndpoint(a.address, a.behaviour, {}, 25, a.banner_delay, _hostname(a))
         chains = {"*": c.issued.chain}
         if c.decoy is not None:  # §8.1: only the right SNI gets the chain the TLSA names
             chains = {"*": c.decoy.chain}
             chains.update({h.rstrip("."): c.issued.chain for h in a.hosts})
-        hostname = a.hosts[0].rstrip(".") if a.hosts else "mx.testbed"
-        return SmtpEndpoint(a.address, a.behaviour, chains, 25, a.banner_delay, hostname)
+        return SmtpEndpoint(a.address, a.behaviour, chains, 25, a.banner_delay, _hostname(a))
+
+
+def _hostname(a: _Addr) -> str:
+    return a.hosts[0].rstrip(".") if a.hosts else "mx.testbed"
 
 
 def _placed(p: Params, workdir: Path, drafts: list[DomainDraft]) -> _Builder:
-    b = _Builder(p, workdir)
-    b.infrastructure()
-    b.providers(drafts)
-    for d in drafts:
-        b.domain(d)
-    return b
+    """Every zone, address and host of the world; placed again with fewer hosts alone while
+    the addresses overflow the block (each pass is pure; certificates come later)."""
+    alone = address_alone(HOSTS_ALONE)
+    for _ in range(8):
+        b = _Builder(p, workdir, alone)
+        b.infrastructure()
+        b.providers(drafts)
+        for d in drafts:
+            b.domain(d)
+        if len(b.addrs) <= SMTP_ADDRESSES:
+            return b
+        hosts = sum(len(a.hosts) for a in b.self_hosted)
+        # Each pool's last address may be part-filled: leave room for them, and a margin for
+        # the draw's spread.
+        others = len(b.addrs) - len(b.self_hosted)
+        room = int((SMTP_ADDRESSES - others - len(b.pools)) * 0.995)
+        alone = max(0.0, min(alone - 0.005, fitted_alone(hosts, room)))
+    raise ValueError("world too large for its /16")
 
 
 ROLLED_FROM = ("dane-ee-311", "dane-ee-301", "dane-ee-312")

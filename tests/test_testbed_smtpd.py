@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from testbed import smtpd
+from testbed import smtpd, smtpshards
 from testbed.spec import Chain, SmtpBehaviour, SmtpEndpoint, SmtpSpec, to_json
 
 if TYPE_CHECKING:
@@ -564,3 +565,138 @@ def test_process_ready_session_sigterm(world: SmtpSpec, tmp_path: Path) -> None:
     assert failed.returncode != 0
     assert "127.78.0.1]:2525" in failed.stderr
     assert "ready" not in failed.stdout
+
+
+# --- more listeners than one process holds: shards -----------------------------------------
+
+
+def test_shards_split_the_spec_evenly(world: SmtpSpec) -> None:
+    assert smtpshards.shard_count(13, 5) == 3
+    assert smtpshards.shard_count(0, 5) == 1
+    with pytest.raises(ValueError):
+        smtpshards.shard_count(13, 0)
+    parts = [smtpshards.shard(world, i, 3).endpoints for i in range(3)]
+    assert sorted(e.address for p in parts for e in p) == sorted(e.address for e in world.endpoints)
+    assert [len(p) for p in parts] == [5, 4, 4]
+    assert smtpshards.parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "-1/3", "x", "1/0"):
+        with pytest.raises(ValueError):
+            smtpshards.parse_shard(bad)
+
+
+def test_more_listeners_than_descriptors_fail_before_binding() -> None:
+    # Past fs.nr_open (2**20 at most on Linux): no process may raise its limit that far.
+    with pytest.raises(smtpd.BindError, match="file descriptors"):
+        smtpd.check_descriptors(1 << 21)
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(entry.name))
+        except OSError:
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _greets(address: str) -> bytes:
+    with socket.create_connection((address, PORT), timeout=5) as s:
+        f = s.makefile("rwb")
+        greeting = f.readline()
+        f.write(b"EHLO shard.example\r\nQUIT\r\n")
+        f.flush()
+        f.read()
+        return greeting
+
+
+def _start(spec_path: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "testbed.smtpd", str(spec_path), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        text=True,
+    )
+
+
+def test_shards_serve_as_one_process(world: SmtpSpec, tmp_path: Path) -> None:
+    """Thirteen endpoints at five listeners a process: two children, one ready, one log; a
+    SIGHUP reaches every shard, SIGTERM stops them all."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(to_json(world)))
+    delay_file = tmp_path / "delay.json"
+    delay_file.write_text("[0, 0]")
+    proc = _start(spec_path, "--listeners-per-process", "5", "--delay-file", str(delay_file))
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        children = _children(proc.pid)
+        assert len(children) == 2
+        # Endpoints 1, 2 and 3 are the first of shards 0, 1 and 2.
+        for n in (1, 2, 3):
+            assert _greets(f"127.78.0.{n}").startswith(f"220 mx{n}.testbed".encode())
+        delay_file.write_text("[0.3, 0.35]")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        for n in (1, 2, 3):
+            start = time.monotonic()
+            _greets(f"127.78.0.{n}")
+            assert time.monotonic() - start >= 0.3, n
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not any(_alive(c) for c in children)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = read_log(world)
+    assert sorted(str(x["address"]) for x in lines) == sorted(
+        f"127.78.0.{n}" for n in (1, 2, 3) for _ in range(2)
+    )
+
+
+def test_shards_outlive_no_parent(world: SmtpSpec, tmp_path: Path) -> None:
+    """A parent killed outright: its children notice (their stdin closes) and free the
+    addresses, so the block can be used again."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(to_json(world)))
+    proc = _start(spec_path, "--listeners-per-process", "5")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        children = _children(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(c) for c in children)
+        with socket.create_server(("127.78.0.2", PORT)):
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_failing_shard_fails_the_start(world: SmtpSpec, tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(to_json(world)))
+    with socket.create_server(("127.78.0.2", PORT)):  # shard 1's first endpoint
+        proc = _start(spec_path, "--listeners-per-process", "5")
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "ready" not in out
+    assert "127.78.0.2]:2525" in err
+    assert "shard 1/3" in err
+    with socket.create_server(("127.78.0.1", PORT)):  # shard 0 let its listeners go
+        pass

@@ -1,4 +1,5 @@
-"""The world generator, pure: determinism, manifest vs the contract, sharing shape, nights."""
+"""The world generator, pure: determinism, manifest vs the contract, nights (hosting shape:
+test_testbed_hosting.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import collections
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.name
 import dns.rdata
@@ -16,7 +17,9 @@ from cryptography.hazmat.primitives import serialization
 
 from testbed import control, scenarios, world
 from testbed.scenarios import ALL_SCENARIOS, SCENARIOS
-from testbed.spec import SmtpBehaviour, Zone
+
+if TYPE_CHECKING:
+    from testbed.spec import Zone
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +189,8 @@ def test_tlsa_matches_presented_certificate(built: world.Built) -> None:
     assert built.plan.smtp is not None
     eps = {e.address: e for e in built.plan.smtp.endpoints}
     records: dict[tuple[str, str], list[str]] = {
-        (r.owner, r.rdtype): [] for z in built.plan.zones for r in z.records}
+        (r.owner, r.rdtype): [] for z in built.plan.zones for r in z.records
+    }
     for z in built.plan.zones:
         for r in z.records:
             records[(r.owner, r.rdtype)].append(r.rdata)
@@ -207,25 +211,6 @@ def test_tlsa_matches_presented_certificate(built: world.Built) -> None:
             assert eps["::1"].chains[h["sni"]] == chain
         checked[m["scenario"]] += 1
     assert len(checked) == 4
-
-
-def test_sharing_shape(tmp_path: Path) -> None:
-    b = world.build(world.Params(seed=3, domains=6000), tmp_path)
-    assert b.plan.smtp is not None
-    provider = sum(1 for m in b.manifest if m["provider"])
-    assert 0.6 < provider / 6000 < 0.8
-    per_kind = collections.Counter(m["provider"] for m in b.manifest if m["provider"])
-    top = [k for k, _ in per_kind.most_common()]
-    assert top[0] == scenarios.PROVIDER_ORDER[0]  # Zipf-ish: the first provider is biggest
-    addresses = {e.address for e in b.plan.smtp.endpoints}
-    assert 6000 / 40 < len(addresses) < 6000 / 10
-    for m in b.manifest:
-        if m["provider"]:
-            assert len(m["mx_hosts"]) == 2
-            assert all(len(h["addresses"]) >= 2 for h in m["mx_hosts"])
-    tarpits = [e for e in b.plan.smtp.endpoints if e.behaviour is SmtpBehaviour.TARPIT]
-    assert tarpits
-    assert all(e.banner_delay == 1.5 for e in tarpits)
 
 
 def test_nights_are_deterministic_and_move(tmp_path: Path) -> None:
