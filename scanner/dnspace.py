@@ -7,9 +7,9 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   multiplicative decrease, as TCP's congestion control (RFC 5681 §3.1): slow start doubles
   the window each round trip until the first loss, then it grows by one per window of
   answers; a loss episode halves the questions then in flight, once (RFC 5681 eq. 4 halves
-  the flight size, not the window). It grows only while at least half of it is used
-  (RFC 7661 §4.3): a scan whose domains ask fewer questions than the window allows must not
-  run it up to a size that a later loss only halves in name. A loss is :data:`LOSS_SHARE` of
+  the flight size, not the window). It grows only while it is full (RFC 7661 §4.3): a scan
+  whose domains ask fewer questions than the window allows must not run it up to a size that
+  a later loss only halves in name. A loss is :data:`LOSS_SHARE` of
   the recent questions
   timing out: a few slow authorities behind the resolver are not overload, a resolver dropping
   questions from its full request list times out a large share of them together.
@@ -67,7 +67,7 @@ class Window:
     def answered(self, in_flight: int) -> bool:
         """One question answered, ``in_flight`` counting it; True when ``limit`` changed."""
         self._loss *= _KEEP
-        if self.limit >= MAX_WINDOW or 2 * in_flight < self.limit:
+        if self.limit >= MAX_WINDOW or in_flight < self.limit:
             return False
         if self.limit < self.ssthresh:  # slow start: +1 per answer
             self.limit += 1

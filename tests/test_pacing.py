@@ -122,12 +122,12 @@ def test_window_slow_start_then_one_per_window_of_answers() -> None:
     assert (changes, w.limit) == (1, halved + 1)
 
 
-def test_window_grows_only_while_at_least_half_used() -> None:
+def test_window_grows_only_while_full() -> None:
     w = Window(1000)
-    # 300 questions out of 1000 allowed: answers say nothing about room for more (RFC 7661).
-    assert not any(w.answered(300) for _ in range(5000))
+    # 999 questions out of 1000 allowed: answers say nothing about room for more (RFC 7661).
+    assert not any(w.answered(999) for _ in range(5000))
     assert w.limit == 1000
-    assert w.answered(500)  # half used: slow start goes on
+    assert w.answered(1000)  # full: slow start goes on
     assert w.limit == 1001
 
 
