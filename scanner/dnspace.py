@@ -7,12 +7,12 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   multiplicative decrease, as TCP's congestion control (RFC 5681 §3.1): slow start doubles
   the window each round trip until the first loss, then it grows by one per window of
   answers; a loss episode halves the questions then in flight, once (RFC 5681 eq. 4 halves
-  the flight size, not the window). It grows only while it is full (RFC 7661 §4.3): a scan
-  whose domains ask fewer questions than the window allows must not run it up to a size that
-  a later loss only halves in name. A loss is :data:`LOSS_SHARE` of
-  the recent questions
-  timing out: a few slow authorities behind the resolver are not overload, a resolver dropping
-  questions from its full request list times out a large share of them together.
+  the flight size, not the window). It grows only while it is full (congestion window
+  validation, RFC 7661): a scan whose domains ask fewer questions than the window allows must
+  not run it up to a size that a later loss only halves in name. A loss is
+  :data:`LOSS_SHARE` of the recent questions timing out: a few slow authorities behind the
+  resolver are not overload, a resolver dropping questions from its full request list times
+  out a large share of them together.
 * :class:`RateSlots`: the ``--dns-rate`` cap as send slots reserved in order.
 * :func:`silence_is_final`: a question the resolver never answered is a fact about the name only
   after :data:`SILENT_ROUNDS` rounds of asking, spaced by :func:`reask_delay`, each of which
