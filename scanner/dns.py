@@ -473,7 +473,7 @@ class DnsClient:
             answer, heard = await self._attempts(question, waiter, pending, sent, attempts,
                                                  paced=True)
             if answer is not None:
-                if self._window.answered() and self._room:
+                if self._window.answered(self._in_flight) and self._room:
                     self._hand_over()
                 return answer, False
         finally:
@@ -583,7 +583,7 @@ class DnsClient:
         that is no measure of its capacity), and with nothing heard since the last ones, a
         sign the resolver itself may be silent."""
         if self._resumed.is_set():
-            self._window.timed_out(trio.current_time(), sent_at)
+            self._window.timed_out(trio.current_time(), sent_at, self._in_flight)
         if self._heard != self._heard_at_timeout:
             self._heard_at_timeout = self._heard
             self._silent = 0

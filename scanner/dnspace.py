@@ -6,9 +6,13 @@ never ourselves (docs/verdicts.md, "Timeouts"):
 * :class:`Window`: how many questions may wait for an answer at once. Additive increase,
   multiplicative decrease, as TCP's congestion control (RFC 5681 §3.1): slow start doubles
   the window each round trip until the first loss, then it grows by one per window of
-  answers; a loss episode halves it once. A loss is :data:`LOSS_SHARE` of the recent questions
-  timing out: a few slow authorities behind the resolver are not overload, a resolver dropping
-  questions from its full request list times out a large share of them together.
+  answers; a loss episode halves the questions then in flight, once (RFC 5681 eq. 4 halves
+  the flight size, not the window). It grows only while it is full (congestion window
+  validation, RFC 7661): a scan whose domains ask fewer questions than the window allows must
+  not run it up to a size that a later loss only halves in name. A loss is
+  :data:`LOSS_SHARE` of the recent questions timing out: a few slow authorities behind the
+  resolver are not overload, a resolver dropping questions from its full request list times
+  out a large share of them together.
 * :class:`RateSlots`: the ``--dns-rate`` cap as send slots reserved in order.
 * :func:`silence_is_final`: a question the resolver never answered is a fact about the name only
   after :data:`SILENT_ROUNDS` rounds of asking, spaced by :func:`reask_delay`, each of which
@@ -60,10 +64,10 @@ class Window:
         self._loss = 0.0  # share of recent questions that timed out (moving average)
         self._recovery_from = -math.inf  # timeouts of attempts sent before this are one episode
 
-    def answered(self) -> bool:
-        """One question answered; True when ``limit`` changed."""
+    def answered(self, in_flight: int) -> bool:
+        """One question answered, ``in_flight`` counting it; True when ``limit`` changed."""
         self._loss *= _KEEP
-        if self.limit >= MAX_WINDOW:
+        if self.limit >= MAX_WINDOW or in_flight < self.limit:
             return False
         if self.limit < self.ssthresh:  # slow start: +1 per answer
             self.limit += 1
@@ -75,18 +79,23 @@ class Window:
             return True
         return False
 
-    def timed_out(self, now: float, sent_at: float) -> bool:
-        """An attempt sent at ``sent_at`` got no answer by ``now``; True when ``limit`` changed.
+    def timed_out(self, now: float, sent_at: float, in_flight: int) -> bool:
+        """An attempt sent at ``sent_at`` got no answer by ``now`` while ``in_flight``
+        questions (it included) were out; True when ``limit`` changed.
 
-        A loss once the recent share of timeouts reaches LOSS_SHARE. Timeouts of attempts sent
-        before the last decrease belong to that episode (RFC 6582's recovery point) and do not
-        halve the window again.
+        A loss once the recent share of timeouts reaches LOSS_SHARE: the window becomes half
+        of what was in flight. Timeouts of attempts sent before the last decrease belong to
+        that episode (RFC 6582's recovery point) and do not halve the window again. Nor do
+        timeouts while less than half the window is used: with few questions out (the end of
+        a scan, domains busy with SMTP) a handful of silent names is a large share of them,
+        and no window was pressing the resolver.
         """
         self._loss = self._loss * _KEEP + (1 - _KEEP)
-        if sent_at < self._recovery_from or self._loss < LOSS_SHARE:
+        if (sent_at < self._recovery_from or self._loss < LOSS_SHARE
+                or 2 * in_flight < self.limit):
             return False
         self.losses += 1
-        self.limit = max(MIN_WINDOW, self.limit // 2)
+        self.limit = max(MIN_WINDOW, min(self.limit, in_flight) // 2)
         self.ssthresh = self.limit
         self._acked = 0
         self._recovery_from = now

@@ -236,6 +236,8 @@ class Scanner:
         self.endpoints: SingleFlight[EndpointKey, EndpointFacts] = SingleFlight(
             ENDPOINT_CACHE_LIMIT)
         self.chain_matches: dict[tuple[EndpointKey, tuple[object, ...]], dane.ChainMatch] = {}
+        # Address sets (with SNI) whose missing endpoints one domain is probing now.
+        self._probing: dict[tuple[tuple[str, ...], str | None], trio.Event] = {}
         self.host_verdicts: dict[tuple[str, int], HostVerdict] = {}
         self.interned = _Interner()
         self.smtp_slots = trio.CapacityLimiter(config.smtp_concurrency)
@@ -344,21 +346,7 @@ class Scanner:
         # Cost cap: the first max_host_addresses (A, then AAAA); the rest are not probed.
         cap, every = self.config.max_host_addresses, facts.addresses
         addresses, beyond = every[:cap], every[cap:]
-        # Most endpoints are known already (a provider's, probed for an earlier domain): take
-        # those from the cache and spawn tasks only when two or more must still be probed.
-        peek = self.endpoints.peek
-        endpoints = [peek((a, sni)) for a in addresses]
-        missing = [i for i, e in enumerate(endpoints) if e is None]
-        if len(missing) == 1:
-            endpoints[missing[0]] = await self._endpoint(addresses[missing[0]], sni)
-        elif missing:
-
-            async def one(i: int) -> None:
-                endpoints[i] = await self._endpoint(addresses[i], sni)
-
-            async with trio.open_nursery() as nursery:
-                for i in missing:
-                    nursery.start_soon(one, i)
+        endpoints = await self._endpoints(tuple(addresses), sni)
         eps = tuple(e for e in endpoints if e is not None)
         if beyond:
             port = self.config.smtp_port
@@ -376,6 +364,43 @@ class Scanner:
             else:
                 matches.append(None)
         return verdict.host_verdict(preference, facts, eps, matches), per_domain
+
+    async def _endpoints(self, addresses: tuple[str, ...], sni: str | None
+                         ) -> list[EndpointFacts | None]:
+        """The facts of a host's endpoints, in order.
+
+        Most are known already (a provider's, probed for an earlier domain): those come from
+        the cache, and tasks are spawned only when two or more must still be probed, by one
+        domain per address set at a time. The domains behind it (a provider's customers at the
+        start of a scan: thousands, ten addresses each) wait for it to finish instead of each
+        spawning a task per address to wait on the same probes.
+        """
+        peek = self.endpoints.peek
+        while True:
+            endpoints = [peek((a, sni)) for a in addresses]
+            missing = [i for i, e in enumerate(endpoints) if e is None]
+            if len(missing) <= 1:
+                if missing:
+                    endpoints[missing[0]] = await self._endpoint(addresses[missing[0]], sni)
+                return endpoints
+            key = (addresses, sni)
+            probing = self._probing.get(key)
+            if probing is None:
+                break
+            await probing.wait()  # then mostly cached (unless evicted, or that domain failed)
+        self._probing[key] = done = trio.Event()
+        try:
+
+            async def one(i: int) -> None:
+                endpoints[i] = await self._endpoint(addresses[i], sni)
+
+            async with trio.open_nursery() as nursery:
+                for i in missing:
+                    nursery.start_soon(one, i)
+        finally:
+            del self._probing[key]
+            done.set()
+        return endpoints
 
     def _chain_match(self, ep: EndpointFacts, facts: HostFacts) -> dane.ChainMatch:
         # The chain work (parsing, digests, signature checks) is done once per endpoint and

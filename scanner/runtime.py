@@ -6,7 +6,7 @@ may opt in, because two settings measurably pay there (bench/RESULTS.md, "Writer
 - the GIL switch interval at 0.5 ms: the writer's committing thread waits on the database a
   dozen times per transaction and must then win the GIL back from the row builder and the
   scan; at the default 5 ms that cost a third of the writer's throughput;
-- the cyclic GC's first threshold at 50,000 (and the start-up objects frozen): verdicts and
+- the cyclic GC's first threshold at 200,000 (and the start-up objects frozen): verdicts and
   rows are many short-lived containers without cycles, and at the default (2,000) the
   collector ran thousands of times per million results (5.2-5.6 s of a ~30 s writer run).
 Both are restored when the block ends.
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 SWITCH_INTERVAL = 0.0005
-GC_FIRST_THRESHOLD = 50_000
+GC_FIRST_THRESHOLD = 200_000
 
 
 @contextlib.contextmanager

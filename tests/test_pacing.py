@@ -112,48 +112,71 @@ def test_rate_slots_queue_in_order() -> None:
 def test_window_slow_start_then_one_per_window_of_answers() -> None:
     w = Window()
     for _ in range(INITIAL_WINDOW):
-        assert w.answered()
+        assert w.answered(w.limit)  # every place used: the window limits, so it grows
     assert w.limit == 2 * INITIAL_WINDOW  # doubles per round trip until the first loss
     # Timeouts in a row: a loss once they are a tenth of the recent questions (the 7th).
-    assert [w.timed_out(5.0 + i / 10, 4.0) for i in range(7)] == [False] * 6 + [True]
+    assert [w.timed_out(5.0 + i / 10, 4.0, w.limit) for i in range(7)] == [False] * 6 + [True]
     halved = w.limit
     assert halved == INITIAL_WINDOW
-    changes = sum(w.answered() for _ in range(halved))
+    changes = sum(w.answered(w.limit) for _ in range(halved))
     assert (changes, w.limit) == (1, halved + 1)
+
+
+def test_window_grows_only_while_full() -> None:
+    w = Window(1000)
+    # 999 questions out of 1000 allowed: answers say nothing about room for more (RFC 7661).
+    assert not any(w.answered(999) for _ in range(5000))
+    assert w.limit == 1000
+    assert w.answered(1000)  # full: slow start goes on
+    assert w.limit == 1001
+
+
+def test_a_loss_halves_the_questions_in_flight_not_an_unused_window() -> None:
+    w = Window(3000)
+    assert [w.timed_out(1.0 + i / 100, 0.0, 1500) for i in range(7)] == [False] * 6 + [True]
+    assert w.limit == 750  # half of the 1,500 out, not 1,500 of 3,000
+    assert w.ssthresh == 750
+
+
+def test_timeouts_with_the_window_mostly_unused_are_no_loss() -> None:
+    w = Window(1000)
+    # The end of a scan: 7 questions out, silent names time out and answers are few.
+    assert not any(w.timed_out(1.0 + i / 100, 0.0, 7) for i in range(100))
+    assert (w.limit, w.losses) == (1000, 0)
 
 
 def test_a_few_slow_names_among_many_answers_are_not_a_loss() -> None:
     w = Window()
     for _ in range(200):
-        w.answered()
+        w.answered(w.limit)
     before = w.limit
     # Slow authorities: a timeout among every ~30 answers, for a long time.
     for i in range(100):
         for _ in range(30):
-            w.answered()
-        assert not w.timed_out(10.0 + i, 9.0 + i)
+            w.answered(w.limit)
+        assert not w.timed_out(10.0 + i, 9.0 + i, w.limit)
     assert w.limit > before
     assert w.losses == 0
     # A resolver dropping a large share: 3 of every 8 questions time out.
     for i in range(80):
         if i % 8 < 3:
-            w.timed_out(200.0 + i / 100, 199.0)
+            w.timed_out(200.0 + i / 100, 199.0, w.limit)
         else:
-            w.answered()
+            w.answered(w.limit)
     assert w.losses == 1  # one episode: those attempts were all sent before the decrease
 
 
 def test_window_halves_once_per_loss_episode_and_never_below_the_floor() -> None:
     w = Window(1024)
     for i in range(6):
-        w.timed_out(1.0 + i / 100, 0.0)
-    assert w.timed_out(1.1, 0.1)
+        w.timed_out(1.0 + i / 100, 0.0, 1024)
+    assert w.timed_out(1.1, 0.1, 1024)
     assert w.limit == 512
     # Timeouts of attempts sent before the decrease belong to the same episode.
-    assert not w.timed_out(1.2, 0.2)
+    assert not w.timed_out(1.2, 0.2, 1024)
     assert w.limit == 512
     for t in range(100):
-        w.timed_out(10.0 + t, 9.9 + t)
+        w.timed_out(10.0 + t, 9.9 + t, w.limit)
     assert w.limit == MIN_WINDOW
 
 

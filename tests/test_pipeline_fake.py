@@ -108,3 +108,29 @@ def test_connection_pacing_changes_the_duration_not_the_verdicts() -> None:
     paced, slow = one(config(connect_rate=2.0))
     assert paced == unpaced
     assert slow >= 19 / 2.0 > fast  # 20 connections at 2/s: the cap held
+
+
+class SpawnCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: Counter[str] = Counter()
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names[task.name] += 1
+
+
+def test_domains_behind_one_provider_wait_for_its_probes_without_a_task_each(
+        autojump_clock: trio.testing.MockClock) -> None:
+    records = world(50, shared_host=True)
+    addresses = tuple(f"192.0.2.{n}" for n in range(1, 5))
+    records[("mx.provider.example", "A")] = addresses
+    resolver, prober, spawns = FakeResolver(records), FakeProber(), SpawnCounter()
+    verdicts = trio.run(scan, config(), resolver, prober, 50, clock=autojump_clock,
+                        instruments=[spawns])
+    assert {(v.outcome.value, v.stage.value if v.stage else None) for v in verdicts} == {
+        ("ok", "dnssec")}
+    assert all(len(v.hosts[0].endpoints) == 4 for v in verdicts)
+    assert prober.probed == Counter({(a, None): 1 for a in addresses})
+    # One domain probes the four addresses; the other 49 wait for it (not 4 tasks each).
+    probing = sum(n for name, n in spawns.names.items()
+                  if "Scanner._endpoints" in name or "Scanner._compute_host_verdict" in name)
+    assert probing <= len(addresses) + 1, spawns.names
