@@ -117,7 +117,10 @@ def world_shape(world: control.World) -> list[str]:
            f"hosts per address median {statistics.median(per_addr) if per_addr else 0:.0f}, "
            f"max {max(per_addr, default=0)}; domains per address max "
            f"{max((len(own_domains[a]) for a in reachable), default=0)}; "
-           f"{alone} addresses ({100 * alone / max(1, len(per_addr)):.0f} %) with one host",
+           f"{alone} of {sum(per_addr)} listening hosts "
+           f"({100 * alone / max(1, sum(per_addr)):.0f} %) "
+           "alone on their address; addresses by hosts: "
+           + ", ".join(f"{k}: {n}" for k, n in sorted(collections.Counter(per_addr).items())),
            f"providers: {provider_domains} domains on {len(provider)} providers, addresses "
            "each: " + ", ".join(f"{k} {len(v)}" for k, v in sorted(provider.items())),
            "self-hosted host behaviours: " + ", ".join(
