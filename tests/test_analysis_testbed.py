@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,6 +13,9 @@ from analysis import metrics
 from scanner.cli import main
 from scanner.store import db
 from testbed import control
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.testbed
 
@@ -33,18 +36,28 @@ def nights(tmp_path_factory: pytest.TempPathFactory,
     # Brisk climbing so that two nights show movement on a small world.
     world = control.up(wdir, 150, 21, climb=0.35, regress=0.05)
     url = f"sqlite:///{tmp_path_factory.mktemp('adb')}/a.sqlite"
-    manifests = []
     try:
-        for night in (0, 1):
-            if night:
-                world = control.advance(world, night)
-            manifests.append(list(world.manifest))
-            date = (DAY0 + dt.timedelta(days=night)).isoformat()
-            assert main(["-q", "scan", str(world.domains_file), "--db", url, "--date", date,
-                         "--resolver", world.resolver, *ARGS]) == 0
+        manifests = scan_nights(world, url)
     finally:
         control.down(wdir)
     return db.make_engine(url), manifests
+
+
+def scan_nights(world: control.World, url: str, *extra: str,
+                after: Callable[[int], None] | None = None) -> list[list[dict[str, Any]]]:
+    """Scan ``world`` on nights 0 and 1 (advancing it between) into ``url``; each night's
+    manifest. ``after(night)`` runs once a night's scan has completed."""
+    manifests = []
+    for night in (0, 1):
+        if night:
+            world = control.advance(world, night)
+        manifests.append(list(world.manifest))
+        date = (DAY0 + dt.timedelta(days=night)).isoformat()
+        assert main(["-q", "scan", str(world.domains_file), "--db", url, "--date", date,
+                     "--resolver", world.resolver, *extra, *ARGS]) == 0
+        if after is not None:
+            after(night)
+    return manifests
 
 
 def test_funnel_counts_equal_the_manifest(nights: Any) -> None:

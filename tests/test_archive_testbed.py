@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from analysis import archive, engines, metrics
-from scanner.cli import main
 from testbed import control
-from tests.test_analysis_testbed import ARGS, DAY0
+from tests.test_analysis_testbed import DAY0, scan_nights
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,19 +30,14 @@ def rolled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
     base = tmp_path_factory.mktemp("rdb")
     url = f"sqlite:///{base}/r.sqlite"
     root = base / "arc"
-    manifests = []
+
+    def archived(night: int) -> None:
+        # `scan --archive` writes each completed night (and its rollups) to the archive.
+        assert sorted(archive.read_manifest(root).nights) == [
+            DAY0 + dt.timedelta(days=k) for k in range(night + 1)]
+
     try:
-        for night in (0, 1):
-            if night:
-                world = control.advance(world, night)
-            manifests.append(list(world.manifest))
-            date = (DAY0 + dt.timedelta(days=night)).isoformat()
-            # `scan --archive` writes each completed night (and its rollups) to the archive.
-            assert main(["-q", "scan", str(world.domains_file), "--db", url, "--date", date,
-                         "--resolver", world.resolver, "--archive", str(root),
-                         *ARGS]) == 0  # fmt: skip
-            assert sorted(archive.read_manifest(root).nights) == [
-                DAY0 + dt.timedelta(days=k) for k in range(night + 1)]
+        manifests = scan_nights(world, url, "--archive", str(root), after=archived)
     finally:
         control.down(wdir)
     return root, manifests
