@@ -1,6 +1,7 @@
 """danescan's analysis: the Parquet archive of every night (:mod:`analysis.archive`), the fact
 tables (:mod:`analysis.tables`), the engines that run the metrics (:mod:`analysis.engines`:
-DuckDB, PostgreSQL/SQLite, Spark), the aggregations written once in Ibis (:mod:`analysis.load`),
+DuckDB over the archive or the live store, Spark), the aggregations written once in Ibis
+(:mod:`analysis.load`),
 the published measures (:mod:`analysis.metrics`), the mail-provider PSL (:mod:`analysis.psl`),
 the CSV/PNG report (:mod:`analysis.report`) and its subcommands (:mod:`analysis.cli`).
 

@@ -190,15 +190,23 @@ def _arrow(table: FactTable, rows: Sequence[Sequence[Any]], schema: pa.Schema) -
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def read_store(engine: Engine, table: FactTable, query: sa.Select[Any]) -> pa.Table:
-    """Rows of ``query`` (a :func:`tables.select`) as an Arrow table of the archive's schema."""
+def store_batches(
+    engine: Engine, table: FactTable, query: sa.Select[Any]
+) -> Iterator[pa.RecordBatch]:
+    """Rows of ``query`` (a :func:`tables.select`) as Arrow batches of the archive's schema,
+    streamed from the store (the one way rows leave the store for the archive and for
+    reports on the live store)."""
     schema = tables.arrow_schema(table)
-    batches = []
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=_CHUNK).execute(query)
         for part in result.partitions():
-            batches.append(_arrow(table, part, schema))
-    return pa.Table.from_batches(batches, schema=schema)
+            yield _arrow(table, part, schema)
+
+
+def read_store(engine: Engine, table: FactTable, query: sa.Select[Any]) -> pa.Table:
+    """:func:`store_batches` as one Arrow table."""
+    schema = tables.arrow_schema(table)
+    return pa.Table.from_batches(list(store_batches(engine, table, query)), schema=schema)
 
 
 def _certificates(engine: Engine, shas: set[str]) -> pa.Table:

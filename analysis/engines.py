@@ -5,19 +5,25 @@ scans, the :class:`~analysis.catalog.Catalog` of scans it holds, and runs expres
 metrics (:mod:`analysis.load`) are Ibis expressions written once; Ibis compiles them to
 
 - DuckDB over the Parquet archive (:func:`archive_source`, the embedded default),
-- PostgreSQL or SQLite over the live store (:func:`store_source`),
+- DuckDB over the live store's rows (:func:`store_source`, PostgreSQL or SQLite),
 - Spark over the same archive, local or on a cluster (:func:`archive_source` with
   ``engine="spark"``; the archive may sit on ``hdfs://`` or ``s3a://`` paths).
 
-The store's tables reach Ibis as the very SELECTs the archive is written from
-(:func:`analysis.tables.select`), typed by the archive's schema, so every engine sees the
-same columns with the same types.
+The live store only answers the very SELECTs the archive is written from
+(:func:`analysis.tables.select`, one per table and scan), streamed as Arrow batches of the
+archive's schema into an embedded DuckDB, where the metrics run. So every engine sees the same
+columns with the same types, and no metric depends on the store's planner: a night written
+since the last ANALYZE (no statistics) would otherwise have PostgreSQL plan nested loops
+over whole nights, which go quadratic.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
+import tempfile
+import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
@@ -27,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import catalog, rollups, tables
-from analysis.archive import Manifest, read_manifest
+from analysis.archive import Manifest, read_manifest, store_batches
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -40,15 +46,18 @@ EngineName = Literal["duckdb", "spark"]
 ENGINES: tuple[str, ...] = ("duckdb", "spark")
 _names = itertools.count()
 _BATCH = 100_000  # rows per batch when streaming per-domain rows
-NO_NESTED_LOOPS = "SET enable_nestloop = off"
 
 
 class Source:
     """Fact tables of some scans on one engine."""
 
-    def __init__(self, con: Any, cat: catalog.Catalog) -> None:
+    def __init__(self, con: Any, cat: catalog.Catalog, spill: str | None = None) -> None:
         self.con = con
         self.catalog = cat
+        # The engine's private spill directory, removed with the source.
+        self._spill = spill
+        if spill is not None:
+            weakref.finalize(self, shutil.rmtree, spill, ignore_errors=True)
         self._cache: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
         self._views: dict[tuple[str, tuple[int, ...]], ir.Table] = {}
         self._temporary: dict[tuple[str, tuple[int, ...]], str] = {}
@@ -114,6 +123,8 @@ class Source:
         disconnect = getattr(self.con, "disconnect", None)
         if disconnect is not None:
             disconnect()
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
 
 def ibis_schema(table: tables.FactTable) -> ibis.Schema:
@@ -121,41 +132,78 @@ def ibis_schema(table: tables.FactTable) -> ibis.Schema:
 
 
 class StoreSource(Source):
-    """The live store (PostgreSQL or SQLite)."""
+    """The live store (PostgreSQL or an SQLite file), its rows read into an embedded DuckDB.
+
+    Each scan's rows of a fact table are read from the store once, when a metric first asks
+    for them, and appended to one DuckDB table per fact table; a table over some scans is
+    that table filtered to them.
+    """
 
     def __init__(self, engine: Engine) -> None:
         url = engine.url
-        if url.get_backend_name() == "postgresql":
-            con = ibis.postgres.connect(
-                host=url.host,
-                port=url.port or 5432,
-                user=url.username,
-                password=url.password,
-                database=url.database,
-            )
-            # Every metric reads whole nights: hash and merge joins are linear whatever the
-            # statistics say, while a nested loop planned from a stale estimate (no ANALYZE
-            # since the scan filled the tables) goes quadratic.
-            con.raw_sql(NO_NESTED_LOOPS).close()
-        elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            con = ibis.sqlite.connect(url.database)
-        else:
+        backend = url.get_backend_name()
+        if backend != "postgresql" and (
+            backend != "sqlite" or url.database in (None, "", ":memory:")
+        ):
             raise ValueError(f"reports read PostgreSQL or an SQLite file, not {url!r}")
         self.engine = engine
-        super().__init__(con, catalog.from_store(engine))
+        self._loaded: dict[str, set[int]] = {}
+        con, spill = _duckdb_connection()
+        super().__init__(con, catalog.from_store(engine), spill)
+
+    def _load(self, table: tables.FactTable, scan_ids: list[int]) -> str:
+        """Name of the DuckDB table holding ``table``'s rows of at least ``scan_ids``."""
+        name = f"store_{table.name}"
+        raw = self.con.con
+        if table.name not in self._loaded:
+            schema = tables.arrow_schema(table)
+            raw.register("_incoming", schema.empty_table())
+            raw.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _incoming')
+            raw.unregister("_incoming")
+            self._loaded[table.name] = set()
+        have = self._loaded[table.name]
+        # Certificates are not per scan: all fingerprints are read once, with the first table.
+        missing = [i for i in scan_ids if i not in have] if table.per_scan else []
+        if missing or (not table.per_scan and not have):
+            query = tables.select(table, missing) if table.per_scan else tables.select(table)
+            reader = pa.RecordBatchReader.from_batches(
+                tables.arrow_schema(table), store_batches(self.engine, table, query)
+            )
+            raw.register("_incoming", reader)
+            try:
+                raw.execute(f'INSERT INTO "{name}" SELECT * FROM _incoming')
+            finally:
+                raw.unregister("_incoming")
+            have.update(missing if table.per_scan else [0])
+        return name
 
     def _open(self, table: tables.FactTable, scan_ids: list[int]) -> ir.Table:
-        query = tables.select(table, scan_ids).compile(
-            dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}
-        )
-        return self.con.sql(str(query), schema=ibis_schema(table))
+        t = self.con.table(self._load(table, scan_ids))
+        if table.per_scan:
+            t = t.filter(t.scan_id.isin(scan_ids))
+        return t.select(*table.columns).cast(ibis_schema(table))
+
+    def batches(self, expr: ir.Table) -> pa.RecordBatchReader:
+        return _duckdb_batches(self.con, expr)
+
+    def _materialized(self, key: tuple[str, tuple[int, ...]], expr: ir.Table) -> ir.Table:
+        return _duckdb_temporary(self, key, expr)
+
+    def close(self) -> None:
+        super().close()
+        self._loaded.clear()
 
 
 class ArchiveSource(Source):
     """The Parquet archive, on DuckDB or Spark."""
 
     def __init__(
-        self, manifest: Manifest, con: Any, engine: EngineName, owns_session: bool = True
+        self,
+        manifest: Manifest,
+        con: Any,
+        engine: EngineName,
+        owns_session: bool = True,
+        spill: str | None = None,
     ) -> None:
         self.manifest = manifest
         self.engine = engine
@@ -164,7 +212,7 @@ class ArchiveSource(Source):
         self.use_rollups = True
         self._rollups: dict[dt.date, dict[str, str]] | None = None
         self._night = {n.scan_id: d for d, n in manifest.nights.items()}
-        super().__init__(con, manifest.catalog())
+        super().__init__(con, manifest.catalog(), spill)
 
     @property
     def nights(self) -> list[dt.date]:
@@ -247,17 +295,38 @@ class ArchiveSource(Source):
     def _materialized(self, key: tuple[str, tuple[int, ...]], expr: ir.Table) -> ir.Table:
         if self.engine != "duckdb":
             return expr
-        name = f"_view_{next(_names)}"
-        table: ir.Table = self.con.create_table(name, expr, temp=True)
-        self._temporary[key] = name
-        return table
+        return _duckdb_temporary(self, key, expr)
 
     def batches(self, expr: ir.Table) -> pa.RecordBatchReader:
         if self.engine == "spark":
             return super().batches(expr)
-        # DuckDB 2.x has no fetch_record_batch, which Ibis' to_pyarrow_batches calls.
-        relation = self.con.con.sql(ibis.to_sql(expr, dialect="duckdb"))
-        return relation.to_arrow_reader(_BATCH)
+        return _duckdb_batches(self.con, expr)
+
+
+def _duckdb_connection() -> tuple[Any, str]:
+    """An in-memory DuckDB for a report, and the private directory it spills to (DuckDB's
+    default is ``.tmp`` under the working directory, which may be a checkout)."""
+    con = ibis.duckdb.connect()
+    spill = tempfile.mkdtemp(prefix="danescan-duckdb-")
+    con.raw_sql("SET temp_directory = '{}'".format(spill.replace("'", "''")))
+    # A report prints its own summary. In Jupyter without ipywidgets DuckDB refuses to
+    # touch the setting, and draws no bar there either.
+    with contextlib.suppress(duckdb.Error):
+        con.raw_sql("SET enable_progress_bar = false")
+    return con, spill
+
+
+def _duckdb_batches(con: Any, expr: ir.Table) -> pa.RecordBatchReader:
+    # DuckDB 2.x has no fetch_record_batch, which Ibis' to_pyarrow_batches calls.
+    relation = con.con.sql(ibis.to_sql(expr, dialect="duckdb"))
+    return relation.to_arrow_reader(_BATCH)
+
+
+def _duckdb_temporary(src: Source, key: tuple[str, tuple[int, ...]], expr: ir.Table) -> ir.Table:
+    name = f"_view_{next(_names)}"
+    table: ir.Table = src.con.create_table(name, expr, temp=True)
+    src._temporary[key] = name
+    return table
 
 
 def archive_source(
@@ -267,6 +336,7 @@ def archive_source(
     SparkSession, else one is made: local, or the cluster spark-submit configured)."""
     manifest = read_manifest(directory)
     owns = session is None
+    spill = None
     if engine == "spark":
         if session is None:
             from pyspark.sql import SparkSession
@@ -274,14 +344,10 @@ def archive_source(
             session = SparkSession.builder.appName("danescan report").getOrCreate()
         con = ibis.pyspark.connect(session)
     elif engine == "duckdb":
-        con = ibis.duckdb.connect()
-        # A report prints its own summary. In Jupyter without ipywidgets DuckDB refuses to
-        # touch the setting, and draws no bar there either.
-        with contextlib.suppress(duckdb.Error):
-            con.raw_sql("SET enable_progress_bar = false")
+        con, spill = _duckdb_connection()
     else:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    return ArchiveSource(manifest, con, engine, owns)
+    return ArchiveSource(manifest, con, engine, owns, spill)
 
 
 def store_source(engine: Engine) -> StoreSource:

@@ -1,7 +1,7 @@
 """The aggregations behind every metric, written once as Ibis expressions.
 
-Each function takes a :class:`~analysis.engines.Source` (DuckDB over the archive, PostgreSQL
-or SQLite over the live store, Spark over the archive) and returns a small DataFrame with the
+Each function takes a :class:`~analysis.engines.Source` (DuckDB over the archive or over
+the live store's rows, Spark over the archive) and returns a small DataFrame with the
 columns named in its docstring; the engine does the per-domain work, nothing here fetches one
 row per domain except the explicit per-domain lists (movers, broken domains,
 :func:`domain_rows`, which streams). Shares and reshaping happen in :mod:`analysis.metrics`.
@@ -9,8 +9,8 @@ row per domain except the explicit per-domain lists (movers, broken domains,
 Counting rule: a list that names a domain several times (``a.example``, ``A.EXAMPLE.``) has one
 result per line, but a domain counts once per scan, at its first line (:func:`one_per_domain`);
 lines naming no valid domain count one each.
-Text is never sorted by the engine (PostgreSQL sorts by its collation, DuckDB and Spark by
-code point): frames are sorted in Python.
+Text is never sorted by the engine (engines may sort by a collation, DuckDB and Spark by code
+point): frames are sorted in Python.
 """
 
 from __future__ import annotations
