@@ -151,15 +151,11 @@ _TLSA_SECURE_RECORDS = frozenset({TlsaStatus.USABLE, TlsaStatus.UNUSABLE})
 
 
 def _dane_valid(h: HostVerdict) -> bool:
-    """Usable TLSA, reachable, and every greeting endpoint authenticated."""
+    """Usable TLSA, reachable, and no host failure: every greeting endpoint authenticated."""
     return (
         h.host.tlsa_status is TlsaStatus.USABLE
         and h.reachable
-        and all(
-            ep.status is EndpointStatus.SUCCESS and m is not None and m.authenticated
-            for ep, m in zip(h.endpoints, h.dane, strict=True)
-            if ep.status.greeted
-        )
+        and _host_failure(h.host, h.endpoints, h.dane) is None
     )
 
 
