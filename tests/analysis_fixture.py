@@ -61,7 +61,7 @@ from scanner.store import db, scans
 from scanner.store.writer import Writer
 from scanner.verdict import domain_verdict, early_verdict, host_verdict
 from tests.conftest_store import _pg_available
-from tests.store_helpers import PG_ADMIN
+from tests.store_helpers import PG_ADMIN, write_sync
 from tests.verdict_factory import certificate, endpoint, host
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ def build(url: str) -> FixtureDb:
     ids = []
     for night, day in enumerate(NIGHTS):
         sid = scans.create_scan(engine, f"night {night + 1}", "fixture", day, "127.0.0.1@53")
-        Writer(engine, sid).write_sync(night_verdicts(night))
+        write_sync(Writer(engine, sid), night_verdicts(night))
         scans.finish_scan(engine, sid)
         ids.append(sid)
     return FixtureDb(url, engine, tuple(ids), NIGHTS)

@@ -21,6 +21,7 @@ from scanner.store import schema as s
 from scanner.store.writer import Writer
 from scanner.verdict import early_verdict
 from tests import analysis_fixture
+from tests.store_helpers import write_sync
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -185,7 +186,7 @@ def test_reports_and_archive_refuse_an_incomplete_scan(
     fx: FixtureDb, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sid = scans.create_scan(fx.engine, "broken list", "x.gz", dt.date(2025, 3, 5), "127.0.0.1")
-    Writer(fx.engine, sid).write_sync(analysis_fixture.night_verdicts(3)[:3])
+    write_sync(Writer(fx.engine, sid), analysis_fixture.night_verdicts(3)[:3])
     scans.finish_scan(fx.engine, sid, status=s.ScanStatus.INCOMPLETE)
     out = tmp_path / "o"
     rc = cli.main(["report", "--db", fx.url, "--scan", str(sid), "--out", str(out)])
@@ -215,7 +216,7 @@ def test_a_domain_listed_several_times_counts_once(tmp_path: Path) -> None:
         early_verdict(raw, None, Outcome.INVALID, Reason.INVALID_INPUT, n)
         for n, raw in enumerate(lines[4:], start=5)
     ]
-    Writer(engine, sid).write_sync(verdicts)
+    write_sync(Writer(engine, sid), verdicts)
     scans.finish_scan(engine, sid)
     archive.archive(engine, tmp_path / "arc")
     for source in (engines.store_source(engine), engines.archive_source(str(tmp_path / "arc"))):

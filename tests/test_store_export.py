@@ -21,7 +21,7 @@ from scanner.store.export import ENDPOINT_COLUMNS, HOST_COLUMNS, NotExportable, 
 from scanner.store.schema import ScanStatus
 from scanner.store.writer import Writer
 from tests import verdict_factory as vf
-from tests.store_helpers import new_scan
+from tests.store_helpers import new_scan, write
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,7 +35,7 @@ async def _stored(engine: Engine, n: int = 12, *,
                   finish: bool = True) -> tuple[int, list[DomainVerdict]]:
     scan_id = new_scan(engine)
     batch = vf.sample(n)
-    await Writer(engine, scan_id).write(batch)
+    await write(Writer(engine, scan_id), batch)
     if finish:
         scans.finish_scan(engine, scan_id)
     return scan_id, batch
@@ -163,7 +163,7 @@ async def test_csv_cells_never_start_a_formula(engine: Engine) -> None:
                         (evil,), (None,), True)
     batch = [vf.invalid(1, "=1+2"), vf.plaintext(2, "formula.example", hv),
              vf.invalid(3, "@SUM(A1)"), vf.invalid(4, "+1"), vf.invalid(5, "\tx")]
-    await Writer(engine, scan_id).write(batch)
+    await write(Writer(engine, scan_id), batch)
     scans.finish_scan(engine, scan_id)
     out = io.StringIO()
     export(engine, scan_id, "csv", "domain", out)
@@ -186,7 +186,7 @@ def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     db.upgrade(url)
     engine = db.make_engine(url)
     scan_id = new_scan(engine)
-    trio.run(Writer(engine, scan_id).write, vf.sample(600))  # far more than a pipe buffers
+    trio.run(write, Writer(engine, scan_id), vf.sample(600))  # far more than a pipe buffers
     scans.finish_scan(engine, scan_id)
     engine.dispose()
     proc = subprocess.Popen(

@@ -16,7 +16,7 @@ from scanner.store.read import iter_verdicts
 from scanner.store.schema import ScanStatus
 from scanner.store.writer import Writer
 from tests import verdict_factory as vf
-from tests.store_helpers import count
+from tests.store_helpers import count, write
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -98,7 +98,7 @@ async def test_interrupt_and_resume_is_exact(engine: Engine) -> None:
     writer = Writer(engine, scan_id)
     s0 = scans.claim_shard(engine, scan_id, "run1")
     assert s0 is not None
-    await writer.write(results(s0), s0.shard_no)  # type: ignore[arg-type]
+    await write(writer, results(s0), s0.shard_no)  # type: ignore[arg-type]
     s1 = scans.claim_shard(engine, scan_id, "run1")  # claimed, then the run stops
     assert s1 is not None
     scans.mark_interrupted(engine, scan_id)
@@ -112,9 +112,9 @@ async def test_interrupt_and_resume_is_exact(engine: Engine) -> None:
     done = []
     while (shard := scans.claim_shard(engine, scan_id, "run2")) is not None:
         done.append(shard.shard_no)
-        await writer2.write(results(shard), shard.shard_no)  # type: ignore[arg-type]
+        await write(writer2, results(shard), shard.shard_no)  # type: ignore[arg-type]
         # A worker that lost its lease stores the same shard again: nothing is duplicated.
-        await Writer(engine, scan_id).write(results(shard), shard.shard_no)  # type: ignore[arg-type]
+        await write(Writer(engine, scan_id), results(shard), shard.shard_no)  # type: ignore[arg-type]
     assert done == [1, 2]
     counts = scans.finish_scan(engine, scan_id)
     assert count(engine, "domain_results", scan_id) == 30
@@ -160,7 +160,7 @@ async def test_delete_scan_removes_every_row(engine: Engine) -> None:
     gone = scans.create_scan(engine, None, None, None, None, {})
     scans.add_shards(engine, gone, _lines(3), shard_size=2)
     for scan_id in (keep, gone):
-        await Writer(engine, scan_id).write(vf.sample(6))
+        await write(Writer(engine, scan_id), vf.sample(6))
     scans.delete_scan(engine, gone)
     for table in schema.metadata.tables.values():
         if "scan_id" in table.c:

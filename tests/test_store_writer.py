@@ -16,7 +16,7 @@ from scanner.store import StoreUnavailable, db, scans, schema
 from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
-from tests.store_helpers import PG_ADMIN, count, new_scan
+from tests.store_helpers import PG_ADMIN, count, new_scan, write
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -27,19 +27,19 @@ pytest_plugins = ["tests.conftest_store"]
 async def test_round_trip_is_exact(engine: Engine) -> None:
     scan_id = new_scan(engine)
     batch = vf.sample(24)
-    await Writer(engine, scan_id).write(batch)
+    await write(Writer(engine, scan_id), batch)
     assert list(iter_verdicts(engine, scan_id, chunk=5)) == batch
 
 
 async def test_rewrite_is_idempotent(engine: Engine) -> None:
     scan_id = new_scan(engine)
     batch = vf.sample(12)
-    await Writer(engine, scan_id).write(batch)
+    await write(Writer(engine, scan_id), batch)
     before = {t: count(engine, t, scan_id) for t in ("domain_results", "domain_mx", "mx_hosts",
                                                      "endpoints", "dane_results", "tlsa_records")}
     # A fresh writer has empty caches: every row is offered again and must be ignored.
-    await Writer(engine, scan_id).write(batch)
-    await Writer(engine, scan_id).write(batch[3:7])
+    await write(Writer(engine, scan_id), batch)
+    await write(Writer(engine, scan_id), batch[3:7])
     after = {t: count(engine, t, scan_id) for t in before}
     assert after == before
     assert before["domain_results"] == 12
@@ -52,8 +52,8 @@ async def test_shared_host_and_certificates_stored_once(engine: Engine) -> None:
     scan_a, scan_b = new_scan(engine), new_scan(engine)
     certs_before = count(engine, "certificates")
     w = Writer(engine, scan_a)
-    await w.write(batch[:10])
-    await w.write(batch[10:])
+    await write(w, batch[:10])
+    await write(w, batch[10:])
     assert count(engine, "mx_hosts", scan_a) == 1
     assert count(engine, "endpoints", scan_a) == 1
     assert count(engine, "domain_mx", scan_a) == 30
@@ -61,7 +61,7 @@ async def test_shared_host_and_certificates_stored_once(engine: Engine) -> None:
     # Another scan links its own host row but reuses the certificates and the domain ids.
     domains_before = count(engine, "domains")
     certs_mid = count(engine, "certificates")
-    await Writer(engine, scan_b).write(batch)
+    await write(Writer(engine, scan_b), batch)
     assert count(engine, "mx_hosts", scan_b) == 1
     assert count(engine, "certificates") == certs_mid
     assert count(engine, "domains") == domains_before
@@ -80,7 +80,7 @@ async def test_shared_host_and_certificates_stored_once(engine: Engine) -> None:
 async def test_certificate_metadata(engine: Engine) -> None:
     scan_id = new_scan(engine)
     v = vf.dane_valid(1, "cert.example")
-    await Writer(engine, scan_id).write([v])
+    await write(Writer(engine, scan_id), [v])
     der = v.hosts[0].endpoints[0].chain[0]
     c = schema.certificates
     with engine.connect() as conn:
@@ -101,7 +101,7 @@ async def test_hostile_text_is_cleaned_and_capped(engine: Engine) -> None:
     facts = vf.host("mx.evil.example", ("192.0.2.66",), secure=False)
     hv = HostVerdict(10, facts, (ep,), (None,), True)
     v = dataclasses.replace(vf.plaintext(1, "evil.example", hv), input="evil.example\x00")
-    await Writer(engine, scan_id).write([v])
+    await write(Writer(engine, scan_id), [v])
     e = schema.endpoints
     with engine.connect() as conn:
         row = conn.execute(sa.select(e).where(e.c.scan_id == scan_id)).one()
@@ -126,7 +126,7 @@ async def test_hostile_text_is_cleaned_and_capped(engine: Engine) -> None:
 async def test_missing_line_number_is_refused(engine: Engine) -> None:
     v = dataclasses.replace(vf.invalid(1, "x"), line=None)
     with pytest.raises(ValueError, match="line number"):
-        await Writer(engine, new_scan(engine)).write([v])
+        await write(Writer(engine, new_scan(engine)), [v])
 
 
 async def test_shard_done_with_its_results(engine: Engine) -> None:
@@ -135,7 +135,7 @@ async def test_shard_done_with_its_results(engine: Engine) -> None:
     shard = scans.claim_shard(engine, scan_id, "w1")
     assert shard is not None
     assert shard.shard_no == 0
-    await Writer(engine, scan_id).write(vf.sample(5), shard.shard_no)
+    await write(Writer(engine, scan_id), vf.sample(5), shard.shard_no)
     assert scans.remaining_shards(engine, scan_id) == 1
     nxt = scans.claim_shard(engine, scan_id, "w1")
     assert nxt is not None
@@ -179,7 +179,7 @@ async def test_sqlite_locked_then_released_is_retried(tmp_path: object) -> None:
     other, conn = _lock_sqlite(url)
     writer = Writer(engine, scan_id, db_retry_seconds=30, backoff_initial=0.05)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer.write, vf.sample(6))
+        nursery.start_soon(write, writer, vf.sample(6))
         for _ in range(1000):  # wait until the writer has been refused twice
             if writer.retries >= 2:
                 break
@@ -199,7 +199,7 @@ async def test_sqlite_locked_past_budget_raises(tmp_path: object) -> None:
     other, conn = _lock_sqlite(url)
     writer = Writer(engine, scan_id, db_retry_seconds=0.3, backoff_initial=0.05)
     with pytest.raises(StoreUnavailable, match="can be resumed"):
-        await writer.write(vf.sample(1), 0)
+        await write(writer, vf.sample(1), 0)
     conn.rollback()
     conn.close()
     # Nothing half-written: no results and the shard still to do.
@@ -213,7 +213,7 @@ async def test_postgres_unreachable_raises() -> None:
     engine = db.make_engine("postgresql://postgres@127.0.0.1:1/nothing")
     writer = Writer(engine, 1, db_retry_seconds=0.2, backoff_initial=0.05)
     with pytest.raises(StoreUnavailable):
-        await writer.write(vf.sample(2))
+        await write(writer, vf.sample(2))
     assert writer.retries >= 1
 
 
@@ -233,9 +233,9 @@ async def test_postgres_backends_terminated_mid_scan(pg_url: str, pg_engine: Eng
                 " AND application_name = ''", (dbname,)
             ).fetchall())
 
-    await writer.write(batch[:20])
+    await write(writer, batch[:20])
     assert terminate() >= 1
-    await writer.write(batch[20:40])
+    await write(writer, batch[20:40])
     stop = threading.Event()
 
     def killer() -> None:
@@ -248,7 +248,7 @@ async def test_postgres_backends_terminated_mid_scan(pg_url: str, pg_engine: Eng
     thread.start()
     try:
         for i in range(40, 60, 2):
-            await writer.write(batch[i : i + 2])
+            await write(writer, batch[i : i + 2])
             await trio.sleep(0.03)
     finally:
         stop.set()
@@ -262,7 +262,7 @@ async def test_not_probed_endpoints_and_no_sni(engine: Engine) -> None:
     ep = vf.endpoint("192.0.2.5", None, EndpointStatus.NOT_PROBED_PRIVATE)
     facts = vf.host("mx.nosni.example", ("192.0.2.5",), secure=False)
     v = vf.plaintext(1, "nosni.example", HostVerdict(None, facts, (ep,), (None,), False))
-    await Writer(engine, scan_id).write([v])
+    await write(Writer(engine, scan_id), [v])
     assert list(iter_verdicts(engine, scan_id)) == [v]
 
 
@@ -271,7 +271,7 @@ async def test_new_facts_round_trip(engine: Engine) -> None:
     scan_id = new_scan(engine)
     batch = [vf.bogus(1, "rt-bogus.example"), vf.internal_error(2, "rt-error.example"),
              vf.capped(3, "rt-capped.example"), vf.dane_valid(4, "rt-valid.example")]
-    await Writer(engine, scan_id).write(batch)
+    await write(Writer(engine, scan_id), batch)
     assert list(iter_verdicts(engine, scan_id)) == batch
     # What the caps left out has no facts rows: a host or endpoint's row is one fact per scan.
     assert count(engine, "mx_hosts", scan_id) == 2  # mx1 of rt-capped and of rt-valid
@@ -293,5 +293,5 @@ async def test_capped_links_do_not_hide_the_facts_of_the_same_keys(engine: Engin
         hosts=(HostVerdict(10, real.host, (cap_ep,), (None,), False, Reason.NOT_PROBED_CAP),
                capped_host(20, "mx.shared.example")))
     second = vf.dane_valid(2, "keys-b.example", real)
-    await Writer(engine, scan_id).write([first, second])
+    await write(Writer(engine, scan_id), [first, second])
     assert list(iter_verdicts(engine, scan_id)) == [first, second]

@@ -20,7 +20,7 @@ from scanner.store import scans, schema
 from scanner.store.read import iter_verdicts
 from scanner.store.writer import WriteBatch, Writer
 from tests import verdict_factory as vf
-from tests.store_helpers import count, new_scan
+from tests.store_helpers import count, new_scan, write
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -45,12 +45,12 @@ async def test_done_shard_is_not_written_again(engine: Engine) -> None:
     scan_id = _sharded_scan(engine, 6, 6)
     batch = vf.sample(6)
     first = Writer(engine, scan_id)
-    await first.write(batch, 0)
+    await write(first, batch, 0)
     before = _counts(engine, scan_id)
     # Two workers after a lease expired: the later one's (different) results are dropped.
     other = [dataclasses.replace(v, outcome=Outcome.DNS_FAILURE, hosts=()) for v in batch]
     late = Writer(engine, scan_id)
-    await late.write(other, 0)
+    await write(late, other, 0)
     assert late.written == 0
     assert first.written == 6
     assert _counts(engine, scan_id) == before
@@ -65,10 +65,10 @@ async def test_lines_stored_outside_the_shard_protocol(
     after a second look, and the batch is merged instead, adding nothing twice."""
     scan_id = _sharded_scan(engine, 12, 12)
     batch = vf.sample(12)
-    await Writer(engine, scan_id).write(batch[2:9])
+    await write(Writer(engine, scan_id), batch[2:9])
     writer = Writer(engine, scan_id)
     with caplog.at_level(logging.INFO, logger="scanner.store.writer"):
-        await writer.write(batch, 0)
+        await write(writer, batch, 0)
     if engine.dialect.name == "postgresql":
         assert "looking again" in caplog.text
         assert "merging the batch" in caplog.text
@@ -84,15 +84,15 @@ async def test_new_domains_get_ids_in_name_order_and_keep_them(engine: Engine) -
     first = _sharded_scan(engine, 6, 3)
     names = ["c.example", "a.example", "b.example", "f.example", "e.example", "d.example"]
     batch = [vf.nxdomain(i + 1, n) for i, n in enumerate(names)]
-    await Writer(engine, first).write(batch[:3], 0)
-    await Writer(engine, first).write(batch[3:], 1)
+    await write(Writer(engine, first), batch[:3], 0)
+    await write(Writer(engine, first), batch[3:], 1)
     d = schema.domains
     with engine.connect() as conn:
         ids = dict(conn.execute(sa.select(d.c.name, d.c.id).where(d.c.name.in_(names))).all())
     assert ids["a.example"] < ids["b.example"] < ids["c.example"]  # one batch: name order
     assert ids["c.example"] < ids["d.example"] < ids["e.example"] < ids["f.example"]
     second = _sharded_scan(engine, 6, 6)
-    await Writer(engine, second).write(list(reversed(batch)), 0)
+    await write(Writer(engine, second), list(reversed(batch)), 0)
     dr = schema.domain_results
     with engine.connect() as conn:
         rows = conn.execute(
@@ -113,8 +113,8 @@ async def test_shared_host_with_hostile_name_found_again(engine: Engine, name: s
     scan_id = _sharded_scan(engine, 2, 1)
     host = vf.plain_host(name, "192.0.2.77")
     one, two = vf.plaintext(1, "one.example", host), vf.plaintext(2, "two.example", host)
-    await Writer(engine, scan_id).write([one], 0)
-    await Writer(engine, scan_id).write([two], 1)
+    await write(Writer(engine, scan_id), [one], 0)
+    await write(Writer(engine, scan_id), [two], 1)
     assert count(engine, "mx_hosts", scan_id) == 1
     assert count(engine, "endpoints", scan_id) == 1
     assert list(iter_verdicts(engine, scan_id)) == [one, two]
@@ -126,7 +126,7 @@ async def test_several_shards_in_one_transaction(engine: Engine) -> None:
     writer = Writer(engine, scan_id)
     merged = writer._builder.build(batch[:4], 0)
     merged.extend(writer._builder.build(batch[4:8], 1))
-    await writer.write(batch[8:], 2)  # done already: its part of a merge is skipped
+    await write(writer, batch[8:], 2)  # done already: its part of a merge is skipped
     merged.extend(writer._builder.build(batch[8:], 2))
     writer._commit(merged)
     assert writer.written == 4 + 12  # the merge counts the done shard's lines too
@@ -217,8 +217,8 @@ async def test_concurrent_writers_share_new_hosts_and_domains(engine: Engine) ->
     a, b = Writer(engine, scan_id, backoff_initial=0.01), Writer(engine, scan_id)
     for r in range(rounds):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.write, batches[2 * r], 2 * r)
-            nursery.start_soon(b.write, batches[2 * r + 1], 2 * r + 1)
+            nursery.start_soon(write, a, batches[2 * r], 2 * r)
+            nursery.start_soon(write, b, batches[2 * r + 1], 2 * r + 1)
     assert a.written + b.written == 2 * rounds * size
     assert count(engine, "mx_hosts", scan_id) == rounds
     assert count(engine, "endpoints", scan_id) == rounds

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from scanner import codec
 from scanner.codec import fingerprint
 from scanner.jsontext import dumps
-from scanner.model import DomainVerdict, EndpointFacts, EndpointStatus, HostFacts, Lookup, Reason
+from scanner.model import DomainVerdict, EndpointFacts, EndpointStatus, HostFacts, Reason
 from scanner.store import schema
 
 Row = Sequence[Any]  # a tuple; a list for domain_results (domain_id set late)
@@ -149,11 +149,6 @@ _CAPS = schema.max_chars()
 def stored(text: str | None, field: str) -> str | None:
     """``text`` as the store keeps it: cleaned and capped for its column (schema.max_chars)."""
     return None if text is None else clean(text, _CAPS.get(field, schema.TEXT_MAX))
-
-
-def lookup_json(lk: Lookup | None) -> str | None:
-    record = codec.lookup_record(lk, stored)
-    return None if record is None else dumps(record)
 
 
 def _row(table: str, cols: Sequence[str], record: Mapping[str, Any],

@@ -79,7 +79,7 @@ class WriteBatch:
 
 
 class Writer:
-    """Stores verdicts of one scan. Use :meth:`run` on a channel, or :meth:`write` directly."""
+    """Stores verdicts of one scan: :meth:`run` consumes a channel of batches."""
 
     def __init__(
         self,
@@ -112,7 +112,6 @@ class Writer:
             endpoints=self._endpoints,
             certs=self._certs,
         )
-        self._lock = trio.Lock()
         self._own_connection = False  # run(): one connection of our own, settings made once
         self._conn: sa.Connection | None = None
         self.written = 0  # domain results committed by this writer (skipped done shards not)
@@ -164,14 +163,7 @@ class Writer:
                             rows.extend(receive_rows.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    async with self._lock:
-                        await self._commit_retrying(rows)
-
-    async def write(self, batch: Sequence[DomainVerdict], shard_id: int | None = None) -> None:
-        """Store ``batch`` and, in the same transaction, mark shard ``shard_id`` done."""
-        async with self._lock:
-            rows = await trio.to_thread.run_sync(self._builder.build, batch, shard_id)
-            await self._commit_retrying(rows)
+                    await self._commit_retrying(rows)
 
     async def _commit_retrying(self, rows: RowSet) -> None:
         deadline = time.monotonic() + self.db_retry_seconds
@@ -191,10 +183,6 @@ class Writer:
                 log.warning("store: %s; retrying in %.1f s", _short(e), min(delay, left))
                 await trio.sleep(min(delay, left))
                 delay = min(delay * 2, self.backoff_max)
-
-    def write_sync(self, batch: Sequence[DomainVerdict], shard_id: int | None = None) -> None:
-        """One attempt, no retry: for tools and benchmarks that run outside trio."""
-        self._commit(self._builder.build(batch, shard_id))
 
     def _commit(self, rows: RowSet) -> None:
         # A row COPYed as new may be there after all. Usually another writer stored the same
