@@ -217,6 +217,21 @@ async def test_postgres_unreachable_raises() -> None:
     assert writer.retries >= 1
 
 
+async def test_unreachable_postgres_fails_the_writers_start() -> None:
+    # The set-up error reaches whoever starts the writer, before the scan sends it anything.
+    engine = db.make_engine("postgresql://postgres@127.0.0.1:1/nothing")
+    writer = Writer(engine, 1, db_retry_seconds=0.2, backoff_initial=0.05)
+    _send, receive = trio.open_memory_channel[WriteBatch](1)
+    started = False
+    with pytest.raises(BaseExceptionGroup) as info:  # noqa: PT012 - the start itself raises
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, receive)
+            started = True
+    assert info.group_contains(StoreUnavailable)
+    assert not started
+    assert writer.retries >= 1
+
+
 async def test_postgres_backends_terminated_mid_scan(pg_url: str, pg_engine: Engine) -> None:
     """Kill every connection of the writer's engine between and during batches: no loss."""
     engine = db.make_engine(pg_url)

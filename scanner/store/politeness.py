@@ -66,6 +66,9 @@ class _Request:
     waited: bool = False
 
 
+_DATABASE_DOWN = (psycopg.Error, exc.OperationalError, exc.InterfaceError)
+
+
 @dataclass
 class PolitenessStats:
     granted: int = 0
@@ -189,7 +192,13 @@ LEFT JOIN LATERAL (
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Runs until cancelled; closing the connection then frees every slot still held."""
+        """Runs until cancelled; closing the connection then frees every slot still held.
+        Ready once its connection is open; a database that is down then means per-process
+        limits for a while (as when it goes away later), any other error fails the start."""
+        try:
+            await trio.to_thread.run_sync(self._connection)
+        except _DATABASE_DOWN as e:
+            self._lost(str(e).splitlines()[0] if str(e) else type(e).__name__)
         task_status.started()
         try:
             while True:
@@ -234,7 +243,7 @@ LEFT JOIN LATERAL (
         generation = self._generation
         try:
             granted = await trio.to_thread.run_sync(self._round_sync, params, release)
-        except (psycopg.Error, exc.OperationalError, exc.InterfaceError) as e:
+        except _DATABASE_DOWN as e:
             self._lost(str(e).splitlines()[0] if str(e) else type(e).__name__)
             return
         self.stats.rounds += 1

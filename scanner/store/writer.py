@@ -49,7 +49,7 @@ from scanner.store.rows import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     import psycopg
     from sqlalchemy.engine import Engine
@@ -126,15 +126,18 @@ class Writer:
         behind, the batches built meanwhile commit together (up to ``merge_results``
         results): fewer, larger transactions cost the server much less per result. At most
         ``MERGE_AHEAD`` built batches wait, so backpressure still reaches the scan.
-        Started with ``nursery.start``, it reports ready once its channels exist.
+        Started with ``nursery.start``, it reports ready once its connection is open, so a
+        database that refuses it (after the retry budget) fails the caller's start.
         """
         send_rows, receive_rows = trio.open_memory_channel[RowSet](MERGE_AHEAD)
         # PostgreSQL: the transactions run on one connection of the writer's own (detached
         # from the pool), its settings made once: no pool check-out, pre-ping and SET LOCAL
         # round trips per transaction. A connection that failed is dropped and replaced.
         self._own_connection = self.pg
-        task_status.started()
         try:
+            if self.pg:
+                await self._retrying(self._connection)
+            task_status.started()
             await self._run(receive_channel, send_rows, receive_rows)
         finally:
             self._own_connection = False
@@ -163,14 +166,16 @@ class Writer:
                             rows.extend(receive_rows.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await self._commit_retrying(rows)
+                    await self._retrying(functools.partial(self._commit, rows))
 
-    async def _commit_retrying(self, rows: RowSet) -> None:
+    async def _retrying(self, step: Callable[[], object]) -> None:
+        """``step`` in a thread, retried with backoff while the database is unavailable,
+        for up to ``db_retry_seconds`` (then StoreUnavailable: the scan can be resumed)."""
         deadline = time.monotonic() + self.db_retry_seconds
         delay = self.backoff_initial
         while True:
             try:
-                await trio.to_thread.run_sync(self._commit, rows)
+                await trio.to_thread.run_sync(step)
                 return
             except RETRYABLE as e:
                 left = deadline - time.monotonic()
