@@ -1,14 +1,13 @@
 """Interpreter tuning for the scan commands, applied by their entry point only (scanner.run).
 
 Library code changes no process-wide state; a command that runs a whole scan in this process
-may opt in, because two settings measurably pay there (bench/RESULTS.md, "Writer" and
-"Scanner CPU"):
-- the GIL switch interval at 0.5 ms: the writer's committing thread waits on the database a
-  dozen times per transaction and must then win the GIL back from the row builder and the
-  scan; at the default 5 ms that cost a third of the writer's throughput;
-- the cyclic GC's first threshold at 200,000 (and the start-up objects frozen): verdicts and
-  rows are many short-lived containers without cycles, and at the default (2,000) the
-  collector ran thousands of times per million results (5.2-5.6 s of a ~30 s writer run).
+opts in to two settings, each measured to pay (bench/RESULTS.md, "Interpreter settings"):
+- a GIL switch interval of 0.5 ms, because the writer's committing thread waits on the
+  database many times per transaction and must win the GIL back quickly from the row builder
+  and the scan;
+- a first GC threshold of 200,000 with the start-up objects frozen, because verdicts and rows
+  are many short-lived containers without cycles, which the default threshold would scan
+  over and over.
 Both are restored when the block ends.
 """
 
