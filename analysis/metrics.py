@@ -134,59 +134,41 @@ def funnel_from_counts(
             outcomes[str(r["outcome"])] += int(r["n"])
             if r["outcome"] == Outcome.OK.value and isinstance(r["stage"], str):
                 stages[r["stage"]] += int(r["n"])
-        inputs, ok = sum(outcomes.values()), outcomes.get(Outcome.OK.value, 0)
-        for rank, o in enumerate(OUTCOMES):
-            n = outcomes.get(o, 0)
-            records.append(
-                (sid, day, "domains", "outcome", o, rank, n, inputs, _share(n, inputs), None, None)
-            )
-        for stage, rank, n, reached in _ladder_rows(stages):
-            records.append(
-                (
-                    sid,
-                    day,
-                    "domains",
-                    "stage",
-                    stage,
-                    rank,
-                    n,
-                    ok,
-                    _share(n, ok),
-                    reached,
-                    _share(reached, ok),
-                )
-            )
+        records += _unit_rows(sid, day, "domains", OUTCOMES, outcomes, Outcome.OK.value, stages)
         h_out: dict[str, int] = defaultdict(int)
         h_stage: dict[str, int] = defaultdict(int)
         for r in _rows(host_counts[host_counts["scan_id"] == sid]):
             h_out["reachable" if r["reachable"] else "unreachable"] += int(r["n"])
             if r["reachable"] and isinstance(r["stage"], str):
                 h_stage[r["stage"]] += int(r["n"])
-        hosts, reachable = sum(h_out.values()), h_out.get("reachable", 0)
-        for rank, o in enumerate(HOST_OUTCOMES):
-            n = h_out.get(o, 0)
-            records.append(
-                (sid, day, "mx_hosts", "outcome", o, rank, n, hosts, _share(n, hosts), None, None)
-            )
-        for stage, rank, n, reached in _ladder_rows(h_stage):
-            records.append(
-                (
-                    sid,
-                    day,
-                    "mx_hosts",
-                    "stage",
-                    stage,
-                    rank,
-                    n,
-                    reachable,
-                    _share(n, reachable),
-                    reached,
-                    _share(reached, reachable),
-                )
-            )
+        records += _unit_rows(sid, day, "mx_hosts", HOST_OUTCOMES, h_out, "reachable", h_stage)
     out = _frame(records, FUNNEL_COLUMNS)
     out["reached"] = out["reached"].astype("Int64")
     return out
+
+
+def _unit_rows(
+    sid: int,
+    day: dt.date | None,
+    unit: str,
+    outcome_order: Sequence[str],
+    outcomes: dict[str, int],
+    judged: str,
+    stages: dict[str, int],
+) -> list[tuple[Any, ...]]:
+    """One unit's funnel rows: every outcome over all, then the ladder's stages over those
+    with outcome ``judged`` (``ok`` domains, reachable MX hosts)."""
+    total, base = sum(outcomes.values()), outcomes.get(judged, 0)
+    rows: list[tuple[Any, ...]] = []
+    for rank, o in enumerate(outcome_order):
+        n = outcomes.get(o, 0)
+        rows.append((sid, day, unit, "outcome", o, rank, n, total, _share(n, total), None, None))
+    for stage, rank, n, reached in _ladder_rows(stages):
+        rows.append(
+            (sid, day, unit, "stage", stage, rank, n, base, _share(n, base), reached,
+             _share(reached, base))
+        )  # fmt: skip
+    return rows
 
 
 def funnel(source: Source | Engine, scan: ScanRef = "latest") -> pd.DataFrame:
