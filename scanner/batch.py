@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
@@ -26,7 +26,8 @@ from scanner.store.schema import ScanStatus
 from scanner.store.writer import WriteBatch, Writer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable
+    from contextlib import AbstractContextManager
 
     from sqlalchemy.engine import Engine
 
@@ -175,8 +176,8 @@ async def _work(config: Config, engine: Engine, scan_id: int, owner: str,
                 on_scanner: Callable[[pipeline.Scanner], None] | None) -> BatchResult:
     send, receive = trio.open_memory_channel[WriteBatch](4)
     interrupted = False
-    async with DnsClient.open(config) as client:
-        with _query_log(client, dns_log):
+    with _query_log(dns_log) as query_log:
+        async with DnsClient.open(config, query_log=query_log) as client:
             scanner = await pipeline.open_scanner(config, client, stats, shared=claims,
                                                   shared_politeness=politeness)
             if on_scanner is not None:
@@ -218,17 +219,10 @@ async def _work(config: Config, engine: Engine, scan_id: int, owner: str,
     return BatchResult(scan_id, ScanStatus.COMPLETE, stats)
 
 
-@contextmanager
-def _query_log(client: DnsClient, path: str | None) -> Iterator[None]:
+def _query_log(path: str | None) -> AbstractContextManager[TextIO | None]:
     if path is None:
-        yield
-        return
-    with open(path, "a", encoding="utf-8", buffering=1 << 16) as f:
-        client.query_log = f
-        try:
-            yield
-        finally:
-            client.query_log = None
+        return nullcontext()
+    return open(path, "a", encoding="utf-8", buffering=1 << 16)
 
 
 async def _watch_signals(scope: trio.CancelScope) -> None:
