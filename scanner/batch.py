@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 import trio
 
 from scanner import pipeline
+from scanner.config import RUN_DEFAULTS
 from scanner.dns import DnsClient, ResolverOutage
 from scanner.store import scans
 from scanner.store.db import StoreUnavailable
@@ -124,7 +125,7 @@ class ShardFeeder:
 
 
 async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | None = None,
-               lease_seconds: float = 600.0, max_open_shards: int = 32,
+               lease_seconds: float = RUN_DEFAULTS.lease_seconds, max_open_shards: int = 32,
                db_retry_seconds: float = 300.0, stats: pipeline.ScanStats | None = None,
                handle_signals: bool = True, shared: bool = False,
                dns_log: str | None = None,

@@ -6,11 +6,15 @@ import gzip
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from scanner.cli import main
 from tests.fakedns import refusing_resolver
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @pytest.fixture(autouse=True)
@@ -244,3 +248,74 @@ def test_export_refuses_a_scan_that_is_not_complete(capsys: pytest.CaptureFixtur
                 "--allow-incomplete")
     assert rc == 0
     assert out.read_text() == ""
+
+
+# -- run options: each written once, handed to worker processes from the fields -------------
+
+
+def test_worker_processes_get_the_run_options_they_share() -> None:
+    import datetime as dt
+
+    from scanner.cli import build_parser, run_options
+    from scanner.config import RunOptions, worker_argv, worker_names
+
+    assert worker_argv(RunOptions()) == []  # defaults go without saying
+    opts = RunOptions(db="sqlite:///x", jsonl="out.jsonl", label="n", date=dt.date(2026, 1, 2),
+                      workers=3, shard_size=7, every=60.0, lease_seconds=12.5,
+                      dns_log="q.log", shared=False, progress_interval=5.0,
+                      resolvers=("127.0.0.1@5353", "system"))
+    argv = worker_argv(opts)
+    assert argv == ["--lease-seconds", "12.5", "--dns-log", "q.log", "--no-shared",
+                    "--resolver", "127.0.0.1@5353", "--resolver", "system"]
+    got = run_options(build_parser("worker").parse_args(["-q", "worker", *argv]))
+    assert worker_names(RunOptions) == {"lease_seconds", "dns_log", "shared", "resolvers"}
+    for name in worker_names(RunOptions):
+        assert getattr(got, name) == getattr(opts, name)
+    # The scan's own options (where its output goes, how it is split) stay with the scan.
+    assert (got.jsonl, got.shard_size, got.every) == (None, 1000, None)
+
+
+def test_a_scan_reads_every_run_option() -> None:
+    import datetime as dt
+
+    from scanner.cli import build_parser, run_options
+    from scanner.config import RunOptions
+
+    args = build_parser("scan").parse_args([
+        "scan", "list.txt", "--db", "sqlite:///x", "--jsonl", "o.jsonl", "--label", "n",
+        "--date", "2026-01-02", "--workers", "3", "--shard-size", "7", "--every", "1m",
+        "--lease-seconds", "12.5", "--dns-log", "q.log", "--no-shared",
+        "--progress-interval", "5", "--resolver", "127.0.0.1", "--resolver", "::1@53"])
+    assert run_options(args) == RunOptions(
+        db="sqlite:///x", jsonl="o.jsonl", label="n", date=dt.date(2026, 1, 2), workers=3,
+        shard_size=7, every=60.0, lease_seconds=12.5, dns_log="q.log", shared=False,
+        progress_interval=5.0, resolvers=("127.0.0.1", "::1@53"))
+    assert run_options(build_parser("scan").parse_args(["scan", "l.txt"])) == RunOptions()
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [(KeyboardInterrupt(), 3, "danescan: interrupted"),
+     (FileNotFoundError(2, "No such file or directory"), 2,
+      "danescan: [Errno 2] No such file or directory")],
+)
+def test_one_table_of_expected_errors(capsys: pytest.CaptureFixture[str],
+                                      exc: BaseException, code: int, line: str) -> None:
+    """A nursery's group of expected errors is unwrapped to its first and reported from the
+    same table; a group holding a bug keeps its traceback."""
+    import argparse
+
+    from scanner import cli
+
+    def raising(err: BaseException) -> Callable[[argparse.Namespace], int]:
+        def command(_args: argparse.Namespace) -> int:
+            raise BaseExceptionGroup("nursery", [err])
+        return command
+
+    with pytest.raises(type(exc), match=r".*") as info:
+        cli._unwrap_groups(raising(exc), argparse.Namespace())
+    assert info.value is exc
+    assert cli._report(info.value) == code
+    assert capsys.readouterr().err.strip() == line
+    with pytest.raises(BaseExceptionGroup, match="nursery"):
+        cli._unwrap_groups(raising(ValueError("a bug")), argparse.Namespace())
