@@ -203,7 +203,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     v, scanner = trio.run(run.check, config, args.domain, say)
     print(diagnosis.render(v, validating=scanner.validating))
-    if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE, Outcome.INTERNAL_ERROR):
+    if v.outcome is Outcome.INTERNAL_ERROR:
+        return ExitCode.INTERNAL_ERRORS
+    if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE):
         return ExitCode.INCOMPLETE
     return ExitCode.OK if v.dane is DaneStatus.VALID else ExitCode.NOT_DANE
 
@@ -248,7 +250,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Measure how mail domains climb STARTTLS -> DNSSEC -> DANE (RFC 7672).",
         epilog="Exit status: 0 done (check: DANE-valid), 1 check: not DANE-valid, 2 usage "
                "error, 3 interrupted (resumable), 4 incomplete (list ended early; check: not "
-               "judged), 5 internal errors.")
+               "judged), 5 internal errors (a bug in danescan; check: judging the domain hit one).")
     parser.add_argument("--version", action="version", version=f"danescan {_version()}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -35,7 +35,7 @@ from scanner.config import (
 )
 from scanner.dns import DnsClient, ResolverCheck
 from scanner.errors import ExitCode, UsageError
-from scanner.model import STAGE_ORDER, DomainVerdict, Lookup
+from scanner.model import STAGE_ORDER, DomainVerdict, Lookup, Outcome
 from scanner.store import db, scans
 from scanner.store.schema import ScanStatus
 from scanner.targets import TargetsError, normalise, read_targets
@@ -176,12 +176,12 @@ def summary_lines(engine: Engine, scan_id: int, elapsed: float) -> list[str]:
     lines = [f"{total} domains in {elapsed:.1f}s ({rate:.0f}/s), {sessions} SMTP sessions, "
              f"{retries} of them retries",
              "outcome: " + (progress.outcome_text(outcomes) or "none")]
-    ok = outcomes.get("ok", 0)
+    ok = outcomes.get(Outcome.OK, 0)
     if ok:
         lines.append("stage:   " + ", ".join(
             f"{k} {stages.get(k, 0)} ({100 * stages.get(k, 0) / ok:.1f}%)"
             for k in STAGE_ORDER))
-    internal = outcomes.get("internal_error", 0)
+    internal = outcomes.get(Outcome.INTERNAL_ERROR, 0)
     if internal:
         lines.append(f"{internal} lines hit an internal error (a bug in danescan, not a fact "
                      "about the domain): see the log")
@@ -193,7 +193,7 @@ def _exit_status(status: ScanStatus | None, engine: Engine, scan_id: int) -> Exi
         return ExitCode.INCOMPLETE
     if status is not ScanStatus.COMPLETE:
         return ExitCode.INTERRUPTED
-    if scans.scan_counts(engine, scan_id)["outcome"].get("internal_error"):
+    if scans.scan_counts(engine, scan_id)["outcome"].get(Outcome.INTERNAL_ERROR):
         return ExitCode.INTERNAL_ERRORS
     return ExitCode.OK
 
@@ -441,10 +441,16 @@ def worker(opts: RunOptions, scan_id: int | None,
     status = finish(engine, result, sole_worker=False)
     if not opts.quiet:
         log.info("worker %s: %d domains", batch.worker_name(), result.stats.domains)
-    if result.status is not ScanStatus.COMPLETE:
+    if result.status is not ScanStatus.COMPLETE or status not in (
+            None, ScanStatus.COMPLETE, ScanStatus.INCOMPLETE):
         return ExitCode.INTERRUPTED
-    return ExitCode.OK if status in (None, ScanStatus.COMPLETE, ScanStatus.INCOMPLETE) \
-        else ExitCode.INTERRUPTED
+    # This worker's own lines (others may still be working); the scan's summary counts all.
+    internal = result.stats.outcomes.get(Outcome.INTERNAL_ERROR, 0)
+    if internal:
+        log.warning("worker %s: %d lines hit an internal error (a bug in danescan, not a "
+                    "fact about the domain): see the log", batch.worker_name(), internal)
+        return ExitCode.INTERNAL_ERRORS
+    return ExitCode.OK
 
 
 async def _worker(config: Config, engine: Engine, scan_id: int, opts: RunOptions,
@@ -496,7 +502,7 @@ def scan_to_jsonl(config: Config, opts: RunOptions, source: str) -> ExitCode:
         print(f"danescan: input incomplete: {stats.input_error}; every line read before that "
               "was scanned", file=sys.stderr)
         return ExitCode.INCOMPLETE
-    if stats.outcomes.get("internal_error"):
+    if stats.outcomes.get(Outcome.INTERNAL_ERROR):
         return ExitCode.INTERNAL_ERRORS
     return ExitCode.OK
 
@@ -557,4 +563,12 @@ async def check(config: Config, raw: str, say: Callable[[str], None] | None = No
             scanner = pipeline.Scanner(config, lookups, validating=config.insecure_resolver_ok)
         else:
             scanner = await pipeline.open_scanner(config, lookups, trace=say)
-        return await scanner.scan_domain(1, raw), scanner
+        judged: list[DomainVerdict] = []
+
+        async def keep(v: DomainVerdict) -> None:
+            judged.append(v)
+
+        # Through the pipeline's loop, as in a scan: a bug while judging the domain is an
+        # `internal_error` verdict (never a DNS or SMTP fact), not a traceback.
+        await pipeline.run(scanner, [(1, raw)], keep)
+        return judged[0], scanner

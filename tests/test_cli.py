@@ -250,6 +250,93 @@ def test_export_refuses_a_scan_that_is_not_complete(capsys: pytest.CaptureFixtur
     assert out.read_text() == ""
 
 
+# -- internal errors: a bug while judging a line is counted apart and exits 5 ---------------
+
+
+@pytest.fixture
+def buggy_step(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A pure step of the pipeline that raises for one domain (a bug in danescan, as far as
+    the scan can tell); returns that domain."""
+    from scanner import pipeline
+    from scanner.targets import is_excluded as real
+
+    def is_excluded(domain: str, excluded: frozenset[str]) -> bool:
+        if domain == "crash.example":
+            raise RuntimeError("bug at crash.example")
+        return real(domain, excluded)
+
+    monkeypatch.setattr(pipeline, "is_excluded", is_excluded)
+    return "crash.example"
+
+
+# Lines that ask the resolver nothing: the bug, and a name that is not one (`invalid`).
+BUGGY_LIST = "crash.example\nnot a name\n"
+
+
+@pytest.mark.usefixtures("buggy_step")
+def test_a_scan_with_internal_errors_exits_5_and_says_so(
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="danescan")
+    (tmp_path / "list.txt").write_text(BUGGY_LIST)
+    url = f"sqlite:///{tmp_path}/ie.sqlite"
+    with refusing_resolver() as resolver:
+        rc, _ = run(capsys, "scan", str(tmp_path / "list.txt"), "--db", url, "--workers", "1",
+                    "--resolver", resolver, "--insecure-resolver-ok")
+    assert rc == 5
+    assert "internal_error 1" in caplog.text
+    assert "1 lines hit an internal error (a bug in danescan" in caplog.text
+    assert "scan 1 complete" in caplog.text  # stored as finished: only the exit code says it
+
+
+@pytest.mark.usefixtures("buggy_step")
+def test_a_scan_without_database_with_internal_errors_exits_5(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "list.txt").write_text(BUGGY_LIST)
+    out = tmp_path / "out.jsonl"
+    with refusing_resolver() as resolver:
+        rc, _ = run(capsys, "scan", str(tmp_path / "list.txt"), "--no-db", "--jsonl", str(out),
+                    "--resolver", resolver, "--insecure-resolver-ok")
+    assert rc == 5
+    outcomes = [json.loads(line)["outcome"] for line in out.read_text().splitlines()]
+    assert sorted(outcomes) == ["internal_error", "invalid"]
+
+
+@pytest.mark.usefixtures("buggy_step")
+def test_a_worker_with_internal_errors_exits_5(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    from scanner import run as scan_run
+    from scanner.config import Config, ResolverAddress
+    from scanner.store import db, scans
+    from scanner.store.schema import ScanStatus
+
+    (tmp_path / "list.txt").write_text(BUGGY_LIST)
+    url = f"sqlite:///{tmp_path}/w.sqlite"
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    with refusing_resolver() as resolver:
+        config = Config(resolvers=(ResolverAddress.parse(resolver),), insecure_resolver_ok=True)
+        scan_id = scan_run.start_scan(engine, str(tmp_path / "list.txt"), config)
+        rc, _ = run(capsys, "-q", "worker", "--scan", str(scan_id), "--db", url)
+    assert rc == 5
+    assert scans.scan_status(engine, scan_id) is ScanStatus.COMPLETE
+    assert scans.scan_counts(engine, scan_id)["outcome"]["internal_error"] == 1
+
+
+def test_check_of_a_domain_that_hits_a_bug_exits_5(capsys: pytest.CaptureFixture[str],
+                                                   buggy_step: str) -> None:
+    with refusing_resolver() as resolver:
+        rc, text = run(capsys, "check", buggy_step, "--resolver", resolver,
+                       "--insecure-resolver-ok")
+    assert rc == 5
+    assert "outcome internal_error" in text
+    assert "RuntimeError: bug at crash.example" in text
+
+
 # -- run options: each written once, handed to worker processes from the fields -------------
 
 
