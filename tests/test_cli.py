@@ -406,3 +406,15 @@ def test_one_table_of_expected_errors(capsys: pytest.CaptureFixture[str],
     assert capsys.readouterr().err.strip() == line
     with pytest.raises(BaseExceptionGroup, match="nursery"):
         cli._unwrap_groups(raising(ValueError("a bug")), argparse.Namespace())
+
+
+def test_dns_log_hears_every_question(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("a.example\nnot a name\n")
+    log_file = tmp_path / "questions.txt"
+    with refusing_resolver() as resolver:
+        rc, _ = run(capsys, "scan", str(tmp_path / "list.txt"), "--db",
+                    f"sqlite:///{tmp_path}/q.sqlite", "--workers", "1", "--resolver", resolver,
+                    "--insecure-resolver-ok", "--dns-log", str(log_file))
+    assert rc == 0
+    assert "a.example. MX" in log_file.read_text().splitlines()
