@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
 from scanner import pipeline
+from scanner.config import RUN_DEFAULTS
 from scanner.dns import DnsClient, ResolverOutage
 from scanner.store import scans
 from scanner.store.db import StoreUnavailable
@@ -26,7 +27,8 @@ from scanner.store.schema import ScanStatus
 from scanner.store.writer import WriteBatch, Writer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable
+    from contextlib import AbstractContextManager
 
     from sqlalchemy.engine import Engine
 
@@ -123,7 +125,7 @@ class ShardFeeder:
 
 
 async def work(config: Config, engine: Engine, scan_id: int, *, owner: str | None = None,
-               lease_seconds: float = 600.0, max_open_shards: int = 32,
+               lease_seconds: float = RUN_DEFAULTS.lease_seconds, max_open_shards: int = 32,
                db_retry_seconds: float = 300.0, stats: pipeline.ScanStats | None = None,
                handle_signals: bool = True, shared: bool = False,
                dns_log: str | None = None,
@@ -175,8 +177,8 @@ async def _work(config: Config, engine: Engine, scan_id: int, owner: str,
                 on_scanner: Callable[[pipeline.Scanner], None] | None) -> BatchResult:
     send, receive = trio.open_memory_channel[WriteBatch](4)
     interrupted = False
-    async with DnsClient.open(config) as client:
-        with _query_log(client, dns_log):
+    with _query_log(dns_log) as query_log:
+        async with DnsClient.open(config, query_log=query_log) as client:
             scanner = await pipeline.open_scanner(config, client, stats, shared=claims,
                                                   shared_politeness=politeness)
             if on_scanner is not None:
@@ -218,17 +220,10 @@ async def _work(config: Config, engine: Engine, scan_id: int, owner: str,
     return BatchResult(scan_id, ScanStatus.COMPLETE, stats)
 
 
-@contextmanager
-def _query_log(client: DnsClient, path: str | None) -> Iterator[None]:
+def _query_log(path: str | None) -> AbstractContextManager[TextIO | None]:
     if path is None:
-        yield
-        return
-    with open(path, "a", encoding="utf-8", buffering=1 << 16) as f:
-        client.query_log = f
-        try:
-            yield
-        finally:
-            client.query_log = None
+        return nullcontext()
+    return open(path, "a", encoding="utf-8", buffering=1 << 16)
 
 
 async def _watch_signals(scope: trio.CancelScope) -> None:

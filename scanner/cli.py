@@ -1,30 +1,32 @@
 """`danescan` subcommands: arguments -> one frozen Config (and RunOptions) -> :mod:`scanner.run`.
 
-Nothing here scans. Every knob's option comes from its Config field
+Nothing here scans. Every knob's option comes from its Config or RunOptions field
 (:func:`scanner.config.add_options`); this module reads the few inputs that are not plain
 values (resolvers, the opt-out list, the EHLO name's environment variable), and turns the
-errors a user can fix into one line and an exit status (:class:`scanner.errors.ExitCode`).
+errors a user can fix into one line and an exit status (:class:`scanner.errors.ExitCode`,
+one table of the errors expected: :func:`_expected`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import ipaddress
 import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from scanner import config as knobs
-from scanner.config import Config, ResolverAddress
+from scanner.config import Config, ResolverAddress, RunOptions
 from scanner.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("danescan")
 
@@ -52,33 +54,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_db_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None, metavar="URL",
-                   help="database URL (postgresql://... or sqlite:///PATH) or SQLite path "
-                        "(default: $DATABASE_URL, else ./danescan.sqlite)")
+    knobs.add_options(p, RunOptions, {"db"})
 
 
-def add_scan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
-                   help="validating resolver(s), repeatable; 'system' for /etc/resolv.conf's "
-                        "(default: $DANESCAN_RESOLVER; there is no implicit fallback)")
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """What a scan measures: the opt-out list and every Config knob."""
     p.add_argument("--exclude", type=Path, metavar="FILE",
                    help="opt-out list: domains and address prefixes (CIDR), one per line")
     knobs.add_options(p)
-
-
-def add_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lease-seconds", type=knobs.argparse_type(knobs.positive_float),
-                   default=600.0,
-                   help="shard and claim lease: how long a dead worker's work waits before "
-                        "another takes it over (default %(default)s)")
-    p.add_argument("--dns-log", metavar="PATH", default=None,
-                   help="append every DNS question asked ('name TYPE', dnsperf's input format; "
-                        "with several workers PATH.0, PATH.1, ...)")
-    p.add_argument("--no-shared", action="store_true",
-                   help="do not share host/endpoint results and connection limits with other "
-                        "workers (shared by default on PostgreSQL, even by a one-process scan, "
-                        "so that a worker started later on another machine probes nothing "
-                        "twice; not sharing saves ~7 %% of CPU when no other worker will come)")
 
 
 def _resolvers(given: Sequence[str]) -> tuple[ResolverAddress, ...]:
@@ -144,7 +127,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 def config_from(args: argparse.Namespace, base: Config = knobs.DEFAULTS) -> Config:
     """A new scan's (or check's) Config: ``base`` with this command line's values."""
     flags = _flags(args)
-    resolvers = _resolvers(args.resolver or os.environ.get("DANESCAN_RESOLVER", "").split())
+    resolvers = _resolvers(args.resolvers or os.environ.get("DANESCAN_RESOLVER", "").split())
     if not resolvers:
         raise UsageError("no resolver given: pass --resolver IP[@PORT] (a validating resolver "
                          "such as Unbound), --resolver system for /etc/resolv.conf's, or set "
@@ -156,47 +139,19 @@ def config_from(args: argparse.Namespace, base: Config = knobs.DEFAULTS) -> Conf
     return config
 
 
-def run_options(args: argparse.Namespace) -> Any:
-    from scanner.run import RunOptions
-
-    return RunOptions(
-        db=args.db, jsonl=getattr(args, "jsonl", None), label=getattr(args, "label", None),
-        date=getattr(args, "date", None), workers=getattr(args, "workers", None),
-        shard_size=getattr(args, "shard_size", 1000), every=getattr(args, "every", None),
-        lease_seconds=args.lease_seconds, dns_log=args.dns_log, shared=not args.no_shared,
-        quiet=args.quiet, progress_interval=getattr(args, "progress_interval", 60.0),
-        resolvers=tuple(args.resolver),
-        after_complete=_archiver(args.archive) if getattr(args, "archive", None) else None)
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """How this command runs: the RunOptions fields given, the top-level -q, --archive."""
+    archive = getattr(args, "archive", None)
+    return RunOptions(**knobs.given(args, RunOptions), quiet=args.quiet,
+                      after_complete=_archiver(archive) if archive else None)
 
 
-def _archiver(directory: Path) -> Callable[[Any, int], None]:
+def _archiver(directory: Path) -> Callable[[Engine, int], None]:
     """``scan --archive DIR``: each completed night goes to the archive (analysis' job; only
     this dispatcher may name it)."""
     from analysis import cli as analysis_cli
 
     return analysis_cli.archiver(directory)
-
-
-def parse_interval(text: str) -> float:
-    """``24h``, ``90m``, ``3600s`` or plain seconds -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text and text[-1].lower() in units:
-            seconds = float(text[:-1]) * units[text[-1].lower()]
-        else:
-            seconds = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an interval: {text!r} (e.g. 24h)") from exc
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError("the interval must be positive")
-    return seconds
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a date (YYYY-MM-DD)") from exc
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -206,19 +161,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from scanner import run
 
     opts = run_options(args)
-    if args.every is not None and (args.resume is not None or args.domains is None):
+    if opts.every is not None and (args.resume is not None or args.domains is None):
         raise UsageError("--every needs DOMAINS (each run scans the list afresh), not --resume")
     if args.resume is not None:
         if args.domains is not None:
             raise UsageError("give DOMAINS or --resume, not both")
         if args.no_db:
             raise UsageError("--resume needs the database (--no-db scans cannot be resumed)")
-        return run.resume(opts, args.resume, _flags(args), _resolvers(args.resolver))
+        return run.resume(opts, args.resume, _flags(args), _resolvers(opts.resolvers))
     if args.domains is None:
         raise UsageError("give DOMAINS (a file or -), or --resume")
     config = config_from(args)
     if args.no_db:
-        if args.jsonl is None:
+        if opts.jsonl is None:
             raise UsageError("--no-db needs --jsonl PATH")
         return run.scan_to_jsonl(config, opts, args.domains)
     return run.scan(config, opts, args.domains)
@@ -230,7 +185,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.parent_pid is not None:
         run.die_with_parent(args.parent_pid)
-    return run.worker(run_options(args), args.scan, _resolvers(args.resolver))
+    opts = run_options(args)
+    return run.worker(opts, args.scan, _resolvers(opts.resolvers))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -247,7 +203,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     v, scanner = trio.run(run.check, config, args.domain, say)
     print(diagnosis.render(v, validating=scanner.validating))
-    if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE, Outcome.INTERNAL_ERROR):
+    if v.outcome is Outcome.INTERNAL_ERROR:
+        return ExitCode.INTERNAL_ERRORS
+    if v.outcome in (Outcome.INVALID, Outcome.DNS_FAILURE):
         return ExitCode.INCOMPLETE
     return ExitCode.OK if v.dane is DaneStatus.VALID else ExitCode.NOT_DANE
 
@@ -267,22 +225,11 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from scanner.run import open_out
-    from scanner.store import db
-    from scanner.store.export import NotExportable, export, resolve_scan
+    from scanner import run
 
-    engine = db.make_engine(args.db)
     scan: int | str = args.scan if args.scan == "latest" else int(args.scan)
-    try:
-        # Before the output is opened: a refused scan leaves no empty file behind.
-        scan_id = resolve_scan(engine, scan, allow_incomplete=args.allow_incomplete)
-    except NotExportable as exc:
-        raise UsageError(str(exc)) from exc
-    with open_out(args.out) as out:
-        n = export(engine, scan_id, args.format, args.level, out,
-                   allow_incomplete=args.allow_incomplete)
-    log.info("%d rows", n)
-    return ExitCode.OK
+    return run.export(run_options(args), scan, args.format, args.level, args.out,
+                      allow_incomplete=args.allow_incomplete)
 
 
 def _scan_ref(text: str) -> str:
@@ -303,7 +250,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Measure how mail domains climb STARTTLS -> DNSSEC -> DANE (RFC 7672).",
         epilog="Exit status: 0 done (check: DANE-valid), 1 check: not DANE-valid, 2 usage "
                "error, 3 interrupted (resumable), 4 incomplete (list ended early; check: not "
-               "judged), 5 internal errors.")
+               "judged), 5 internal errors (a bug in danescan; check: judging the domain hit one).")
     parser.add_argument("--version", action="version", version=f"danescan {_version()}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -312,48 +259,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="scan a domain list")
     p.add_argument("domains", metavar="DOMAINS", nargs="?",
                    help="file (text, rank,domain CSV, optionally gzip) or - for stdin")
-    p.add_argument("--jsonl", metavar="PATH", help="write one JSON object per input line")
-    p.add_argument("--label", default=None, help="a name stored with the scan")
-    add_db_option(p)
     p.add_argument("--no-db", action="store_true",
                    help="no database: stream --jsonl only (no shards, no resume)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="SCAN_ID", type=_scan_ref,
                    help="continue the given scan, or the latest unfinished one, with its own "
                         "stored options")
-    p.add_argument("--date", type=_date, default=None, metavar="YYYY-MM-DD",
-                   help="logical date of the scan (default: today)")
-    p.add_argument("--workers", type=knobs.argparse_type(knobs.positive_int), default=None,
-                   help="scanner processes sharing the scan (default: one per core on "
-                        "PostgreSQL, one on SQLite; more than one needs PostgreSQL)")
-    p.add_argument("--shard-size", type=knobs.argparse_type(knobs.positive_int), default=1000,
-                   help="input lines per shard, the unit of resume (default %(default)s)")
-    p.add_argument("--every", type=parse_interval, default=None, metavar="INTERVAL",
-                   help="continuous operation: scan DOMAINS again every INTERVAL (e.g. 24h), "
-                        "each run starting when the previous one has finished")
     p.add_argument("--archive", type=Path, default=None, metavar="DIR",
                    help="write each completed night to this Parquet archive (needs the "
                         "'report' extra; see docs/archive.md)")
-    p.add_argument("--progress-interval", type=knobs.argparse_type(knobs.positive_float),
-                   default=60.0, metavar="SECONDS",
-                   help="when stderr is not a terminal: a progress line every SECONDS "
-                        "(default %(default)s)")
-    add_worker_options(p)
-    add_scan_options(p)
+    knobs.add_options(p, RunOptions)
+    add_config_options(p)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("worker", help="help scan a database scan (any number, any machine)")
-    add_db_option(p)
     p.add_argument("--scan", type=knobs.argparse_type(knobs.positive_int), default=None,
                    help="scan id (default: the latest unfinished scan)")
-    p.add_argument("--resolver", action="append", default=[], metavar="IP[@PORT]",
-                   help="this machine's validating resolver (default: the scan's)")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
-    add_worker_options(p)
+    # What a scan hands its worker processes, and the database they share.
+    knobs.add_options(p, RunOptions, {"db", *knobs.worker_names(RunOptions)})
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check", help="diagnose one domain, showing each step")
     p.add_argument("domain", help="the domain to diagnose (a name, or an IDN in any script)")
-    add_scan_options(p)
+    knobs.add_options(p, RunOptions, {"resolvers"})
+    add_config_options(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("db", help="database maintenance")
@@ -403,8 +332,18 @@ def _register_extras(sub: Any) -> None:
 # -- the dispatcher --------------------------------------------------------------------------
 
 
-def _expected() -> tuple[type[BaseException], ...]:
-    """Errors a user should see as one clear line (bugs keep their traceback)."""
+class _Expected(NamedTuple):
+    """An error a user should see as one line (``danescan: LINE``) ending with ``code``;
+    ``line`` None: end quietly."""
+
+    types: tuple[type[BaseException], ...]
+    line: Callable[[BaseException], str] | None
+    code: ExitCode
+
+
+def _expected() -> tuple[_Expected, ...]:
+    """Every error a user should see as one clear line, first match wins (bugs keep their
+    traceback)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from scanner.dns import ResolverOutage
@@ -412,8 +351,18 @@ def _expected() -> tuple[type[BaseException], ...]:
     from scanner.store.db import DatabaseBusy, DatabaseUrlError, StoreUnavailable
     from scanner.targets import TargetsError
 
-    return (ResolverOutage, UsageError, TargetsError, StoreUnavailable, SQLAlchemyError, OSError,
-            KeyboardInterrupt, DatabaseUrlError, DatabaseBusy, MissingExtra)
+    return (
+        _Expected((ResolverOutage,), str, ExitCode.INTERRUPTED),
+        _Expected((UsageError, DatabaseUrlError, DatabaseBusy, MissingExtra), str,
+                  ExitCode.USAGE),
+        _Expected((TargetsError,), lambda e: f"input problem: {e}", ExitCode.USAGE),
+        _Expected((StoreUnavailable, SQLAlchemyError),
+                  lambda e: f"database unavailable: {_first_line(e)}", ExitCode.USAGE),
+        _Expected((KeyboardInterrupt,), lambda e: "interrupted", ExitCode.INTERRUPTED),
+        # The reader went away (``danescan export | head``).
+        _Expected((BrokenPipeError,), None, ExitCode.OK),
+        _Expected((OSError,), str, ExitCode.USAGE),
+    )
 
 
 def _command(argv: Sequence[str]) -> str | None:
@@ -437,42 +386,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(exc: BaseException) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from scanner.dns import ResolverOutage
-    from scanner.extras import MissingExtra
-    from scanner.store.db import DatabaseBusy, DatabaseUrlError, StoreUnavailable
-    from scanner.targets import TargetsError
-
-    if isinstance(exc, ResolverOutage):
-        print(f"danescan: {exc}", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    if isinstance(exc, UsageError | DatabaseUrlError | DatabaseBusy | MissingExtra):
-        print(f"danescan: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    if isinstance(exc, TargetsError):
-        print(f"danescan: input problem: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    if isinstance(exc, StoreUnavailable | SQLAlchemyError):
-        print(f"danescan: database unavailable: {_first_line(exc)}", file=sys.stderr)
-        return ExitCode.USAGE
-    if isinstance(exc, KeyboardInterrupt):
-        print("danescan: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    if isinstance(exc, BrokenPipeError):
-        return _quiet_broken_pipe()
-    if isinstance(exc, OSError):
-        print(f"danescan: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+    for expected in _expected():
+        if isinstance(exc, expected.types):
+            if expected.line is None:
+                _quiet_broken_pipe()
+            else:
+                print(f"danescan: {expected.line(exc)}", file=sys.stderr)
+            return expected.code
     raise exc
 
 
-def _quiet_broken_pipe() -> int:
+def _quiet_broken_pipe() -> None:
     """The reader went away (``danescan export | head``): end quietly, as the Python docs'
     SIGPIPE note advises (stdout pointed at devnull so the interpreter's flush cannot fail)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    return ExitCode.OK
 
 
 def _unwrap_groups(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -482,7 +410,8 @@ def _unwrap_groups(func: Callable[[argparse.Namespace], int], args: argparse.Nam
         return func(args)
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
-        if leaves and all(isinstance(e, _expected()) for e in leaves):
+        types = tuple(t for expected in _expected() for t in expected.types)
+        if leaves and all(isinstance(e, types) for e in leaves):
             raise leaves[0] from group
         raise
 

@@ -1,23 +1,28 @@
-"""One frozen dataclass of every knob that shapes a scan's results.
+"""Two frozen dataclasses of knobs: :class:`Config` (what a scan measures) and
+:class:`RunOptions` (how it is run).
 
-Each knob is written once, here: its default, its command-line option and help, the check its
-value must pass, and whether it is stored with the scan. The CLI's options
-(:func:`add_options`), the options stored with a scan (:func:`to_options`) and the Config a
-resumed scan or a ``danescan worker`` rebuilds (:func:`from_options`) all derive from the
-fields, so a knob cannot be forgotten in one of those places.
+Each knob is written once, here: its default, its command-line option and help, and the check
+its value must pass. The CLI's options (:func:`add_options`, :func:`given`), the Config
+options stored with a scan (:func:`to_options`), the Config a resumed scan or a ``danescan
+worker`` rebuilds (:func:`from_options`) and the run options handed to ``danescan worker``
+processes (:func:`worker_argv`) all derive from the fields, so a knob cannot be forgotten in
+one of those places.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Collection, Iterator, Mapping
+
+    from sqlalchemy.engine import Engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,28 @@ def port(text: str) -> int:
     return value
 
 
+def iso_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError("must be a date, YYYY-MM-DD") from exc
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def interval(text: str) -> float:
+    """``24h``, ``90m``, ``3600s`` or plain seconds -> seconds."""
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        value = float(text[:-1]) * unit if unit else float(text)
+    except ValueError as exc:
+        raise ValueError("must be an interval such as 24h, 90m or 3600 (seconds)") from exc
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be an interval above 0")
+    return value
+
+
 def argparse_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
     """``check`` as an argparse ``type``: a bad value becomes a usage error (exit 2)."""
 
@@ -88,8 +115,10 @@ def argparse_type(check: Callable[[str], Any]) -> Callable[[str], Any]:
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """How a Config field appears on the command line. ``flag`` options are booleans set by
-    their presence (``invert``: the option turns the field off)."""
+    """How a Config or RunOptions field appears on the command line. ``flag`` options are
+    booleans set by their presence (``invert``: the option turns the field off); a ``repeat``
+    option is given once per value of a tuple field; a ``worker`` option is handed on to the
+    ``danescan worker`` processes of a scan (:func:`worker_argv`)."""
 
     name: str
     help: str
@@ -97,6 +126,8 @@ class Option:
     flag: bool = False
     invert: bool = False
     metavar: str | None = None
+    repeat: bool = False
+    worker: bool = False
 
 
 def _knob(default: Any, option: Option | None = None) -> Any:
@@ -200,34 +231,117 @@ class Config:
 DEFAULTS = Config()
 
 
-def _fields() -> tuple[dataclasses.Field[Any], ...]:
-    return dataclasses.fields(Config)
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How a scan is run: where it is stored, split and shown. Never what it measures (that
+    is the Config), so none of it is stored with the scan."""
+
+    db: str | None = _knob(None, Option(
+        "--db", "database URL (postgresql://... or sqlite:///PATH) or SQLite path (default: "
+        "$DATABASE_URL, else ./danescan.sqlite)", metavar="URL"))
+    jsonl: str | None = _knob(None, Option(
+        "--jsonl", "write one JSON object per input line", metavar="PATH"))
+    label: str | None = _knob(None, Option("--label", "a name stored with the scan"))
+    date: dt.date | None = _knob(None, Option(
+        "--date", "logical date of the scan (default: today)", iso_date, metavar="YYYY-MM-DD"))
+    workers: int | None = _knob(None, Option(
+        "--workers", "scanner processes sharing the scan (default: one per core on "
+        "PostgreSQL, one on SQLite; more than one needs PostgreSQL)", positive_int))
+    shard_size: int = _knob(1000, Option(
+        "--shard-size", "input lines per shard, the unit of resume (default %(default)s)",
+        positive_int))
+    every: float | None = _knob(None, Option(
+        "--every", "continuous operation: scan DOMAINS again every INTERVAL (e.g. 24h), each "
+        "run starting when the previous one has finished", interval, metavar="INTERVAL"))
+    lease_seconds: float = _knob(600.0, Option(
+        "--lease-seconds", "shard and claim lease: how long a dead worker's work waits before "
+        "another takes it over (default %(default)s)", positive_float, worker=True))
+    dns_log: str | None = _knob(None, Option(
+        "--dns-log", "append every DNS question asked ('name TYPE', dnsperf's input format; "
+        "with several workers PATH.0, PATH.1, ...)", metavar="PATH", worker=True))
+    # Shared claims and connection limits on PostgreSQL.
+    shared: bool = _knob(True, Option(
+        "--no-shared", "do not share host/endpoint results and connection limits with other "
+        "workers (shared by default on PostgreSQL, even by a one-process scan, so that a "
+        "worker started later on another machine probes nothing twice; not sharing saves ~7 "
+        "%% of CPU when no other worker will come)", flag=True, invert=True, worker=True))
+    progress_interval: float = _knob(60.0, Option(
+        "--progress-interval", "when stderr is not a terminal: a progress line every SECONDS "
+        "(default %(default)s)", positive_float, metavar="SECONDS"))
+    # As given (addresses, or 'system'): the CLI parses them into Config.resolvers.
+    resolvers: tuple[str, ...] = _knob((), Option(
+        "--resolver", "validating resolver(s), repeatable; 'system' for /etc/resolv.conf's "
+        "(default: $DANESCAN_RESOLVER, no implicit fallback; a worker or a resumed scan: the "
+        "scan's own)", metavar="IP[@PORT]", repeat=True, worker=True))
+    quiet: bool = _knob(False)  # the command's own -q: no progress
+    # Called with (engine, scan id) when a scan ends complete (`scan --archive`).
+    after_complete: Callable[[Engine, int], None] | None = _knob(None)
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """Every Config field with an Option, as a command-line option defaulting to None (so a
-    resumed scan can tell a flag given from a default: see :func:`given`)."""
-    for f in _fields():
+RUN_DEFAULTS = RunOptions()
+
+
+def _options(cls: type, names: Collection[str] | None = None
+             ) -> Iterator[tuple[dataclasses.Field[Any], Option]]:
+    """The fields of ``cls`` that have a command-line option (only ``names``, if given)."""
+    for f in dataclasses.fields(cls):
         opt: Option | None = f.metadata["option"]
-        if opt is None:
-            continue
+        if opt is not None and (names is None or f.name in names):
+            yield f, opt
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type = Config,
+                names: Collection[str] | None = None) -> None:
+    """Every field of ``cls`` with an Option (only ``names``, if given), as a command-line
+    option defaulting to None (so a resumed scan can tell a flag given from a default: see
+    :func:`given`)."""
+    for f, opt in _options(cls, names):
         if opt.flag:
             parser.add_argument(opt.name, dest=f.name, action="store_const",
                                 const=not opt.invert, default=None, help=opt.help)
         else:
             help_text = opt.help.replace("%(default)s", str(f.default))
             parser.add_argument(opt.name, dest=f.name, default=None, metavar=opt.metavar,
+                                action="append" if opt.repeat else "store",
                                 type=argparse_type(opt.check) if opt.check else str,
                                 help=help_text)
 
 
-def given(args: argparse.Namespace) -> dict[str, Any]:
-    """The Config fields set on this command line (options left out are absent)."""
+def worker_names(cls: type) -> frozenset[str]:
+    """The fields of ``cls`` handed on to ``danescan worker`` processes."""
+    return frozenset(f.name for f, opt in _options(cls) if opt.worker)
+
+
+def given(args: argparse.Namespace, cls: type = Config) -> dict[str, Any]:
+    """The fields of ``cls`` set on this command line (options left out are absent)."""
     out = {}
-    for f in _fields():
-        if f.metadata["option"] is not None and getattr(args, f.name, None) is not None:
-            out[f.name] = getattr(args, f.name)
+    for f, opt in _options(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if opt.repeat else value
     return out
+
+
+def worker_argv(values: Any) -> list[str]:
+    """The command-line options that hand ``values``' worker fields (those differing from
+    their defaults) to a ``danescan worker`` process: :func:`given` reads them back."""
+    argv: list[str] = []
+    for f, opt in _options(type(values), worker_names(type(values))):
+        value = getattr(values, f.name)
+        if value == f.default:
+            continue
+        if opt.flag:  # a flag differing from its default is set
+            argv.append(opt.name)
+        elif opt.repeat:
+            for item in value:
+                argv += [opt.name, str(item)]
+        else:
+            argv += [opt.name, str(value)]
+    return argv
+
+
+def _fields() -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(Config)
 
 
 def to_options(config: Config) -> dict[str, Any]:
@@ -277,7 +391,7 @@ def conflicts(stored: Config, flags: Mapping[str, Any]) -> list[str]:
     for f in _fields():
         if f.name not in flags or flags[f.name] == getattr(stored, f.name):
             continue
-        opt: Option | None = f.metadata["option"]
+        opt = f.metadata["option"]
         name = opt.name if opt is not None else "--exclude"
         if name not in out:
             out.append(name)

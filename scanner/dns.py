@@ -257,7 +257,8 @@ def _least_busy(group: list[_Channel]) -> _Channel:
 class DnsClient:
     """Queries the configured validating resolver(s); use ``async with DnsClient.open(cfg)``."""
 
-    def __init__(self, config: Config, connect: Connect = UdpEndpoint) -> None:
+    def __init__(self, config: Config, connect: Connect = UdpEndpoint,
+                 query_log: TextIO | None = None) -> None:
         if not config.resolvers:
             raise ValueError("no resolver configured")
         for address in config.resolvers:
@@ -280,7 +281,7 @@ class DnsClient:
         self._rto = [RetransmitTimeout(config.dns_timeout, ceiling) for _ in config.resolvers]
         # Every question asked (not retransmits or CD re-queries) as "name TYPE" lines, the
         # input format of dnsperf: the benchmark replays a scan's exact mix.
-        self.query_log: TextIO | None = None
+        self.query_log = query_log
         self._rate = RateSlots(config.dns_rate)
         # Questions in flight, bounded by the window; tasks waiting for room, first come first
         # served (a counter and a queue of events: the fast path costs two comparisons).
@@ -307,12 +308,12 @@ class DnsClient:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: Config, *, connect: Connect = UdpEndpoint
-                   ) -> AsyncIterator[DnsClient]:
+    async def open(cls, config: Config, *, connect: Connect = UdpEndpoint,
+                   query_log: TextIO | None = None) -> AsyncIterator[DnsClient]:
         """Open the sockets, start the readers, the timer and the health monitor; close all
         on exit. Raises :class:`ResolverOutage` (cancelling the body) when the resolver stays
-        silent past ``config.resolver_outage_limit``."""
-        client = cls(config, connect)
+        silent past ``config.resolver_outage_limit``. ``query_log`` hears every question."""
+        client = cls(config, connect, query_log)
         try:
             async with trio.open_nursery() as nursery:
                 for group in client._channels:

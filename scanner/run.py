@@ -3,8 +3,9 @@
 A scan goes: check the resolver -> store the input as shards -> workers judge the shards
 (this process, or ``danescan worker`` child processes sharing the database) -> record how it
 ended -> summary counted from the database -> exports. The CLI only turns arguments into a
-:class:`~scanner.config.Config` and a :class:`RunOptions` and calls :func:`scan`,
-:func:`resume`, :func:`worker` or :func:`check`; everything here takes plain values.
+:class:`~scanner.config.Config` and a :class:`~scanner.config.RunOptions` and calls
+:func:`scan`, :func:`resume`, :func:`worker`, :func:`check` or :func:`export`; everything here
+takes plain values.
 """
 
 from __future__ import annotations
@@ -16,16 +17,25 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 from scanner import batch, pipeline, progress, runtime
-from scanner.config import Config, ResolverAddress, conflicts, from_options, to_options
+from scanner.config import (
+    RUN_DEFAULTS,
+    Config,
+    ResolverAddress,
+    RunOptions,
+    conflicts,
+    from_options,
+    to_options,
+    worker_argv,
+)
 from scanner.dns import DnsClient, ResolverCheck
 from scanner.errors import ExitCode, UsageError
-from scanner.model import STAGE_ORDER, DomainVerdict, Lookup
+from scanner.model import STAGE_ORDER, DomainVerdict, Lookup, Outcome
 from scanner.store import db, scans
 from scanner.store.schema import ScanStatus
 from scanner.targets import TargetsError, normalise, read_targets
@@ -35,28 +45,12 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
+    from scanner.store.export import Format, Level
+
 log = logging.getLogger("danescan")
 
 
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """How a scan is run (not what it measures: that is the Config)."""
-
-    db: str | None = None
-    jsonl: str | None = None
-    label: str | None = None
-    date: dt.date | None = None
-    workers: int | None = None  # None: one per core on PostgreSQL, one on SQLite
-    shard_size: int = 1000
-    every: float | None = None
-    lease_seconds: float = 600.0
-    dns_log: str | None = None
-    shared: bool = True  # share claims and connection limits on PostgreSQL
-    quiet: bool = False
-    progress_interval: float = 60.0
-    resolvers: tuple[str, ...] = ()  # as given, passed on to worker processes
-    # Called with (engine, scan id) when a scan ends complete (`scan --archive`).
-    after_complete: Callable[[Engine, int], None] | None = None
+__all__ = ["RunOptions", "check", "export", "resume", "scan", "scan_to_jsonl", "worker"]
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -101,7 +95,8 @@ def check_resolver(config: Config) -> None:
 
 
 def start_scan(engine: Engine, source: str, config: Config, *, label: str | None = None,
-               logical_date: dt.date | None = None, shard_size: int = 1000) -> int:
+               logical_date: dt.date | None = None,
+               shard_size: int = RUN_DEFAULTS.shard_size) -> int:
     """Create a scan and stream its input into shards; returns the scan id.
 
     A list that cannot be read to its end keeps every line read before the damage; the
@@ -181,12 +176,12 @@ def summary_lines(engine: Engine, scan_id: int, elapsed: float) -> list[str]:
     lines = [f"{total} domains in {elapsed:.1f}s ({rate:.0f}/s), {sessions} SMTP sessions, "
              f"{retries} of them retries",
              "outcome: " + (progress.outcome_text(outcomes) or "none")]
-    ok = outcomes.get("ok", 0)
+    ok = outcomes.get(Outcome.OK, 0)
     if ok:
         lines.append("stage:   " + ", ".join(
             f"{k} {stages.get(k, 0)} ({100 * stages.get(k, 0) / ok:.1f}%)"
             for k in STAGE_ORDER))
-    internal = outcomes.get("internal_error", 0)
+    internal = outcomes.get(Outcome.INTERNAL_ERROR, 0)
     if internal:
         lines.append(f"{internal} lines hit an internal error (a bug in danescan, not a fact "
                      "about the domain): see the log")
@@ -198,7 +193,7 @@ def _exit_status(status: ScanStatus | None, engine: Engine, scan_id: int) -> Exi
         return ExitCode.INCOMPLETE
     if status is not ScanStatus.COMPLETE:
         return ExitCode.INTERRUPTED
-    if scans.scan_counts(engine, scan_id)["outcome"].get("internal_error"):
+    if scans.scan_counts(engine, scan_id)["outcome"].get(Outcome.INTERNAL_ERROR):
         return ExitCode.INTERNAL_ERRORS
     return ExitCode.OK
 
@@ -313,11 +308,11 @@ def _run_and_finish(config: Config, engine: Engine, scan_id: int, opts: RunOptio
         print(f"danescan: scan {scan_id} is incomplete: {scans.input_error(engine, scan_id)}; "
               "every line read before that was scanned and stored", file=sys.stderr)
     if opts.jsonl:
-        from scanner.store.export import export
+        from scanner.store.export import export as write_rows
 
         with open_out(opts.jsonl) as out:
             # An incomplete scan's lines are still the verdicts of every line it could read.
-            export(engine, scan_id, "jsonl", "domain", out, allow_incomplete=True)
+            write_rows(engine, scan_id, "jsonl", "domain", out, allow_incomplete=True)
     log.info("scan %s %s", scan_id, status)
     if status is ScanStatus.COMPLETE and opts.after_complete is not None:
         opts.after_complete(engine, scan_id)
@@ -366,17 +361,12 @@ def _spawn_workers(engine: Engine, scan_id: int, opts: RunOptions,
     # The URL goes through the environment: a password never shows in the process list.
     env = {**os.environ, "DATABASE_URL": engine.url.render_as_string(hide_password=False)}
     base = [sys.executable, "-m", "scanner", "-q", "worker", "--scan", str(scan_id),
-            "--lease-seconds", str(opts.lease_seconds), "--parent-pid", str(os.getpid())]
-    for r in opts.resolvers:
-        base += ["--resolver", r]
-    if not opts.shared:
-        base.append("--no-shared")
+            "--parent-pid", str(os.getpid())]
     procs = []
     for i in range(workers):
-        cmd = list(base)
-        if opts.dns_log:
-            cmd += ["--dns-log", f"{opts.dns_log}.{i}"]
-        procs.append(subprocess.Popen(cmd, env=env))
+        # Each worker its own DNS log: PATH.0, PATH.1, ...
+        own = replace(opts, dns_log=f"{opts.dns_log}.{i}") if opts.dns_log else opts
+        procs.append(subprocess.Popen([*base, *worker_argv(own)], env=env))
     log.info("scan %s: %d worker processes", scan_id, workers)
 
     def forward(signum: int, _frame: Any) -> None:
@@ -451,10 +441,16 @@ def worker(opts: RunOptions, scan_id: int | None,
     status = finish(engine, result, sole_worker=False)
     if not opts.quiet:
         log.info("worker %s: %d domains", batch.worker_name(), result.stats.domains)
-    if result.status is not ScanStatus.COMPLETE:
+    if result.status is not ScanStatus.COMPLETE or status not in (
+            None, ScanStatus.COMPLETE, ScanStatus.INCOMPLETE):
         return ExitCode.INTERRUPTED
-    return ExitCode.OK if status in (None, ScanStatus.COMPLETE, ScanStatus.INCOMPLETE) \
-        else ExitCode.INTERRUPTED
+    # This worker's own lines (others may still be working); the scan's summary counts all.
+    internal = result.stats.outcomes.get(Outcome.INTERNAL_ERROR, 0)
+    if internal:
+        log.warning("worker %s: %d lines hit an internal error (a bug in danescan, not a "
+                    "fact about the domain): see the log", batch.worker_name(), internal)
+        return ExitCode.INTERNAL_ERRORS
+    return ExitCode.OK
 
 
 async def _worker(config: Config, engine: Engine, scan_id: int, opts: RunOptions,
@@ -506,8 +502,27 @@ def scan_to_jsonl(config: Config, opts: RunOptions, source: str) -> ExitCode:
         print(f"danescan: input incomplete: {stats.input_error}; every line read before that "
               "was scanned", file=sys.stderr)
         return ExitCode.INCOMPLETE
-    if stats.outcomes.get("internal_error"):
+    if stats.outcomes.get(Outcome.INTERNAL_ERROR):
         return ExitCode.INTERNAL_ERRORS
+    return ExitCode.OK
+
+
+def export(opts: RunOptions, scan: int | str, fmt: Format, level: Level, path: str, *,
+           allow_incomplete: bool = False) -> ExitCode:
+    """``danescan export``: scan ``scan`` (an id or ``"latest"``) from ``opts.db`` to
+    ``path`` (``-``: standard output), one row per ``level``."""
+    from scanner.store.export import NotExportable, resolve_scan
+    from scanner.store.export import export as write_rows
+
+    engine = db.make_engine(opts.db)
+    try:
+        # Before the output is opened: a refused scan leaves no empty file behind.
+        scan_id = resolve_scan(engine, scan, allow_incomplete=allow_incomplete)
+    except NotExportable as exc:
+        raise UsageError(str(exc)) from exc
+    with open_out(path) as out:
+        n = write_rows(engine, scan_id, fmt, level, out, allow_incomplete=allow_incomplete)
+    log.info("%d rows", n)
     return ExitCode.OK
 
 
@@ -548,4 +563,12 @@ async def check(config: Config, raw: str, say: Callable[[str], None] | None = No
             scanner = pipeline.Scanner(config, lookups, validating=config.insecure_resolver_ok)
         else:
             scanner = await pipeline.open_scanner(config, lookups, trace=say)
-        return await scanner.scan_domain(1, raw), scanner
+        judged: list[DomainVerdict] = []
+
+        async def keep(v: DomainVerdict) -> None:
+            judged.append(v)
+
+        # Through the pipeline's loop, as in a scan: a bug while judging the domain is an
+        # `internal_error` verdict (never a DNS or SMTP fact), not a traceback.
+        await pipeline.run(scanner, [(1, raw)], keep)
+        return judged[0], scanner

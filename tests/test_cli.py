@@ -6,11 +6,15 @@ import gzip
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from scanner.cli import main
 from tests.fakedns import refusing_resolver
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @pytest.fixture(autouse=True)
@@ -244,3 +248,173 @@ def test_export_refuses_a_scan_that_is_not_complete(capsys: pytest.CaptureFixtur
                 "--allow-incomplete")
     assert rc == 0
     assert out.read_text() == ""
+
+
+# -- internal errors: a bug while judging a line is counted apart and exits 5 ---------------
+
+
+@pytest.fixture
+def buggy_step(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A pure step of the pipeline that raises for one domain (a bug in danescan, as far as
+    the scan can tell); returns that domain."""
+    from scanner import pipeline
+    from scanner.targets import is_excluded as real
+
+    def is_excluded(domain: str, excluded: frozenset[str]) -> bool:
+        if domain == "crash.example":
+            raise RuntimeError("bug at crash.example")
+        return real(domain, excluded)
+
+    monkeypatch.setattr(pipeline, "is_excluded", is_excluded)
+    return "crash.example"
+
+
+# Lines that ask the resolver nothing: the bug, and a name that is not one (`invalid`).
+BUGGY_LIST = "crash.example\nnot a name\n"
+
+
+@pytest.mark.usefixtures("buggy_step")
+def test_a_scan_with_internal_errors_exits_5_and_says_so(
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="danescan")
+    (tmp_path / "list.txt").write_text(BUGGY_LIST)
+    url = f"sqlite:///{tmp_path}/ie.sqlite"
+    with refusing_resolver() as resolver:
+        rc, _ = run(capsys, "scan", str(tmp_path / "list.txt"), "--db", url, "--workers", "1",
+                    "--resolver", resolver, "--insecure-resolver-ok")
+    assert rc == 5
+    assert "internal_error 1" in caplog.text
+    assert "1 lines hit an internal error (a bug in danescan" in caplog.text
+    assert "scan 1 complete" in caplog.text  # stored as finished: only the exit code says it
+
+
+@pytest.mark.usefixtures("buggy_step")
+def test_a_scan_without_database_with_internal_errors_exits_5(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "list.txt").write_text(BUGGY_LIST)
+    out = tmp_path / "out.jsonl"
+    with refusing_resolver() as resolver:
+        rc, _ = run(capsys, "scan", str(tmp_path / "list.txt"), "--no-db", "--jsonl", str(out),
+                    "--resolver", resolver, "--insecure-resolver-ok")
+    assert rc == 5
+    outcomes = [json.loads(line)["outcome"] for line in out.read_text().splitlines()]
+    assert sorted(outcomes) == ["internal_error", "invalid"]
+
+
+@pytest.mark.usefixtures("buggy_step")
+def test_a_worker_with_internal_errors_exits_5(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    from scanner import run as scan_run
+    from scanner.config import Config, ResolverAddress
+    from scanner.store import db, scans
+    from scanner.store.schema import ScanStatus
+
+    (tmp_path / "list.txt").write_text(BUGGY_LIST)
+    url = f"sqlite:///{tmp_path}/w.sqlite"
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    with refusing_resolver() as resolver:
+        config = Config(resolvers=(ResolverAddress.parse(resolver),), insecure_resolver_ok=True)
+        scan_id = scan_run.start_scan(engine, str(tmp_path / "list.txt"), config)
+        rc, _ = run(capsys, "-q", "worker", "--scan", str(scan_id), "--db", url)
+    assert rc == 5
+    assert scans.scan_status(engine, scan_id) is ScanStatus.COMPLETE
+    assert scans.scan_counts(engine, scan_id)["outcome"]["internal_error"] == 1
+
+
+def test_check_of_a_domain_that_hits_a_bug_exits_5(capsys: pytest.CaptureFixture[str],
+                                                   buggy_step: str) -> None:
+    with refusing_resolver() as resolver:
+        rc, text = run(capsys, "check", buggy_step, "--resolver", resolver,
+                       "--insecure-resolver-ok")
+    assert rc == 5
+    assert "outcome internal_error" in text
+    assert "RuntimeError: bug at crash.example" in text
+
+
+# -- run options: each written once, handed to worker processes from the fields -------------
+
+
+def test_worker_processes_get_the_run_options_they_share() -> None:
+    import datetime as dt
+
+    from scanner.cli import build_parser, run_options
+    from scanner.config import RunOptions, worker_argv, worker_names
+
+    assert worker_argv(RunOptions()) == []  # defaults go without saying
+    opts = RunOptions(db="sqlite:///x", jsonl="out.jsonl", label="n", date=dt.date(2026, 1, 2),
+                      workers=3, shard_size=7, every=60.0, lease_seconds=12.5,
+                      dns_log="q.log", shared=False, progress_interval=5.0,
+                      resolvers=("127.0.0.1@5353", "system"))
+    argv = worker_argv(opts)
+    assert argv == ["--lease-seconds", "12.5", "--dns-log", "q.log", "--no-shared",
+                    "--resolver", "127.0.0.1@5353", "--resolver", "system"]
+    got = run_options(build_parser("worker").parse_args(["-q", "worker", *argv]))
+    assert worker_names(RunOptions) == {"lease_seconds", "dns_log", "shared", "resolvers"}
+    for name in worker_names(RunOptions):
+        assert getattr(got, name) == getattr(opts, name)
+    # The scan's own options (where its output goes, how it is split) stay with the scan.
+    assert (got.jsonl, got.shard_size, got.every) == (None, 1000, None)
+
+
+def test_a_scan_reads_every_run_option() -> None:
+    import datetime as dt
+
+    from scanner.cli import build_parser, run_options
+    from scanner.config import RunOptions
+
+    args = build_parser("scan").parse_args([
+        "scan", "list.txt", "--db", "sqlite:///x", "--jsonl", "o.jsonl", "--label", "n",
+        "--date", "2026-01-02", "--workers", "3", "--shard-size", "7", "--every", "1m",
+        "--lease-seconds", "12.5", "--dns-log", "q.log", "--no-shared",
+        "--progress-interval", "5", "--resolver", "127.0.0.1", "--resolver", "::1@53"])
+    assert run_options(args) == RunOptions(
+        db="sqlite:///x", jsonl="o.jsonl", label="n", date=dt.date(2026, 1, 2), workers=3,
+        shard_size=7, every=60.0, lease_seconds=12.5, dns_log="q.log", shared=False,
+        progress_interval=5.0, resolvers=("127.0.0.1", "::1@53"))
+    assert run_options(build_parser("scan").parse_args(["scan", "l.txt"])) == RunOptions()
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [(KeyboardInterrupt(), 3, "danescan: interrupted"),
+     (FileNotFoundError(2, "No such file or directory"), 2,
+      "danescan: [Errno 2] No such file or directory")],
+)
+def test_one_table_of_expected_errors(capsys: pytest.CaptureFixture[str],
+                                      exc: BaseException, code: int, line: str) -> None:
+    """A nursery's group of expected errors is unwrapped to its first and reported from the
+    same table; a group holding a bug keeps its traceback."""
+    import argparse
+
+    from scanner import cli
+
+    def raising(err: BaseException) -> Callable[[argparse.Namespace], int]:
+        def command(_args: argparse.Namespace) -> int:
+            raise BaseExceptionGroup("nursery", [err])
+        return command
+
+    with pytest.raises(type(exc), match=r".*") as info:
+        cli._unwrap_groups(raising(exc), argparse.Namespace())
+    assert info.value is exc
+    assert cli._report(info.value) == code
+    assert capsys.readouterr().err.strip() == line
+    with pytest.raises(BaseExceptionGroup, match="nursery"):
+        cli._unwrap_groups(raising(ValueError("a bug")), argparse.Namespace())
+
+
+def test_dns_log_hears_every_question(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("a.example\nnot a name\n")
+    log_file = tmp_path / "questions.txt"
+    with refusing_resolver() as resolver:
+        rc, _ = run(capsys, "scan", str(tmp_path / "list.txt"), "--db",
+                    f"sqlite:///{tmp_path}/q.sqlite", "--workers", "1", "--resolver", resolver,
+                    "--insecure-resolver-ok", "--dns-log", str(log_file))
+    assert rc == 0
+    assert "a.example. MX" in log_file.read_text().splitlines()
