@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -379,10 +380,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s", stream=sys.stderr)
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter
+    previous = _stop_on_sigterm()
     try:
         return int(_unwrap_groups(args.func, args) or 0)
     except BaseException as exc:
         return _report(exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM stops a command as Ctrl-C does, at any moment, set-up included: a scan then
+    stores what it judged and ends ``interrupted`` (exit 3), where SIGTERM's default action
+    would end the process mid-way. It is re-raised as SIGINT so that inside a trio run,
+    trio delivers it safely. Returns the handler it replaced (None: not the main thread)."""
+
+    def as_interrupt(_signum: int, _frame: object) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    try:
+        return signal.signal(signal.SIGTERM, as_interrupt)
+    except ValueError:  # signal handlers belong to the main thread
+        return None
 
 
 def _report(exc: BaseException) -> int:

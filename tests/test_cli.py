@@ -418,3 +418,31 @@ def test_dns_log_hears_every_question(capsys: pytest.CaptureFixture[str],
                     "--insecure-resolver-ok", "--dns-log", str(log_file))
     assert rc == 0
     assert "a.example. MX" in log_file.read_text().splitlines()
+
+
+def test_sigterm_during_set_up_is_a_polite_stop(tmp_path: Path) -> None:
+    """SIGTERM before the scan's own signal watcher runs (here: while it waits for its
+    resolver's first answer) ends the command as Ctrl-C does, exit 3, not killed by it."""
+    import signal
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))  # a resolver that hears and never answers
+    port = listener.getsockname()[1]
+    domains = tmp_path / "d.txt"
+    domains.write_text("a.example\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanner.cli", "scan", str(domains), "--db",
+         str(tmp_path / "s.sqlite"), "--resolver", f"127.0.0.1@{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        listener.settimeout(60)
+        listener.recvfrom(4096)  # the scan is in its set-up: asking its resolver
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        listener.close()
+    assert proc.returncode == 3, err
+    assert "interrupted" in err
