@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
     from tests.fakedns import FakeResolver
 
+pytest_plugins = ["tests.nonet"]
+pytestmark = pytest.mark.usefixtures("no_real_network")
+
 SMTP_HOST = "127.81.0.25"  # special-purpose (loopback): probed only with allow_private
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, cast
 
+import pytest
 import trio
 import trio.testing
 
@@ -28,6 +29,9 @@ from tests.test_pipeline import SMTP_HOST
 
 if TYPE_CHECKING:
     from scanner.dns import DnsClient
+
+pytest_plugins = ["tests.nonet"]
+pytestmark = pytest.mark.usefixtures("no_real_network")
 
 S = DnssecStatus.SECURE
 TLSA = "3 1 1 " + "ab" * 32
