@@ -33,7 +33,12 @@ from scanner.targets_net import parse_address
 from scanner.tls import TlsHandshakeError, TlsStream, server_name
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from scanner.config import Config
+
+    # (IP literal, IP version, port) -> a connected byte stream: :func:`connect`, or a fake.
+    Connector = Callable[[str, int, int], Awaitable[trio.abc.Stream]]
 
 ERROR_CAP = 200  # EndpointFacts.error is a short detail for humans
 
@@ -140,10 +145,12 @@ class _Progress:
         self.error = None if error is None else clean_text(error, ERROR_CAP)
 
 
-async def probe(address: str, port: int, sni: str | None, config: Config) -> EndpointFacts:
+async def probe(address: str, port: int, sni: str | None, config: Config, *,
+                connector: Connector | None = None) -> EndpointFacts:
     """Probe one endpoint once. ``address`` must be an IP literal and ``sni`` a sendable name
     (ValueError otherwise, before any I/O): the probe never resolves names. Never raises for
-    anything the peer or the network does."""
+    anything the peer or the network does. ``connector`` opens the TCP stream (default
+    :func:`connect`; tests pass an in-memory one)."""
     ip = parse_address(address)
     server_name(sni)
     probed_at = datetime.now(UTC)
@@ -152,7 +159,8 @@ async def probe(address: str, port: int, sni: str | None, config: Config) -> End
         # One cancel scope for the whole dialogue; each phase moves its deadline (instead of
         # seven fail_after / move_on_after scopes, each built through a context generator).
         with trio.CancelScope() as scope:
-            await _dialogue(str(ip), ip.version, port, sni, config, progress, scope)
+            await _dialogue(str(ip), ip.version, port, sni, config, progress, scope,
+                            connector or connect)
         if scope.cancelled_caught and progress.status is None:
             # The phase's time ran out. Once the outcome is decided, only the courtesy QUIT
             # and close could be cut short, and that changes nothing.
@@ -194,6 +202,7 @@ async def _dialogue(
     config: Config,
     p: _Progress,
     scope: trio.CancelScope,
+    connector: Connector,
 ) -> None:
     def phase(phase: Phase, seconds: float) -> None:
         if scope.cancel_called:
@@ -204,7 +213,7 @@ async def _dialogue(
         scope.deadline = trio.current_time() + seconds
 
     phase(Phase.CONNECT, config.connect_timeout)
-    stream = await connect(address, version, port)
+    stream = await connector(address, version, port)
     async with stream:
         conn = SmtpConnection(stream)
 

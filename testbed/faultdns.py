@@ -8,7 +8,9 @@ Run as ``python -m testbed.faultdns CONFIG.json``; the config names a ``mode``:
   are empty with TC=1, so resolvers must retry over TCP (RFC 7766 §5); TCP answers are full,
   with RRSIGs and NSEC denial when the query sets DO (RFC 4035 §3.1).
 - ``front``: forwards UDP and TCP to a backend server and delays every answer by a uniform
-  random time, each answer on its own timer (no head-of-line blocking).
+  random time, each answer on its own timer (no head-of-line blocking). On SIGHUP it reads
+  its new delay and logs one line, ``front: {json}``: the delay now in force and what it did
+  to the answers since the last such line (see :meth:`_Front.report`).
 
 After binding, the server writes the ``ready`` file so the caller knows the sockets exist.
 """
@@ -19,6 +21,7 @@ import bisect
 import contextlib
 import heapq
 import json
+import math
 import random
 import select
 import signal
@@ -241,10 +244,30 @@ class _Front:
     def __init__(self, backend: tuple[str, int], delay: tuple[float, float]) -> None:
         self.backend = backend
         self.delay = delay
+        # Since the last report: answers sent, the shortest and longest pause drawn, and the
+        # shortest time an answer was really held (by this process's own clock). Both threads
+        # write it: one lock, uncontended outside a test.
+        self._lock = threading.Lock()
+        self._sent: tuple[int, float, float, float] = (0, math.inf, 0.0, math.inf)
 
     def _pause(self) -> float:
         low, high = self.delay
         return random.uniform(low, high) if high > 0 else 0.0
+
+    def _record(self, pause: float, held: float) -> None:
+        with self._lock:
+            n, shortest, longest, least_held = self._sent
+            self._sent = (n + 1, min(shortest, pause), max(longest, pause), min(least_held, held))
+
+    def report(self) -> dict[str, Any]:
+        """What the front did since the last report, and start counting afresh: lets a test
+        check the delay on the front's own record instead of timing answers itself."""
+        with self._lock:
+            n, shortest, longest, least_held = self._sent
+            self._sent = (0, math.inf, 0.0, math.inf)
+        if not n:
+            return {"answers": 0}
+        return {"answers": n, "pauses": [shortest, longest], "least_held": least_held}
 
     def pump_udp(self, down: socket.socket) -> None:
         """Runs forever in its own thread: queries down -> backend, answers back, held."""
@@ -261,7 +284,7 @@ class _Front:
         # Queries from many clients share one upstream socket: rewrite the id so the answer
         # finds its way back (a colliding id only reuses a stale slot).
         pending: dict[int, tuple[Any, bytes]] = {}
-        held: list[tuple[float, int, bytes, Any]] = []  # (due, seq, answer, client): a heap
+        held: list[tuple[float, int, bytes, Any, float]] = []  # (due, seq, answer, client, pause)
         next_id = random.randrange(65536)
         seq = 0
         while True:
@@ -288,13 +311,15 @@ class _Front:
                     entry = pending.pop(int.from_bytes(wire[:2], "big"), None)
                     if entry is not None:
                         seq += 1
-                        due = time.monotonic() + self._pause()
-                        heapq.heappush(held, (due, seq, entry[1] + wire[2:], entry[0]))
+                        pause = self._pause()
+                        due = time.monotonic() + pause
+                        heapq.heappush(held, (due, seq, entry[1] + wire[2:], entry[0], pause))
             now = time.monotonic()
             while held and held[0][0] <= now:
-                _, _, answer, client = heapq.heappop(held)
+                due, _, answer, client, pause = heapq.heappop(held)
                 with contextlib.suppress(OSError):  # a full buffer drops it, as a network would
                     down.sendto(answer, client)
+                self._record(pause, now - (due - pause))
 
     async def serve_tcp(self, client: trio.SocketStream) -> None:
         family = socket.AF_INET6 if ":" in self.backend[0] else socket.AF_INET
@@ -305,9 +330,11 @@ class _Front:
         async with client, backend, trio.open_nursery() as nursery:
 
             async def deliver(message: bytes) -> None:
-                await trio.sleep(self._pause())
+                pause, start = self._pause(), trio.current_time()
+                await trio.sleep(pause)
                 async with send_lock:
                     await client.send_all(len(message).to_bytes(2, "big") + message)
+                self._record(pause, trio.current_time() - start)
 
             async def answers() -> None:
                 buffer = bytearray()
@@ -360,7 +387,9 @@ def _plain_udp_socket(address: str, port: int) -> socket.socket:
 async def _reload_on_hangup(front: _Front, delay_file: str | None) -> None:
     with trio.open_signal_receiver(signal.SIGHUP) as hangups:
         async for _ in hangups:
+            done = front.report()  # under the delay before this one
             front.delay = spec.read_delay(delay_file, front.delay)
+            print("front:", json.dumps({"delay": list(front.delay), "before": done}), flush=True)
 
 
 def _quiet(

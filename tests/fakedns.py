@@ -24,6 +24,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import trio
+import trio.testing
 
 from scanner.config import Config, ResolverAddress
 
@@ -275,6 +276,10 @@ class VirtualNet:
     sent: list[tuple[float, str, str]] = field(default_factory=list)
 
     def connect(self, address: ResolverAddress) -> VirtualEndpoint:
+        # Its delays and timeouts mean something only on virtual time. pytest-trio takes the
+        # clock from the test's own arguments (a fixture asking for it is not enough).
+        assert isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock), (
+            "a VirtualNet test runs on trio's virtual clock: ask for autojump_clock")
         return VirtualEndpoint(self)
 
     def config(self, **kw: object) -> Config:

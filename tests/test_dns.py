@@ -46,8 +46,9 @@ async def lookup(fake: FakeResolver, qname: str, rdtype: str, **cfg: object):  #
 
 
 @pytest.fixture
-def net(autojump_clock: trio.testing.MockClock) -> VirtualNet:
-    """The fake resolver in memory, on the virtual clock the test runs on."""
+def net() -> VirtualNet:
+    """The fake resolver in memory. A test using it asks for ``autojump_clock`` itself:
+    pytest-trio runs a test on the clock among the test's own arguments, not its fixtures'."""
     return VirtualNet()
 
 
@@ -138,7 +139,8 @@ async def test_refused_is_indeterminate(fake: FakeResolver) -> None:
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "REFUSED")
 
 
-async def test_silence_is_indeterminate_after_three_rounds(net: VirtualNet) -> None:
+async def test_silence_is_indeterminate_after_three_rounds(
+        net: VirtualNet, autojump_clock: trio.testing.MockClock) -> None:
     # The resolver answers its health query but never this question: a first round of three
     # attempts, then two later rounds of one (scanner.dnspace), then TIMEOUT.
     fake = net.fake
@@ -151,7 +153,8 @@ async def test_silence_is_indeterminate_after_three_rounds(net: VirtualNet) -> N
     assert fake.queries(".", "DNSKEY")
 
 
-async def test_deadline_caps_retries(net: VirtualNet) -> None:
+async def test_deadline_caps_retries(
+        net: VirtualNet, autojump_clock: trio.testing.MockClock) -> None:
     fake = net.fake
     fake.add(H, "A", Reply(drop=-1))
     lk, _ = await vlookup(net, H, "A", dns_timeout=0.05, dns_attempts=50, dns_deadline=0.12)
@@ -159,7 +162,8 @@ async def test_deadline_caps_retries(net: VirtualNet) -> None:
     assert 2 + 2 <= len(fake.queries(H, "A")) <= 4 + 2
 
 
-async def test_retransmit_after_drop(net: VirtualNet) -> None:
+async def test_retransmit_after_drop(
+        net: VirtualNet, autojump_clock: trio.testing.MockClock) -> None:
     net.fake.add(H, "A", Reply(drop=1, ad=True, answer=[(H, "A", "192.0.2.7")]))
     lk, stats = await vlookup(net, H, "A", dns_timeout=0.05)
     assert (lk.status, lk.records) == (S.SECURE, ("192.0.2.7",))
@@ -167,7 +171,8 @@ async def test_retransmit_after_drop(net: VirtualNet) -> None:
     assert stats.timeouts == 0
 
 
-async def test_late_answer_to_first_attempt_is_accepted(net: VirtualNet) -> None:
+async def test_late_answer_to_first_attempt_is_accepted(
+        net: VirtualNet, autojump_clock: trio.testing.MockClock) -> None:
     # Every answer arrives 0.08 s late; attempts time out after 0.05 s. The answer to attempt
     # 1 lands during attempt 2 and must be taken (its ID stays registered).
     net.fake.add(H, "A", Reply(delay=0.08, answer=[(H, "A", "192.0.2.8")]))
@@ -176,7 +181,8 @@ async def test_late_answer_to_first_attempt_is_accepted(net: VirtualNet) -> None
     assert stats.retries == 1
 
 
-async def test_slow_resolver_raises_the_attempt_timeout(net: VirtualNet) -> None:
+async def test_slow_resolver_raises_the_attempt_timeout(
+        net: VirtualNet, autojump_clock: trio.testing.MockClock) -> None:
     # Every answer takes 0.15 s; attempts start at 0.09 s. The first lookup asks twice and
     # takes the late answer to its first attempt, whose ID times the round trip (scanner.rto):
     # the next lookups wait long enough to be asked once each.
@@ -198,7 +204,8 @@ async def test_slow_resolver_raises_the_attempt_timeout(net: VirtualNet) -> None
         assert client.stats.retries == 1
 
 
-async def test_attempts_already_waiting_take_a_raised_timeout(net: VirtualNet) -> None:
+async def test_attempts_already_waiting_take_a_raised_timeout(
+        net: VirtualNet, autojump_clock: trio.testing.MockClock) -> None:
     # Both questions go out at once with a 0.2 s timeout. The quick one's answer (0.1 s)
     # raises the timeout to 0.3 s before the slow one's attempt expires, so the slow one
     # (0.25 s) waits for its answer instead of being asked twice.
@@ -225,7 +232,8 @@ def test_stats_line_names_every_counter() -> None:
         "attempt timeout now 2.50 s")
 
 
-async def test_fast_resolver_keeps_the_configured_attempt_timeout(net: VirtualNet) -> None:
+async def test_fast_resolver_keeps_the_configured_attempt_timeout(
+        net: VirtualNet, autojump_clock: trio.testing.MockClock) -> None:
     net.fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.10")]))
     async with DnsClient.open(net.config(dns_timeout=0.2), connect=net.connect) as client:
         for _ in range(5):
@@ -341,7 +349,8 @@ async def test_malformed_tlsa_keeps_a_secure_answer(fake: FakeResolver) -> None:
     ],
     ids=["validating", "not-validating", "refusing", "silent"],
 )
-async def test_start_up_check(net: VirtualNet, reply: Reply, expected: ResolverCheck) -> None:
+async def test_start_up_check(net: VirtualNet, reply: Reply, expected: ResolverCheck,
+                              autojump_clock: trio.testing.MockClock) -> None:
     """#16 §4: "does not answer" and "does not validate" are two facts, told apart."""
     net.fake.add(".", "DNSKEY", reply)
     async with DnsClient.open(net.config(dns_timeout=0.05), connect=net.connect) as client:

@@ -1,5 +1,9 @@
-"""The scan engine over a fake resolver and a fake SMTP server: single flight, one verdict per
-line, address policy. (The real world is exercised in test_scan_testbed.py.)"""
+"""The scan engine over the fake network: single flight, one verdict per line, address policy.
+
+The resolver is tests/fakedns.py's fake on its in-memory endpoints (VirtualNet), the mail server
+tests/fakesmtp.py's over memory streams: the real DNS client and the real probe, no sockets, on
+trio's virtual clock (``autojump_clock``). (The real world is exercised in test_scan_testbed.py.)
+"""
 
 from __future__ import annotations
 
@@ -8,49 +12,26 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
 
 from scanner.dns import DnsClient
 from scanner.model import DomainVerdict, EndpointStatus, Outcome, Stage
 from scanner.pipeline import Scanner, SharedLimits, SingleFlight, run
-from tests.fakedns import Reply, running
+from tests.fakedns import Reply, VirtualNet
+from tests.fakesmtp import plain_esmtp, serving
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Callable
 
-SMTP_HOST = "127.81.0.25"
-SMTP_PORT = 2526
+    from tests.fakedns import FakeResolver
 
+pytest_plugins = ["tests.nonet"]
+pytestmark = pytest.mark.usefixtures("no_real_network")
 
-async def plain_smtp(sessions: list[str], task_status: trio.TaskStatus[None]) -> None:
-    """A mail server without STARTTLS that counts its sessions."""
-
-    async def handle(stream: trio.SocketStream) -> None:
-        sessions.append("s")
-        async with stream:
-            await stream.send_all(b"220 fake ESMTP\r\n")
-            buf = b""
-            while True:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                buf += data
-                while b"\r\n" in buf:
-                    line, buf = buf.split(b"\r\n", 1)
-                    verb = line[:4].upper()
-                    if verb == b"EHLO":
-                        await stream.send_all(b"250-fake\r\n250 PIPELINING\r\n")
-                    elif verb == b"QUIT":
-                        await stream.send_all(b"221 bye\r\n")
-                        return
-                    else:
-                        await stream.send_all(b"502 no\r\n")
-
-    listeners = await trio.open_tcp_listeners(SMTP_PORT, host=SMTP_HOST)
-    task_status.started()
-    await trio.serve_listeners(handle, listeners)
+SMTP_HOST = "127.81.0.25"  # special-purpose (loopback): probed only with allow_private
 
 
-async def test_single_flight_computes_once() -> None:
+async def test_single_flight_computes_once(autojump_clock: trio.testing.MockClock) -> None:
     flight: SingleFlight[str, int] = SingleFlight()
     calls = 0
 
@@ -72,7 +53,8 @@ async def test_single_flight_computes_once() -> None:
     assert calls == 1
 
 
-async def test_single_flight_does_not_cache_a_cancelled_computation() -> None:
+async def test_single_flight_does_not_cache_a_cancelled_computation(
+        autojump_clock: trio.testing.MockClock) -> None:
     flight: SingleFlight[str, int] = SingleFlight()
 
     async def slow() -> int:
@@ -103,31 +85,28 @@ async def test_single_flight_evicts_least_recently_used() -> None:
     assert flight.peek("tail29") == 29
 
 
-async def scan_lines(lines: list[str], configure: Callable[..., object],
-                     limits: SharedLimits | None = None,
+async def scan_lines(lines: list[str], configure: Callable[[FakeResolver], object],
+                     limits: SharedLimits | None = None, *, net: VirtualNet | None = None,
                      **config: object) -> tuple[list[DomainVerdict], list[str], Scanner]:
-    sessions: list[str] = []
+    """Scan ``lines`` through the in-memory resolver (programmed by ``configure``) and one
+    plain ESMTP server at SMTP_HOST; returns the verdicts, the SMTP sessions and the Scanner."""
+    net = net or VirtualNet()
     out: list[DomainVerdict] = []
-    async with running() as fake, trio.open_nursery() as nursery:
-        await nursery.start(plain_smtp, sessions)
-        configure(fake)
-        cfg = fake.config(smtp_port=SMTP_PORT, greeting_timeout=2.0, connect_timeout=2.0,
-                          command_timeout=2.0, **config)
-        async with DnsClient.open(cfg) as client:
-            scanner = Scanner(cfg, client, validating=True, ipv6=False)
-            scanner.shared_politeness = limits
-            emit: Callable[[DomainVerdict], Awaitable[None]]
+    configure(net.fake)
+    cfg = net.config(greeting_timeout=2.0, connect_timeout=2.0, command_timeout=2.0, **config)
+    async with serving({SMTP_HOST: plain_esmtp}) as smtp, DnsClient.open(
+            cfg, connect=net.connect) as client:
+        scanner = Scanner(cfg, client, validating=True, ipv6=False, shared_politeness=limits,
+                          prober=smtp.probe)
 
-            async def emit(v: DomainVerdict) -> None:
-                out.append(v)
+        async def emit(v: DomainVerdict) -> None:
+            out.append(v)
 
-            await run(scanner, list(enumerate(lines, 1)), emit)
-        nursery.cancel_scope.cancel()
-    return out, sessions, scanner
+        await run(scanner, list(enumerate(lines, 1)), emit)
+    return out, smtp.sessions, scanner
 
 
-def shared_provider(fake: object) -> None:
-    assert hasattr(fake, "add")
+def shared_provider(fake: FakeResolver) -> None:
     for i in range(30):
         mx = (f"d{i}.example", "MX", "10 mx.provider.example.")
         fake.add(f"d{i}.example", "MX", Reply(answer=[mx]))
@@ -135,23 +114,19 @@ def shared_provider(fake: object) -> None:
     fake.add("mx.provider.example", "AAAA", Reply())
 
 
-async def test_shared_host_is_looked_up_and_probed_once() -> None:
+async def test_shared_host_is_looked_up_and_probed_once(
+        autojump_clock: trio.testing.MockClock) -> None:
     lines = [f"d{i}.example" for i in range(30)] + ["not a domain", "x" * 300]
-    fake_holder: list[object] = []
-
-    def configure(fake: object) -> None:
-        fake_holder.append(fake)
-        shared_provider(fake)
-
-    verdicts, sessions, scanner = await scan_lines(lines, configure, allow_private=True)
+    net = VirtualNet()
+    verdicts, sessions, scanner = await scan_lines(lines, shared_provider, net=net,
+                                                   allow_private=True)
     assert len(verdicts) == len(lines)
     assert sorted(v.line or 0 for v in verdicts) == list(range(1, len(lines) + 1))
     ok = [v for v in verdicts if v.outcome is Outcome.OK]
     assert len(ok) == 30
     assert {v.stage for v in ok} == {Stage.PLAINTEXT}
     assert [v.outcome for v in verdicts if v.outcome is not Outcome.OK] == [Outcome.INVALID] * 2
-    fake = fake_holder[0]
-    assert len(fake.queries("mx.provider.example", "A")) == 1  # type: ignore[attr-defined]
+    assert len(net.fake.queries("mx.provider.example", "A")) == 1
     assert len(sessions) == 1
     assert scanner.stats.probes == 1
 
@@ -173,7 +148,8 @@ class RecordingLimits:
             self.open -= 1
 
 
-async def test_probes_take_the_scans_shared_connection_slots() -> None:
+async def test_probes_take_the_scans_shared_connection_slots(
+        autojump_clock: trio.testing.MockClock) -> None:
     limits = RecordingLimits()
     lines = [f"d{i}.example" for i in range(5)]
     verdicts, sessions, _ = await scan_lines(lines, shared_provider, limits, allow_private=True)
@@ -183,7 +159,8 @@ async def test_probes_take_the_scans_shared_connection_slots() -> None:
     assert limits.open == 0
 
 
-async def test_private_addresses_are_not_probed_by_default() -> None:
+async def test_private_addresses_are_not_probed_by_default(
+        autojump_clock: trio.testing.MockClock) -> None:
     verdicts, sessions, _ = await scan_lines(["d1.example"], shared_provider)
     assert sessions == []
     (v,) = verdicts
@@ -193,32 +170,36 @@ async def test_private_addresses_are_not_probed_by_default() -> None:
 
 
 @pytest.mark.parametrize("line", ["", "   ", "#", "a", "1.2.3.4", "-bad-.example"])
-async def test_invalid_lines_never_touch_the_network(line: str) -> None:
-    verdicts, sessions, scanner = await scan_lines([line], lambda fake: None)
+async def test_invalid_lines_never_touch_the_network(
+        line: str, autojump_clock: trio.testing.MockClock) -> None:
+    net = VirtualNet()
+    verdicts, sessions, scanner = await scan_lines([line], lambda fake: None, net=net)
     assert [v.outcome for v in verdicts] == [Outcome.INVALID]
+    assert net.sent == []
     assert sessions == []
     assert scanner.stats.probes == 0
 
 
-async def test_non_validating_resolver_is_refused_unless_asked() -> None:
+async def test_non_validating_resolver_is_refused_unless_asked(
+        autojump_clock: trio.testing.MockClock) -> None:
     from scanner.errors import UsageError
     from scanner.pipeline import ScanStats, open_scanner
 
-    async with running() as fake, trio.open_nursery() as nursery:
-        await nursery.start(plain_smtp, [])
-        # The root DNSKEY answers without AD: this resolver does not validate.
-        fake.add(".", "DNSKEY", Reply(answer=[(".", "DNSKEY", "257 3 13 " + "A" * 88)]))
-        shared_provider(fake)
-        cfg = fake.config()
-        async with DnsClient.open(cfg) as client:
+    net = VirtualNet()
+    # The root DNSKEY answers without AD: this resolver does not validate.
+    net.fake.add(".", "DNSKEY", Reply(answer=[(".", "DNSKEY", "257 3 13 " + "A" * 88)]))
+    shared_provider(net.fake)
+    async with serving({SMTP_HOST: plain_esmtp}) as smtp:
+        cfg = net.config(probe_ipv6=False)
+        async with DnsClient.open(cfg, connect=net.connect) as client:
             with pytest.raises(UsageError, match="does not validate"):
-                await open_scanner(cfg, client, ScanStats())
-        cfg = fake.config(insecure_resolver_ok=True, allow_private=True, smtp_port=SMTP_PORT)
-        async with DnsClient.open(cfg) as client:
-            scanner = await open_scanner(cfg, client, ScanStats())
+                await open_scanner(cfg, client, ScanStats(), prober=smtp.probe)
+        cfg = net.config(insecure_resolver_ok=True, allow_private=True, probe_ipv6=False)
+        async with DnsClient.open(cfg, connect=net.connect) as client:
+            scanner = await open_scanner(cfg, client, ScanStats(), prober=smtp.probe)
             assert scanner.validating is False
             v = await scanner.scan_domain(1, "d1.example")
-        nursery.cancel_scope.cancel()
+    assert smtp.sessions == [SMTP_HOST]
     # STARTTLS-only survey: DNSSEC facts are unknown, never false.
     assert v.outcome is Outcome.OK
     assert v.starttls is False

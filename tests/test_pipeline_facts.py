@@ -1,13 +1,16 @@
 """The pipeline's new facts on a scripted resolver: the MX lookup's own answer, internal errors
 as their own outcome, and the cost caps (MX hosts per domain, addresses per host, SMTP sessions
-per address). The SMTP side is the counting fake server of test_pipeline.py."""
+per address). The SMTP side is tests/fakesmtp.py's plain ESMTP server at SMTP_HOST (the real
+probe over memory streams; any other address refuses), all on trio's virtual clock."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import TYPE_CHECKING, cast
 
+import pytest
 import trio
+import trio.testing
 
 from scanner.config import Config
 from scanner.model import (
@@ -21,10 +24,14 @@ from scanner.model import (
     Stage,
 )
 from scanner.pipeline import Scanner, run
-from tests.test_pipeline import SMTP_HOST, SMTP_PORT, plain_smtp
+from tests.fakesmtp import plain_esmtp, serving
+from tests.test_pipeline import SMTP_HOST
 
 if TYPE_CHECKING:
     from scanner.dns import DnsClient
+
+pytest_plugins = ["tests.nonet"]
+pytestmark = pytest.mark.usefixtures("no_real_network")
 
 S = DnssecStatus.SECURE
 TLSA = "3 1 1 " + "ab" * 32
@@ -65,24 +72,22 @@ def host(name: str, *addresses: str, tlsa: bool = True) -> dict[tuple[str, str],
 
 async def scan(script: Script, lines: list[str], **knobs: object
                ) -> tuple[dict[str, DomainVerdict], list[str], Scanner]:
-    sessions: list[str] = []
     out: dict[str, DomainVerdict] = {}
 
     async def emit(v: DomainVerdict) -> None:
         out[v.input] = v
 
-    config = Config(smtp_port=SMTP_PORT, allow_private=True, retry_transient=False,
+    config = Config(allow_private=True, retry_transient=False,
                     connect_timeout=2.0, greeting_timeout=2.0, command_timeout=2.0,
                     **knobs)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(plain_smtp, sessions)
-        scanner = Scanner(config, cast("DnsClient", script), ipv6=False)
+    async with serving({SMTP_HOST: plain_esmtp}) as smtp:
+        scanner = Scanner(config, cast("DnsClient", script), ipv6=False, prober=smtp.probe)
         await run(scanner, list(enumerate(lines, 1)), emit)
-        nursery.cancel_scope.cancel()
-    return out, sessions, scanner
+    return out, smtp.sessions, scanner
 
 
-async def test_the_mx_answer_is_kept_for_early_outcomes() -> None:
+async def test_the_mx_answer_is_kept_for_early_outcomes(
+        autojump_clock: trio.testing.MockClock) -> None:
     bogus = Lookup("bogus.example", "MX", DnssecStatus.BOGUS, "SERVFAIL", ede_code=7,
                    ede_text="RRSIG expired")
     failed = Lookup("down.example", "MX", DnssecStatus.INDETERMINATE, "TIMEOUT")
@@ -97,7 +102,8 @@ async def test_the_mx_answer_is_kept_for_early_outcomes() -> None:
     assert (ok.outcome, ok.mx_rcode, ok.mx_ede_code) == (Outcome.OK, "NOERROR", None)
 
 
-async def test_an_exception_inside_the_pipeline_is_an_internal_error() -> None:
+async def test_an_exception_inside_the_pipeline_is_an_internal_error(
+        autojump_clock: trio.testing.MockClock) -> None:
     script = Script({**mx("ok.example", "mx.ok.example"), **host("mx.ok.example", SMTP_HOST)},
                     explode=frozenset({"crash.example"}))
     got, _, scanner = await scan(script, ["Crash.Example.", "ok.example", "nx.example"])
@@ -122,7 +128,8 @@ def many_mx(domain: str, n: int) -> tuple[list[str], dict[tuple[str, str], Looku
     return names, answers
 
 
-async def test_mx_hosts_beyond_the_cap_are_listed_not_looked_up() -> None:
+async def test_mx_hosts_beyond_the_cap_are_listed_not_looked_up(
+        autojump_clock: trio.testing.MockClock) -> None:
     names, answers = many_mx("many.example", 300)
     script = Script(answers)
     got, sessions, _ = await scan(script, ["many.example"], max_mx_hosts=10)
@@ -140,7 +147,8 @@ async def test_mx_hosts_beyond_the_cap_are_listed_not_looked_up() -> None:
     assert v.reason is Reason.STARTTLS_NOT_SUPPORTED
 
 
-async def test_sessions_per_address_are_capped_whatever_the_sni() -> None:
+async def test_sessions_per_address_are_capped_whatever_the_sni(
+        autojump_clock: trio.testing.MockClock) -> None:
     _, answers = many_mx("many.example", 12)
     got, sessions, scanner = await scan(Script(answers), ["many.example"], max_mx_hosts=12,
                                         max_address_sessions=3)
@@ -150,7 +158,8 @@ async def test_sessions_per_address_are_capped_whatever_the_sni() -> None:
     assert statuses == {EndpointStatus.NO_STARTTLS: 3, EndpointStatus.NOT_PROBED_CAP: 9}
 
 
-async def test_addresses_beyond_the_host_cap_are_not_probed() -> None:
+async def test_addresses_beyond_the_host_cap_are_not_probed(
+        autojump_clock: trio.testing.MockClock) -> None:
     others = [f"127.81.0.{i}" for i in range(30, 60)]
     answers = mx("wide.example", "mx.wide.example") | host(
         "mx.wide.example", SMTP_HOST, *others, tlsa=False)

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -15,6 +16,9 @@ from scanner.config import Config, ResolverAddress
 from scanner.dns import ResolverCheck
 from scanner.model import DnssecStatus, DomainVerdict, EndpointFacts, EndpointStatus, Lookup
 from scanner.pipeline import ScanStats, open_scanner, run
+
+pytest_plugins = ["tests.nonet"]
+pytestmark = pytest.mark.usefixtures("no_real_network")
 
 SECURE = DnssecStatus.SECURE
 
