@@ -241,35 +241,37 @@ class SharedClaims:
     # rounds of different workers take row locks in one order and cannot deadlock), and the
     # rows of the keys this round did not win. All CTEs share one snapshot: a key another
     # worker inserted concurrently is neither won nor seen here, and simply stays waiting
-    # until the next poll finds it.
+    # until the next poll finds it. The arrays go in binary (%b): as text every element,
+    # each JSON document above all, would be escaped and quoted by a regular expression in
+    # this process, and PostgreSQL would parse it back.
     _ROUND_SQL = """
 WITH pub AS (
   UPDATE shared_claims s SET facts = p.facts, lease_expires = NULL
-  FROM unnest(%(pk)s::text[], %(py)s::text[], %(pf)s::jsonb[]) AS p(kind, key, facts)
+  FROM unnest(%(pk)b::text[], %(py)b::text[], %(pf)b::jsonb[]) AS p(kind, key, facts)
   WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.kind = p.kind AND s.key = p.key
   RETURNING 1),
 rel AS (
-  DELETE FROM shared_claims s USING unnest(%(rk)s::text[], %(ry)s::text[]) AS r(kind, key)
+  DELETE FROM shared_claims s USING unnest(%(rk)b::text[], %(ry)b::text[]) AS r(kind, key)
   WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.facts IS NULL
     AND s.kind = r.kind AND s.key = r.key
   RETURNING 1),
 ren AS (
   UPDATE shared_claims s SET lease_expires = %(expires)s
-  FROM unnest(%(nk)s::text[], %(ny)s::text[]) AS n(kind, key)
+  FROM unnest(%(nk)b::text[], %(ny)b::text[]) AS n(kind, key)
   WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.facts IS NULL
     AND s.kind = n.kind AND s.key = n.key
   RETURNING 1),
 ins AS (
   INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires)
   SELECT %(scan)s, a.kind, a.key, %(owner)s, %(expires)s
-  FROM unnest(%(ak)s::text[], %(ay)s::text[]) AS a(kind, key)
+  FROM unnest(%(ak)b::text[], %(ay)b::text[]) AS a(kind, key)
   ORDER BY a.kind, a.key
   ON CONFLICT DO NOTHING
   RETURNING kind, key)
 SELECT true, kind, key, NULL::jsonb, NULL::timestamptz, NULL::text FROM ins
 UNION ALL
 SELECT false, s.kind, s.key, s.facts, s.lease_expires, s.owner
-FROM shared_claims s JOIN unnest(%(lk)s::text[], %(ly)s::text[]) AS l(kind, key)
+FROM shared_claims s JOIN unnest(%(lk)b::text[], %(ly)b::text[]) AS l(kind, key)
   ON s.kind = l.kind AND s.key = l.key
 WHERE s.scan_id = %(scan)s
 """
