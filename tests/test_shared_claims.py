@@ -336,3 +336,34 @@ def test_claims_of_a_round_whose_answer_was_lost_are_still_won(pg_engine: Engine
     finally:
         w.close()
         other.close()
+
+
+async def test_a_lone_worker_that_could_not_renew_switches_to_sharing(pg_engine: Engine) -> None:
+    """Half a lease without a renewal (its rounds stuck): a newcomer may since have found the
+    lone worker's registration expired, so it stops computing unclaimed keys and shares."""
+    scan_id = new_scan(pg_engine, "claims-lapsed")
+    w = SharedClaims(pg_engine, scan_id, "w0", poll_interval=0.05)
+    c = schema.shared_claims.c
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(w.run)
+            assert w.alone is True
+            w._alone_until = trio.current_time()  # as if the last renewal were long ago
+
+            async def compute() -> HostFacts:
+                return _host("late.example")
+
+            with trio.fail_after(10):
+                assert await w.host("late.example", compute) == _host("late.example")
+                await w.drain()
+            assert w.alone is False
+            assert w.stats.switched
+            nursery.cancel_scope.cancel()
+    finally:
+        w.close()
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa.select(c.kind, c.key, c.owner, c.facts)
+                            .where(c.scan_id == scan_id).order_by(c.kind)).all()
+    assert [r[:3] for r in rows] == [("host", "late.example", "w0"), ("worker", "w0", "w0")]
+    assert rows[0][3] is not None  # claimed, then published
+    assert rows[1][3] == shared.SHARING

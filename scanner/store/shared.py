@@ -19,13 +19,13 @@ workers); a deadlock or lost connection anyway just retries the round.
 A worker alone on its scan claims nothing: nobody could compete for a key, so it computes at
 once and only publishes what it computed (one round per ``poll_interval``), for a worker that
 may join later; a key it forgot (the pipeline's caches are bounded) it computes again, as a
-worker without a database does. Each worker registers in a row of kind ``worker`` (under a transaction-level
-advisory lock, so two starting at once cannot both find themselves alone). A worker that finds
-another registered shares from its start, but waits until every worker still alone has
-switched: that one sees the newcomer in its next round and, in one transaction, publishes
-what it computed, claims every key it is still computing and marks its row as sharing. So no
-key is computed by two workers, as if all had shared from the start. A lone worker's row has a
-short lease that it renews each round: one that died alone holds up a newcomer for at most
+worker without a database does. Each worker registers in a row of kind ``worker`` (under a
+transaction-level advisory lock, so two starting at once cannot both find themselves alone). A
+worker that finds another registered shares from its start, but waits until every worker still
+alone has switched: that one sees the newcomer in its next round and, in one transaction,
+publishes what it computed, claims every key it is still computing and marks its row as sharing.
+So no key is computed by two workers, as if all had shared from the start. A lone worker's row
+has a short lease that it renews each round: one that died alone holds up a newcomer for at most
 ``WORKER_LEASE``, and one that could not renew for half of it switches to sharing, as it can no
 longer tell whether a newcomer passed. A sharing worker's row never expires (removed when it
 finishes, or when a crashed scan is resumed): it makes every later worker share.
@@ -124,6 +124,7 @@ class SharedClaims:
         # Alone: compute at once; _computing counts the keys under way, _unclaimed holds the
         # facts computed and not yet published. None until run() has registered.
         self._alone: bool | None = None
+        self._alone_until = 0.0  # trio clock: half a lease after the last renewal
         self._computing: dict[Key, int] = {}
         self._unclaimed: dict[Key, Any] = {}
 
@@ -151,8 +152,10 @@ class SharedClaims:
 
     async def _get[V](self, key: Key, compute: Callable[[], Awaitable[V]],
                       encode: Callable[[V], Any], decode: Callable[[Any], V]) -> V:
-        if self._alone:
+        if self._alone and trio.current_time() < self._alone_until:
             return await self._compute_alone(key, compute, encode)
+        # Sharing, or alone with a registration that may have lapsed (its rounds are stuck):
+        # then the key waits for the switch to sharing like any claim.
         slot = _Slot(key)
         self._asks.append(slot)
         self._wake.set()
@@ -194,12 +197,12 @@ class SharedClaims:
                 self._give_back(key)
             raise
         self._done_computing(key)
-        if key in self._mine:  # claimed for us by the switch: publish it on its row
+        if self._alone:
+            self._unclaimed[key] = encode(value)
+        else:  # the switch to sharing claimed it for us (or found it taken): publish on its row
             self._mine.discard(key)
             self._publish[key] = encode(value)
             self._wake.set()
-        else:
-            self._unclaimed[key] = encode(value)
         return value
 
     def _done_computing(self, key: Key) -> None:
@@ -279,6 +282,7 @@ class SharedClaims:
                             str(e).splitlines()[0])
                 await trio.sleep(min(5.0, 0.1 * self.stats.round_errors))
         if self._alone:
+            self._alone_until = trio.current_time() + WORKER_LEASE / 2
             # Keys asked before registering: computed here, like every key from now on.
             asks, self._asks = self._asks, []
             for slot in asks:
@@ -290,43 +294,44 @@ class SharedClaims:
                 return
             await trio.sleep(self.poll_interval)
 
+    # Registrations live on the database's clock (now()), not the workers': workers on other
+    # machines whose clocks are off by more than a lone worker's lease must still agree.
+    _OTHERS_SQL = ("SELECT count(*) FROM shared_claims WHERE scan_id = %s AND kind = 'worker' "
+                   "AND key <> %s AND (facts IS NOT NULL OR lease_expires > now())")
+
     def _register_sync(self) -> bool:
-        now = dt.datetime.now(dt.UTC)
         conn = self._connection()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (REGISTRY_LOCK, self.scan_id))
-            others = conn.execute(
-                "SELECT count(*) FROM shared_claims WHERE scan_id = %s AND kind = %s "
-                "AND key <> %s AND (facts IS NOT NULL OR lease_expires > %s)",
-                (self.scan_id, WORKER, self.owner, now)).fetchone()[0]
+            others = conn.execute(self._OTHERS_SQL, (self.scan_id, self.owner)).fetchone()[0]
             alone = bool(others == 0)
             conn.execute(
                 "INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires, facts) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (scan_id, kind, key) DO UPDATE "
+                "VALUES (%s, %s, %s, %s, CASE WHEN %s THEN now() + %s END, %s) "
+                "ON CONFLICT (scan_id, kind, key) DO UPDATE "
                 "SET lease_expires = EXCLUDED.lease_expires, facts = EXCLUDED.facts",
-                (self.scan_id, WORKER, self.owner, self.owner,
-                 now + dt.timedelta(seconds=WORKER_LEASE) if alone else None,
-                 None if alone else Jsonb(SHARING)))
+                (self.scan_id, WORKER, self.owner, self.owner, alone,
+                 dt.timedelta(seconds=WORKER_LEASE), None if alone else Jsonb(SHARING)))
         return alone
 
     def _others_alone(self) -> bool:
         """Whether another worker is registered alone (and alive: its lease runs)."""
         row = self._connection().execute(
-            "SELECT count(*) FROM shared_claims WHERE scan_id = %s AND kind = %s AND key <> %s "
-            "AND facts IS NULL AND lease_expires > %s",
-            (self.scan_id, WORKER, self.owner, dt.datetime.now(dt.UTC))).fetchone()
+            "SELECT count(*) FROM shared_claims WHERE scan_id = %s AND kind = 'worker' "
+            "AND key <> %s AND facts IS NULL AND lease_expires > now()",
+            (self.scan_id, self.owner)).fetchone()
         return bool(row[0])
 
     async def _run_alone(self) -> None:
         """Publish what this worker computes, once per poll interval, until another worker
         registers; then switch to sharing (returns)."""
-        renewed = trio.current_time()
         while True:
             with trio.move_on_after(self.poll_interval):
                 await self._wake.wait()
             self._wake = trio.Event()
-            if trio.current_time() - renewed > WORKER_LEASE / 2:
+            if trio.current_time() >= self._alone_until:
                 break  # our lease may have run out: a newcomer may not have waited for us
+            renewing = trio.current_time()
             unclaimed, self._unclaimed = self._unclaimed, {}
             self._busy = True
             try:
@@ -340,7 +345,7 @@ class SharedClaims:
             finally:
                 self._busy = False
             self.stats.rounds += 1
-            renewed = trio.current_time()
+            self._alone_until = renewing + WORKER_LEASE / 2
             if joined:
                 break
         # From here every new key is claimed (asks wait for the next shared round).
@@ -348,7 +353,9 @@ class SharedClaims:
         self.stats.switched = True
         while True:
             computing = set(self._computing)
-            unclaimed, self._unclaimed = self._unclaimed, {}
+            # With the facts of keys completed during a failed attempt (rows not yet there).
+            unclaimed = self._unclaimed | self._publish
+            self._unclaimed, self._publish = {}, {}
             self._busy = True
             try:
                 won = await trio.to_thread.run_sync(self._switch, unclaimed, computing)
@@ -361,17 +368,11 @@ class SharedClaims:
                 await trio.sleep(min(5.0, 0.1 * self.stats.round_errors))
             finally:
                 self._busy = False
-        for key in computing:
+        for key in won:
             if key in self._computing:
-                if key in won:
-                    self._mine.add(key)  # published by _compute_alone when it completes
-            elif key in self._unclaimed:  # completed during the switch: publish on its row
-                self._publish[key] = self._unclaimed.pop(key)
-            elif key in won:  # failed during the switch
+                self._mine.add(key)  # _compute_alone publishes it, or gives it back
+            elif key not in self._publish:  # failed while the switch ran
                 self._release.add(key)
-        # Anything left was computed again for a key that had facts already: harmless.
-        self._publish.update(self._unclaimed)
-        self._unclaimed = {}
         self._wake.set()
 
     # Facts computed alone, as published rows; a row without facts can only be a dead
@@ -397,19 +398,15 @@ ON CONFLICT (scan_id, kind, key) DO UPDATE
 
     def _alone_round(self, unclaimed: dict[Key, Any]) -> bool:
         """Publish, renew this worker's registration; whether another worker registered."""
-        now = dt.datetime.now(dt.UTC)
         conn = self._connection()
         try:
             with conn.transaction():
                 self._publish_unclaimed(conn, unclaimed)
                 conn.execute(
-                    "UPDATE shared_claims SET lease_expires = %s WHERE scan_id = %s "
+                    "UPDATE shared_claims SET lease_expires = now() + %s WHERE scan_id = %s "
                     "AND kind = %s AND key = %s",
-                    (now + dt.timedelta(seconds=WORKER_LEASE), self.scan_id, WORKER, self.owner))
-                row = conn.execute(
-                    "SELECT count(*) FROM shared_claims WHERE scan_id = %s AND kind = %s "
-                    "AND key <> %s AND (facts IS NOT NULL OR lease_expires > %s)",
-                    (self.scan_id, WORKER, self.owner, now)).fetchone()
+                    (dt.timedelta(seconds=WORKER_LEASE), self.scan_id, WORKER, self.owner))
+                row = conn.execute(self._OTHERS_SQL, (self.scan_id, self.owner)).fetchone()
         except psycopg.Error:
             self.close()
             raise
