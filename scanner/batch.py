@@ -206,6 +206,7 @@ async def _work(config: Config, engine: Engine, scan_id: int, owner: str,
                         # Publish what this worker computed: others may be waiting for it.
                         with trio.move_on_after(30):
                             await claims.drain()
+                            await claims.retire()
                     service.cancel_scope.cancel()
             except StoreUnavailable as exc:
                 return BatchResult(scan_id, ScanStatus.INTERRUPTED, stats, str(exc))

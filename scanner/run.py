@@ -323,7 +323,8 @@ def _one_worker(config: Config, engine: Engine, scan_id: int,
                 opts: RunOptions) -> batch.BatchResult:
     """Work on the scan in this process. Shared even alone on PostgreSQL: `danescan worker`s
     may join from other machines at any time and must find what this process looked up and
-    probed (and its connections)."""
+    probed (and its connections). Alone it publishes without claiming until one joins
+    (scanner.store.shared)."""
     shared = db.is_postgres(engine) and opts.shared
     total = scans.lines_to_do(engine, scan_id)
 

@@ -62,11 +62,19 @@ _V6_NOT_GLOBAL_UNICAST_OK = ipaddress.IPv6Network("64:ff9b::/96")  # NAT64 well-
 _V6_6TO4 = ipaddress.IPv6Network("2002::/16")  # RFC 3056
 
 
+# The probe of one endpoint parses its address half a dozen times (the probe policy, the
+# connection limits of this process and of the scan, the probe itself): these pure functions
+# remember the last few thousand addresses. Bounded, so memory follows the addresses in flight.
+_ADDRESS_MEMO = 4096
+
+
+@functools.lru_cache(maxsize=_ADDRESS_MEMO)
 def parse_address(address: str) -> IPAddress:
     """An IP literal, nothing else (no names: the probe never resolves)."""
     return ipaddress.ip_address(address)
 
 
+@functools.lru_cache(maxsize=_ADDRESS_MEMO)
 def is_special_purpose(address: str) -> bool:
     """True when ``address`` is in a special-purpose (not globally reachable) range.
 
@@ -132,6 +140,7 @@ def ipv6_reachable(target: str = IPV6_PROBE_TARGET) -> bool:
     return not is_special_purpose(source)
 
 
+@functools.lru_cache(maxsize=_ADDRESS_MEMO)
 def prefix_key(address: str) -> str:
     """The politeness prefix of an address: its IPv4 /24 or IPv6 /48."""
     ip = parse_address(address)

@@ -5,6 +5,7 @@ Nothing here looks anything up; every rule is applied in exactly one place.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,10 @@ def capped_host(preference: int | None, name: str) -> HostVerdict:
     return HostVerdict(preference, facts, (), (), False, Reason.NOT_PROBED_CAP)
 
 
+# A provider's host with more addresses than the cap leaves the same ones out for each of its
+# domains (and the verdict of a DANE-TA host is built per domain, §3.2.3): the facts are
+# immutable, so the last few thousand are handed out again rather than rebuilt.
+@functools.lru_cache(maxsize=4096)
 def capped_endpoint(address: str, port: int, sni: str | None) -> EndpointFacts:
     """An endpoint beyond ``max_host_addresses`` or ``max_address_sessions``: never probed."""
     return EndpointFacts(address=address, port=port, sni=sni,

@@ -1,6 +1,7 @@
 """Shared claims across workers (scanner.store.shared) on a real PostgreSQL: each key is
 computed by exactly one worker; the others receive its facts; a key given back or whose
-lease expired is taken over."""
+lease expired is taken over; a worker alone claims nothing until another joins, and then no
+key is computed twice."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from scanner.store.shared import SharedClaims
 from tests.store_helpers import new_scan
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from sqlalchemy.engine import Engine
 
@@ -73,10 +74,13 @@ async def _run_workers(engine: Engine, scan_id: int, names: list[str],
                         nursery.start_soon(ask, i, "endpoint", a)
             for w in workers:
                 await w.drain()
+                await w.retire()
             outer.cancel_scope.cancel()
     finally:
         for w in workers:
             w.close()
+    # Both started at once: the first to register was alone until the other registered.
+    assert sorted(w.stats.switched for w in workers) == [False, True]
     return computed, got
 
 
@@ -108,7 +112,10 @@ async def test_given_back_and_expired_claims_are_taken_over(pg_engine: Engine) -
         # A dead worker's claim (lease over, no facts) and one still leased far ahead.
         conn.execute(schema.shared_claims.insert(), [
             {"scan_id": scan_id, "kind": "host", "key": "dead.example", "owner": "gone",
-             "lease_expires": past},
+             "lease_expires": past, "facts": sa.null()},
+            # Its registration: it was sharing, so every later worker shares too.
+            {"scan_id": scan_id, "kind": "worker", "key": "gone", "owner": "gone",
+             "lease_expires": None, "facts": shared.SHARING},
         ])
     w = SharedClaims(pg_engine, scan_id, "alive", poll_interval=0.05)
     calls: list[str] = []
@@ -134,9 +141,110 @@ async def test_given_back_and_expired_claims_are_taken_over(pg_engine: Engine) -
         w.close()
     assert calls == ["dead.example"]
     with pg_engine.connect() as conn:
-        rows = dict(conn.execute(sa.select(c.key, c.owner).where(c.scan_id == scan_id)).all())
+        rows = dict(conn.execute(sa.select(c.key, c.owner).where(
+            c.scan_id == scan_id, c.kind != "worker")).all())
     assert rows == {"dead.example": "alive"}  # taken over and published; flaky given back
     assert w.stats.taken_over == 1
+    assert w.alone is False
+
+
+async def test_a_worker_joining_waits_until_the_lone_one_shares(pg_engine: Engine) -> None:
+    """A worker alone computes at once and claims nothing. A second one registers mid-scan:
+    it starts only once the first has published what it computed and claimed what it is
+    still computing, so the second computes none of those keys (it receives their facts) and
+    the two share every key from then on."""
+    scan_id = new_scan(pg_engine, "claims-join")
+    first = SharedClaims(pg_engine, scan_id, "first", poll_interval=0.05)
+    second = SharedClaims(pg_engine, scan_id, "second", poll_interval=0.05)
+    computed: dict[str, list[str]] = {"first": [], "second": []}
+    release_slow = trio.Event()
+    c = schema.shared_claims.c
+
+    def host(who: str, name: str, gate: trio.Event | None = None
+             ) -> Callable[[], Awaitable[HostFacts]]:
+        async def compute() -> HostFacts:
+            computed[who].append(name)
+            if gate is not None:
+                await gate.wait()
+            return _host(name)
+        return compute
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run)
+            assert first.alone is True
+            assert await first.host("done.example", host("first", "done.example")) == \
+                _host("done.example")
+            with pg_engine.connect() as conn:  # alone: no claim was made for it
+                assert conn.execute(sa.select(sa.func.count()).where(
+                    c.scan_id == scan_id, c.kind == "host",
+                    c.facts.is_(None))).scalar_one() == 0
+            slow: list[HostFacts] = []
+
+            async def slow_host() -> None:
+                slow.append(await first.host("slow.example",
+                                             host("first", "slow.example", release_slow)))
+
+            nursery.start_soon(slow_host)
+            await trio.sleep(0.01)  # under way, unclaimed
+            with trio.fail_after(10):
+                await nursery.start(second.run)  # returns once the first shares
+            assert (first.alone, second.alone) == (False, False)
+            assert first.stats.switched
+            with trio.fail_after(10):
+                got_done = await second.host("done.example", host("second", "done.example"))
+
+                async def second_slow() -> None:
+                    got = await second.host("slow.example", host("second", "slow.example"))
+                    assert got == _host("slow.example")
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(second_slow)
+                    await trio.sleep(0.2)  # the second waits for the first's facts
+                    release_slow.set()
+            assert got_done == _host("done.example")
+            assert slow == [_host("slow.example")]
+            for w in (first, second):
+                await w.drain()
+            # From now on the two share: one computes a new key, the other receives it.
+            new = [await w.host("new.example", host(w.owner, "new.example"))
+                   for w in (first, second)]
+            assert new == [_host("new.example")] * 2
+            for w in (first, second):
+                await w.drain()
+                await w.retire()
+            nursery.cancel_scope.cancel()
+    finally:
+        first.close()
+        second.close()
+    assert computed == {"first": ["done.example", "slow.example", "new.example"],
+                        "second": []}
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa.select(c.kind, c.key, c.owner, c.facts.is_(None))
+                            .where(c.scan_id == scan_id).order_by(c.key)).all()
+    assert rows == [("host", "done.example", "first", False),
+                    ("host", "new.example", "first", False),
+                    ("host", "slow.example", "first", False)]
+
+
+async def test_a_lone_worker_that_died_holds_a_newcomer_up_only_for_its_lease(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration alone whose lease ran out is a dead worker's: a newcomer is alone."""
+    scan_id = new_scan(pg_engine, "claims-dead-alone")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    with pg_engine.begin() as conn:
+        conn.execute(schema.shared_claims.insert(), [
+            {"scan_id": scan_id, "kind": "worker", "key": "gone", "owner": "gone",
+             "lease_expires": past}])
+    w = SharedClaims(pg_engine, scan_id, "new", poll_interval=0.05)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(10):
+                await nursery.start(w.run)
+            assert w.alone is True
+            nursery.cancel_scope.cancel()
+    finally:
+        w.close()
 
 
 def test_rounds_keep_the_claims_statistics_current(pg_engine: Engine,
@@ -228,3 +336,34 @@ def test_claims_of_a_round_whose_answer_was_lost_are_still_won(pg_engine: Engine
     finally:
         w.close()
         other.close()
+
+
+async def test_a_lone_worker_that_could_not_renew_switches_to_sharing(pg_engine: Engine) -> None:
+    """Half a lease without a renewal (its rounds stuck): a newcomer may since have found the
+    lone worker's registration expired, so it stops computing unclaimed keys and shares."""
+    scan_id = new_scan(pg_engine, "claims-lapsed")
+    w = SharedClaims(pg_engine, scan_id, "w0", poll_interval=0.05)
+    c = schema.shared_claims.c
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(w.run)
+            assert w.alone is True
+            w._alone_until = trio.current_time()  # as if the last renewal were long ago
+
+            async def compute() -> HostFacts:
+                return _host("late.example")
+
+            with trio.fail_after(10):
+                assert await w.host("late.example", compute) == _host("late.example")
+                await w.drain()
+            assert w.alone is False
+            assert w.stats.switched
+            nursery.cancel_scope.cancel()
+    finally:
+        w.close()
+    with pg_engine.connect() as conn:
+        rows = conn.execute(sa.select(c.kind, c.key, c.owner, c.facts)
+                            .where(c.scan_id == scan_id).order_by(c.kind)).all()
+    assert [r[:3] for r in rows] == [("host", "late.example", "w0"), ("worker", "w0", "w0")]
+    assert rows[0][3] is not None  # claimed, then published
+    assert rows[1][3] == shared.SHARING

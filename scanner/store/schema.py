@@ -292,7 +292,7 @@ shared_claims = sa.Table(
     "shared_claims",
     metadata,
     sa.Column("scan_id", sa.Integer, primary_key=True),
-    sa.Column("kind", sa.String(8), primary_key=True),  # 'host' or 'endpoint'
+    sa.Column("kind", sa.String(8), primary_key=True),  # 'host', 'endpoint' or 'worker'
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("owner", sa.Text, nullable=False),
     sa.Column("lease_expires", Timestamp),

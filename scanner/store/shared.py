@@ -15,6 +15,20 @@ runs a database round per ``batch_window`` for every claim, publication and poll
 cost per distinct host or endpoint is a share of one round trip, not one of its own. Keys are
 sorted within a round so concurrent rounds lock rows in one order (no deadlocks between
 workers); a deadlock or lost connection anyway just retries the round.
+
+A worker alone on its scan claims nothing: nobody could compete for a key, so it computes at
+once and only publishes what it computed (one round per ``poll_interval``), for a worker that
+may join later; a key it forgot (the pipeline's caches are bounded) it computes again, as a
+worker without a database does. Each worker registers in a row of kind ``worker`` (under a
+transaction-level advisory lock, so two starting at once cannot both find themselves alone). A
+worker that finds another registered shares from its start, but waits until every worker still
+alone has switched: that one sees the newcomer in its next round and, in one transaction,
+publishes what it computed, claims every key it is still computing and marks its row as sharing.
+So no key is computed by two workers, as if all had shared from the start. A lone worker's row
+has a short lease that it renews each round: one that died alone holds up a newcomer for at most
+``WORKER_LEASE``, and one that could not renew for half of it switches to sharing, as it can no
+longer tell whether a newcomer passed. A sharing worker's row never expires (removed when it
+finishes, or when a crashed scan is resumed): it makes every later worker share.
 """
 
 from __future__ import annotations
@@ -41,7 +55,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOST, ENDPOINT = "host", "endpoint"
+HOST, ENDPOINT, WORKER = "host", "endpoint", "worker"
+WORKER_LEASE = 30.0  # s: a lone worker's registration, renewed every round (see the docstring)
+# The advisory lock (two-int key space, apart from the politeness locks' bigint keys) under
+# which a worker registers: its first number names the registry, its second is the scan.
+REGISTRY_LOCK = 0x64616E65
+SHARING = {"sharing": True}  # the facts of a sharing worker's row
 ROUND_MAX = 2000  # keys per statement: keeps one round's transaction short
 ANALYZE_FIRST = 1000  # claim rows this worker inserts before its first ANALYZE (then x4)
 Key = tuple[str, str]  # (kind, key)
@@ -59,6 +78,7 @@ class _Slot:
     key: Key
     event: trio.Event = field(default_factory=trio.Event)
     won: bool = False
+    alone: bool = False  # asked before registering, and the worker turned out to be alone
     facts: Any = None
 
 
@@ -69,6 +89,7 @@ class SharedStats:
     received: int = 0  # keys answered with another worker's facts
     rounds: int = 0
     round_errors: int = 0
+    switched: bool = False  # began alone, then another worker joined
 
 
 @dataclass
@@ -100,10 +121,21 @@ class SharedClaims:
         self._conn: Any = None
         self._inserted = 0  # claim rows this worker inserted (see _keep_statistics)
         self._analyze_at = ANALYZE_FIRST
+        # Alone: compute at once; _computing counts the keys under way, _unclaimed holds the
+        # facts computed and not yet published. None until run() has registered.
+        self._alone: bool | None = None
+        self._alone_until = 0.0  # trio clock: half a lease after the last renewal
+        self._computing: dict[Key, int] = {}
+        self._unclaimed: dict[Key, Any] = {}
+
+    @property
+    def alone(self) -> bool | None:
+        """Whether this worker computes without claiming (None: not registered yet)."""
+        return self._alone
 
     async def drain(self) -> None:
         """Wait until every queued publication and release has reached the database."""
-        while self._publish or self._release or self._busy:
+        while self._publish or self._release or self._unclaimed or self._busy:
             self._wake.set()
             await trio.sleep(self.batch_window)
 
@@ -120,6 +152,10 @@ class SharedClaims:
 
     async def _get[V](self, key: Key, compute: Callable[[], Awaitable[V]],
                       encode: Callable[[V], Any], decode: Callable[[Any], V]) -> V:
+        if self._alone and trio.current_time() < self._alone_until:
+            return await self._compute_alone(key, compute, encode)
+        # Sharing, or alone with a registration that may have lapsed (its rounds are stuck):
+        # then the key waits for the switch to sharing like any claim.
         slot = _Slot(key)
         self._asks.append(slot)
         self._wake.set()
@@ -134,6 +170,8 @@ class SharedClaims:
             if slot.won:
                 self._give_back(key)
             raise
+        if slot.alone:
+            return await self._compute_alone(key, compute, encode)
         if not slot.won:
             self.stats.received += 1
             return decode(slot.facts)
@@ -147,6 +185,31 @@ class SharedClaims:
         self._wake.set()
         return value
 
+    async def _compute_alone[V](self, key: Key, compute: Callable[[], Awaitable[V]],
+                                encode: Callable[[V], Any]) -> V:
+        self.stats.won += 1
+        self._computing[key] = self._computing.get(key, 0) + 1
+        try:
+            value = await compute()
+        except BaseException:
+            self._done_computing(key)
+            if key in self._mine:  # claimed for us by the switch to sharing meanwhile
+                self._give_back(key)
+            raise
+        self._done_computing(key)
+        if self._alone:
+            self._unclaimed[key] = encode(value)
+        else:  # the switch to sharing claimed it for us (or found it taken): publish on its row
+            self._mine.discard(key)
+            self._publish[key] = encode(value)
+            self._wake.set()
+        return value
+
+    def _done_computing(self, key: Key) -> None:
+        n = self._computing.pop(key) - 1
+        if n:
+            self._computing[key] = n
+
     def _give_back(self, key: Key) -> None:
         self._mine.discard(key)
         self._release.add(key)
@@ -159,7 +222,10 @@ class SharedClaims:
         """Runs until cancelled. Publications still queued at cancellation are lost, which only
         means another worker recomputes those keys after the lease: results never depend on it.
         """
+        await self._register()
         task_status.started()
+        if self._alone:
+            await self._run_alone()
         now = trio.current_time()
         next_poll, next_renew = now + self.poll_interval, now + self.lease_seconds / 3
         while True:
@@ -202,6 +268,192 @@ class SharedClaims:
             self.stats.rounds += 1
             self._dispatch(asks, out)
 
+    # -- a worker alone --------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        """Register this worker; alone, or sharing once no other worker is still alone."""
+        while True:
+            try:
+                self._alone = await trio.to_thread.run_sync(self._register_sync)
+                break
+            except (psycopg.Error, exc.OperationalError, exc.InterfaceError) as e:
+                self.stats.round_errors += 1
+                log.warning("shared claims: registering failed (%s); retrying",
+                            str(e).splitlines()[0])
+                await trio.sleep(min(5.0, 0.1 * self.stats.round_errors))
+        if self._alone:
+            self._alone_until = trio.current_time() + WORKER_LEASE / 2
+            # Keys asked before registering: computed here, like every key from now on.
+            asks, self._asks = self._asks, []
+            for slot in asks:
+                slot.alone = True
+                slot.event.set()
+            return
+        while True:  # a database poll: no trio.Event could tell us
+            if not await trio.to_thread.run_sync(self._others_alone):
+                return
+            await trio.sleep(self.poll_interval)
+
+    # Registrations live on the database's clock (now()), not the workers': workers on other
+    # machines whose clocks are off by more than a lone worker's lease must still agree.
+    _OTHERS_SQL = ("SELECT count(*) FROM shared_claims WHERE scan_id = %s AND kind = 'worker' "
+                   "AND key <> %s AND (facts IS NOT NULL OR lease_expires > now())")
+
+    def _register_sync(self) -> bool:
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (REGISTRY_LOCK, self.scan_id))
+            others = conn.execute(self._OTHERS_SQL, (self.scan_id, self.owner)).fetchone()[0]
+            alone = bool(others == 0)
+            conn.execute(
+                "INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires, facts) "
+                "VALUES (%s, %s, %s, %s, CASE WHEN %s THEN now() + %s END, %s) "
+                "ON CONFLICT (scan_id, kind, key) DO UPDATE "
+                "SET lease_expires = EXCLUDED.lease_expires, facts = EXCLUDED.facts",
+                (self.scan_id, WORKER, self.owner, self.owner, alone,
+                 dt.timedelta(seconds=WORKER_LEASE), None if alone else Jsonb(SHARING)))
+        return alone
+
+    def _others_alone(self) -> bool:
+        """Whether another worker is registered alone (and alive: its lease runs)."""
+        row = self._connection().execute(
+            "SELECT count(*) FROM shared_claims WHERE scan_id = %s AND kind = 'worker' "
+            "AND key <> %s AND facts IS NULL AND lease_expires > now()",
+            (self.scan_id, self.owner)).fetchone()
+        return bool(row[0])
+
+    async def _run_alone(self) -> None:
+        """Publish what this worker computes, once per poll interval, until another worker
+        registers; then switch to sharing (returns)."""
+        while True:
+            with trio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if trio.current_time() >= self._alone_until:
+                break  # our lease may have run out: a newcomer may not have waited for us
+            renewing = trio.current_time()
+            unclaimed, self._unclaimed = self._unclaimed, {}
+            self._busy = True
+            try:
+                joined = await trio.to_thread.run_sync(self._alone_round, unclaimed)
+            except (psycopg.Error, exc.OperationalError, exc.InterfaceError) as e:
+                self.stats.round_errors += 1
+                log.warning("shared claims round failed (%s); retrying", str(e).splitlines()[0])
+                self._unclaimed = unclaimed | self._unclaimed
+                await trio.sleep(min(5.0, 0.1 * self.stats.round_errors))
+                continue
+            finally:
+                self._busy = False
+            self.stats.rounds += 1
+            self._alone_until = renewing + WORKER_LEASE / 2
+            if joined:
+                break
+        # From here every new key is claimed (asks wait for the next shared round).
+        self._alone = False
+        self.stats.switched = True
+        while True:
+            computing = set(self._computing)
+            # With the facts of keys completed during a failed attempt (rows not yet there).
+            unclaimed = self._unclaimed | self._publish
+            self._unclaimed, self._publish = {}, {}
+            self._busy = True
+            try:
+                won = await trio.to_thread.run_sync(self._switch, unclaimed, computing)
+                break
+            except (psycopg.Error, exc.OperationalError, exc.InterfaceError) as e:
+                self.stats.round_errors += 1
+                log.warning("shared claims: switching to sharing failed (%s); retrying",
+                            str(e).splitlines()[0])
+                self._unclaimed = unclaimed | self._unclaimed
+                await trio.sleep(min(5.0, 0.1 * self.stats.round_errors))
+            finally:
+                self._busy = False
+        for key in won:
+            if key in self._computing:
+                self._mine.add(key)  # _compute_alone publishes it, or gives it back
+            elif key not in self._publish:  # failed while the switch ran
+                self._release.add(key)
+        self._wake.set()
+
+    # Facts computed alone, as published rows; a row without facts can only be a dead
+    # worker's claim (nobody else is registered), so the facts replace it.
+    _UNCLAIMED_SQL = """
+INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires, facts)
+SELECT %(scan)s, u.kind, u.key, %(owner)s, NULL, u.facts
+FROM unnest(%(uk)b::text[], %(uy)b::text[], %(uf)b::jsonb[]) AS u(kind, key, facts)
+ORDER BY u.kind, u.key
+ON CONFLICT (scan_id, kind, key) DO UPDATE
+  SET owner = EXCLUDED.owner, lease_expires = NULL, facts = EXCLUDED.facts
+  WHERE shared_claims.facts IS NULL
+"""
+
+    def _publish_unclaimed(self, conn: Any, unclaimed: dict[Key, Any]) -> None:
+        if not unclaimed:
+            return
+        items = sorted(unclaimed.items())
+        conn.execute(self._UNCLAIMED_SQL, {
+            "scan": self.scan_id, "owner": self.owner,
+            "uk": [k for (k, _), _ in items], "uy": [y for (_, y), _ in items],
+            "uf": [Jsonb(f) for _, f in items]})
+
+    def _alone_round(self, unclaimed: dict[Key, Any]) -> bool:
+        """Publish, renew this worker's registration; whether another worker registered."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                self._publish_unclaimed(conn, unclaimed)
+                conn.execute(
+                    "UPDATE shared_claims SET lease_expires = now() + %s WHERE scan_id = %s "
+                    "AND kind = %s AND key = %s",
+                    (dt.timedelta(seconds=WORKER_LEASE), self.scan_id, WORKER, self.owner))
+                row = conn.execute(self._OTHERS_SQL, (self.scan_id, self.owner)).fetchone()
+        except psycopg.Error:
+            self.close()
+            raise
+        self._keep_statistics(conn, len(unclaimed))
+        return bool(row[0])
+
+    def _switch(self, unclaimed: dict[Key, Any], computing: set[Key]) -> set[Key]:
+        """One transaction: publish what was computed alone, claim the keys still being
+        computed, mark this worker sharing. Returns the keys claimed."""
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.lease_seconds)
+        conn = self._connection()
+        claim = sorted(computing - set(unclaimed))
+        try:
+            with conn.transaction():
+                self._publish_unclaimed(conn, unclaimed)
+                won = {(k, y) for k, y in conn.execute(
+                    "INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires) "
+                    "SELECT %(scan)s, a.kind, a.key, %(owner)s, %(expires)s "
+                    "FROM unnest(%(ak)b::text[], %(ay)b::text[]) AS a(kind, key) "
+                    "ORDER BY a.kind, a.key ON CONFLICT DO NOTHING RETURNING kind, key",
+                    {"scan": self.scan_id, "owner": self.owner, "expires": expires,
+                     "ak": [k for k, _ in claim], "ay": [y for _, y in claim]})}
+                conn.execute(
+                    "UPDATE shared_claims SET facts = %s, lease_expires = NULL "
+                    "WHERE scan_id = %s AND kind = %s AND key = %s",
+                    (Jsonb(SHARING), self.scan_id, WORKER, self.owner))
+        except psycopg.Error:
+            self.close()
+            raise
+        return won
+
+    def _retire_sync(self) -> None:
+        self._connection().execute(
+            "DELETE FROM shared_claims WHERE scan_id = %s AND kind = %s AND key = %s",
+            (self.scan_id, WORKER, self.owner))
+
+    async def retire(self) -> None:
+        """This worker is done computing: remove its registration (a newcomer alone then
+        computes what it needs itself). Best effort: a row left behind only makes later
+        workers share, or, alone, expires."""
+        try:
+            await trio.to_thread.run_sync(self._retire_sync)
+        except (psycopg.Error, exc.OperationalError, exc.InterfaceError) as e:
+            log.warning("shared claims: deregistering failed (%s)", str(e).splitlines()[0])
+
+    # -- sharing ---------------------------------------------------------------------------------
+
     def _dispatch(self, asks: list[_Slot], out: _Outcome) -> None:
         for slot in asks:
             if slot.key in out.won:
@@ -241,35 +493,37 @@ class SharedClaims:
     # rounds of different workers take row locks in one order and cannot deadlock), and the
     # rows of the keys this round did not win. All CTEs share one snapshot: a key another
     # worker inserted concurrently is neither won nor seen here, and simply stays waiting
-    # until the next poll finds it.
+    # until the next poll finds it. The arrays go in binary (%b): as text every element,
+    # each JSON document above all, would be escaped and quoted by a regular expression in
+    # this process, and PostgreSQL would parse it back.
     _ROUND_SQL = """
 WITH pub AS (
   UPDATE shared_claims s SET facts = p.facts, lease_expires = NULL
-  FROM unnest(%(pk)s::text[], %(py)s::text[], %(pf)s::jsonb[]) AS p(kind, key, facts)
+  FROM unnest(%(pk)b::text[], %(py)b::text[], %(pf)b::jsonb[]) AS p(kind, key, facts)
   WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.kind = p.kind AND s.key = p.key
   RETURNING 1),
 rel AS (
-  DELETE FROM shared_claims s USING unnest(%(rk)s::text[], %(ry)s::text[]) AS r(kind, key)
+  DELETE FROM shared_claims s USING unnest(%(rk)b::text[], %(ry)b::text[]) AS r(kind, key)
   WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.facts IS NULL
     AND s.kind = r.kind AND s.key = r.key
   RETURNING 1),
 ren AS (
   UPDATE shared_claims s SET lease_expires = %(expires)s
-  FROM unnest(%(nk)s::text[], %(ny)s::text[]) AS n(kind, key)
+  FROM unnest(%(nk)b::text[], %(ny)b::text[]) AS n(kind, key)
   WHERE s.scan_id = %(scan)s AND s.owner = %(owner)s AND s.facts IS NULL
     AND s.kind = n.kind AND s.key = n.key
   RETURNING 1),
 ins AS (
   INSERT INTO shared_claims (scan_id, kind, key, owner, lease_expires)
   SELECT %(scan)s, a.kind, a.key, %(owner)s, %(expires)s
-  FROM unnest(%(ak)s::text[], %(ay)s::text[]) AS a(kind, key)
+  FROM unnest(%(ak)b::text[], %(ay)b::text[]) AS a(kind, key)
   ORDER BY a.kind, a.key
   ON CONFLICT DO NOTHING
   RETURNING kind, key)
 SELECT true, kind, key, NULL::jsonb, NULL::timestamptz, NULL::text FROM ins
 UNION ALL
 SELECT false, s.kind, s.key, s.facts, s.lease_expires, s.owner
-FROM shared_claims s JOIN unnest(%(lk)s::text[], %(ly)s::text[]) AS l(kind, key)
+FROM shared_claims s JOIN unnest(%(lk)b::text[], %(ly)b::text[]) AS l(kind, key)
   ON s.kind = l.kind AND s.key = l.key
 WHERE s.scan_id = %(scan)s
 """
@@ -387,8 +641,10 @@ WHERE s.scan_id = %(scan)s
 
 
 def release_unpublished(engine: Engine, scan_id: int) -> int:
-    """Drop the claims no worker published (their workers are gone): for a scan resumed after
-    a crash, like ``scans.resume_scan`` releasing shard leases. Returns how many."""
+    """Drop the claims no worker published and the workers' registrations (their workers are
+    gone): for a scan resumed after a crash, like ``scans.resume_scan`` releasing shard
+    leases. Returns how many claims."""
     with engine.begin() as conn:
+        conn.execute(t.delete().where(t.c.scan_id == scan_id, t.c.kind == WORKER))
         res = conn.execute(t.delete().where(t.c.scan_id == scan_id, t.c.facts.is_(None)))
     return int(res.rowcount)
