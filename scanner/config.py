@@ -263,8 +263,9 @@ class RunOptions:
     shared: bool = _knob(True, Option(
         "--no-shared", "do not share host/endpoint results and connection limits with other "
         "workers (shared by default on PostgreSQL, even by a one-process scan, so that a "
-        "worker started later on another machine probes nothing twice; not sharing saves ~7 "
-        "%% of CPU when no other worker will come)", flag=True, invert=True, worker=True))
+        "worker started later on another machine probes nothing twice; a worker alone "
+        "only publishes what it found until a second one registers)",
+        flag=True, invert=True, worker=True))
     progress_interval: float = _knob(60.0, Option(
         "--progress-interval", "when stderr is not a terminal: a progress line every SECONDS "
         "(default %(default)s)", positive_float, metavar="SECONDS"))

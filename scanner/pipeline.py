@@ -166,9 +166,9 @@ class _Interner:
     """One shared object per distinct certificate (DER) and EHLO keyword list.
 
     Addresses of shared hosting present one certificate under many SNI names, and servers of
-    one software answer EHLO identically: the cached endpoints then cost ~0.3 KB each instead
-    of ~2.5 KB. At ``INTERN_LIMIT`` distinct values the table starts afresh: it must not keep
-    the certificates of endpoints the cache has long forgotten.
+    one software answer EHLO identically: the cached endpoints then share those values instead
+    of holding a copy each. At ``INTERN_LIMIT`` distinct values the table starts afresh: it
+    must not keep the certificates of endpoints the cache has long forgotten.
     """
 
     __slots__ = ("_seen",)

@@ -536,10 +536,9 @@ WHERE s.scan_id = %(scan)s
             conn: Any = raw.driver_connection
             conn.autocommit = True
             conn.execute("SET synchronous_commit TO off")
-            # psycopg prepares a statement after five runs; PostgreSQL's generic plan for the
-            # round (arrays of unknown length) then joined by hashing the scan's whole claims
-            # table on every round. Each round's few keys want primary-key probes: re-plan.
-            conn.execute("SET plan_cache_mode TO force_custom_plan")
+            # Unprepared: each round is planned for its own few keys (primary-key probes); a
+            # prepared statement's generic plan cannot know the arrays' lengths.
+            conn.prepare_threshold = None
             self._raw, self._conn = raw, conn
         return self._conn
 
