@@ -393,11 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _stop_on_sigterm() -> Any:
     """SIGTERM stops a command as Ctrl-C does, at any moment, set-up included: a scan then
     stores what it judged and ends ``interrupted`` (exit 3), where SIGTERM's default action
-    would end the process mid-way. It is re-raised as SIGINT so that inside a trio run,
-    trio delivers it safely. Returns the handler it replaced (None: not the main thread)."""
+    would end the process mid-way. It goes to SIGINT's own handler, so that inside a trio
+    run trio delivers it safely; where SIGINT is ignored (a background job of a script) it
+    still interrupts. Returns the handler it replaced (None: not the main thread)."""
 
-    def as_interrupt(_signum: int, _frame: object) -> None:
-        signal.raise_signal(signal.SIGINT)
+    def as_interrupt(_signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):  # Python's KeyboardInterrupt, or trio's (raised or deferred)
+            handler(signal.SIGINT, frame)
+            return
+        raise KeyboardInterrupt
 
     try:
         return signal.signal(signal.SIGTERM, as_interrupt)

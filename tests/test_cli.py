@@ -420,11 +420,16 @@ def test_dns_log_hears_every_question(capsys: pytest.CaptureFixture[str],
     assert "a.example. MX" in log_file.read_text().splitlines()
 
 
-def test_sigterm_during_set_up_is_a_polite_stop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_during_set_up_is_a_polite_stop(tmp_path: Path, sigint: str) -> None:
     """SIGTERM before the scan's own signal watcher runs (here: while it waits for its
-    resolver's first answer) ends the command as Ctrl-C does, exit 3, not killed by it."""
+    resolver's first answer) ends the command as Ctrl-C does, exit 3, not killed by it;
+    also where SIGINT is ignored, as in a script's background job."""
     import signal
     import socket
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listener.bind(("127.0.0.1", 0))  # a resolver that hears and never answers
@@ -435,6 +440,7 @@ def test_sigterm_during_set_up_is_a_polite_stop(tmp_path: Path) -> None:
         [sys.executable, "-m", "scanner.cli", "scan", str(domains), "--db",
          str(tmp_path / "s.sqlite"), "--resolver", f"127.0.0.1@{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ignore_sigint if sigint == "ignored" else None,
     )  # fmt: skip
     try:
         listener.settimeout(60)
