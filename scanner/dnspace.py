@@ -18,6 +18,10 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   after :data:`SILENT_ROUNDS` rounds of asking, spaced by :func:`reask_delay`, each of which
   the resolver was heard answering through (other answers, or its health query) and in none
   of which it was paused as down. Anything less is our resolver's silence, asked again later.
+* :func:`failure_is_final`: likewise a SERVFAIL our resolver's own trouble can explain
+  (:func:`scanner.dnsquery.passing_failure`) is a fact about the name only once it has
+  answered so in :data:`FAILED_ROUNDS` rounds spaced by :func:`failure_delay`; any other
+  answer in between is the answer.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "FAILED_ROUNDS",
     "SILENT_ROUNDS",
     "RateSlots",
     "Window",
+    "failure_delay",
+    "failure_is_final",
     "reask_delay",
     "silence_is_final",
 ]
 
 SILENT_ROUNDS = 3  # rounds of asking, with the resolver answering others, before silence counts
+FAILED_ROUNDS = 3  # rounds answered SERVFAIL before the failure counts
 MIN_WINDOW = 16
 INITIAL_WINDOW = 64
 MAX_WINDOW = 65536
@@ -49,6 +57,17 @@ def reask_delay(rounds_done: int, attempt_timeout: float) -> float:
 def silence_is_final(counted_rounds: int) -> bool:
     """Enough rounds in which the resolver answered others but not this question."""
     return counted_rounds >= SILENT_ROUNDS
+
+
+def failure_delay(failed_rounds: int, attempt_timeout: float) -> float:
+    """Seconds to wait before asking again a question answered SERVFAIL ``failed_rounds``
+    times: the silence schedule (:func:`reask_delay`)."""
+    return reask_delay(failed_rounds, attempt_timeout)
+
+
+def failure_is_final(failed_rounds: int) -> bool:
+    """Enough spaced rounds answered SERVFAIL for the failure to be the name's."""
+    return failed_rounds >= FAILED_ROUNDS
 
 
 class Window:

@@ -98,38 +98,81 @@ async def test_servfail_with_data_under_cd_is_bogus_and_keeps_ede(fake: FakeReso
 
 
 @pytest.mark.parametrize("cd_reply", [Reply(rcode="NXDOMAIN"), Reply()])
-async def test_servfail_then_denial_under_cd_is_bogus(fake: FakeResolver, cd_reply: Reply) -> None:
+async def test_servfail_then_denial_under_cd_is_bogus(net: VirtualNet, cd_reply: Reply) -> None:
+    fake = net.fake
     fake.add(H, "A", Reply(rcode="SERVFAIL"))
     fake.add(H, "A", cd_reply, cd=True)
-    lk, _ = await lookup(fake, H, "A")
+    lk, _ = await vlookup(net, H, "A")
     assert lk.status is S.BOGUS
     assert lk.ede_code is None
     assert lk.records == ()
 
 
-async def test_servfail_twice_is_indeterminate(fake: FakeResolver) -> None:
+async def test_servfail_twice_is_indeterminate(net: VirtualNet) -> None:
+    # Three spaced rounds answered SERVFAIL (scanner.dnspace.failure_is_final), then the CD
+    # re-query fails too.
+    fake = net.fake
     fake.add(H, "A", Reply(rcode="SERVFAIL"), cd=None)
-    lk, _ = await lookup(fake, H, "A")
+    lk, stats = await vlookup(net, H, "A", dns_timeout=2.0)
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "SERVFAIL")
-    assert len(fake.queries(H, "A")) == 2
+    assert [q.cd for q in fake.queries(H, "A")] == [False, False, False, True]
+    plain = [t for t, n, r in net.sent if n == H and r == "A"][:3]
+    assert [round(b - a, 1) for a, b in zip(plain, plain[1:], strict=False)] == [2.0, 4.0]
+    assert (stats.failures_reasked, stats.failures, stats.failures_passed) == (2, 1, 0)
+    assert stats.cd_requeries == 1
 
 
-async def test_dnssec_ede_is_bogus_even_if_cd_fails(fake: FakeResolver) -> None:
-    fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(6, "DNSSEC Bogus")), cd=None)
-    lk, _ = await lookup(fake, H, "A")
+async def test_dnssec_ede_is_bogus_even_if_cd_fails(net: VirtualNet) -> None:
+    net.fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(6, "DNSSEC Bogus")), cd=None)
+    lk, _ = await vlookup(net, H, "A")
     assert (lk.status, lk.ede_code, lk.ede_text) == (S.BOGUS, 6, "DNSSEC Bogus")
 
 
 @pytest.mark.parametrize("code", [22, 23])
 async def test_unreachable_authority_is_indeterminate_without_cd(
-    fake: FakeResolver, code: int
+    net: VirtualNet, code: int
 ) -> None:
+    fake = net.fake
     fake.add(H, "MX", Reply(rcode="SERVFAIL", ede=(code, None)))
     fake.add(H, "MX", Reply(answer=[(H, "MX", "10 a.example.")]), cd=True)
-    lk, stats = await lookup(fake, H, "MX")
+    lk, stats = await vlookup(net, H, "MX")
     assert (lk.status, lk.ede_code, lk.ede_text) == (S.INDETERMINATE, code, None)
-    assert [q.cd for q in fake.queries(H, "MX")] == [False]
+    assert [q.cd for q in fake.queries(H, "MX")] == [False] * 3
     assert stats.cd_requeries == 0
+
+
+@pytest.mark.parametrize("ede", [None, (6, "DNSSEC Bogus"), (9, "DNSKEY Missing"), (22, None)])
+async def test_a_servfail_that_passes_is_not_judged(
+    net: VirtualNet, ede: tuple[int, str | None] | None
+) -> None:
+    # Our resolver's questions to a starved authority timed out: it answers SERVFAIL (or
+    # blacks the zone out as bogus) for a while, then the real answer.
+    fake = net.fake
+    fake.add(H, "TLSA", Reply(rcode="SERVFAIL", ede=ede))
+    fake.add(H, "TLSA", Reply(answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)
+
+    async def heal() -> None:
+        await trio.sleep(3.0)  # after the first re-ask (at 2 s), before the second (at 6 s)
+        fake.add(H, "TLSA", Reply(ad=True, answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heal)
+        lk, stats = await vlookup(net, H, "TLSA", dns_timeout=2.0)
+    assert (lk.status, lk.rcode, lk.ede_code) == (S.SECURE, "NOERROR", None)
+    assert [q.cd for q in fake.queries(H, "TLSA")] == [False, False, False]
+    assert (stats.failures_reasked, stats.failures_passed, stats.failures) == (2, 1, 0)
+    assert stats.cd_requeries == 0
+
+
+@pytest.mark.parametrize("code", [7, 8])
+async def test_a_signature_read_and_failed_is_judged_at_once(net: VirtualNet, code: int) -> None:
+    fake = net.fake
+    fake.add(H, "TLSA", Reply(rcode="SERVFAIL", ede=(code, None)))
+    fake.add(H, "TLSA", Reply(answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)
+    lk, stats = await vlookup(net, H, "TLSA")
+    assert lk.status is S.BOGUS
+    assert [q.cd for q in fake.queries(H, "TLSA")] == [False, True]
+    assert stats.failures_reasked == 0
 
 
 async def test_refused_is_indeterminate(fake: FakeResolver) -> None:
@@ -217,10 +260,11 @@ async def test_attempts_already_waiting_take_a_raised_timeout(net: VirtualNet) -
 def test_stats_line_names_every_counter() -> None:
     stats = DnsStats(queries=10, retries=3, late=2, timeouts=1, reasked=7, tcp_fallbacks=4,
                      cd_requeries=5, ignored=6, window_waits=8, rate_waited=9.4, outages=1,
-                     paused=31.0)
+                     paused=31.0, failures_reasked=12, failures_passed=11, failures=13)
     assert stats.text(2.5) == (
         "10 queries sent, 3 sent again (2 answers came late), 7 asked again later, "
-        "1 unanswered, 4 over TCP, 5 CD re-queries, 6 datagrams ignored, 8 waited for the "
+        "1 unanswered, 12 SERVFAIL asked again later (11 then answered, 13 SERVFAIL final), "
+        "4 over TCP, 5 CD re-queries, 6 datagrams ignored, 8 waited for the "
         "window, 9 s waited for --dns-rate, 1 resolver outages (31 s paused); "
         "attempt timeout now 2.50 s")
 
@@ -255,7 +299,7 @@ async def test_mismatched_id_and_question_are_ignored(fake: FakeResolver) -> Non
 
 
 async def test_query_flags_edns_do_and_cd(fake: FakeResolver) -> None:
-    fake.add(H, "A", Reply(rcode="SERVFAIL"))
+    fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(7, None)))  # re-queried with CD at once
     fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.1")]), cd=True)
     lk, _ = await lookup(fake, H, "A")
     seen = fake.queries(H, "A")

@@ -14,9 +14,12 @@ from scanner.dns import DnsClient
 from scanner.dnspace import (
     INITIAL_WINDOW,
     MIN_WINDOW,
+    FAILED_ROUNDS,
     SILENT_ROUNDS,
     RateSlots,
     Window,
+    failure_delay,
+    failure_is_final,
     reask_delay,
     silence_is_final,
 )
@@ -184,6 +187,12 @@ def test_silence_becomes_final_after_the_rounds_and_rounds_spread_out() -> None:
     assert [silence_is_final(n) for n in range(SILENT_ROUNDS + 1)] == [
         False] * SILENT_ROUNDS + [True]
     assert [reask_delay(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+
+
+def test_a_servfail_becomes_final_after_the_rounds_spaced_as_silence() -> None:
+    assert [failure_is_final(n) for n in range(FAILED_ROUNDS + 1)] == [
+        False] * FAILED_ROUNDS + [True]
+    assert [failure_delay(n, 2.0) for n in (1, 2)] == [reask_delay(n, 2.0) for n in (1, 2)]
 
 
 async def test_the_window_bounds_questions_in_flight_and_grows_with_answers(
