@@ -726,6 +726,7 @@ class DnsClient:
             self.query_log.write(f"{label.rstrip('.')}. {rdtype}\n")
         question = Question.make(name, code)
         failed = 0
+        first_failed = 0.0
         while True:
             wire = await self._ask(question)
             if wire is None:
@@ -739,13 +740,18 @@ class DnsClient:
                 self.stats.failures_passed += failed > 0
                 break
             failed += 1
-            if failure_is_final(failed):
+            now = trio.current_time()
+            if failed == 1:
+                first_failed = now
+            span = self._config.dns_failure_span
+            if failure_is_final(failed, now - first_failed, span):
                 self.stats.failures += 1
                 break
             # Our resolver's trouble may explain this SERVFAIL: ask again later, spaced as
             # silence is, before it decides anything (scanner.dnspace.failure_is_final).
             self.stats.failures_reasked += 1
-            await trio.sleep(failure_delay(failed, self._config.dns_timeout))
+            await trio.sleep(failure_delay(failed, self._config.dns_timeout,
+                                           now - first_failed, span))
         status = plain_status(first.rcode, bool(first.flags & FLAG_AD), first.ede_codes)
         if status is not None:
             return _to_lookup(label, rdtype, status, first,

@@ -20,8 +20,12 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   of which it was paused as down. Anything less is our resolver's silence, asked again later.
 * :func:`failure_is_final`: likewise a SERVFAIL our resolver's own trouble can explain
   (:func:`scanner.dnsquery.passing_failure`) is a fact about the name only once it has
-  answered so in :data:`FAILED_ROUNDS` rounds spaced by :func:`failure_delay`; any other
-  answer in between is the answer.
+  answered so in rounds spaced by :func:`failure_delay` (the silence schedule) over
+  ``Config.dns_failure_span`` seconds and in at least :data:`FAILED_ROUNDS` rounds; any
+  other answer in between is the answer. The span, not the count, is what matters: a
+  validating resolver whose fetch of a zone's DNSKEY or DS timed out fails the whole zone
+  for a while (Unbound: 60 s, its BOGUS_KEY_TTL), and asking within that time only hears
+  the same failure again.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ __all__ = [
 ]
 
 SILENT_ROUNDS = 3  # rounds of asking, with the resolver answering others, before silence counts
-FAILED_ROUNDS = 3  # rounds answered SERVFAIL before the failure counts
+FAILED_ROUNDS = 3  # rounds answered SERVFAIL, at least, before the failure counts
 MIN_WINDOW = 16
 INITIAL_WINDOW = 64
 MAX_WINDOW = 65536
@@ -59,15 +63,20 @@ def silence_is_final(counted_rounds: int) -> bool:
     return counted_rounds >= SILENT_ROUNDS
 
 
-def failure_delay(failed_rounds: int, attempt_timeout: float) -> float:
+def failure_delay(failed_rounds: int, attempt_timeout: float, waited: float, span: float
+                  ) -> float:
     """Seconds to wait before asking again a question answered SERVFAIL ``failed_rounds``
-    times: the silence schedule (:func:`reask_delay`)."""
-    return reask_delay(failed_rounds, attempt_timeout)
+    times, ``waited`` seconds after the first: the silence schedule (:func:`reask_delay`),
+    but the last round is asked right at the end of the span, not past it."""
+    delay = reask_delay(failed_rounds, attempt_timeout)
+    left = span - waited
+    return min(delay, left) if left > 0 else delay
 
 
-def failure_is_final(failed_rounds: int) -> bool:
-    """Enough spaced rounds answered SERVFAIL for the failure to be the name's."""
-    return failed_rounds >= FAILED_ROUNDS
+def failure_is_final(failed_rounds: int, waited: float, span: float) -> bool:
+    """Enough rounds answered SERVFAIL, the last ``waited`` seconds after the first, for the
+    failure to be the name's: at least FAILED_ROUNDS rounds, over at least ``span``."""
+    return failed_rounds >= FAILED_ROUNDS and waited >= span
 
 
 class Window:

@@ -7,6 +7,7 @@ trio's virtual clock (``autojump_clock``) through the fake's in-memory endpoints
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import TYPE_CHECKING
 
@@ -98,7 +99,9 @@ async def test_servfail_with_data_under_cd_is_bogus_and_keeps_ede(fake: FakeReso
 
 
 @pytest.mark.parametrize("cd_reply", [Reply(rcode="NXDOMAIN"), Reply()])
-async def test_servfail_then_denial_under_cd_is_bogus(net: VirtualNet, cd_reply: Reply) -> None:
+async def test_servfail_then_denial_under_cd_is_bogus(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet, cd_reply: Reply,
+) -> None:
     fake = net.fake
     fake.add(H, "A", Reply(rcode="SERVFAIL"))
     fake.add(H, "A", cd_reply, cd=True)
@@ -108,21 +111,38 @@ async def test_servfail_then_denial_under_cd_is_bogus(net: VirtualNet, cd_reply:
     assert lk.records == ()
 
 
-async def test_servfail_twice_is_indeterminate(net: VirtualNet) -> None:
-    # Three spaced rounds answered SERVFAIL (scanner.dnspace.failure_is_final), then the CD
-    # re-query fails too.
+async def test_servfail_twice_is_indeterminate(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet,
+) -> None:
+    # Rounds answered SERVFAIL, spaced as silence is, over the failure span (a minute: Unbound
+    # fails a zone that long after one DNSKEY fetch timed out); then the CD re-query fails too.
     fake = net.fake
     fake.add(H, "A", Reply(rcode="SERVFAIL"), cd=None)
     lk, stats = await vlookup(net, H, "A", dns_timeout=2.0)
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "SERVFAIL")
-    assert [q.cd for q in fake.queries(H, "A")] == [False, False, False, True]
-    plain = [t for t, n, r in net.sent if n == H and r == "A"][:3]
-    assert [round(b - a, 1) for a, b in zip(plain, plain[1:], strict=False)] == [2.0, 4.0]
-    assert (stats.failures_reasked, stats.failures, stats.failures_passed) == (2, 1, 0)
+    asked = fake.queries(H, "A")
+    assert [q.cd for q in asked] == [False] * 7 + [True]
+    plain = net.times(H, "A")[:7]
+    assert [round(b - a, 1) for a, b in itertools.pairwise(plain)] == [
+        2.0, 4.0, 8.0, 16.0, 32.0, 2.0]  # the last round lands at the span's end, 64 s
+    assert (stats.failures_reasked, stats.failures, stats.failures_passed) == (6, 1, 0)
     assert stats.cd_requeries == 1
 
 
-async def test_dnssec_ede_is_bogus_even_if_cd_fails(net: VirtualNet) -> None:
+async def test_without_a_span_a_servfail_counts_after_three_rounds(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet,
+) -> None:
+    net.fake.add(H, "A", Reply(rcode="SERVFAIL"), cd=None)
+    lk, stats = await vlookup(net, H, "A", dns_timeout=2.0, dns_failure_span=0.0)
+    assert (lk.status, lk.rcode) == (S.INDETERMINATE, "SERVFAIL")
+    plain = net.times(H, "A")[:3]
+    assert [round(b - a, 1) for a, b in itertools.pairwise(plain)] == [2.0, 4.0]
+    assert (stats.failures_reasked, stats.failures) == (2, 1)
+
+
+async def test_dnssec_ede_is_bogus_even_if_cd_fails(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet,
+) -> None:
     net.fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(6, "DNSSEC Bogus")), cd=None)
     lk, _ = await vlookup(net, H, "A")
     assert (lk.status, lk.ede_code, lk.ede_text) == (S.BOGUS, 6, "DNSSEC Bogus")
@@ -130,20 +150,20 @@ async def test_dnssec_ede_is_bogus_even_if_cd_fails(net: VirtualNet) -> None:
 
 @pytest.mark.parametrize("code", [22, 23])
 async def test_unreachable_authority_is_indeterminate_without_cd(
-    net: VirtualNet, code: int
+    autojump_clock: trio.testing.MockClock, net: VirtualNet, code: int
 ) -> None:
     fake = net.fake
     fake.add(H, "MX", Reply(rcode="SERVFAIL", ede=(code, None)))
     fake.add(H, "MX", Reply(answer=[(H, "MX", "10 a.example.")]), cd=True)
-    lk, stats = await vlookup(net, H, "MX")
+    lk, stats = await vlookup(net, H, "MX", dns_timeout=2.0)
     assert (lk.status, lk.ede_code, lk.ede_text) == (S.INDETERMINATE, code, None)
-    assert [q.cd for q in fake.queries(H, "MX")] == [False] * 3
+    assert [q.cd for q in fake.queries(H, "MX")] == [False] * 7
     assert stats.cd_requeries == 0
 
 
 @pytest.mark.parametrize("ede", [None, (6, "DNSSEC Bogus"), (9, "DNSKEY Missing"), (22, None)])
 async def test_a_servfail_that_passes_is_not_judged(
-    net: VirtualNet, ede: tuple[int, str | None] | None
+    autojump_clock: trio.testing.MockClock, net: VirtualNet, ede: tuple[int, str | None] | None
 ) -> None:
     # Our resolver's questions to a starved authority timed out: it answers SERVFAIL (or
     # blacks the zone out as bogus) for a while, then the real answer.
@@ -152,20 +172,23 @@ async def test_a_servfail_that_passes_is_not_judged(
     fake.add(H, "TLSA", Reply(answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)
 
     async def heal() -> None:
-        await trio.sleep(3.0)  # after the first re-ask (at 2 s), before the second (at 6 s)
+        await trio.sleep(60.0)  # Unbound's blackout of a zone: 60 s
         fake.add(H, "TLSA", Reply(ad=True, answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heal)
         lk, stats = await vlookup(net, H, "TLSA", dns_timeout=2.0)
     assert (lk.status, lk.rcode, lk.ede_code) == (S.SECURE, "NOERROR", None)
-    assert [q.cd for q in fake.queries(H, "TLSA")] == [False, False, False]
-    assert (stats.failures_reasked, stats.failures_passed, stats.failures) == (2, 1, 0)
+    assert [q.cd for q in fake.queries(H, "TLSA")] == [False] * 6
+    assert net.times(H, "TLSA")[-1] == pytest.approx(62.0, abs=0.1)  # 2 + 4 + 8 + 16 + 32
+    assert (stats.failures_reasked, stats.failures_passed, stats.failures) == (5, 1, 0)
     assert stats.cd_requeries == 0
 
 
 @pytest.mark.parametrize("code", [7, 8])
-async def test_a_signature_read_and_failed_is_judged_at_once(net: VirtualNet, code: int) -> None:
+async def test_a_signature_read_and_failed_is_judged_at_once(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet, code: int,
+) -> None:
     fake = net.fake
     fake.add(H, "TLSA", Reply(rcode="SERVFAIL", ede=(code, None)))
     fake.add(H, "TLSA", Reply(answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scanner.dns import DnsClient
 from scanner.dnspace import (
+    FAILED_ROUNDS,
     INITIAL_WINDOW,
     MIN_WINDOW,
-    FAILED_ROUNDS,
     SILENT_ROUNDS,
     RateSlots,
     Window,
@@ -189,10 +191,30 @@ def test_silence_becomes_final_after_the_rounds_and_rounds_spread_out() -> None:
     assert [reask_delay(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
 
 
-def test_a_servfail_becomes_final_after_the_rounds_spaced_as_silence() -> None:
-    assert [failure_is_final(n) for n in range(FAILED_ROUNDS + 1)] == [
+def test_a_servfail_becomes_final_after_the_rounds_and_the_span() -> None:
+    assert [failure_is_final(n, 0.0, 0.0) for n in range(FAILED_ROUNDS + 1)] == [
         False] * FAILED_ROUNDS + [True]
-    assert [failure_delay(n, 2.0) for n in (1, 2)] == [reask_delay(n, 2.0) for n in (1, 2)]
+    assert not failure_is_final(FAILED_ROUNDS + 5, 63.9, 64.0)
+    assert failure_is_final(FAILED_ROUNDS, 64.0, 64.0)
+    assert [failure_delay(n, 2.0, 0.0, 0.0) for n in (1, 2)] == [2.0, 4.0]
+
+
+@given(st.floats(0.01, 5.0), st.floats(0.0, 300.0))
+def test_servfail_rounds_reach_the_span_and_end_there(timeout: float, span: float) -> None:
+    """Asked on the silence schedule until the span is over; the last round no later than
+    one round's delay past it (right at its end, unless the minimum of rounds runs longer)."""
+    waited, rounds = 0.0, 1
+    while not failure_is_final(rounds, waited, span):
+        delay = failure_delay(rounds, timeout, waited, span)
+        assert delay > 0
+        if waited < span:
+            assert waited + delay <= span + 1e-9
+        waited += delay
+        rounds += 1
+        assert rounds < 64
+    assert rounds >= FAILED_ROUNDS
+    assert waited >= span
+    assert waited <= max(span, timeout * (2 ** (FAILED_ROUNDS - 1) - 1)) + 1e-6
 
 
 async def test_the_window_bounds_questions_in_flight_and_grows_with_answers(
