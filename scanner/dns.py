@@ -41,12 +41,14 @@ import trio
 
 from scanner.config import Config, ResolverAddress
 from scanner.dnspace import (
+    FailureRate,
     RateSlots,
     Window,
     failure_delay,
     failure_is_final,
     reask_delay,
     silence_is_final,
+    troubled,
 )
 from scanner.dnsquery import (
     Question,
@@ -301,6 +303,9 @@ class DnsClient:
         # Questions in flight, bounded by the window; tasks waiting for room, first come first
         # served (a counter and a queue of events: the fast path costs two comparisons).
         self._window = Window()
+        # When the resolver last showed trouble: SERVFAIL in a burst, or a loss episode.
+        self._failure_rate = FailureRate()
+        self._trouble_at = -math.inf
         self._in_flight = 0
         self._room: deque[trio.Event] = deque()
         # Per-attempt timeouts: one heap of (deadline, seq, waiter, generation) served by one
@@ -599,8 +604,9 @@ class DnsClient:
         """An attempt went unanswered: a loss for the window (unless the resolver is down:
         that is no measure of its capacity), and with nothing heard since the last ones, a
         sign the resolver itself may be silent."""
-        if self._resumed.is_set():
-            self._window.timed_out(trio.current_time(), sent_at, self._in_flight)
+        if self._resumed.is_set() and self._window.timed_out(trio.current_time(), sent_at,
+                                                             self._in_flight):
+            self._trouble_at = trio.current_time()
         if self._heard != self._heard_at_timeout:
             self._heard_at_timeout = self._heard
             self._silent = 0
@@ -736,15 +742,19 @@ class DnsClient:
             except WireError:
                 # A garbled answer from our own resolver: no basis for any status but this.
                 return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "FORMERR")
-            if not passing_failure(first.rcode, first.ede_codes):
+            passing = passing_failure(first.rcode, first.ede_codes)
+            now = trio.current_time()
+            if self._failure_rate.answer(passing):
+                self._trouble_at = now
+            if not passing:
                 self.stats.failures_passed += failed > 0
                 break
             failed += 1
-            now = trio.current_time()
             if failed == 1:
                 first_failed = now
             span = self._config.dns_failure_span
-            if failure_is_final(failed, now - first_failed, span):
+            if failure_is_final(failed, now - first_failed, span,
+                                troubled(self._trouble_at, first_failed, span)):
                 self.stats.failures += 1
                 break
             # Our resolver's trouble may explain this SERVFAIL: ask again later, spaced as

@@ -22,10 +22,13 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   (:func:`scanner.dnsquery.passing_failure`) is a fact about the name only once it has
   answered so in rounds spaced by :func:`failure_delay` (the silence schedule) over
   ``Config.dns_failure_span`` seconds and in at least :data:`FAILED_ROUNDS` rounds; any
-  other answer in between is the answer. The span, not the count, is what matters: a
-  validating resolver whose fetch of a zone's DNSKEY or DS timed out fails the whole zone
-  for a while (Unbound: 60 s, its BOGUS_KEY_TTL), and asking within that time only hears
-  the same failure again.
+  other answer in between is the answer. The span matters while the resolver shows trouble
+  (:class:`FailureRate`: SERVFAIL in bursts, or a loss episode of the window) since shortly
+  before the name's first SERVFAIL: a validating resolver whose fetch of a zone's DNSKEY or
+  DS timed out fails the whole zone for a while (Unbound: 60 s, its BOGUS_KEY_TTL), and
+  asking within that time only hears the same failure again. Without such trouble the
+  rounds alone decide, as for silence: a domain that always fails costs seconds, not a
+  minute.
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ import math
 
 __all__ = [
     "FAILED_ROUNDS",
+    "FAILURE_SHARE",
     "SILENT_ROUNDS",
+    "FailureRate",
     "RateSlots",
     "Window",
     "failure_delay",
     "failure_is_final",
     "reask_delay",
     "silence_is_final",
+    "troubled",
 ]
 
 SILENT_ROUNDS = 3  # rounds of asking, with the resolver answering others, before silence counts
@@ -49,6 +55,7 @@ MIN_WINDOW = 16
 INITIAL_WINDOW = 64
 MAX_WINDOW = 65536
 LOSS_SHARE = 0.1  # of the recent questions, timed out
+FAILURE_SHARE = 0.05  # of the recent answers, SERVFAIL: our resolver is in trouble
 _KEEP = 1 - 1 / 64  # moving average over about the last 64 questions settled
 
 
@@ -73,10 +80,34 @@ def failure_delay(failed_rounds: int, attempt_timeout: float, waited: float, spa
     return min(delay, left) if left > 0 else delay
 
 
-def failure_is_final(failed_rounds: int, waited: float, span: float) -> bool:
+def failure_is_final(failed_rounds: int, waited: float, span: float, troubled: bool) -> bool:
     """Enough rounds answered SERVFAIL, the last ``waited`` seconds after the first, for the
-    failure to be the name's: at least FAILED_ROUNDS rounds, over at least ``span``."""
-    return failed_rounds >= FAILED_ROUNDS and waited >= span
+    failure to be the name's: at least FAILED_ROUNDS rounds, and while the resolver showed
+    trouble (``troubled``) over at least ``span``."""
+    return failed_rounds >= FAILED_ROUNDS and (not troubled or waited >= span)
+
+
+def troubled(trouble_at: float, first_failed: float, span: float) -> bool:
+    """The resolver showed trouble (last at ``trouble_at``) recently enough to explain a
+    name's SERVFAIL first heard at ``first_failed``: a zone it failed up to ``span`` seconds
+    before still fails."""
+    return trouble_at >= first_failed - span
+
+
+class FailureRate:
+    """The share of recent answers that were SERVFAIL (a moving average over about the last
+    64): a few domains that always fail keep it low; a resolver whose own questions time out
+    answers SERVFAIL for many unrelated names at once."""
+
+    __slots__ = ("_share",)
+
+    def __init__(self) -> None:
+        self._share = 0.0
+
+    def answer(self, servfail: bool) -> bool:
+        """One answer heard; True when the share of SERVFAIL reaches FAILURE_SHARE."""
+        self._share = self._share * _KEEP + (1 - _KEEP) * servfail
+        return self._share >= FAILURE_SHARE
 
 
 class Window:

@@ -18,12 +18,14 @@ from scanner.dnspace import (
     INITIAL_WINDOW,
     MIN_WINDOW,
     SILENT_ROUNDS,
+    FailureRate,
     RateSlots,
     Window,
     failure_delay,
     failure_is_final,
     reask_delay,
     silence_is_final,
+    troubled,
 )
 from scanner.model import DnssecStatus
 from tests.fakedns import Reply, VirtualNet
@@ -191,12 +193,29 @@ def test_silence_becomes_final_after_the_rounds_and_rounds_spread_out() -> None:
     assert [reask_delay(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
 
 
-def test_a_servfail_becomes_final_after_the_rounds_and_the_span() -> None:
-    assert [failure_is_final(n, 0.0, 0.0) for n in range(FAILED_ROUNDS + 1)] == [
-        False] * FAILED_ROUNDS + [True]
-    assert not failure_is_final(FAILED_ROUNDS + 5, 63.9, 64.0)
-    assert failure_is_final(FAILED_ROUNDS, 64.0, 64.0)
+def test_a_servfail_becomes_final_after_the_rounds_and_in_trouble_the_span() -> None:
+    for trouble in (False, True):
+        assert [failure_is_final(n, 0.0, 0.0, trouble) for n in range(FAILED_ROUNDS + 1)] == [
+            False] * FAILED_ROUNDS + [True]
+    assert failure_is_final(FAILED_ROUNDS, 6.0, 64.0, troubled=False)
+    assert not failure_is_final(FAILED_ROUNDS + 5, 63.9, 64.0, troubled=True)
+    assert failure_is_final(FAILED_ROUNDS, 64.0, 64.0, troubled=True)
     assert [failure_delay(n, 2.0, 0.0, 0.0) for n in (1, 2)] == [2.0, 4.0]
+
+
+def test_trouble_explains_a_failure_heard_up_to_a_span_later() -> None:
+    assert troubled(trouble_at=10.0, first_failed=70.0, span=64.0)
+    assert troubled(trouble_at=80.0, first_failed=70.0, span=64.0)
+    assert not troubled(trouble_at=5.0, first_failed=70.0, span=64.0)
+    assert not troubled(trouble_at=float("-inf"), first_failed=0.0, span=64.0)
+
+
+def test_a_few_failing_domains_are_no_trouble_a_burst_is() -> None:
+    rate = FailureRate()
+    steady = [rate.answer(i % 50 == 0) for i in range(5000)]  # 2 % of answers SERVFAIL
+    assert not any(steady)
+    assert any(rate.answer(True) for _ in range(5))  # five in a row: the resolver's trouble
+    assert not FailureRate().answer(True)  # one alone is not
 
 
 @given(st.floats(0.01, 5.0), st.floats(0.0, 300.0))
@@ -204,7 +223,7 @@ def test_servfail_rounds_reach_the_span_and_end_there(timeout: float, span: floa
     """Asked on the silence schedule until the span is over; the last round no later than
     one round's delay past it (right at its end, unless the minimum of rounds runs longer)."""
     waited, rounds = 0.0, 1
-    while not failure_is_final(rounds, waited, span):
+    while not failure_is_final(rounds, waited, span, troubled=True):
         delay = failure_delay(rounds, timeout, waited, span)
         assert delay > 0
         if waited < span:
