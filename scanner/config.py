@@ -138,8 +138,8 @@ class Config:
     # DNSKEY or DS fetch that timed out (BOGUS_KEY_TTL in its validator), and a loaded
     # machine's authorities cause just that.
     dns_failure_span: float = _knob(64.0, Option(
-        "--dns-failure-span", "seconds over which, while our resolver answers SERVFAIL in "
-        "bursts, a SERVFAIL is asked again before it counts (default %(default)s; a "
+        "--dns-failure-span", "seconds over which, while our resolver answers SERVFAIL for "
+        "many names at once, a SERVFAIL is asked again before it counts (default %(default)s; a "
         "validating resolver may fail a zone for a minute after one fetch that timed out)",
         non_negative_float))
     dns_sockets: int = _knob(16, Option(

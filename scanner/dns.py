@@ -303,7 +303,7 @@ class DnsClient:
         # Questions in flight, bounded by the window; tasks waiting for room, first come first
         # served (a counter and a queue of events: the fast path costs two comparisons).
         self._window = Window()
-        # When the resolver last showed trouble: SERVFAIL in a burst, or a loss episode.
+        # When the resolver last showed trouble: SERVFAIL for many unrelated names at once.
         self._failure_rate = FailureRate()
         self._trouble_at = -math.inf
         self._in_flight = 0
@@ -604,9 +604,8 @@ class DnsClient:
         """An attempt went unanswered: a loss for the window (unless the resolver is down:
         that is no measure of its capacity), and with nothing heard since the last ones, a
         sign the resolver itself may be silent."""
-        if self._resumed.is_set() and self._window.timed_out(trio.current_time(), sent_at,
-                                                             self._in_flight):
-            self._trouble_at = trio.current_time()
+        if self._resumed.is_set():
+            self._window.timed_out(trio.current_time(), sent_at, self._in_flight)
         if self._heard != self._heard_at_timeout:
             self._heard_at_timeout = self._heard
             self._silent = 0
@@ -744,7 +743,9 @@ class DnsClient:
                 return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "FORMERR")
             passing = passing_failure(first.rcode, first.ede_codes)
             now = trio.current_time()
-            if self._failure_rate.answer(passing):
+            # The rate counts each question once (its first answer): one name asked again
+            # is not many unrelated names failing.
+            if not failed and self._failure_rate.answer(passing):
                 self._trouble_at = now
             if not passing:
                 self.stats.failures_passed += failed > 0

@@ -23,8 +23,8 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   answered so in rounds spaced by :func:`failure_delay` (the silence schedule) over
   ``Config.dns_failure_span`` seconds and in at least :data:`FAILED_ROUNDS` rounds; any
   other answer in between is the answer. The span matters while the resolver shows trouble
-  (:class:`FailureRate`: SERVFAIL in bursts, or a loss episode of the window) since shortly
-  before the name's first SERVFAIL: a validating resolver whose fetch of a zone's DNSKEY or
+  (:class:`FailureRate`: SERVFAIL for many unrelated names at once) since shortly before the
+  name's first SERVFAIL: a validating resolver whose fetch of a zone's DNSKEY or
   DS timed out fails the whole zone for a while (Unbound: 60 s, its BOGUS_KEY_TTL), and
   asking within that time only hears the same failure again. Without such trouble the
   rounds alone decide, as for silence: a domain that always fails costs seconds, not a
@@ -55,7 +55,7 @@ MIN_WINDOW = 16
 INITIAL_WINDOW = 64
 MAX_WINDOW = 65536
 LOSS_SHARE = 0.1  # of the recent questions, timed out
-FAILURE_SHARE = 0.05  # of the recent answers, SERVFAIL: our resolver is in trouble
+FAILURE_SHARE = 0.1  # of the recent questions, answered SERVFAIL: our resolver is in trouble
 _KEEP = 1 - 1 / 64  # moving average over about the last 64 questions settled
 
 
@@ -95,9 +95,11 @@ def troubled(trouble_at: float, first_failed: float, span: float) -> bool:
 
 
 class FailureRate:
-    """The share of recent answers that were SERVFAIL (a moving average over about the last
-    64): a few domains that always fail keep it low; a resolver whose own questions time out
-    answers SERVFAIL for many unrelated names at once."""
+    """The share of recent questions first answered SERVFAIL (a moving average over about the
+    last 64): a few domains that always fail keep it low, even where the list has several
+    together; a resolver whose own questions time out answers SERVFAIL for many unrelated
+    names at once. Loss episodes of the window are no such sign: a resolver dropping
+    questions from its full request list is silent, and silence has its own rounds."""
 
     __slots__ = ("_share",)
 
