@@ -745,7 +745,7 @@ class DnsClient:
             now = trio.current_time()
             # The rate counts each question once (its first answer): one name asked again
             # is not many unrelated names failing.
-            if not failed and self._failure_rate.answer(passing):
+            if not failed and self._failure_rate.answer(now, passing):
                 self._trouble_at = now
             if not passing:
                 self.stats.failures_passed += failed > 0

@@ -23,8 +23,8 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   answered so in rounds spaced by :func:`failure_delay` (the silence schedule) over
   ``Config.dns_failure_span`` seconds and in at least :data:`FAILED_ROUNDS` rounds; any
   other answer in between is the answer. The span matters while the resolver shows trouble
-  (:class:`FailureRate`: SERVFAIL for many unrelated names at once) since shortly before the
-  name's first SERVFAIL: a validating resolver whose fetch of a zone's DNSKEY or
+  (:class:`FailureRate`: SERVFAIL for many unrelated names in one second) since shortly before
+  the name's first SERVFAIL: a validating resolver whose fetch of a zone's DNSKEY or
   DS timed out fails the whole zone for a while (Unbound: 60 s, its BOGUS_KEY_TTL), and
   asking within that time only hears the same failure again. Without such trouble the
   rounds alone decide, as for silence: a domain that always fails costs seconds, not a
@@ -37,6 +37,7 @@ import math
 
 __all__ = [
     "FAILED_ROUNDS",
+    "FAILURE_BURST",
     "FAILURE_SHARE",
     "SILENT_ROUNDS",
     "FailureRate",
@@ -55,7 +56,8 @@ MIN_WINDOW = 16
 INITIAL_WINDOW = 64
 MAX_WINDOW = 65536
 LOSS_SHARE = 0.1  # of the recent questions, timed out
-FAILURE_SHARE = 0.1  # of the recent questions, answered SERVFAIL: our resolver is in trouble
+FAILURE_SHARE = 0.1  # of the questions answered in a second, SERVFAIL: a burst
+FAILURE_BURST = 8  # questions first answered SERVFAIL in one second, at least, for a burst
 _KEEP = 1 - 1 / 64  # moving average over about the last 64 questions settled
 
 
@@ -95,21 +97,31 @@ def troubled(trouble_at: float, first_failed: float, span: float) -> bool:
 
 
 class FailureRate:
-    """The share of recent questions first answered SERVFAIL (a moving average over about the
-    last 64): a few domains that always fail keep it low, even where the list has several
-    together; a resolver whose own questions time out answers SERVFAIL for many unrelated
-    names at once. Loss episodes of the window are no such sign: a resolver dropping
-    questions from its full request list is silent, and silence has its own rounds."""
+    """SERVFAIL for many unrelated names at once: in one second of the clock, at least
+    FAILURE_BURST questions first answered SERVFAIL, and at least FAILURE_SHARE of the
+    questions answered. A few domains that always fail never make that, even where the list
+    has several together; a resolver whose own questions to an authority timed out answers
+    SERVFAIL for every name of the zones it failed, hundreds a second. Loss episodes of the
+    window are no such sign: a resolver dropping questions from its full request list is
+    silent, and silence has its own rounds."""
 
-    __slots__ = ("_share",)
+    __slots__ = ("_answers", "_failures", "_second")
 
     def __init__(self) -> None:
-        self._share = 0.0
+        self._second = -math.inf
+        self._answers = 0
+        self._failures = 0
 
-    def answer(self, servfail: bool) -> bool:
-        """One answer heard; True when the share of SERVFAIL reaches FAILURE_SHARE."""
-        self._share = self._share * _KEEP + (1 - _KEEP) * servfail
-        return self._share >= FAILURE_SHARE
+    def answer(self, now: float, servfail: bool) -> bool:
+        """One question's first answer heard at ``now``; True when it is a SERVFAIL that
+        makes a burst."""
+        second = math.floor(now)
+        if second != self._second:
+            self._second, self._answers, self._failures = second, 0, 0
+        self._answers += 1
+        self._failures += servfail
+        return (servfail and self._failures >= FAILURE_BURST
+                and self._failures >= FAILURE_SHARE * self._answers)
 
 
 class Window:

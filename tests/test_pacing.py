@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from scanner.dns import DnsClient
 from scanner.dnspace import (
     FAILED_ROUNDS,
+    FAILURE_BURST,
     INITIAL_WINDOW,
     MIN_WINDOW,
     SILENT_ROUNDS,
@@ -212,11 +213,26 @@ def test_trouble_explains_a_failure_heard_up_to_a_span_later() -> None:
 
 def test_a_few_failing_domains_are_no_trouble_a_burst_is() -> None:
     rate = FailureRate()
-    steady = [rate.answer(i % 50 == 0) for i in range(5000)]  # 2 % of questions SERVFAIL
-    assert not any(steady)
-    assert any(rate.answer(True) for _ in range(8))  # eight in a row: the resolver's trouble
-    first = FailureRate()  # four failing domains among the first lines of a list are not
-    assert not any(first.answer(i in (0, 2, 11, 12)) for i in range(30))
+    # 2 % of 500 questions a second SERVFAIL, for a minute: ten a second, but a fiftieth.
+    assert not any(rate.answer(t / 500, t % 50 == 0) for t in range(30_000))
+    # Seven failing domains together in the list, all answered within one second: no burst.
+    rate = FailureRate()
+    assert not any(rate.answer(100.0 + i / 100, i < 7) for i in range(50))
+    # A zone failed by the resolver: eight SERVFAIL among the second's sixty answers.
+    rate = FailureRate()
+    got = [rate.answer(200.0 + i / 100, i % 7 == 0) for i in range(60)]
+    assert got.index(True) == 49  # the eighth SERVFAIL (0, 7, ..., 49)
+    assert not rate.answer(201.0, True)  # a new second counts afresh
+
+
+@given(st.lists(st.tuples(st.floats(0, 100), st.booleans()), max_size=200))
+def test_a_burst_is_always_a_servfail_among_many(answers: list[tuple[float, bool]]) -> None:
+    rate = FailureRate()
+    for now, servfail in sorted(answers):
+        if rate.answer(now, servfail):
+            assert servfail
+            same = [f for t, f in answers if int(t) == int(now) and t <= now]
+            assert sum(same) >= FAILURE_BURST
 
 
 @given(st.floats(0.01, 5.0), st.floats(0.0, 300.0))
