@@ -164,6 +164,15 @@ class Config:
         "--dns-deadline", "seconds one round of asking may take, from its first send (default "
         "%(default)s); a question our resolver left unanswered is asked again later, never "
         "judged at once", positive_float))
+    # While the resolver shows trouble, a SERVFAIL is asked again over this span before it
+    # counts (scanner.dnspace): Unbound answers SERVFAIL for a whole zone for 60 s after one
+    # DNSKEY or DS fetch that timed out (BOGUS_KEY_TTL in its validator), and a loaded
+    # machine's authorities cause just that.
+    dns_failure_span: float = _knob(64.0, Option(
+        "--dns-failure-span", "seconds over which, while our resolver answers SERVFAIL for "
+        "many names at once, a SERVFAIL is asked again before it counts (default %(default)s; a "
+        "validating resolver may fail a zone for a minute after one fetch that timed out)",
+        non_negative_float))
     dns_sockets: int = _knob(16, Option(
         "--dns-sockets", "UDP sockets to each resolver; Unbound spreads work over its threads "
         "by client socket (default %(default)s)", positive_int))

@@ -40,13 +40,23 @@ import outcome
 import trio
 
 from scanner.config import Config, ResolverAddress
-from scanner.dnspace import RateSlots, Window, reask_delay, silence_is_final
+from scanner.dnspace import (
+    FailureRate,
+    RateSlots,
+    Window,
+    failure_delay,
+    failure_is_final,
+    reask_delay,
+    silence_is_final,
+    troubled,
+)
 from scanner.dnsquery import (
     Question,
     answered,
     authenticated,
     cd_status,
     echoes,
+    passing_failure,
     plain_status,
     query_wire,
     rcode,
@@ -114,6 +124,9 @@ class DnsStats:
     late: int = 0  # answers to an attempt already given up on (sent again, or round over)
     timeouts: int = 0  # questions whose silence became final (scanner.dnspace)
     reasked: int = 0  # rounds of asking again after a silent round
+    failures_reasked: int = 0  # rounds of asking again after a SERVFAIL (scanner.dnsquery)
+    failures_passed: int = 0  # of the questions asked again so, answered otherwise later
+    failures: int = 0  # questions whose SERVFAIL became final
     tcp_fallbacks: int = 0  # truncated UDP answers re-asked over TCP
     cd_requeries: int = 0  # SERVFAIL answers re-asked with CD (§2.1.1)
     ignored: int = 0  # datagrams matching no pending query (late, spoofed, malformed)
@@ -127,6 +140,8 @@ class DnsStats:
         """One line for the scan's log."""
         return (f"{self.queries} queries sent, {self.retries} sent again ({self.late} answers "
                 f"came late), {self.reasked} asked again later, {self.timeouts} unanswered, "
+                f"{self.failures_reasked} SERVFAIL asked again later ({self.failures_passed} "
+                f"then answered, {self.failures} SERVFAIL final), "
                 f"{self.tcp_fallbacks} over TCP, {self.cd_requeries} CD re-queries, "
                 f"{self.ignored} datagrams ignored, {self.window_waits} waited for the window, "
                 f"{self.rate_waited:.0f} s waited for --dns-rate, {self.outages} resolver "
@@ -146,6 +161,7 @@ class DnsState:
     reasked: int
     late: int
     outages: int
+    failures_reasked: int = 0
 
     def text(self) -> str:
         """A short progress fragment; empty when nothing is worth saying."""
@@ -156,6 +172,8 @@ class DnsState:
             parts.append(f"paced by --dns-rate: {self.rate:g} q/s")
         if self.reasked:
             parts.append(f"DNS asked again {self.reasked}")
+        if self.failures_reasked:
+            parts.append(f"SERVFAIL asked again {self.failures_reasked}")
         return ", ".join(parts)
 
 
@@ -286,6 +304,9 @@ class DnsClient:
         # Questions in flight, bounded by the window; tasks waiting for room, first come first
         # served (a counter and a queue of events: the fast path costs two comparisons).
         self._window = Window()
+        # When the resolver last showed trouble: SERVFAIL for many unrelated names at once.
+        self._failure_rate = FailureRate()
+        self._trouble_at = -math.inf
         self._in_flight = 0
         self._room: deque[trio.Event] = deque()
         # Per-attempt timeouts: one heap of (deadline, seq, waiter, generation) served by one
@@ -357,6 +378,7 @@ class DnsClient:
             reasked=self.stats.reasked,
             late=self.stats.late,
             outages=self.stats.outages,
+            failures_reasked=self.stats.failures_reasked,
         )
 
     # -- transport ---------------------------------------------------------------------------
@@ -698,7 +720,9 @@ class DnsClient:
 
         The rules are :func:`scanner.dnsquery.plain_status` and, after a SERVFAIL that
         calls for it, :func:`scanner.dnsquery.cd_status` on a re-query with CD set; the EDE
-        of the first answer is kept. Silence that became final (see the module docstring)
+        of the plain answer is kept. A SERVFAIL our own resolver's trouble can explain is
+        first asked again in later rounds (:func:`scanner.dnsquery.passing_failure`); the
+        last answer decides. Silence that became final (see the module docstring)
         is indeterminate TIMEOUT, a garbled answer indeterminate FORMERR.
         """
         name = encode_name(qname)
@@ -706,14 +730,40 @@ class DnsClient:
         label = _normal(qname)
         if self.query_log is not None:
             self.query_log.write(f"{label.rstrip('.')}. {rdtype}\n")
-        wire = await self._ask(Question.make(name, code))
-        if wire is None:
-            return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "TIMEOUT")
-        try:
-            first = parse_answer(wire, code, label)
-        except WireError:
-            # A garbled answer from our own resolver: no basis for any status but this one.
-            return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "FORMERR")
+        question = Question.make(name, code)
+        failed = 0
+        first_failed = 0.0
+        while True:
+            wire = await self._ask(question)
+            if wire is None:
+                return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "TIMEOUT")
+            try:
+                first = parse_answer(wire, code, label)
+            except WireError:
+                # A garbled answer from our own resolver: no basis for any status but this.
+                return Lookup(label, rdtype, DnssecStatus.INDETERMINATE, "FORMERR")
+            passing = passing_failure(first.rcode, first.ede_codes)
+            now = trio.current_time()
+            # The rate counts each question once (its first answer): one name asked again
+            # is not many unrelated names failing.
+            if not failed and self._failure_rate.answer(now, passing):
+                self._trouble_at = now
+            if not passing:
+                self.stats.failures_passed += failed > 0
+                break
+            failed += 1
+            if failed == 1:
+                first_failed = now
+            span = self._config.dns_failure_span
+            if failure_is_final(failed, now - first_failed, span,
+                                troubled(self._trouble_at, first_failed, span)):
+                self.stats.failures += 1
+                break
+            # Our resolver's trouble may explain this SERVFAIL: ask again later, spaced as
+            # silence is, before it decides anything (scanner.dnspace.failure_is_final).
+            self.stats.failures_reasked += 1
+            await trio.sleep(failure_delay(failed, self._config.dns_timeout,
+                                           now - first_failed, span))
         status = plain_status(first.rcode, bool(first.flags & FLAG_AD), first.ede_codes)
         if status is not None:
             return _to_lookup(label, rdtype, status, first,

@@ -18,6 +18,17 @@ never ourselves (docs/verdicts.md, "Timeouts"):
   after :data:`SILENT_ROUNDS` rounds of asking, spaced by :func:`reask_delay`, each of which
   the resolver was heard answering through (other answers, or its health query) and in none
   of which it was paused as down. Anything less is our resolver's silence, asked again later.
+* :func:`failure_is_final`: likewise a SERVFAIL our resolver's own trouble can explain
+  (:func:`scanner.dnsquery.passing_failure`) is a fact about the name only once it has
+  answered so in rounds spaced by :func:`failure_delay` (the silence schedule) over
+  ``Config.dns_failure_span`` seconds and in at least :data:`FAILED_ROUNDS` rounds; any
+  other answer in between is the answer. The span matters while the resolver shows trouble
+  (:class:`FailureRate`: SERVFAIL for many unrelated names in one second) since shortly before
+  the name's first SERVFAIL: a validating resolver whose fetch of a zone's DNSKEY or
+  DS timed out fails the whole zone for a while (Unbound: 60 s, its BOGUS_KEY_TTL), and
+  asking within that time only hears the same failure again. Without such trouble the
+  rounds alone decide, as for silence: a domain that always fails costs seconds, not a
+  minute.
 """
 
 from __future__ import annotations
@@ -25,18 +36,28 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "FAILED_ROUNDS",
+    "FAILURE_BURST",
+    "FAILURE_SHARE",
     "SILENT_ROUNDS",
+    "FailureRate",
     "RateSlots",
     "Window",
+    "failure_delay",
+    "failure_is_final",
     "reask_delay",
     "silence_is_final",
+    "troubled",
 ]
 
 SILENT_ROUNDS = 3  # rounds of asking, with the resolver answering others, before silence counts
+FAILED_ROUNDS = 3  # rounds answered SERVFAIL, at least, before the failure counts
 MIN_WINDOW = 16
 INITIAL_WINDOW = 64
 MAX_WINDOW = 65536
 LOSS_SHARE = 0.1  # of the recent questions, timed out
+FAILURE_SHARE = 0.1  # of the questions answered in a second, SERVFAIL: a burst
+FAILURE_BURST = 8  # questions first answered SERVFAIL in one second, at least, for a burst
 _KEEP = 1 - 1 / 64  # moving average over about the last 64 questions settled
 
 
@@ -49,6 +70,58 @@ def reask_delay(rounds_done: int, attempt_timeout: float) -> float:
 def silence_is_final(counted_rounds: int) -> bool:
     """Enough rounds in which the resolver answered others but not this question."""
     return counted_rounds >= SILENT_ROUNDS
+
+
+def failure_delay(failed_rounds: int, attempt_timeout: float, waited: float, span: float
+                  ) -> float:
+    """Seconds to wait before asking again a question answered SERVFAIL ``failed_rounds``
+    times, ``waited`` seconds after the first: the silence schedule (:func:`reask_delay`),
+    but the last round is asked right at the end of the span, not past it."""
+    delay = reask_delay(failed_rounds, attempt_timeout)
+    left = span - waited
+    return min(delay, left) if left > 0 else delay
+
+
+def failure_is_final(failed_rounds: int, waited: float, span: float, troubled: bool) -> bool:
+    """Enough rounds answered SERVFAIL, the last ``waited`` seconds after the first, for the
+    failure to be the name's: at least FAILED_ROUNDS rounds, and while the resolver showed
+    trouble (``troubled``) over at least ``span``."""
+    return failed_rounds >= FAILED_ROUNDS and (not troubled or waited >= span)
+
+
+def troubled(trouble_at: float, first_failed: float, span: float) -> bool:
+    """The resolver showed trouble (last at ``trouble_at``) recently enough to explain a
+    name's SERVFAIL first heard at ``first_failed``: a zone it failed up to ``span`` seconds
+    before still fails."""
+    return trouble_at >= first_failed - span
+
+
+class FailureRate:
+    """SERVFAIL for many unrelated names at once: in one second of the clock, at least
+    FAILURE_BURST questions first answered SERVFAIL, and at least FAILURE_SHARE of the
+    questions answered. A few domains that always fail never make that, even where the list
+    has several together; a resolver whose own questions to an authority timed out answers
+    SERVFAIL for every name of the zones it failed, hundreds a second. Loss episodes of the
+    window are no such sign: a resolver dropping questions from its full request list is
+    silent, and silence has its own rounds."""
+
+    __slots__ = ("_answers", "_failures", "_second")
+
+    def __init__(self) -> None:
+        self._second = -math.inf
+        self._answers = 0
+        self._failures = 0
+
+    def answer(self, now: float, servfail: bool) -> bool:
+        """One question's first answer heard at ``now``; True when it is a SERVFAIL that
+        makes a burst."""
+        second = math.floor(now)
+        if second != self._second:
+            self._second, self._answers, self._failures = second, 0, 0
+        self._answers += 1
+        self._failures += servfail
+        return (servfail and self._failures >= FAILURE_BURST
+                and self._failures >= FAILURE_SHARE * self._answers)
 
 
 class Window:

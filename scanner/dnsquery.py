@@ -23,6 +23,7 @@ __all__ = [
     "authenticated",
     "cd_status",
     "echoes",
+    "passing_failure",
     "plain_status",
     "query_wire",
     "rcode",
@@ -93,6 +94,9 @@ def authenticated(reply: bytes) -> bool:
 # "Network Error" say the resolver never got an answer to validate.
 _EDE_DNSSEC = frozenset(range(6, 13))
 _EDE_UNREACHABLE = frozenset({22, 23})
+# RFC 8914 §4.8-4.9: 7 "Signature Expired" and 8 "Signature Not Yet Valid" say the resolver
+# read the signature and its dates; no trouble of its own reaching an authority makes them.
+_EDE_READ_SIGNATURE = frozenset({7, 8})
 _SERVFAIL = 2
 
 
@@ -114,6 +118,19 @@ def plain_status(rcode: int, ad: bool, ede_codes: Collection[int]) -> DnssecStat
     if rcode != _SERVFAIL or _EDE_UNREACHABLE.intersection(ede_codes):
         return DnssecStatus.INDETERMINATE
     return None
+
+
+def passing_failure(rcode: int, ede_codes: Collection[int]) -> bool:
+    """A SERVFAIL that trouble of our own resolver can explain: asked again later in the scan
+    (:func:`scanner.dnspace.failure_is_final`) before its status is decided.
+
+    A validating resolver answers SERVFAIL when its own questions to the authorities time
+    out, which a loaded machine causes: EDE 22/23 (RFC 8914 §4.22-4.23), or no EDE, or a
+    validation failure it cannot tell from a DNSKEY or DS fetch that timed out (Unbound then
+    blacks the zone out as bogus for a while: EDE 6, 9, 10, 12). Only EDE 7 and 8 prove the
+    data failed validation. Every other RCODE is the resolver's answer, judged at once.
+    """
+    return rcode == _SERVFAIL and not _EDE_READ_SIGNATURE.intersection(ede_codes)
 
 
 def cd_status(cd_rcode: int | None, ede_codes: Collection[int]) -> DnssecStatus:

@@ -7,6 +7,7 @@ trio's virtual clock (``autojump_clock``) through the fake's in-memory endpoints
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import TYPE_CHECKING
 
@@ -19,9 +20,9 @@ import trio
 import trio.testing
 
 from scanner.config import ResolverAddress
-from scanner.dns import DnsClient, DnsStats, ResolverCheck, system_resolvers
+from scanner.dns import DnsClient, DnsState, DnsStats, ResolverCheck, system_resolvers
 from scanner.dnswire import encode_name, parse_answer
-from scanner.model import DnssecStatus
+from scanner.model import DnssecStatus, Lookup
 from tests.fakedns import FakeResolver, Reply, VirtualNet, running
 
 if TYPE_CHECKING:
@@ -99,38 +100,144 @@ async def test_servfail_with_data_under_cd_is_bogus_and_keeps_ede(fake: FakeReso
 
 
 @pytest.mark.parametrize("cd_reply", [Reply(rcode="NXDOMAIN"), Reply()])
-async def test_servfail_then_denial_under_cd_is_bogus(fake: FakeResolver, cd_reply: Reply) -> None:
+async def test_servfail_then_denial_under_cd_is_bogus(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet, cd_reply: Reply,
+) -> None:
+    fake = net.fake
     fake.add(H, "A", Reply(rcode="SERVFAIL"))
     fake.add(H, "A", cd_reply, cd=True)
-    lk, _ = await lookup(fake, H, "A")
+    lk, _ = await vlookup(net, H, "A")
     assert lk.status is S.BOGUS
     assert lk.ede_code is None
     assert lk.records == ()
 
 
-async def test_servfail_twice_is_indeterminate(fake: FakeResolver) -> None:
+async def test_servfail_twice_is_indeterminate(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet,
+) -> None:
+    # Three rounds answered SERVFAIL, spaced as silence is (scanner.dnspace); the resolver
+    # showed no trouble otherwise, so they decide; then the CD re-query fails too.
+    fake = net.fake
     fake.add(H, "A", Reply(rcode="SERVFAIL"), cd=None)
-    lk, _ = await lookup(fake, H, "A")
+    lk, stats = await vlookup(net, H, "A", dns_timeout=2.0)
     assert (lk.status, lk.rcode) == (S.INDETERMINATE, "SERVFAIL")
-    assert len(fake.queries(H, "A")) == 2
+    assert [q.cd for q in fake.queries(H, "A")] == [False] * 3 + [True]
+    plain = net.times(H, "A")[:3]
+    assert [round(b - a, 1) for a, b in itertools.pairwise(plain)] == [2.0, 4.0]
+    assert (stats.failures_reasked, stats.failures, stats.failures_passed) == (2, 1, 0)
+    assert stats.cd_requeries == 1
 
 
-async def test_dnssec_ede_is_bogus_even_if_cd_fails(fake: FakeResolver) -> None:
-    fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(6, "DNSSEC Bogus")), cd=None)
-    lk, _ = await lookup(fake, H, "A")
+NAMES = [f"mx{i}.zone{i}.example" for i in range(12)]
+
+
+async def burst(net: VirtualNet, heal_at: float | None) -> tuple[list[Lookup], DnsStats, float]:
+    """Unrelated names all answered SERVFAIL at once, as by a resolver whose own questions
+    to a starved authority timed out; the real answers from ``heal_at`` on (None: never).
+    Returns the lookups, the stats and when the last one ended."""
+    fake = net.fake
+    for name in NAMES:
+        fake.add(name, "TLSA", Reply(rcode="SERVFAIL"))
+        fake.add(name, "TLSA", Reply(answer=[(name, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)
+
+    async def heal() -> None:
+        assert heal_at is not None
+        await trio.sleep(heal_at)
+        for name in NAMES:
+            fake.add(name, "TLSA", Reply(ad=True, answer=[(name, "TLSA", "3 1 1 " + "aa" * 32)]))
+
+    got: dict[str, Lookup] = {}
+    async with DnsClient.open(net.config(dns_timeout=2.0), connect=net.connect) as client:
+        async with trio.open_nursery() as nursery:
+            if heal_at is not None:
+                nursery.start_soon(heal)
+
+            async def one(name: str) -> None:
+                got[name] = await client.lookup(name, "TLSA")
+
+            for name in NAMES:
+                nursery.start_soon(one, name)
+        return [got[n] for n in NAMES], client.stats, trio.current_time()
+
+
+async def test_servfail_in_a_burst_is_asked_again_until_the_resolver_recovers(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet,
+) -> None:
+    # Unbound fails a zone for 60 s after one DNSKEY fetch that timed out: while SERVFAIL
+    # comes in bursts, each is asked again over the span (64 s), and the answer after the
+    # blackout is the one that counts: secure, not bogus.
+    got, stats, _ = await burst(net, heal_at=60.0)
+    assert {(lk.status, lk.rcode) for lk in got} == {(S.SECURE, "NOERROR")}
+    times = net.times(NAMES[0], "TLSA")
+    assert [round(t - times[0], 1) for t in times] == [0.0, 2.0, 6.0, 14.0, 30.0, 62.0]
+    assert stats.failures_passed == len(NAMES)
+    assert (stats.failures, stats.cd_requeries) == (0, 0)
+
+
+async def test_servfail_that_outlasts_the_span_is_judged(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet,
+) -> None:
+    got, stats, end = await burst(net, heal_at=None)
+    assert {(lk.status, lk.rcode) for lk in got} == {(S.BOGUS, "SERVFAIL")}
+    assert 64.0 <= end < 65.0
+    assert stats.failures == len(NAMES)
+    assert stats.cd_requeries == len(NAMES)
+
+
+async def test_dnssec_ede_is_bogus_even_if_cd_fails(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet,
+) -> None:
+    net.fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(6, "DNSSEC Bogus")), cd=None)
+    lk, _ = await vlookup(net, H, "A")
     assert (lk.status, lk.ede_code, lk.ede_text) == (S.BOGUS, 6, "DNSSEC Bogus")
 
 
 @pytest.mark.parametrize("code", [22, 23])
 async def test_unreachable_authority_is_indeterminate_without_cd(
-    fake: FakeResolver, code: int
+    autojump_clock: trio.testing.MockClock, net: VirtualNet, code: int
 ) -> None:
+    fake = net.fake
     fake.add(H, "MX", Reply(rcode="SERVFAIL", ede=(code, None)))
     fake.add(H, "MX", Reply(answer=[(H, "MX", "10 a.example.")]), cd=True)
-    lk, stats = await lookup(fake, H, "MX")
+    lk, stats = await vlookup(net, H, "MX", dns_timeout=2.0)
     assert (lk.status, lk.ede_code, lk.ede_text) == (S.INDETERMINATE, code, None)
-    assert [q.cd for q in fake.queries(H, "MX")] == [False]
+    assert [q.cd for q in fake.queries(H, "MX")] == [False] * 3
     assert stats.cd_requeries == 0
+
+
+@pytest.mark.parametrize("ede", [None, (6, "DNSSEC Bogus"), (9, "DNSKEY Missing"), (22, None)])
+async def test_a_servfail_that_passes_is_not_judged(
+    autojump_clock: trio.testing.MockClock, net: VirtualNet, ede: tuple[int, str | None] | None
+) -> None:
+    # A failure that passes within the rounds: the answer after it counts.
+    fake = net.fake
+    fake.add(H, "TLSA", Reply(rcode="SERVFAIL", ede=ede))
+    fake.add(H, "TLSA", Reply(answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)
+
+    async def heal() -> None:
+        await trio.sleep(3.0)  # after the first re-ask (at 2 s), before the second (at 6 s)
+        fake.add(H, "TLSA", Reply(ad=True, answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heal)
+        lk, stats = await vlookup(net, H, "TLSA", dns_timeout=2.0)
+    assert (lk.status, lk.rcode, lk.ede_code) == (S.SECURE, "NOERROR", None)
+    assert [q.cd for q in fake.queries(H, "TLSA")] == [False] * 3
+    assert (stats.failures_reasked, stats.failures_passed, stats.failures) == (2, 1, 0)
+    assert stats.cd_requeries == 0
+
+
+@pytest.mark.parametrize("code", [7, 8])
+async def test_a_signature_read_and_failed_is_judged_at_once(
+        autojump_clock: trio.testing.MockClock, net: VirtualNet, code: int,
+) -> None:
+    fake = net.fake
+    fake.add(H, "TLSA", Reply(rcode="SERVFAIL", ede=(code, None)))
+    fake.add(H, "TLSA", Reply(answer=[(H, "TLSA", "3 1 1 " + "aa" * 32)]), cd=True)
+    lk, stats = await vlookup(net, H, "TLSA")
+    assert lk.status is S.BOGUS
+    assert [q.cd for q in fake.queries(H, "TLSA")] == [False, True]
+    assert stats.failures_reasked == 0
 
 
 async def test_refused_is_indeterminate(fake: FakeResolver) -> None:
@@ -224,10 +331,11 @@ async def test_attempts_already_waiting_take_a_raised_timeout(
 def test_stats_line_names_every_counter() -> None:
     stats = DnsStats(queries=10, retries=3, late=2, timeouts=1, reasked=7, tcp_fallbacks=4,
                      cd_requeries=5, ignored=6, window_waits=8, rate_waited=9.4, outages=1,
-                     paused=31.0)
+                     paused=31.0, failures_reasked=12, failures_passed=11, failures=13)
     assert stats.text(2.5) == (
         "10 queries sent, 3 sent again (2 answers came late), 7 asked again later, "
-        "1 unanswered, 4 over TCP, 5 CD re-queries, 6 datagrams ignored, 8 waited for the "
+        "1 unanswered, 12 SERVFAIL asked again later (11 then answered, 13 SERVFAIL final), "
+        "4 over TCP, 5 CD re-queries, 6 datagrams ignored, 8 waited for the "
         "window, 9 s waited for --dns-rate, 1 resolver outages (31 s paused); "
         "attempt timeout now 2.50 s")
 
@@ -263,7 +371,7 @@ async def test_mismatched_id_and_question_are_ignored(fake: FakeResolver) -> Non
 
 
 async def test_query_flags_edns_do_and_cd(fake: FakeResolver) -> None:
-    fake.add(H, "A", Reply(rcode="SERVFAIL"))
+    fake.add(H, "A", Reply(rcode="SERVFAIL", ede=(7, None)))  # re-queried with CD at once
     fake.add(H, "A", Reply(answer=[(H, "A", "192.0.2.1")]), cd=True)
     lk, _ = await lookup(fake, H, "A")
     seen = fake.queries(H, "A")
@@ -417,3 +525,12 @@ def test_system_resolvers(tmp_path: Path) -> None:
     )
     assert system_resolvers(conf) == [ResolverAddress("192.0.2.53"), ResolverAddress("::1")]
     assert system_resolvers(tmp_path / "missing") == []
+
+
+def test_the_progress_line_shows_servfail_asked_again() -> None:
+    state = DnsState(paused_for=None, window=64, in_flight=3, rate=0.0, paced=False,
+                     reasked=2, late=0, outages=0, failures_reasked=5)
+    assert state.text() == "DNS asked again 2, SERVFAIL asked again 5"
+    quiet = DnsState(paused_for=None, window=64, in_flight=3, rate=0.0, paced=False,
+                     reasked=0, late=0, outages=0)
+    assert quiet.text() == ""

@@ -17,6 +17,7 @@ from scanner.dnsquery import (
     authenticated,
     cd_status,
     echoes,
+    passing_failure,
     plain_status,
     query_wire,
     rcode,
@@ -132,6 +133,37 @@ def test_any_other_rcode_is_indeterminate(code: int, ad: bool, ede: list[int]) -
 )
 def test_cd_status(cd_code: int | None, ede: tuple[int, ...], status: DnssecStatus) -> None:
     assert cd_status(cd_code, ede) is status
+
+
+@pytest.mark.parametrize(
+    ("code", "ede", "passing"),
+    [
+        (SERVFAIL, (), True),  # the resolver's own questions may have timed out
+        (SERVFAIL, (22,), True),  # No Reachable Authority
+        (SERVFAIL, (23,), True),  # Network Error
+        (SERVFAIL, (9,), True),  # DNSKEY Missing: a DNSKEY fetch that timed out looks so too
+        (SERVFAIL, (6,), True),  # DNSSEC Bogus: Unbound's word for a zone it blacked out
+        (SERVFAIL, (7,), False),  # Signature Expired: the resolver read the signature
+        (SERVFAIL, (8,), False),  # Signature Not Yet Valid
+        (SERVFAIL, (22, 7), False),
+        (NOERROR, (), False),  # an answer
+        (NXDOMAIN, (22,), False),
+        (REFUSED, (), False),  # the resolver's policy, not its trouble: judged at once
+    ],
+)
+def test_passing_failure(code: int, ede: tuple[int, ...], passing: bool) -> None:
+    assert passing_failure(code, ede) is passing
+
+
+@given(st.integers(0, 15), st.lists(st.integers(0, 65535), max_size=3))
+def test_only_a_servfail_is_ever_asked_again(code: int, ede: list[int]) -> None:
+    """Asked again later: a SERVFAIL without a signature read; what plain_status decides at
+    once (an answer, REFUSED, ...) is never delayed."""
+    if passing_failure(code, ede):
+        assert code == SERVFAIL
+        assert not {7, 8} & set(ede)
+    if plain_status(code, False, ede) is not None and code != SERVFAIL:
+        assert not passing_failure(code, ede)
 
 
 def test_answered_is_noerror_or_nxdomain() -> None:

@@ -9,16 +9,24 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scanner.dns import DnsClient
 from scanner.dnspace import (
+    FAILED_ROUNDS,
+    FAILURE_BURST,
     INITIAL_WINDOW,
     MIN_WINDOW,
     SILENT_ROUNDS,
+    FailureRate,
     RateSlots,
     Window,
+    failure_delay,
+    failure_is_final,
     reask_delay,
     silence_is_final,
+    troubled,
 )
 from scanner.model import DnssecStatus
 from tests.fakedns import Reply, VirtualNet
@@ -184,6 +192,65 @@ def test_silence_becomes_final_after_the_rounds_and_rounds_spread_out() -> None:
     assert [silence_is_final(n) for n in range(SILENT_ROUNDS + 1)] == [
         False] * SILENT_ROUNDS + [True]
     assert [reask_delay(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+
+
+def test_a_servfail_becomes_final_after_the_rounds_and_in_trouble_the_span() -> None:
+    for trouble in (False, True):
+        assert [failure_is_final(n, 0.0, 0.0, trouble) for n in range(FAILED_ROUNDS + 1)] == [
+            False] * FAILED_ROUNDS + [True]
+    assert failure_is_final(FAILED_ROUNDS, 6.0, 64.0, troubled=False)
+    assert not failure_is_final(FAILED_ROUNDS + 5, 63.9, 64.0, troubled=True)
+    assert failure_is_final(FAILED_ROUNDS, 64.0, 64.0, troubled=True)
+    assert [failure_delay(n, 2.0, 0.0, 0.0) for n in (1, 2)] == [2.0, 4.0]
+
+
+def test_trouble_explains_a_failure_heard_up_to_a_span_later() -> None:
+    assert troubled(trouble_at=10.0, first_failed=70.0, span=64.0)
+    assert troubled(trouble_at=80.0, first_failed=70.0, span=64.0)
+    assert not troubled(trouble_at=5.0, first_failed=70.0, span=64.0)
+    assert not troubled(trouble_at=float("-inf"), first_failed=0.0, span=64.0)
+
+
+def test_a_few_failing_domains_are_no_trouble_a_burst_is() -> None:
+    rate = FailureRate()
+    # 2 % of 500 questions a second SERVFAIL, for a minute: ten a second, but a fiftieth.
+    assert not any(rate.answer(t / 500, t % 50 == 0) for t in range(30_000))
+    # Seven failing domains together in the list, all answered within one second: no burst.
+    rate = FailureRate()
+    assert not any(rate.answer(100.0 + i / 100, i < 7) for i in range(50))
+    # A zone failed by the resolver: eight SERVFAIL among the second's sixty answers.
+    rate = FailureRate()
+    got = [rate.answer(200.0 + i / 100, i % 7 == 0) for i in range(60)]
+    assert got.index(True) == 49  # the eighth SERVFAIL (0, 7, ..., 49)
+    assert not rate.answer(201.0, True)  # a new second counts afresh
+
+
+@given(st.lists(st.tuples(st.floats(0, 100), st.booleans()), max_size=200))
+def test_a_burst_is_always_a_servfail_among_many(answers: list[tuple[float, bool]]) -> None:
+    rate = FailureRate()
+    for now, servfail in sorted(answers):
+        if rate.answer(now, servfail):
+            assert servfail
+            same = [f for t, f in answers if int(t) == int(now) and t <= now]
+            assert sum(same) >= FAILURE_BURST
+
+
+@given(st.floats(0.01, 5.0), st.floats(0.0, 300.0))
+def test_servfail_rounds_reach_the_span_and_end_there(timeout: float, span: float) -> None:
+    """Asked on the silence schedule until the span is over; the last round no later than
+    one round's delay past it (right at its end, unless the minimum of rounds runs longer)."""
+    waited, rounds = 0.0, 1
+    while not failure_is_final(rounds, waited, span, troubled=True):
+        delay = failure_delay(rounds, timeout, waited, span)
+        assert delay > 0
+        if waited < span:
+            assert waited + delay <= span + 1e-9
+        waited += delay
+        rounds += 1
+        assert rounds < 64
+    assert rounds >= FAILED_ROUNDS
+    assert waited >= span
+    assert waited <= max(span, timeout * (2 ** (FAILED_ROUNDS - 1) - 1)) + 1e-6
 
 
 async def test_the_window_bounds_questions_in_flight_and_grows_with_answers(
