@@ -123,22 +123,13 @@ class ScanStats:
     started: float = field(default_factory=time.monotonic)
     domains: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
-    stages: Counter[str] = field(default_factory=Counter)
-    dane: Counter[str] = field(default_factory=Counter)
     probes: int = 0
     retries: int = 0
-    ipv6_skipped: int = 0
-    private_skipped: int = 0
-    errors: int = 0  # internal errors: lines whose scan hit a bug in danescan
     input_error: str | None = None
 
     def record(self, v: DomainVerdict) -> None:
         self.domains += 1
         self.outcomes[v.outcome.value] += 1
-        if v.stage is not None:
-            self.stages[v.stage.value] += 1
-        if v.dane is not None:
-            self.dane[v.dane.value] += 1
 
     @property
     def elapsed(self) -> float:
@@ -461,12 +452,10 @@ class Scanner:
             # No global IPv6 route: recorded, not probed. Private IPv6 targets (::1 in the
             # testbed) are reached over the local network when --allow-private admits them.
             status = EndpointStatus.NOT_PROBED_IPV6
-            self.stats.ipv6_skipped += 1
         elif is_excluded_address(address, self.config.exclude_prefixes):
             status = EndpointStatus.NOT_PROBED_EXCLUDED
         elif private and not self.config.allow_private:
             status = EndpointStatus.NOT_PROBED_PRIVATE
-            self.stats.private_skipped += 1
         if status is None:
             return None
         return EndpointFacts(address=address, port=self.config.smtp_port, sni=sni,
@@ -555,7 +544,6 @@ async def run(scanner: Scanner, items: Iterable[tuple[int, str]] | AsyncIterator
                     v = await scanner.scan_domain(line, raw)
                 except Exception as exc:  # one bad domain must never lose the others
                     log.error("line %s (%r): internal error %r", line, raw[:100], exc)
-                    scanner.stats.errors += 1
                     # A bug, not a fact about the domain (normalise never raises).
                     v = verdict.internal_error_verdict(raw, normalise(raw)[0], exc, line=line)
                 scanner.stats.record(v)
